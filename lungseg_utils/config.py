@@ -1,0 +1,217 @@
+"""Profiles, paths and seeds: the few settings every other module reads.
+
+A *profile* is a named set of training and evaluation settings:
+
+``smoke``
+    seconds: two cases, tiny filters, one epoch. Used by the test suite.
+``quick``
+    the README's main command on a 2-core CPU (at most about 25 minutes of training).
+``full``
+    the original student project's settings (150 epochs, base 16), meant for a GPU.
+
+The active profile comes from the ``LUNGSEG_PROFILE`` environment variable (default
+``quick``), so that the same notebook runs in seconds under the tests and for real in the
+main command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LungsegInputError
+
+#: Repository root (the folder holding ``lungseg_utils/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIGURES_DIR = REPO_ROOT / "figures"
+RESULTS_DIR = REPO_ROOT / "results"
+REFERENCE_DIR = RESULTS_DIR / "reference"
+SYNTHETIC_DIR = REPO_ROOT / "data" / "synthetic"
+
+#: The model grid: 64 voxels of 5 mm along each axis (a 320 mm cube).
+MODEL_SHAPE = (64, 64, 64)
+MODEL_SPACING_MM = 5.0
+#: HU window of the original project.
+HU_WINDOW = (-1000.0, 300.0)
+DEFAULT_SEED = 42
+
+_COMMON = dict(
+    hu_window=HU_WINDOW,
+    seed=DEFAULT_SEED,
+    val_fraction=0.15,
+    test_fraction=0.2,
+    reg_l2=1e-5,
+    dropout_enc=0.05,
+    dropout_dec=0.05,
+    dropout_bot=0.2,
+    use_transpose=False,
+    norm="group",
+    loss="dice",
+    learning_rate=1e-3,
+    p_flip=0.5,
+    p_rot90=0.5,
+    p_jitter=0.5,
+    jitter_sigma=0.03,
+    p_elastic=0.3,
+    elastic_sigma_mm=3.0,
+    elastic_smooth_mm=40.0,
+    mixed_precision=False,
+    samples_per_epoch=None,
+    workers=1,
+    reduce_lr_patience=10,
+    early_stop_patience=30,
+    max_cases=None,
+)
+
+PROFILES: dict[str, dict] = {
+    "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
+              "p_elastic": 0.5, "reduce_lr_patience": 1, "early_stop_patience": 2},
+    "quick": {**_COMMON, "base_filters": 16, "epochs": 120, "batch_size": 2},
+    "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+             "reduce_lr_patience": 15, "early_stop_patience": 40},
+}
+
+
+def profile_name(name: str | None = None) -> str:
+    """Return the active profile's name: ``name`` if given, else ``$LUNGSEG_PROFILE``, else quick."""
+    name = name or os.environ.get("LUNGSEG_PROFILE", "quick")
+    if name not in PROFILES:
+        raise LungsegInputError(
+            f"Unknown profile {name!r}: choose one of {', '.join(PROFILES)}.")
+    return name
+
+
+def get_profile(name: str | None = None, **overrides) -> dict:
+    """Return a copy of a profile's settings (see module docstring), with ``overrides`` applied."""
+    name = profile_name(name)
+    settings = dict(PROFILES[name], profile=name)
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise LungsegInputError(f"Unknown setting(s) for profile {name!r}: {sorted(unknown)}.")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def _has_cases(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*/ct.nii.gz"))
+
+
+def shared_data_root() -> Path:
+    """``../shared/data`` beside the checkout (it may not exist)."""
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+def resolve_data_dir(verbose: bool = True) -> Path:
+    """Find the folder of cases, in the documented order.
+
+    1. ``$LUNGSEG_DATA`` (must exist and hold ``*/ct.nii.gz``);
+    2. ``data/`` of the repository, if it holds cases;
+    3. ``../shared/data/lctsc64`` beside the checkout;
+    4. otherwise a synthetic demo set generated into ``data/synthetic/`` (loudly announced).
+    """
+    env = os.environ.get("LUNGSEG_DATA")
+    if env:
+        folder = Path(env).expanduser().resolve()
+        if not _has_cases(folder):
+            raise LungsegInputError(
+                f"LUNGSEG_DATA={env} holds no case folders with a ct.nii.gz.")
+        return folder
+    local = REPO_ROOT / "data"
+    if _has_cases(local):
+        return local
+    shared = shared_data_root() / "lctsc64"
+    if _has_cases(shared):
+        return shared
+    from .synthetic import write_demo_dataset
+
+    folder = write_demo_dataset(SYNTHETIC_DIR)
+    if verbose:
+        print("!" * 72)
+        print("!! NO REAL DATA FOUND: using SYNTHETIC phantoms from", folder)
+        print("!! Results below say nothing about real CT. See data/README.md.")
+        print("!" * 72)
+    return folder
+
+
+def native_data_dir() -> Path | None:
+    """``../shared/data/lctsc_native`` (or ``$LUNGSEG_NATIVE_DATA``) if present, else None."""
+    env = os.environ.get("LUNGSEG_NATIVE_DATA")
+    folder = Path(env) if env else shared_data_root() / "lctsc_native"
+    return folder if _has_cases(folder) else None
+
+
+def set_seeds(seed: int = DEFAULT_SEED) -> None:
+    """Seed Python, NumPy and (if imported) Keras/TensorFlow from one number."""
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import sys
+
+    if "keras" in sys.modules:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+
+
+def new_run_dir(root: Path | None = None, prefix: str = "run") -> Path:
+    """Create and return a new, empty ``results/models/run_YYYYMMDD-HHMMSS`` folder.
+
+    Never reuses an existing folder: a suffix ``_2``, ``_3``… is added if the second is taken.
+    """
+    root = Path(root) if root else RESULTS_DIR / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        folder = root / (f"{prefix}_{stamp}" if i == 1 else f"{prefix}_{stamp}_{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"Could not create a new run folder in {root}.")
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Redirect file descriptor 2 to /dev/null (C++ libraries write there directly)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras_quietly():
+    """Import Keras (TensorFlow backend by default) without TensorFlow's start-up noise.
+
+    TensorFlow prints oneDNN and CUDA lines on file descriptor 2 at import; they do not obey
+    ``TF_CPP_MIN_LOG_LEVEL`` and they break nbval's output comparison. Switching oneDNN off
+    would remove them but halves the speed, so instead fd 2 is silenced around the import.
+    Returns the ``keras`` module.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with _stderr_silenced():
+        if os.environ["KERAS_BACKEND"] == "tensorflow":
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+            # Two cores: let TF use them without oversubscribing the augmentation workers.
+        import keras
+    import warnings
+
+    warnings.filterwarnings("ignore", module="keras")
+    return keras

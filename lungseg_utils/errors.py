@@ -1,0 +1,14 @@
+"""The project's own exception and warning types.
+
+Every error that bad input can cause is raised as :class:`LungsegInputError`, a
+``ValueError`` whose message names the file and the problem in one sentence, so that a
+notebook or the command line shows one clear line instead of a deep traceback.
+"""
+
+
+class LungsegInputError(ValueError):
+    """Bad input: a missing, unreadable or inconsistent file, or an impossible argument."""
+
+
+class LungsegWarning(UserWarning):
+    """Suspicious but usable input (an empty mask, intensities that do not look like HU)."""

@@ -1,0 +1,312 @@
+"""Discover, load, validate and save cases.
+
+A case is a folder ``patient_XXX/`` holding ``ct.nii.gz`` (Hounsfield units) and
+``lung.nii.gz`` (any label > 0 is lung) on the same grid. Everything that can be wrong with
+such files is checked here and reported as :class:`~lungseg_utils.errors.LungsegInputError`
+with the file's name and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import LungsegInputError, LungsegWarning
+
+CT_NAME = "ct.nii.gz"
+MASK_NAME = "lung.nii.gz"
+
+
+@dataclass
+class Case:
+    """One scan in memory.
+
+    Attributes
+    ----------
+    case_id : str
+        Folder name, e.g. ``patient_001``.
+    ct_hu : ndarray, float32, shape (X, Y, Z)
+        CT in Hounsfield units, in the file's voxel order.
+    mask : ndarray, uint8 {0, 1}, shape (X, Y, Z), or None if the case has no label.
+    affine : ndarray, float64, shape (4, 4)
+        Voxel to world (mm) transform from the header.
+    spacing_mm : tuple of 3 floats
+        Voxel size along each array axis, from the header.
+    path : Path
+        The CT file.
+    """
+
+    case_id: str
+    ct_hu: np.ndarray
+    mask: np.ndarray | None
+    affine: np.ndarray
+    spacing_mm: tuple
+    path: Path
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.ct_hu.shape)
+
+    @property
+    def axcodes(self) -> str:
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    @property
+    def lung_volume_ml(self) -> float:
+        if self.mask is None:
+            return float("nan")
+        return float(self.mask.sum()) * self.voxel_volume_ml
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3x3 part."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
+    """Return the sorted case folders under ``data_dir`` (those holding ``ct.nii.gz``).
+
+    Raises LungsegInputError if the folder does not exist or holds no case, or (with
+    ``require_mask``) if a case folder lacks ``lung.nii.gz``.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LungsegInputError(f"{data_dir}: data folder does not exist.")
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cases = [p for p in folders if (p / CT_NAME).exists()]
+    if not cases:
+        raise LungsegInputError(
+            f"{data_dir}: no case folders with a {CT_NAME} found (expected patient_XXX/{CT_NAME}).")
+    if require_mask:
+        missing = [p.name for p in cases if not (p / MASK_NAME).exists()]
+        if missing:
+            raise LungsegInputError(
+                f"{data_dir / missing[0] / MASK_NAME}: lung mask missing "
+                f"({len(missing)} case(s) without {MASK_NAME}).")
+    return cases
+
+
+def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header).
+
+    A trailing singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the
+    file, for a missing file, a file that is not NIfTI, a truncated ``.gz``, a 2D or 4D image,
+    a singular affine, or NaN/infinite voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LungsegInputError(f"{path}: {what} file is missing.")
+    if path.is_dir():
+        raise LungsegInputError(f"{path}: expected a NIfTI file but found a folder.")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise LungsegInputError(f"{path}: file is truncated or not valid gzip ({exc}).") from None
+    except nib.filebasedimages.ImageFileError:
+        raise LungsegInputError(f"{path}: not a NIfTI image.") from None
+    except (OSError, ValueError) as exc:
+        raise LungsegInputError(f"{path}: could not be read as NIfTI ({exc}).") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise LungsegInputError(
+            f"{path}: expected a 3D volume but the image has shape {tuple(data.shape)}.")
+    if min(data.shape) < 2:
+        raise LungsegInputError(
+            f"{path}: expected a 3D volume but the image has shape {tuple(data.shape)}.")
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise LungsegInputError(f"{path}: {bad} voxel(s) are NaN or infinite.")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise LungsegInputError(f"{path}: the header's affine is singular or not finite.")
+    return data, affine, img.header
+
+
+def check_hu(ct: np.ndarray, path) -> None:
+    """Warn (LungsegWarning) if intensities do not look like Hounsfield units."""
+    lo, hi = float(np.percentile(ct, 0.5)), float(np.percentile(ct, 99.5))
+    if lo >= -200.0:
+        if hi <= 1.0 + 1e-6:
+            why = "all in [0, 1] (already normalised?)"
+        elif lo >= 0.0:
+            why = f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values, no rescale?)"
+        else:
+            why = f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
+        warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning,
+                      stacklevel=3)
+
+
+def load_ct(path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Load a CT from a file or from a folder holding ``ct.nii.gz``.
+
+    Returns (ct_hu float32 (X, Y, Z), affine (4, 4), header); warns if not HU-like.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CT_NAME).exists():
+            raise LungsegInputError(f"{path}: folder holds no {CT_NAME}.")
+        path = path / CT_NAME
+    ct, affine, header = load_nifti(path, "CT")
+    check_hu(ct, path)
+    return ct, affine, header
+
+
+def load_case(case_dir, require_mask: bool = True) -> Case:
+    """Load ``case_dir/ct.nii.gz`` and ``case_dir/lung.nii.gz`` into a :class:`Case`.
+
+    The mask is binarised (label > 0 is lung) to uint8. Raises LungsegInputError if a file is
+    missing or bad, or if CT and mask differ in shape or affine; warns for an empty mask or
+    a CT that does not look like HU.
+    """
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise LungsegInputError(f"{case_dir}: case folder does not exist.")
+    ct_path, mask_path = case_dir / CT_NAME, case_dir / MASK_NAME
+    ct, affine, header = load_ct(ct_path)
+    mask = None
+    if mask_path.exists() or require_mask:
+        m, m_affine, _ = load_nifti(mask_path, "lung mask")
+        if m.shape != ct.shape:
+            raise LungsegInputError(
+                f"{mask_path}: mask shape {m.shape} differs from CT shape {ct.shape}.")
+        if not np.allclose(m_affine, affine, atol=1e-3):
+            raise LungsegInputError(f"{mask_path}: mask affine differs from the CT's affine.")
+        mask = (m > 0).astype(np.uint8)
+        if not mask.any():
+            warnings.warn(f"{mask_path}: the lung mask is empty.", LungsegWarning, stacklevel=2)
+    return Case(case_id=case_dir.name, ct_hu=ct, mask=mask, affine=affine,
+                spacing_mm=spacing_from_affine(affine), path=ct_path, header=header)
+
+
+def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None) -> list[Case]:
+    """Load every case under ``data_dir`` (the first ``max_cases`` if given)."""
+    folders = discover_cases(data_dir, require_mask=require_mask)
+    if max_cases:
+        folders = folders[:max_cases]
+    return [load_case(f, require_mask=require_mask) for f in folders]
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
+               overwrite: bool = False) -> Path:
+    """Write ``data`` with ``affine`` to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder and renamed, so a crash never
+    leaves half a file. ``header`` (e.g. the input's) is copied so that units and codes carry
+    over; the data type is the array's. Refuses to replace an existing file unless
+    ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LungsegInputError(f"{path}: file exists; pass overwrite=True (--overwrite) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=hdr)
+    img.set_data_dtype(np.asarray(data).dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (for provenance in ``train_config.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_split(case_ids, val_fraction: float = 0.15, test_fraction: float = 0.2,
+               seed: int = 42) -> dict:
+    """A seeded, patient-level split into train / val / test.
+
+    ``case_ids`` are patient identifiers (one per patient); each lands in exactly one part.
+    With n cases, test gets round(n * test_fraction) (at least 1 if n >= 3), val
+    round(n * val_fraction) (at least 1 if n >= 2), train the rest. Returns
+    ``{"seed", "train", "val", "test"}`` with sorted lists.
+    """
+    ids = sorted(set(str(c) for c in case_ids))
+    if len(ids) != len(list(case_ids)):
+        raise LungsegInputError("make_split: the same patient id appears twice in case_ids.")
+    n = len(ids)
+    if n < 2:
+        raise LungsegInputError(f"make_split: need at least 2 cases, got {n}.")
+    n_test = max(1 if n >= 3 else 0, int(round(n * test_fraction)))
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_test + n_val >= n:
+        n_test = max(0, n - n_val - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [ids[i] for i in order]
+    return {"seed": int(seed),
+            "test": sorted(shuffled[:n_test]),
+            "val": sorted(shuffled[n_test:n_test + n_val]),
+            "train": sorted(shuffled[n_test + n_val:])}
+
+
+def save_json(obj, path, overwrite: bool = False) -> Path:
+    """Write ``obj`` as indented JSON atomically; refuse to replace a file unless ``overwrite``."""
+    import json
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LungsegInputError(f"{path}: file exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_json(path) -> dict:
+    """Read a JSON file, with a clear error if it is missing or malformed."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LungsegInputError(f"{path}: file is missing.") from None
+    except json.JSONDecodeError as exc:
+        raise LungsegInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None

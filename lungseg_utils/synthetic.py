@@ -1,0 +1,103 @@
+"""Analytic chest phantoms with exact lung masks, for fast tests and the demo fallback.
+
+A phantom is drawn in world millimetres, so the same anatomy can be sampled on any grid (shape,
+voxel size, axis order): body (soft tissue ellipse, 40 HU, with a fat rim), two lungs
+(ellipsoids at about -850 HU with a vessel-like texture), a spine (bone, 700 HU), a couch
+under the back, Gaussian noise, and air (-1000 HU) around. The lung mask is exact on the
+voxel centres.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .config import MODEL_SHAPE, MODEL_SPACING_MM
+
+
+def lps_affine(shape, spacing_mm, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """An axis-aligned affine with axis codes L, P, S, centred on ``centre_mm``."""
+    aff = np.diag([-spacing_mm[0], -spacing_mm[1], spacing_mm[2], 1.0])
+    aff[:3, 3] = np.asarray(centre_mm, float) - aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+    return aff
+
+
+def reorient(volume: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder and flip the axes of ``volume`` to ``axcodes`` (e.g. ``"RAS"``, ``"SLA"``).
+
+    Returns the reoriented array and the affine that keeps every voxel at the same world point.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    tx = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(axcodes)))
+    out = nib.orientations.apply_orientation(volume, tx)
+    return np.ascontiguousarray(out), affine @ nib.orientations.inv_ornt_aff(tx, volume.shape)
+
+
+def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: int = 0,
+                 affine: np.ndarray | None = None, body_width_mm: float = 340.0,
+                 noise_hu: float = 20.0):
+    """Draw a chest phantom on a grid.
+
+    Parameters
+    ----------
+    shape : 3 ints; spacing_mm : 3 floats (voxel size along each array axis)
+    seed : varies the anatomy slightly (lung size and position) and the noise
+    affine : optional (4, 4) voxel -> world; default L, P, S centred on the world origin
+    body_width_mm : left-right width of the body; above about 320 mm a 64^3, 5 mm grid cuts
+        the body's sides, as in the course data
+
+    Returns
+    -------
+    ct_hu : float32 (X, Y, Z), mask : uint8 (X, Y, Z) exact lung mask, affine : (4, 4)
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    if affine is None:
+        affine = lps_affine(shape, spacing_mm)
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    world = (affine[:3, :3] @ idx + affine[:3, 3:4]).reshape((3,) + shape)
+    # World is RAS+ (x to the patient's right... left symmetric here, y anterior, z superior).
+    x, y, z = world
+    jitter = rng.uniform(-1, 1, size=6)
+    a_body, b_body = body_width_mm / 2.0, 120.0 + 10 * jitter[0]
+    body = (x / a_body) ** 2 + (y / b_body) ** 2 <= 1.0
+    fat = body & ((x / (a_body - 12)) ** 2 + (y / (b_body - 12)) ** 2 > 1.0)
+    lungs = np.zeros(shape, bool)
+    for side in (-1, 1):
+        cx = side * (70.0 + 5 * jitter[1])
+        r = np.array([55.0 + 5 * jitter[2], 75.0 + 5 * jitter[3], 110.0 + 10 * jitter[4]])
+        lungs |= ((x - cx) / r[0]) ** 2 + ((y + 5.0) / r[1]) ** 2 + ((z - 10 * jitter[5]) / r[2]) ** 2 <= 1.0
+    lungs &= body
+    spine = ((x / 18.0) ** 2 + ((y + 85.0) / 18.0) ** 2 <= 1.0) & body
+    couch = (np.abs(y + b_body + 14.0) <= 6.0) & (np.abs(x) <= 230.0)
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[body] = 40.0
+    ct[fat] = -100.0
+    ct[couch] = 200.0
+    ct[lungs] = -850.0
+    texture = np.sin(x / 7.0) * np.sin(y / 9.0) * np.sin(z / 11.0)
+    ct[lungs] += (60.0 * texture[lungs]).astype(np.float32)
+    ct[spine] = 700.0
+    ct += rng.normal(0.0, noise_hu, size=shape).astype(np.float32)
+    ct = np.clip(ct, -1024.0, 3071.0).astype(np.float32)
+    return ct, lungs.astype(np.uint8), affine
+
+
+def write_demo_dataset(folder, n_cases: int = 6, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write ``n_cases`` 64^3 phantoms as ``folder/synth_XXX/{ct,lung}.nii.gz`` (int16 / uint8).
+
+    Existing cases are kept unless ``overwrite``. Returns ``folder``.
+    """
+    from .io import save_nifti
+
+    folder = Path(folder)
+    for i in range(n_cases):
+        case = folder / f"synth_{i:03d}"
+        if (case / "ct.nii.gz").exists() and (case / "lung.nii.gz").exists() and not overwrite:
+            continue
+        ct, mask, affine = make_phantom(seed=seed + i, body_width_mm=300.0 + 12.0 * i)
+        save_nifti(np.round(ct).astype(np.int16), affine, case / "ct.nii.gz", overwrite=True)
+        save_nifti(mask, affine, case / "lung.nii.gz", overwrite=True)
+    return folder

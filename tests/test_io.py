@@ -1,0 +1,190 @@
+"""The data layer: loading, validation of bad input, atomic saving, the split."""
+
+import gzip
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lungseg_utils.errors import LungsegInputError, LungsegWarning
+from lungseg_utils.io import (discover_cases, file_sha256, load_case, load_ct, load_json,
+                              load_nifti, make_split, save_json, save_nifti, spacing_from_affine)
+from lungseg_utils.synthetic import make_phantom, write_demo_dataset
+
+
+def _write(path, data, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) * [2, 2, 3, 1] if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture
+def case_dir(tmp_path):
+    ct, mask, affine = make_phantom(shape=(24, 22, 20), spacing_mm=(12, 12, 14), seed=1)
+    d = tmp_path / "patient_001"
+    _write(d / "ct.nii.gz", ct.astype(np.int16), affine)
+    _write(d / "lung.nii.gz", (mask * 3).astype(np.uint8), affine)  # labels > 0 count as lung
+    return d
+
+
+def test_load_case_types_and_binarisation(case_dir):
+    case = load_case(case_dir)
+    assert case.ct_hu.dtype == np.float32 and case.mask.dtype == np.uint8
+    assert set(np.unique(case.mask)) <= {0, 1} and case.mask.any()
+    assert case.spacing_mm == pytest.approx((12, 12, 14))
+    assert case.axcodes == "LPS"
+    assert case.lung_volume_ml == pytest.approx(case.mask.sum() * 12 * 12 * 14 / 1000)
+
+
+def test_missing_files_name_the_file(case_dir, tmp_path):
+    (case_dir / "lung.nii.gz").unlink()
+    with pytest.raises(LungsegInputError, match=r"lung\.nii\.gz.*missing"):
+        load_case(case_dir)
+    with pytest.raises(LungsegInputError, match=r"ct\.nii\.gz.*missing"):
+        load_case(_mk(tmp_path / "p2"))
+    with pytest.raises(LungsegInputError, match="holds no ct.nii.gz"):
+        load_ct(tmp_path / "p2")
+
+
+def _mk(d):
+    d.mkdir()
+    return d
+
+
+def test_discover_cases_errors(tmp_path, case_dir):
+    assert discover_cases(tmp_path) == [case_dir]
+    empty = _mk(tmp_path / "empty")
+    with pytest.raises(LungsegInputError, match="no case folders"):
+        discover_cases(empty)
+    with pytest.raises(LungsegInputError, match="does not exist"):
+        discover_cases(tmp_path / "absent")
+    (case_dir / "lung.nii.gz").unlink()
+    with pytest.raises(LungsegInputError, match="lung mask missing"):
+        discover_cases(tmp_path)
+
+
+def test_not_nifti_and_truncated(tmp_path, case_dir):
+    bad = tmp_path / "bad" / "ct.nii.gz"
+    bad.parent.mkdir()
+    with gzip.open(bad, "wb") as f:
+        f.write(b"this is not a nifti file at all" * 20)
+    with pytest.raises(LungsegInputError, match=r"bad/ct\.nii\.gz.*not"):
+        load_nifti(bad)
+    plain = tmp_path / "plain.nii.gz"
+    plain.write_text("hello")
+    with pytest.raises(LungsegInputError, match="plain.nii.gz"):
+        load_nifti(plain)
+    data = (case_dir / "ct.nii.gz").read_bytes()
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LungsegInputError, match=r"trunc\.nii\.gz.*(truncated|could not)"):
+        load_nifti(trunc)
+
+
+@pytest.mark.parametrize("shape,ok", [((8, 9), False), ((8, 9, 7, 2), False), ((8, 9, 7, 1), True)])
+def test_dimensionality(tmp_path, shape, ok):
+    p = _write(tmp_path / "img.nii.gz", np.zeros(shape, np.int16) - 1000)
+    if ok:
+        data, _, _ = load_nifti(p)
+        assert data.shape == (8, 9, 7)
+    else:
+        with pytest.raises(LungsegInputError, match=r"img\.nii\.gz.*3D"):
+            load_nifti(p)
+
+
+def test_nan_and_inf(tmp_path):
+    data = np.zeros((6, 6, 6), np.float32) - 1000
+    data[1, 2, 3] = np.nan
+    data[2, 2, 2] = np.inf
+    p = _write(tmp_path / "nan.nii.gz", data)
+    with pytest.raises(LungsegInputError, match=r"nan\.nii\.gz: 2 voxel"):
+        load_nifti(p)
+
+
+def test_shape_and_affine_mismatch(case_dir):
+    ct = nib.load(str(case_dir / "ct.nii.gz"))
+    _write(case_dir / "lung.nii.gz", np.zeros((5, 5, 5), np.uint8), ct.affine)
+    with pytest.raises(LungsegInputError, match="shape"):
+        load_case(case_dir)
+    shifted = ct.affine.copy()
+    shifted[0, 3] += 10
+    _write(case_dir / "lung.nii.gz", np.zeros(ct.shape, np.uint8), shifted)
+    with pytest.raises(LungsegInputError, match="affine"):
+        load_case(case_dir)
+
+
+def test_empty_mask_warns(case_dir):
+    ct = nib.load(str(case_dir / "ct.nii.gz"))
+    _write(case_dir / "lung.nii.gz", np.zeros(ct.shape, np.uint8), ct.affine)
+    with pytest.warns(LungsegWarning, match="empty"):
+        case = load_case(case_dir)
+    assert case.mask.sum() == 0
+
+
+@pytest.mark.parametrize("lo,hi,why", [(0.0, 1.0, r"\[0, 1\]"), (0.0, 4095.0, "raw scanner")])
+def test_non_hu_intensities_warn(tmp_path, lo, hi, why):
+    data = np.random.default_rng(0).uniform(lo, hi, (10, 10, 10)).astype(np.float32)
+    p = _write(tmp_path / "odd.nii.gz", data)
+    with pytest.warns(LungsegWarning, match=why):
+        load_ct(p)
+
+
+def test_real_hu_does_not_warn(case_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_ct(case_dir)
+
+
+def test_save_nifti_atomic_keeps_affine_and_refuses_overwrite(tmp_path, case_dir):
+    case = load_case(case_dir)
+    out = tmp_path / "out" / "mask.nii.gz"
+    save_nifti(case.mask, case.affine, out, header=case.header)
+    img = nib.load(str(out))
+    np.testing.assert_allclose(img.affine, case.affine)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), case.mask)
+    assert img.get_data_dtype() == np.uint8
+    with pytest.raises(LungsegInputError, match="exists"):
+        save_nifti(case.mask, case.affine, out)
+    save_nifti(case.mask * 0, case.affine, out, overwrite=True)
+    assert np.asanyarray(nib.load(str(out)).dataobj).sum() == 0
+    assert not list(out.parent.glob(".tmp_*"))
+
+
+def test_spacing_from_rotated_affine():
+    theta = 0.3
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
+    assert spacing_from_affine(aff) == pytest.approx((0.8, 0.9, 2.5))
+
+
+def test_split_is_patient_level_seeded_and_complete():
+    ids = [f"patient_{i:03d}" for i in range(9)]
+    a, b = make_split(ids, seed=7), make_split(ids, seed=7)
+    assert a == b
+    parts = a["train"] + a["val"] + a["test"]
+    assert sorted(parts) == ids and len(set(parts)) == len(ids)
+    assert len(a["test"]) == 2 and len(a["val"]) == 1
+    assert make_split(ids, seed=8) != a
+    with pytest.raises(LungsegInputError, match="twice"):
+        make_split(ids + ids[:1])
+
+
+def test_json_roundtrip_and_errors(tmp_path):
+    p = save_json({"a": np.float32(1.5), "b": np.arange(3)}, tmp_path / "x.json")
+    assert load_json(p) == {"a": 1.5, "b": [0, 1, 2]}
+    with pytest.raises(LungsegInputError, match="exists"):
+        save_json({}, p)
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(LungsegInputError, match="bad.json: not valid JSON"):
+        load_json(tmp_path / "bad.json")
+
+
+def test_demo_dataset_and_hash(tmp_path):
+    folder = write_demo_dataset(tmp_path / "demo", n_cases=2)
+    cases = discover_cases(folder)
+    assert [c.name for c in cases] == ["synth_000", "synth_001"]
+    case = load_case(cases[0])
+    assert case.shape == (64, 64, 64) and case.mask.sum() > 1000
+    assert len(file_sha256(cases[0] / "ct.nii.gz")) == 64
