@@ -28,7 +28,9 @@ from .errors import LungsegInputError
 
 #: Repository root (the folder holding ``lungseg_utils/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FIGURES_DIR = REPO_ROOT / "figures"
+#: Where notebooks export figures; the test suite points ``LUNGSEG_FIGURES_DIR`` at a
+#: temporary folder so that smoke runs never replace the committed figures.
+FIGURES_DIR = Path(os.environ.get("LUNGSEG_FIGURES_DIR", REPO_ROOT / "figures"))
 RESULTS_DIR = REPO_ROOT / "results"
 REFERENCE_DIR = RESULTS_DIR / "reference"
 SYNTHETIC_DIR = REPO_ROOT / "data" / "synthetic"
@@ -161,9 +163,10 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
 def new_run_dir(root: Path | None = None, prefix: str = "run") -> Path:
     """Create and return a new, empty ``results/models/run_YYYYMMDD-HHMMSS`` folder.
 
+    The parent folder is ``root``, else ``$LUNGSEG_RUNS_DIR``, else ``results/models``.
     Never reuses an existing folder: a suffix ``_2``, ``_3``… is added if the second is taken.
     """
-    root = Path(root) if root else RESULTS_DIR / "models"
+    root = Path(root or os.environ.get("LUNGSEG_RUNS_DIR") or RESULTS_DIR / "models")
     root.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1, 1000):

@@ -310,3 +310,36 @@ def load_json(path) -> dict:
         raise LungsegInputError(f"{path}: file is missing.") from None
     except json.JSONDecodeError as exc:
         raise LungsegInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+
+
+def describe_case(case: Case) -> dict:
+    """One row of the data table: shape, voxel size, orientation, HU range, lung volume.
+
+    Returns a dict with ``case_id, shape, spacing_mm, axcodes, hu_min, hu_max, lung_volume_ml,
+    lung_fraction`` (share of the volume's voxels that are lung), ``lung_mean_hu`` and
+    ``touches_border`` (whether the mask reaches a face of the volume).
+    """
+    mask = case.mask if case.mask is not None else np.zeros(case.shape, np.uint8)
+    m = mask > 0
+    faces = [m[0], m[-1], m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]]
+    return {
+        "case_id": case.case_id,
+        "shape": tuple(int(s) for s in case.shape),
+        "spacing_mm": tuple(round(float(s), 3) for s in case.spacing_mm),
+        "axcodes": case.axcodes,
+        "hu_min": float(case.ct_hu.min()),
+        "hu_max": float(case.ct_hu.max()),
+        "lung_volume_ml": case.lung_volume_ml,
+        "lung_fraction": float(m.mean()),
+        "lung_mean_hu": float(case.ct_hu[m].mean()) if m.any() else float("nan"),
+        "touches_border": bool(any(f.any() for f in faces)),
+    }
+
+
+def format_table(rows: list[dict], columns: dict) -> str:
+    """Plain-text table: ``columns`` maps a row key to a format spec (e.g. ``{"dice": ".3f"}``)."""
+    cells = [[format(r[k], f) if f else str(r[k]) for k, f in columns.items()] for r in rows]
+    heads = list(columns)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])

@@ -1,0 +1,41 @@
+# Thin wrapper: every target is a few lines; the logic lives in lungseg_utils and scripts/.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NOTEBOOKS := 01_data_exploration 02_preprocessing 03_augmentation_preview 04_training 05_evaluation 06_tta viewer
+
+.PHONY: all setup run notebooks report test bench clean-figures
+
+## all: the main job — environment, every notebook top to bottom, figures, report
+all: setup notebooks report
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+## setup: create .venv and install the package with its dev extra (once)
+setup: $(VENV)/.installed
+
+## notebooks: run each notebook in order (LUNGSEG_PROFILE, default quick), outputs in place
+notebooks: setup
+	@for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($${LUNGSEG_PROFILE:-quick})"; \
+	  $(PY) -m jupytext --quiet --to ipynb --update notebooks/$$nb.py || exit 1; \
+	  $(PY) -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=7200 notebooks/$$nb.ipynb || exit 1; \
+	done
+
+## report: rebuild report/report.pdf from the result files (seconds)
+report: setup
+	$(PY) -m lungseg_utils.report
+
+## test: the whole suite — unit tests, notebooks under nbval (smoke profile), browser test
+test: setup
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  --nbval-cell-timeout=900 -p no:cacheprovider -q -rs
+
+## bench: speed and memory measurements into benchmarks/results.json and RESULTS.md
+bench: setup
+	$(PY) benchmarks/run.py
