@@ -22,6 +22,18 @@ import numpy as np
 
 from .errors import LungsegInputError, LungsegWarning
 
+def publish(tmp, path) -> Path:
+    """Move a finished temporary file onto ``path`` atomically, with ordinary permissions.
+
+    (``tempfile.mkstemp`` creates files readable by their owner only.)
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return Path(path)
+
+
 CT_NAME = "ct.nii.gz"
 MASK_NAME = "lung.nii.gz"
 
@@ -227,7 +239,7 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
     os.close(fd)
     try:
         nib.save(img, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -283,7 +295,7 @@ def save_json(obj, path, overwrite: bool = False) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path
 
 

@@ -1,0 +1,53 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+# ---
+
+# %% [markdown]
+# # Lung CT slice viewer
+#
+# Scroll through one chest CT in any plane, with the expert lung mask, a prediction and
+# the error map between them (true positives, false positives, false negatives) drawn over
+# it. Pictures follow the radiological convention (the patient's right on the image's left),
+# read from the file's affine; the line under the picture gives the slice's position in
+# millimetres and the lung area on it. Serve it as an app with `voila notebooks/viewer.ipynb`.
+#
+# Data: Lung CT Segmentation Challenge 2017 (LCTSC), The Cancer Imaging Archive, CC BY 3.0
+# (Yang et al., 2017, DOI 10.7937/K9/TCIA.2017.3R3FVZ08).
+
+# %%
+from lungseg_utils import config, geometry, io, viz
+
+case = io.load_case(io.discover_cases(config.resolve_data_dir())[0])
+
+# %% [markdown]
+# The prediction comes from the trained network with test-time augmentation when a model is
+# stored in `results/reference/` (only then is TensorFlow imported; the spread of the eight
+# flipped predictions is the uncertainty overlay), otherwise from the classical threshold
+# baseline.
+
+# %%
+pred, uncertainty, source = None, None, "none"
+if (config.REFERENCE_DIR / "best_model.keras").exists():
+    try:
+        from lungseg_utils.inference import predict_case
+    except ImportError:
+        predict_case = None
+    if predict_case is not None:
+        result = predict_case(case, tta=True)
+        pred, source = result["mask"], "3D U-Net with TTA"
+        uncertainty = geometry.from_model_grid(result["std64"], result["grid"])
+if pred is None:
+    try:
+        from lungseg_utils.evaluate import classical_lung_mask
+    except ImportError:
+        classical_lung_mask = None
+    if classical_lung_mask is not None:
+        pred, source = classical_lung_mask(case.ct_hu, case.spacing_mm), "classical baseline"
+print(f"{case.case_id}: {case.ct_hu.shape} voxels, prediction: {source}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+viz.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=pred, uncertainty=uncertainty,
+                title=f"{case.case_id} (prediction: {source})")

@@ -1,0 +1,301 @@
+"""Kernel-side tests of lungseg_utils.viz: export, orientation, static figures, the viewer.
+
+No browser is needed (run with MPLBACKEND=Agg); arrays are small and built here.
+"""
+
+import itertools
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
+
+from lungseg_utils import config, viz
+from lungseg_utils.errors import LungsegInputError
+
+SHAPE = (32, 28, 20)
+SPACING = (1.5, 2.0, 3.0)
+ORIGIN = (100.0, 50.0, -200.0)
+CONVENTION = {"axial": dict(left="R", right="L", top="A", bottom="P"),
+              "coronal": dict(left="R", right="L", top="S", bottom="I"),
+              "sagittal": dict(left="A", right="P", top="S", bottom="I")}
+
+
+def lps_affine(spacing=SPACING, origin=ORIGIN):
+    """Affine of an L, P, S grid (as the course data): x and y columns negative."""
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = origin
+    return aff
+
+
+@pytest.fixture
+def case():
+    """CT with a body and a box of lung; the prediction is the box moved 2 voxels to the left."""
+    ct = np.full(SHAPE, -1000.0, np.float32)
+    ct[3:29, 2:26, :] = 40.0
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[8:20, 6:16, 5:15] = 1               # 12 x 10 voxels on each axial slice 5..14
+    ct[mask > 0] = -850.0
+    pred = np.zeros_like(mask)
+    pred[10:22, 6:16, 5:15] = 1              # false positives x 20..21, false negatives x 8..9
+    unc = np.zeros(SHAPE, np.float32)
+    unc[10:22, 6:16, 5:15] = np.abs(pred - mask)[10:22, 6:16, 5:15] * 0.5 + 0.1
+    return dict(ct_hu=ct, affine=lps_affine(), mask=mask, pred=pred, uncertainty=unc)
+
+
+def find(viewer, css):
+    """The widget of ``viewer`` carrying the CSS class ``lungseg-<css>`` (as a browser sees it)."""
+    stack = [viewer.widget]
+    while stack:
+        widget = stack.pop()
+        if f"lungseg-{css}" in getattr(widget, "_dom_classes", ()):
+            return widget
+        stack.extend(getattr(widget, "children", ()))
+    raise AssertionError(f"no widget with class lungseg-{css}")
+
+
+def pixel_of_voxel(viewer, voxel, ax_index=0):
+    """RGB of the canvas pixel that shows ``voxel`` (i, j, k) on the current slice."""
+    marker = np.zeros(SHAPE, np.uint8)
+    marker[voxel] = 1
+    plane = viewer._axis
+    r, c = np.argwhere(viz.display_slice(marker, viewer.affine, plane,
+                                         voxel[viz.slicing_axis(viewer.affine, plane)]))[0]
+    x, y = viewer.axes[ax_index].transData.transform((c, r))
+    img = viewer.current_image()
+    return img[int(img.shape[0] - y), int(x), :3].astype(int)
+
+
+def rgb255(colour):
+    return np.round(np.array(to_rgb(colour)) * 255).astype(int)
+
+
+# -- export and style -------------------------------------------------------------------------
+def test_export_figure_writes_png_300dpi_and_reproducible_pdf(tmp_path):
+    fig, ax = plt.subplots(figsize=(viz.COL_IN, 2.0))
+    ax.plot([0, 1], [0, 1])
+    paths = viz.export_figure(fig, "05_dice_boxplot", figures_dir=tmp_path)
+    assert [p.name for p in paths] == ["05_dice_boxplot.png", "05_dice_boxplot.pdf"]
+    with Image.open(paths[0]) as png:
+        assert png.info["dpi"] == pytest.approx((300, 300), abs=0.1)
+        assert png.size[0] == pytest.approx(viz.COL_IN * 300, rel=0.1)
+    pdf = paths[1].read_bytes()
+    assert pdf.startswith(b"%PDF") and b"CreationDate" not in pdf
+    first = [p.read_bytes() for p in paths]
+    viz.export_figure(fig, "05_dice_boxplot", figures_dir=tmp_path)
+    assert [p.read_bytes() for p in paths] == first          # re-runs give identical files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["05_dice_boxplot.pdf",
+                                                          "05_dice_boxplot.png"]
+    plt.close(fig)
+
+
+def test_export_figure_defaults_to_config_figures_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "FIGURES_DIR", tmp_path / "figures")
+    fig = plt.figure(figsize=(1, 1))
+    assert viz.export_figure(fig, "x")[0] == tmp_path / "figures" / "x.png"
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("name", ["a/b", "fig.png", "", ".hidden", "x y"])
+def test_export_figure_rejects_bad_names(tmp_path, name):
+    fig = plt.figure()
+    with pytest.raises(LungsegInputError, match="name"):
+        viz.export_figure(fig, name, figures_dir=tmp_path)
+    plt.close(fig)
+
+
+def test_apply_style_sets_print_sizes():
+    with mpl.rc_context():
+        viz.apply_style()
+        assert 8 <= mpl.rcParams["font.size"] <= 9
+        assert mpl.rcParams["savefig.dpi"] == 300
+    assert (viz.COL_IN, viz.PAGE_IN) == (3.4, 7.0)
+    assert viz.window_limits("lung") == (-1350.0, 150.0)
+    assert viz.window_limits("mediastinum") == (-135.0, 215.0)
+
+
+# -- orientation ------------------------------------------------------------------------------
+def all_orientations(spacing=(1.0, 2.0, 3.0)):
+    """The 48 axis-aligned affines: every permutation of world axes, every sign."""
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            aff = np.eye(4)
+            aff[:3, :3] = 0.0
+            for k in range(3):
+                aff[perm[k], k] = signs[k] * spacing[k]
+            aff[:3, 3] = (-20.0, 30.0, 5.0)
+            yield aff
+
+
+@pytest.mark.parametrize("affine", list(all_orientations()), ids=lambda a: "".join(
+    __import__("nibabel").aff2axcodes(a)))
+def test_markers_land_on_the_radiological_side_in_all_48_orientations(affine):
+    """Voxels at the patient's Right, Anterior and Superior half show up where they should."""
+    shape = (8, 6, 10)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3]
+    # RAS+ world: +x is the patient's Right, +y Anterior, +z Superior.
+    vol = sum(bit * (world[..., ax] > centre[ax]) for bit, ax in ((1, 0), (2, 1), (4, 2)))
+    expect = {"axial": (1, 2), "coronal": (1, 4), "sagittal": (2, 4)}  # (left bit, top bit)
+    for plane, (left_bit, top_bit) in expect.items():
+        k = viz.slicing_axis(affine, plane)
+        img = viz.display_slice(vol, affine, plane, shape[k] // 2)
+        h, w = img.shape
+        assert np.all(img[:, : w // 2] & left_bit) and not np.any(img[:, w // 2:] & left_bit)
+        assert np.all(img[: h // 2] & top_bit) and not np.any(img[h // 2:] & top_bit)
+        assert viz.orientation_labels(affine, plane) == CONVENTION[plane]
+        assert viz.plane_name(affine, k) == plane
+
+
+def test_lps_slices_match_the_documented_recipe():
+    vol = np.random.default_rng(0).normal(size=(5, 6, 7))
+    aff = lps_affine()
+    np.testing.assert_array_equal(viz.display_slice(vol, aff, "axial", 3), vol[:, :, 3].T)
+    np.testing.assert_array_equal(viz.display_slice(vol, aff, "coronal", 2), vol[:, 2, :].T[::-1])
+    np.testing.assert_array_equal(viz.display_slice(vol, aff, "sagittal", 1), vol[1].T[::-1])
+
+
+def test_orientation_labels_for_permuted_flipped_and_oblique_affines():
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert viz.orientation_labels(ras, "axial") == CONVENTION["axial"]
+    # Array axes (S, R, A) and (I, P, L): axis 0 is the axial axis in both.
+    sra = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
+    ipl = np.array([[0, 0, -1, 0], [0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 0, 1.0]])
+    for aff in (sra, ipl):
+        assert viz.plane_name(aff, 0) == "axial" and viz.slicing_axis(aff, "axial") == 0
+        for plane in CONVENTION:
+            assert viz.orientation_labels(aff, plane) == CONVENTION[plane]
+    t = np.deg2rad(10)
+    oblique = lps_affine()
+    oblique[:3, :3] = oblique[:3, :3] @ np.array([[np.cos(t), -np.sin(t), 0],
+                                                  [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    assert viz.orientation_labels(oblique, 2) == CONVENTION["axial"]
+    with pytest.raises(LungsegInputError):
+        viz.plane_name(ras, "transverse")
+
+
+def test_slice_aspect_for_anisotropic_voxels():
+    aff = lps_affine()
+    assert viz.slice_aspect(SPACING, "axial", aff) == pytest.approx(2.0 / 1.5)
+    assert viz.slice_aspect(SPACING, "coronal", aff) == pytest.approx(3.0 / 1.5)
+    assert viz.slice_aspect(SPACING, "sagittal", aff) == pytest.approx(3.0 / 2.0)
+    assert viz.slice_aspect(SPACING, 2) == pytest.approx(2.0 / 1.5)   # no affine: x, y, z order
+
+
+# -- static figures ---------------------------------------------------------------------------
+def test_show_slice_overlays_and_legends(case):
+    fig, axes = plt.subplots(1, 3)
+    args = (case["ct_hu"], "axial", 10, SPACING, case["affine"])
+    viz.show_slice(axes[0], *args, mask=case["mask"], pred=case["pred"], overlay="errors")
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels == list(viz.ERROR_COLOURS)
+    viz.show_slice(axes[1], *args, window="lung", mask=case["mask"], pred=case["pred"])
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["reference", "prediction"]
+    viz.show_slice(axes[2], *args, mask=case["mask"], overlay="fill")
+    assert {t.get_text() for t in axes[2].texts} == {"R", "L", "A", "P"}
+    with pytest.raises(LungsegInputError, match="needs both"):
+        viz.show_slice(axes[2], *args, mask=case["mask"], overlay="errors")
+    with pytest.raises(LungsegInputError, match="overlay"):
+        viz.show_slice(axes[2], *args, mask=case["mask"], overlay="outline")
+    plt.close(fig)
+
+
+def test_montage_three_planes_goes_through_the_mask_centre(case):
+    fig = viz.montage_three_planes(case["ct_hu"], case["mask"], SPACING, case["affine"],
+                                   title="phantom")
+    titles = [ax.get_title() for ax in fig.axes]
+    # Mask centre (13.5, 10.5, 9.5) rounds to voxel (14, 10, 10): x = 100 - 1.5 * 14,
+    # y = 50 - 2 * 10, z = -200 + 3 * 10.
+    assert titles == ["axial, z = -170 mm", "coronal, y = 30 mm", "sagittal, x = 79 mm"]
+    plt.close(fig)
+
+
+# -- the slice viewer -------------------------------------------------------------------------
+def test_viewer_controls_change_the_picture(case):
+    v = viz.SliceViewer(**case, title="phantom")
+    assert "application/vnd.jupyter.widget-view+json" in v._repr_mimebundle_()
+    assert v._index["axial"] == SHAPE[2] // 2 and v.redraw_seconds > 0
+    before = v.current_image()
+    v.set_slice(2)                                  # below the lung box
+    after_slice = v.current_image()
+    assert not np.array_equal(before, after_slice)
+    find(v, "slice").value = 12                     # the slider itself
+    assert "slice 12 / 19" in find(v, "readout").value
+    v.set_axis("coronal")
+    assert find(v, "slice").max == SHAPE[1] - 1 and find(v, "slice").value == SHAPE[1] // 2
+    coronal = v.current_image()
+    assert not np.array_equal(coronal, after_slice)
+    v.set_overlay("errors")
+    assert not np.array_equal(v.current_image(), coronal)
+    find(v, "overlay").value = "uncertainty"
+    assert v._overlay == "uncertainty"
+    find(v, "side").value = True
+    assert v.current_image().shape[1] > coronal.shape[1]   # two panels, a wider figure
+    with pytest.raises(LungsegInputError, match="not available"):
+        viz.SliceViewer(case["ct_hu"], case["affine"]).set_overlay("prediction")
+
+
+def test_error_map_colours_appear_where_fp_and_fn_are(case):
+    v = viz.SliceViewer(**case)
+    v.set_slice(10)
+    v.set_opacity(1.0)
+    v.set_overlay("errors")
+    fp, fn, tp = (21, 11, 10), (8, 11, 10), (15, 11, 10)
+    for voxel, name in ((fp, "false positive"), (fn, "false negative"), (tp, "true positive")):
+        np.testing.assert_allclose(pixel_of_voxel(v, voxel), rgb255(viz.ERROR_COLOURS[name]),
+                                   atol=3)
+    v.set_overlay("none")
+    assert np.ptp(pixel_of_voxel(v, fp)) < 3        # grey CT only
+
+
+def test_readout_gives_position_in_mm_and_area_in_cm2(case):
+    v = viz.SliceViewer(**case)
+    v.set_slice(10)
+    text = find(v, "readout").value
+    # z = -200 + 3 * 10; area = 12 * 10 voxels * 1.5 * 2.0 mm^2 = 3.60 cm^2 (both masks).
+    assert "z = -170.0 mm" in text
+    assert "reference 3.60 cm&sup2;" in text and "prediction 3.60 cm&sup2;" in text
+    v.set_axis("sagittal")
+    v.set_slice(9)                                  # x = 100 - 1.5 * 9; 10 x 10 voxels of 2 x 3
+    text = find(v, "readout").value
+    assert "x = 86.5 mm" in text and "reference 6.00 cm&sup2;" in text
+    assert "prediction 0.00 cm&sup2;" in text
+
+
+def test_viewer_aspect_follows_voxel_size(case):
+    v = viz.SliceViewer(**case)
+    for plane, (h_mm, w_mm) in {"axial": (28 * 2.0, 32 * 1.5), "coronal": (20 * 3.0, 32 * 1.5),
+                                "sagittal": (20 * 3.0, 28 * 2.0)}.items():
+        v.set_axis(plane)
+        box = v.axes[0].get_window_extent()
+        assert box.height / box.width == pytest.approx(h_mm / w_mm, rel=0.02)
+
+
+def test_window_presets_and_sliders(case):
+    v = viz.SliceViewer(**case)
+    find(v, "preset").value = "bone"
+    assert v._window == (-500.0, 1300.0)
+    v.set_window((-1000, 300))
+    assert v._window == (-1000.0, 300.0) and find(v, "preset").value == "custom"
+
+
+def test_uncertainty_heat_map_is_drawn_where_uncertain(case):
+    v = viz.SliceViewer(**case)
+    v.set_slice(10)
+    v.set_opacity(1.0)
+    v.set_overlay("uncertainty")
+    hot, calm = pixel_of_voxel(v, (21, 11, 10)), pixel_of_voxel(v, (5, 11, 10))
+    assert np.ptp(hot) > 50 and np.ptp(calm) < 3    # coloured vs. plain grey
+
+
+def test_export_button_writes_the_current_view(case, tmp_path):
+    v = viz.SliceViewer(**case, figures_dir=tmp_path)
+    v.set_axis("coronal")
+    v.set_slice(11)
+    find(v, "export").click()
+    assert (tmp_path / "viewer_coronal_11.png").exists()
+    assert (tmp_path / "viewer_coronal_11.pdf").exists()
+    assert "viewer_coronal_11.png" in find(v, "status").value
