@@ -1,0 +1,439 @@
+"""The 2-3 page PDF report and the README's results table, both built from the result files.
+
+How a number reaches the PDF
+----------------------------
+1. :func:`read_results` reads the result files of a run (``results/reference/`` by default:
+   ``evaluation.json``, ``tta.json``, ``train_config.json``, ``training_log.csv`` ...).
+2. :func:`report_numbers` turns them into one dict in which **every number is already
+   formatted as the report prints it** (Dice 3 decimals, mm 1 decimal, see
+   :func:`format_value`); the result files keep their own shape inside it, so
+   ``evaluation.json``'s ``grid64.summary.unet.dice.mean`` is ``numbers["evaluation"]
+   ["grid64"]["summary"]["unet"]["dice"]["mean"]``, a string such as ``"0.973"``.
+   (Formatting here, not in Typst, because the files may hold ``NaN`` and ``Infinity``,
+   which Typst's ``json()`` cannot read, and because the README table needs the same text.)
+3. :func:`build_report` writes that dict as ``numbers.json`` beside the PDF and compiles
+   ``report/report.typ``, which reads it with Typst's ``json()``. ``report.typ`` types no
+   result by hand; the figures it shows are :data:`REPORT_FIGURES`, read from ``figures/``.
+
+``python -m lungseg_utils.report`` rebuilds ``report/report.pdf`` and the README's results
+block in a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import config, io
+from .inference import FLIPS
+from .errors import LungsegInputError
+
+REPORT_DIR = config.REPO_ROOT / "report"
+REPORT_TYP = REPORT_DIR / "report.typ"
+REPORT_PDF = REPORT_DIR / "report.pdf"
+NUMBERS_NAME = "numbers.json"
+README = config.REPO_ROOT / "README.md"
+
+#: The figures the report shows, as exported by the notebooks (``figures/<name>.{png,pdf}``);
+#: the two-digit prefix names the notebook that makes each one.
+REPORT_FIGURES = (
+    "02_model_grid_round_trip",
+    "03_augmentation_grid",
+    "04_training_curves",
+    "05_dice_boxplot",
+    "05_worst_cases",
+    "06_tta_uncertainty",
+)
+#: The result files of a run that the report reads.
+RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_metrics.json",
+                "evaluation.json", "tta.json")
+#: How methods are named in the tables (report and README alike).
+METHOD_LABELS = {"unet": "U-Net", "unet_post": "U-Net + post-processing",
+                 "baseline": "Classical baseline", "ceiling": "Resolution ceiling"}
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+#: A figure wider than this (inches, as exported) spans both columns of the report.
+WIDE_FIGURE_IN = 4.5
+
+_MINUS = "\u2212"
+_SKIP_KEYS = {"input_files", "input_sha256"}  # hashes: kept in the result files, not printed
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt_number(value, decimals: int, signed: bool = False) -> str:
+    """``value`` with a fixed number of decimals, a typographic minus, ``∞`` and ``n/a``.
+
+    >>> fmt_number(0.97349, 3), fmt_number(-0.0042, 3, signed=True), fmt_number(0.0021, 3, True)
+    ('0.973', '−0.004', '+0.002')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    value = float(value)
+    if math.isinf(value):
+        return ("+" if signed else "") + "∞" if value > 0 else _MINUS + "∞"
+    text = f"{value:.{decimals}f}"
+    if float(text) == 0.0:
+        text = text.lstrip("-")  # no "-0.000"
+    if signed and not text.startswith("-"):
+        text = "+" + text
+    return text.replace("-", _MINUS)
+
+
+def _fmt_general(value: float) -> str:
+    """Settings such as 0.5, 1e-3 or 1e-5: short, with a power of ten below 0.001."""
+    if value != 0 and abs(value) < 1e-3:
+        mantissa, exp = f"{value:.0e}".split("e")
+        sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+        return f"{mantissa}×10{str(int(exp)).translate(sup)}".replace("-", _MINUS)
+    return f"{value:g}".replace("-", _MINUS)
+
+
+def format_value(key: str, value, context: str = "") -> str:
+    """Format one number of a result file, by its key (and the key above it).
+
+    Dice, IoU and AUC: 3 decimals (a Dice gain is signed); distances ``*_mm`` and
+    percentages ``*_pct``: 1 decimal; volumes ``*_ml``: 0; times ``*_s``: 2; ``ci``: a
+    percentage (0.95 -> "95"); integers as they are; any other number (settings such as a
+    learning rate) in short general form. ``context`` is the nearest enclosing key that
+    names a metric, so that ``summary.unet.dice.mean`` counts as a Dice.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    names = [k for k in (key, context) if k]
+    if key == "ci":
+        return fmt_number(100 * value, 0)
+    if isinstance(value, int):
+        return str(value).replace("-", _MINUS)
+    for name in names:
+        if name == "dice_gain":
+            return fmt_number(value, 3, signed=True)
+        if name.startswith(("dice", "iou", "val_dice", "val_iou")) or name.endswith("auc"):
+            return fmt_number(value, 3)
+        if name.endswith(("_mm", "_pct")):
+            return fmt_number(value, 1)
+        if name.endswith("_ml"):
+            return fmt_number(value, 0)
+        if name.endswith("_s") or name == "time_s":
+            return fmt_number(value, 2)
+    return _fmt_general(float(value))
+
+
+_METRIC_KEY = re.compile(r"^(dice|iou|hd95|assd|volume|time_s|.*_(mm|ml|pct|s)$|.*auc$)")
+
+
+def format_tree(obj, key: str = "", context: str = ""):
+    """A copy of a JSON tree with every number replaced by its printed text (see
+    :func:`format_value`); dicts and lists keep their shape, strings and booleans stay."""
+    if isinstance(obj, dict):
+        ctx = key if key and _METRIC_KEY.match(key) else context
+        return {k: format_tree(v, k, ctx) for k, v in obj.items() if k not in _SKIP_KEYS}
+    if isinstance(obj, list):
+        return [format_tree(v, key, context) for v in obj]
+    return format_value(key, obj, context)
+
+
+# ----------------------------------------------------------------------------- reading
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository if inside it, else absolute (for messages, text)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(config.REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _need(tree: dict, dotted: str, filename: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise LungsegInputError(f"{filename}: missing {dotted!r} (see helpers' SCHEMA / "
+                                    "notebook 05-06); re-run the notebook that writes it.")
+        node = node[part]
+    return node
+
+
+def read_training_log(path) -> list[dict]:
+    """Rows of a Keras ``CSVLogger`` file as dicts of floats (``epoch`` as int)."""
+    path = Path(path)
+    if not path.exists():
+        raise LungsegInputError(f"{path}: file is missing.")
+    with open(path, newline="") as f:
+        rows = [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
+                 if k is not None and v not in (None, "")} for row in csv.DictReader(f)]
+    if not rows:
+        raise LungsegInputError(f"{path}: the training log has no rows.")
+    for col in ("epoch", "loss", "val_loss", "val_dice"):
+        if col not in rows[0]:
+            raise LungsegInputError(f"{path}: column {col!r} is missing.")
+    return rows
+
+
+def read_results(results_dir=None) -> dict:
+    """The raw contents of a run's result files, keyed by file stem.
+
+    ``results_dir`` defaults to ``results/reference``. Raises :class:`LungsegInputError`
+    naming the first file of :data:`RESULT_FILES` that is missing or unreadable, or a key
+    that the report needs and the file lacks.
+    """
+    folder = Path(results_dir) if results_dir is not None else config.REFERENCE_DIR
+    for name in RESULT_FILES:
+        if not (folder / name).is_file():
+            raise LungsegInputError(f"{folder / name}: result file is missing; the report "
+                                    "needs every one of " + ", ".join(RESULT_FILES) + ".")
+    raw = {Path(n).stem: io.load_json(folder / n) for n in RESULT_FILES if n.endswith(".json")}
+    raw["training_log"] = read_training_log(folder / "training_log.csv")
+    ev = raw["evaluation"]
+    _need(ev, "test_cases", "evaluation.json")
+    for grid, methods in (("grid64", ("unet", "unet_post", "baseline")),
+                          ("native", ("unet", "unet_post", "baseline", "ceiling"))):
+        for case in _need(ev, f"{grid}.cases", "evaluation.json"):
+            for m in methods:
+                _need(case, f"{m}.dice", f"evaluation.json {grid}.cases[{case.get('case_id')}]")
+        for m in methods:
+            for metric in ("dice", "hd95_mm"):
+                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
+                    _need(ev, f"{grid}.summary.{m}.{metric}.{stat}", "evaluation.json")
+    for key in ("cases", "dice_gain.mean_diff", "dice_gain.lo", "dice_gain.hi",
+                "time_s.single", "time_s.tta"):
+        _need(raw["tta"], key, "tta.json")
+    for key in ("train", "val", "test"):
+        _need(raw["split"], key, "split.json")
+    raw["results_dir"] = folder
+    return raw
+
+
+def _settings(cfg: dict) -> dict:
+    """The run's settings: ``train_config['settings']`` (train.py) or the top level (older)."""
+    return dict(cfg.get("settings", cfg))
+
+
+def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
+    """What the Training section states, from ``train_config.json`` and ``training_log.csv``."""
+    settings = _settings(cfg)
+    best = min(log, key=lambda r: r["val_loss"])  # the checkpoint kept (monitor val_loss)
+    last = log[-1]
+    wall_s = cfg.get("wall_time_s") or (test_metrics.get("training") or {}).get("wall_s_this_session")
+    params = (cfg.get("model") or {}).get("params") or cfg.get("n_params")
+    lr = last.get("learning_rate", last.get("lr"))
+    versions = cfg.get("versions") or {}
+    return {
+        "profile": cfg.get("profile", settings.get("profile", "?")),
+        "epochs_run": str(len(log)),
+        "epochs_planned": str(settings.get("epochs", "?")),
+        "best_epoch": str(best["epoch"] + 1),
+        "best_val_dice": fmt_number(best["val_dice"], 3),
+        "best_val_loss": fmt_number(best["val_loss"], 3),
+        "final_train_dice": fmt_number(last.get("dice"), 3),
+        "final_lr": _fmt_general(lr) if lr is not None else "n/a",
+        "wall_time_min": fmt_number(wall_s / 60.0, 0) if wall_s else "n/a",
+        "params_m": fmt_number(params / 1e6, 2) if params else "n/a",
+        "keras": str(versions.get("keras", "?")),
+        "tensorflow": str(versions.get("tensorflow", "?")),
+    }
+
+
+def _figure_info(figures_dir: Path) -> dict:
+    """``{name: {"path", "png", "width_in", "aspect", "wide"}}`` for :data:`REPORT_FIGURES`."""
+    from PIL import Image
+
+    info = {}
+    for name in REPORT_FIGURES:
+        for ext in ("pdf", "png"):
+            if not (figures_dir / f"{name}.{ext}").is_file():
+                raise LungsegInputError(f"{figures_dir / f'{name}.{ext}'}: figure is missing; "
+                                        f"run notebook {name[:2]} to export it.")
+        with Image.open(figures_dir / f"{name}.png") as im:
+            w_px, h_px = im.size
+            dpi = float((im.info.get("dpi") or (300, 300))[0]) or 300.0
+        info[name] = {"path": f"/figures/{name}.pdf", "width_in": round(w_px / dpi, 2),
+                      "aspect": round(w_px / h_px, 4), "wide": w_px / dpi > WIDE_FIGURE_IN}
+    return info
+
+
+def report_numbers(results_dir=None, figures_dir=None) -> dict:
+    """Everything ``report.typ`` prints, as text (see the module docstring).
+
+    Keys: the result files' stems (``evaluation``, ``tta``, ``split``, ``train_config``,
+    ``test_metrics``) each holding the file with its numbers formatted; ``settings`` (the
+    run's settings, formatted) and ``augment``; ``training`` (from the log);
+    ``grid`` (the model grid of :mod:`config`); ``facts`` (booleans for the prose);
+    ``labels`` (method names); ``figures`` (see :func:`_figure_info`, only if
+    ``figures_dir`` is given); ``results_dir``.
+    """
+    raw = read_results(results_dir)
+    cfg, ev, tta = raw["train_config"], raw["evaluation"], raw["tta"]
+    settings = _settings(cfg)
+    s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
+    gain = tta["dice_gain"]
+    hu = settings.get("hu_window", config.HU_WINDOW)
+    numbers = {
+        "about": "Generated by lungseg_utils.report from the result files; every number "
+                 "is formatted as report.typ prints it. Do not edit: run make report.",
+        "results_dir": _rel(raw["results_dir"]),
+        "labels": METHOD_LABELS,
+        "grid": {"shape": str(config.MODEL_SHAPE[0]), "spacing_mm": fmt_number(config.MODEL_SPACING_MM, 0),
+                 "extent_mm": fmt_number(config.MODEL_SHAPE[0] * config.MODEL_SPACING_MM, 0),
+                 "hu_low": fmt_number(hu[0], 0), "hu_high": fmt_number(hu[1], 0),
+                 "tta_flips": str(len(FLIPS))},
+        "n_cases": {k: str(len(raw["split"][k])) for k in ("train", "val", "test")}
+                   | {"all": str(sum(len(raw["split"][k]) for k in ("train", "val", "test")))},
+        "settings": format_tree(settings),
+        "augment": format_tree({**settings, **(cfg.get("augment") or {})}),
+        "training": training_summary(cfg, raw["training_log"], raw["test_metrics"]),
+        "facts": {
+            "post_helps": s64["unet_post"]["dice"]["mean"] > s64["unet"]["dice"]["mean"],
+            "unet_beats_baseline": s64["unet"]["dice"]["mean"] > s64["baseline"]["dice"]["mean"],
+            "native_gap_to_ceiling": fmt_number(snat["ceiling"]["dice"]["mean"]
+                                                - snat["unet"]["dice"]["mean"], 3),
+            "ceiling_loss": fmt_number(1.0 - snat["ceiling"]["dice"]["mean"], 3),
+            "tta_ci_excludes_zero": gain["lo"] > 0 or gain["hi"] < 0,
+            "tta_gain_positive": gain["mean_diff"] > 0,
+            "tta_slowdown": fmt_number(tta["time_s"]["tta"] / tta["time_s"]["single"], 1),
+            "has_cv": "cross_validation" in ev,
+            "has_auc": "uncertainty_error_auc" in tta,
+        },
+    }
+    for stem in ("evaluation", "tta", "split", "train_config", "test_metrics"):
+        numbers[stem] = format_tree(raw[stem])
+    if figures_dir is not None:
+        numbers["figures"] = _figure_info(Path(figures_dir))
+    return numbers
+
+
+# ----------------------------------------------------------------------------- README
+def _pm(summary: dict) -> str:
+    """'mean ± sd' of a formatted summary; just the mean when the SD is undefined."""
+    sd = summary["sd"]
+    return summary["mean"] if sd == "n/a" else f"{summary['mean']} ± {sd}"
+
+
+def results_markdown(results_dir=None) -> str:
+    """A small Markdown table of the headline results (the README's results block)."""
+    n = report_numbers(results_dir)
+    ev, tta = n["evaluation"], n["tta"]
+    cube = f"{n['grid']['shape']}³"
+    rows = [f"| Method | Dice, {cube} grid | Dice, native grid | HD95 (mm), native grid |",
+            "|---|---|---|---|"]
+    for m in ("unet", "unet_post", "baseline", "ceiling"):
+        nat = ev["native"]["summary"][m]
+        g64 = ev["grid64"]["summary"].get(m)
+        rows.append(f"| {METHOD_LABELS[m]} | {_pm(g64['dice']) if g64 else '—'} "
+                    f"| {_pm(nat['dice'])} | {_pm(nat['hd95_mm'])} |")
+    g = tta["dice_gain"]
+    worst = ev["grid64"]["summary"]["unet"]["dice"]
+    test_ids = ", ".join(ev["test_cases"])
+    return "\n".join([
+        f"Mean ± SD over the {n['n_cases']['test']} held-out test cases ({test_ids}) of the "
+        f"reference run (profile `{n['training']['profile']}`, {n['training']['epochs_run']} "
+        f"epochs); the resolution ceiling is the reference mask taken to the {cube} grid and back.",
+        "",
+        *rows,
+        "",
+        f"Worst U-Net case: {worst['worst_case_id']} (Dice {worst['worst_value']}). "
+        f"Test-time augmentation ({n['grid']['tta_flips']} flips) changed Dice by {g['mean_diff']} "
+        f"(95% bootstrap CI {g['lo']} to {g['hi']}). "
+        f"Generated from `{n['results_dir']}/` by `make report`; details in "
+        "[report/report.pdf](report/report.pdf).",
+    ])
+
+
+def update_readme(readme_path=None, results_dir=None) -> Path:
+    """Replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` of
+    ``readme_path`` (default README.md) with :func:`results_markdown`; the rest is kept."""
+    path = Path(readme_path) if readme_path is not None else README
+    text = path.read_text(encoding="utf-8") if path.is_file() else None
+    if text is None:
+        raise LungsegInputError(f"{path}: file is missing.")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise LungsegInputError(f"{path}: needs the markers {README_START} and {README_END}, "
+                                "in that order.")
+    block = results_markdown(results_dir)
+    new = text[: start + len(README_START)] + "\n" + block + "\n" + text[end:]
+    if new != text:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".md", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+        io.publish(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the PDF
+def figures_used() -> list[str]:
+    """The names (stems in ``figures/``) of the figures the report shows."""
+    return list(REPORT_FIGURES)
+
+
+def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
+    """Compile ``report/report.typ`` into ``out_pdf`` from a run's result files.
+
+    Parameters
+    ----------
+    results_dir : path, optional
+        The run's folder (default ``results/reference``); see :data:`RESULT_FILES`.
+    figures_dir : path, optional
+        Where the figures of :data:`REPORT_FIGURES` are (default ``config.FIGURES_DIR``).
+    out_pdf : path, optional
+        The PDF to write (default ``report/report.pdf``); ``numbers.json``, the numbers it
+        prints, is written beside it.
+
+    The document, its numbers and the figures are staged in a temporary folder that Typst
+    uses as its root, so every input may live anywhere. Returns the PDF's path.
+    """
+    import typst
+
+    figures_dir = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
+    out_pdf = Path(out_pdf) if out_pdf is not None else REPORT_PDF
+    numbers = report_numbers(results_dir, figures_dir)
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lungseg_report_") as tmp:
+        stage = Path(tmp)
+        (stage / "report").mkdir()
+        (stage / "figures").mkdir()
+        shutil.copy(REPORT_TYP, stage / "report" / "report.typ")
+        (stage / "report" / NUMBERS_NAME).write_text(
+            json.dumps(numbers, indent=1, ensure_ascii=False), encoding="utf-8")
+        for name in REPORT_FIGURES:
+            shutil.copy(figures_dir / f"{name}.pdf", stage / "figures" / f"{name}.pdf")
+        try:
+            pdf = typst.compile(str(stage / "report" / "report.typ"), root=str(stage),
+                                sys_inputs={"numbers": NUMBERS_NAME})
+        except typst.TypstError as exc:
+            raise LungsegInputError(f"{REPORT_TYP}: Typst could not compile it ({exc}).") from None
+        fd, tmp_pdf = tempfile.mkstemp(prefix=".tmp_", suffix=".pdf", dir=out_pdf.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pdf)
+        io.publish(tmp_pdf, out_pdf)
+        shutil.copy(stage / "report" / NUMBERS_NAME, out_pdf.parent / NUMBERS_NAME)
+    return out_pdf
+
+
+def main(argv=None) -> int:
+    """``python -m lungseg_utils.report``: build the PDF and update the README's results."""
+    p = argparse.ArgumentParser(prog="python -m lungseg_utils.report", description=__doc__.split("\n")[0])
+    p.add_argument("--results_dir", default=None, help="run folder (default results/reference)")
+    p.add_argument("--figures_dir", default=None, help="figures folder (default figures/)")
+    p.add_argument("--output", default=None, help="PDF to write (default report/report.pdf)")
+    p.add_argument("--readme", default=str(README), help="README whose results block to update")
+    p.add_argument("--no_readme", action="store_true", help="leave the README alone")
+    args = p.parse_args(argv)
+    try:
+        pdf = build_report(args.results_dir, args.figures_dir, args.output)
+        print(f"wrote {_rel(pdf)} and {_rel(pdf.parent / NUMBERS_NAME)}")
+        if not args.no_readme:
+            print(f"updated the results block of {_rel(update_readme(args.readme, args.results_dir))}")
+    except LungsegInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The PDF report and the README's results table: numbers come from the result files only.
+
+The report is compiled against ``tests/fixtures/reference_results/`` (made-up values) with
+placeholder figures drawn here, and its text is read back with pypdf: every Dice it prints
+must be the fixture's, formatted as the report formats it.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lungseg_utils import config, report
+from lungseg_utils.errors import LungsegInputError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "reference_results"
+REFERENCE = ROOT / "results" / "reference"
+
+
+def _load(folder: Path, name: str) -> dict:
+    return json.loads((folder / name).read_text())  # Python's json reads NaN and Infinity
+
+
+def _pdf_text(path: Path) -> tuple[int, str]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(path))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    return len(reader.pages), re.sub(r"\s+", " ", text)
+
+
+def _expected_numbers(folder: Path) -> dict:
+    """The numbers the report must print, read straight from the result files."""
+    ev, tta = _load(folder, "evaluation.json"), _load(folder, "tta.json")
+    d3 = lambda v: report.fmt_number(v, 3)  # noqa: E731
+    s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
+    out = {
+        "mean U-Net Dice, 64^3": d3(s64["unet"]["dice"]["mean"]),
+        "SD U-Net Dice, 64^3": d3(s64["unet"]["dice"]["sd"]),
+        "mean U-Net Dice, native": d3(snat["unet"]["dice"]["mean"]),
+        "mean ceiling Dice": d3(snat["ceiling"]["dice"]["mean"]),
+        "mean baseline Dice, 64^3": d3(s64["baseline"]["dice"]["mean"]),
+        "worst U-Net Dice, 64^3": d3(s64["unet"]["dice"]["worst_value"]),
+        "TTA gain": report.fmt_number(tta["dice_gain"]["mean_diff"], 3, signed=True),
+        "TTA gain lo": report.fmt_number(tta["dice_gain"]["lo"], 3, signed=True),
+        "TTA gain hi": report.fmt_number(tta["dice_gain"]["hi"], 3, signed=True),
+    }
+    for case in ev["grid64"]["cases"]:
+        out[f"U-Net Dice of {case['case_id']}"] = d3(case["unet"]["dice"])
+    return out
+
+
+def _placeholder_figures(folder: Path) -> Path:
+    """Tiny PNG + PDF stand-ins for every figure the report uses (one of them page-wide)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(report.REPORT_FIGURES):
+        fig, ax = plt.subplots(figsize=(6.5, 2.4) if i % 3 == 0 else (3.3, 2.4))
+        ax.plot([0, 1, 2], [0, i, 1])
+        ax.set_title(f"placeholder {name}")
+        for ext in ("png", "pdf"):
+            fig.savefig(folder / f"{name}.{ext}", dpi=100)
+        plt.close(fig)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fixture_pdf(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    figures = _placeholder_figures(tmp / "figures")
+    pdf = report.build_report(FIXTURE, figures, tmp / "out" / "report.pdf")
+    return pdf
+
+
+def test_fixture_report_has_two_or_three_pages_and_the_fixture_numbers(fixture_pdf):
+    n_pages, text = _pdf_text(fixture_pdf)
+    assert 2 <= n_pages <= 3
+    for what, value in _expected_numbers(FIXTURE).items():
+        assert value in text, f"{what} = {value} is not in the PDF"
+    # one of the fixture's baseline cases failed (HD95 = Infinity): printed, not crashed on
+    assert "∞" in text
+    # the report names where its numbers came from
+    assert "tests/fixtures/reference_results/" in text
+
+
+def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
+    numbers = json.loads((fixture_pdf.parent / report.NUMBERS_NAME).read_text())
+    ev = _load(FIXTURE, "evaluation.json")
+    assert numbers["evaluation"]["grid64"]["summary"]["unet"]["dice"]["mean"] == \
+        report.fmt_number(ev["grid64"]["summary"]["unet"]["dice"]["mean"], 3)
+    assert numbers["evaluation"]["native"]["summary"]["baseline"]["hd95_mm"]["mean"] == "∞"
+    assert set(numbers["figures"]) == set(report.figures_used())
+
+
+def test_report_typ_types_no_result_by_hand():
+    """Three-decimal numbers (Dice, IoU) may only come from numbers.json."""
+    source = report.REPORT_TYP.read_text()
+    code = "\n".join(line.split("//")[0] for line in source.splitlines())
+    assert not re.findall(r"(?<![\d/.])\d\.\d{3}", code)  # (DOIs such as 10.1002/ pass)
+    for name in report.REPORT_FIGURES:
+        assert f'"{name}"' in source, f"report.typ does not show {name}"
+
+
+def test_formatting():
+    f = report.fmt_number
+    assert f(0.97349, 3) == "0.973" and f(0.9, 3) == "0.900"
+    assert f(-0.0042, 3, signed=True) == "−0.004" and f(0.0021, 3, signed=True) == "+0.002"
+    assert f(-0.0001, 3) == "0.000" and f(float("inf"), 1) == "∞" and f(float("nan"), 1) == "n/a"
+    assert report.format_value("hd95_mm", 4.26) == "4.3"
+    assert report.format_value("mean", 0.97349, context="dice") == "0.973"
+    assert report.format_value("ci", 0.95) == "95"
+    tree = report.format_tree({"summary": {"hd95_mm": {"mean": 4.26, "n": 2}}, "flag": True})
+    assert tree == {"summary": {"hd95_mm": {"mean": "4.3", "n": "2"}}, "flag": True}
+
+
+def test_missing_result_file_or_figure_is_named(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    (results / "tta.json").unlink()
+    with pytest.raises(LungsegInputError, match="tta.json"):
+        report.build_report(results, tmp_path / "figures", tmp_path / "r.pdf")
+    shutil.copy(FIXTURE / "tta.json", results / "tta.json")
+    figures = _placeholder_figures(tmp_path / "figures")
+    (figures / "05_dice_boxplot.pdf").unlink()
+    with pytest.raises(LungsegInputError, match="05_dice_boxplot.pdf"):
+        report.build_report(results, figures, tmp_path / "r.pdf")
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_missing_key_is_named(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "results")
+    ev = _load(FIXTURE, "evaluation.json")
+    del ev["native"]["summary"]["ceiling"]
+    (tmp_path / "results" / "evaluation.json").write_text(json.dumps(ev))
+    with pytest.raises(LungsegInputError, match=r"evaluation\.json.*native\.summary\.ceiling"):
+        report.results_markdown(tmp_path / "results")
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    before = "# Title\n\nText before.\n\n## Results\n\n"
+    after = "\n\n## Next\n\nText after, with a table | a | b |.\n"
+    readme.write_text(before + report.README_START + "\nold table\n" + report.README_END + after)
+    report.update_readme(readme, FIXTURE)
+    text = readme.read_text()
+    assert text.startswith(before + report.README_START) and text.endswith(report.README_END + after)
+    assert "old table" not in text
+    block = text[text.index(report.README_START) + len(report.README_START):text.index(report.README_END)]
+    assert block.strip() == report.results_markdown(FIXTURE).strip()
+    assert _expected_numbers(FIXTURE)["mean U-Net Dice, 64^3"] in block
+    report.update_readme(readme, FIXTURE)  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers here\n")
+    with pytest.raises(LungsegInputError, match="markers"):
+        report.update_readme(readme, FIXTURE)
+
+
+def test_main_builds_and_reports_errors_in_one_line(tmp_path, capsys):
+    figures = _placeholder_figures(tmp_path / "figures")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{report.README_START}\n{report.README_END}\n")
+    assert report.main(["--results_dir", str(FIXTURE), "--figures_dir", str(figures),
+                        "--output", str(tmp_path / "r.pdf"), "--readme", str(readme)]) == 0
+    assert (tmp_path / "r.pdf").stat().st_size > 10_000
+    assert "U-Net + post-processing" in readme.read_text()
+    assert report.main(["--results_dir", str(tmp_path / "nothing"), "--no_readme",
+                        "--output", str(tmp_path / "r2.pdf")]) == 2
+    assert "result file is missing" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the committed report
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "evaluation.json").exists(),
+    reason="results/reference/evaluation.json does not exist yet (run notebooks 04-06)")
+
+
+@needs_reference
+def test_committed_report_matches_the_committed_results():
+    pdf = ROOT / "report" / "report.pdf"
+    assert pdf.exists(), "report/report.pdf is missing: run make report"
+    n_pages, text = _pdf_text(pdf)
+    assert 2 <= n_pages <= 3
+    for what, value in _expected_numbers(REFERENCE).items():
+        assert value in text, f"report.pdf is stale: {what} = {value} is not in it (make report)"
+    committed = json.loads((ROOT / "report" / report.NUMBERS_NAME).read_text())
+    fresh = report.report_numbers(REFERENCE, ROOT / "figures")
+    assert committed == json.loads(json.dumps(fresh)), "report/numbers.json is stale (make report)"
+    readme = (ROOT / "README.md").read_text()
+    assert report.results_markdown(REFERENCE).strip() in readme, "README results are stale"
+
+
+@needs_reference
+def test_every_report_figure_is_committed_and_made_by_its_notebook():
+    figures = ROOT / "figures"  # not config.FIGURES_DIR: the tests point that elsewhere
+    for name in report.figures_used():
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").is_file(), f"figures/{name}.{ext} is missing"
+        notebooks = sorted((ROOT / "notebooks").glob(f"{name[:2]}_*.ipynb"))
+        assert notebooks, f"no notebook {name[:2]}_*.ipynb makes {name}"
+        assert any(f'\\"{name}\\"' in nb.read_text() or f"'{name}'" in nb.read_text()
+                   for nb in notebooks), f"no notebook {name[:2]}_* exports {name!r}"
+
+
+def test_figures_used_is_the_constant():
+    assert report.figures_used() == list(report.REPORT_FIGURES)
+    assert len(set(report.REPORT_FIGURES)) == len(report.REPORT_FIGURES)
+    assert config.REFERENCE_DIR == REFERENCE
