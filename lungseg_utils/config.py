@@ -52,6 +52,7 @@ _COMMON = dict(
     dropout_dec=0.05,
     dropout_bot=0.2,
     use_transpose=False,
+    depth=4,
     norm="group",
     loss="dice",
     learning_rate=1e-3,
@@ -59,6 +60,8 @@ _COMMON = dict(
     p_rot90=0.5,
     p_jitter=0.5,
     jitter_sigma=0.03,
+    p_shift=0.5,
+    max_shift_vox=4,
     p_elastic=0.3,
     elastic_sigma_mm=3.0,
     elastic_smooth_mm=40.0,
@@ -73,7 +76,8 @@ _COMMON = dict(
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
               "p_elastic": 0.5, "reduce_lr_patience": 1, "early_stop_patience": 2},
-    "quick": {**_COMMON, "base_filters": 16, "epochs": 120, "batch_size": 2},
+    "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+              "samples_per_epoch": 12},
     "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }

@@ -423,3 +423,103 @@ def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
         rim = ndi.binary_dilation(lungs) & (ct < rim_hu) & inside & ~ndi.binary_dilation(airway)
         lungs = _fill_holes(lungs | rim)
     return np.moveaxis(lungs, -1, axis).astype(np.uint8)
+
+
+def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False):
+    """Segment one labelled case with every method and score each against its mask.
+
+    Methods: ``unet`` (the network, thresholded at 0.5 on the case's own grid), ``unet_post``
+    (the same after :func:`postprocess_lungs`), ``baseline`` (:func:`classical_lung_mask`)
+    and, with ``with_ceiling``, ``ceiling`` (the reference mask taken to the model grid and
+    back: the best any 64^3 model can do on this grid).
+
+    Parameters
+    ----------
+    forward : callable from :func:`lungseg_utils.inference.compiled_forward`
+    case : :class:`lungseg_utils.io.Case` with a mask
+
+    Returns
+    -------
+    row : dict ``{"case_id", method: evaluate_masks(...) for each method}``
+    masks : dict method -> uint8 mask on the case's grid
+    prediction : the dict of :func:`lungseg_utils.inference.predict_volume`
+    """
+    from . import geometry, inference
+    from .preprocess import axial_axis
+
+    if case.mask is None:
+        raise LungsegInputError(f"{case.path}: compare_methods needs a case with a lung mask.")
+    axis = axial_axis(case.affine)
+    pred = inference.predict_volume(forward, case.ct_hu, case.affine, tta=tta)
+    masks = {"unet": pred["mask"],
+             "unet_post": postprocess_lungs(pred["mask"], axis=axis),
+             "baseline": classical_lung_mask(case.ct_hu, case.spacing_mm, axis=axis)}
+    if with_ceiling:
+        masks["ceiling"] = geometry.round_trip_mask(case.mask, case.affine, ct_hu=case.ct_hu)
+    row = {"case_id": case.case_id}
+    row.update({m: evaluate_masks(mask, case.mask, case.spacing_mm) for m, mask in masks.items()})
+    return row, masks, pred
+
+
+def summarise_methods(rows: list[dict], methods, metrics=("dice", "iou", "hd95_mm", "assd_mm",
+                                                          "volume_error_pct")) -> dict:
+    """``{method: {metric: summarise(...)}}`` over rows of :func:`compare_methods`."""
+    out = {}
+    for m in methods:
+        flat = [{"case_id": r["case_id"], **r[m]} for r in rows]
+        out[m] = {k: summarise(flat, k) for k in metrics}
+    return out
+
+
+def out_of_fold_jobs(reference_dir, max_cases: int | None = None) -> list[tuple]:
+    """Which model may score which case: ``[(case_id, source, model_path), ...]``.
+
+    If ``reference_dir/cv/fold_*/`` holds cross-validation runs (``split.json`` and
+    ``best_model.keras``), every case of a fold's test part is paired with that fold's model
+    (all cases, each scored by the one model that never saw it). Otherwise the reference
+    model is paired with its own split's test cases. Sorted by case id; the first
+    ``max_cases`` if given.
+    """
+    from pathlib import Path
+
+    from .io import load_json
+
+    reference_dir = Path(reference_dir)
+    jobs = []
+    for fold in sorted((reference_dir / "cv").glob("fold_*")):
+        if (fold / "split.json").exists() and (fold / "best_model.keras").exists():
+            jobs += [(cid, f"CV {fold.name.replace('_', ' ')}", fold / "best_model.keras")
+                     for cid in load_json(fold / "split.json")["test"]]
+    if not jobs:
+        split = load_json(reference_dir / "split.json")
+        jobs = [(cid, "reference", reference_dir / "best_model.keras") for cid in split["test"]]
+    jobs.sort(key=lambda j: j[0])
+    return jobs[:max_cases] if max_cases else jobs
+
+
+def boundary_band(mask, spacing_mm, width_mm: float) -> np.ndarray:
+    """Voxels within ``width_mm`` of the mask's boundary, inside or outside (bool, mask's shape)."""
+    m = np.asarray(mask) > 0
+    sp = _spacing(spacing_mm, m.ndim)
+    if not m.any() or m.all():
+        return np.zeros(m.shape, bool)
+    inside = ndi.distance_transform_edt(m, sampling=sp)
+    outside = ndi.distance_transform_edt(~m, sampling=sp)
+    return np.where(m, inside, outside) <= width_mm
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` as a detector of ``labels`` (Mann-Whitney U).
+
+    scores: float array; labels: bool array of the same size. Ties count one half. Returns
+    nan if either class is empty.
+    """
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels, bool).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

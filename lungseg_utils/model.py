@@ -1,0 +1,307 @@
+"""The compact residual 3D U-Net of the original project, its losses and its metrics.
+
+Everything here is written with ``keras.layers`` and ``keras.ops`` only (no ``tf.*``, no
+``Lambda`` layers), so the same code builds under another Keras backend, and a model saved
+as ``.keras`` loads with ``keras.saving.load_model(path)`` (``safe_mode=True``, no
+``custom_objects``) once this module has been imported: importing it registers the losses
+and metrics under the package name ``lungseg``.
+
+Network (``depth=4``, ``base_filters=16``: the original's 5.43 M parameters)::
+
+    64^3 x 16 -> 32^3 x 32 -> 16^3 x 64 -> 8^3 x 128 -> bottleneck 4^3 x 256 -> back up
+
+Each encoder and decoder block is residual: conv-norm-relu, conv-norm, plus the shortcut
+(a 1x1 convolution where the channel count changes), relu.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import MODEL_SHAPE, import_keras_quietly
+
+keras = import_keras_quietly()
+from keras import layers, ops  # noqa: E402
+
+_register = keras.saving.register_keras_serializable(package="lungseg")
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _groups(filters: int, max_groups: int = 8) -> int:
+    """Largest group count <= ``max_groups`` that divides ``filters`` (8 for 16, 6 for 12)."""
+    return next(g for g in range(min(max_groups, filters), 0, -1) if filters % g == 0)
+
+
+def _norm(x, norm, name):
+    if norm == "group":
+        return layers.GroupNormalization(groups=_groups(x.shape[-1]), name=name)(x)
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)(x)
+    return x
+
+
+def _conv(filters, kernel, reg, name):
+    return layers.Conv3D(filters, kernel, padding="same", kernel_initializer="he_normal",
+                         kernel_regularizer=reg, name=name)
+
+
+def _res_block(x, filters, reg, norm, name):
+    """conv-norm-relu, conv-norm, + shortcut (1x1 projection if channels differ), relu."""
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = _conv(filters, 1, reg, f"{name}_proj")(x)
+    y = _conv(filters, 3, reg, f"{name}_conv1")(x)
+    y = layers.Activation("relu", name=f"{name}_relu1")(_norm(y, norm, f"{name}_norm1"))
+    y = _norm(_conv(filters, 3, reg, f"{name}_conv2")(y), norm, f"{name}_norm2")
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.Activation("relu", name=f"{name}_relu2")(y)
+
+
+def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int = 4,
+               reg_l2: float = 1e-5, dropout_enc: float = 0.05, dropout_dec: float = 0.05,
+               dropout_bot: float = 0.2, use_transpose: bool = False, norm: str | None = "group",
+               name: str = "unet3d"):
+    """Build the residual 3D U-Net.
+
+    Parameters
+    ----------
+    input_shape : tuple (X, Y, Z, 1)
+        Each spatial size must be divisible by ``2**depth``.
+    base_filters : int
+        Filters of the first level; each level below doubles them.
+    depth : int
+        Number of down-sampling steps = encoder levels above the bottleneck. 4 gives
+        64 -> 32 -> 16 -> 8 -> bottleneck at 4^3 (the original, 5.43 M parameters at base 16);
+        3 stops with the bottleneck at 8^3 (1.34 M parameters at base 16).
+    reg_l2 : float
+        L2 factor on every Conv3D kernel.
+    dropout_enc, dropout_dec, dropout_bot : float
+        Dropout rates after each encoder block, decoder block and the bottleneck.
+    use_transpose : bool
+        Up-sample with ``Conv3DTranspose`` (kernel 2, stride 2) instead of the default
+        ``UpSampling3D`` followed by a 1x1 ``Conv3D``.
+    norm : {'group', 'batch', None}
+        GroupNormalization (8 groups, fewer if the filters are not a multiple of 8),
+        BatchNormalization, or none.
+
+    Returns
+    -------
+    keras.Model mapping float (b, X, Y, Z, 1) to float32 probabilities (b, X, Y, Z, 1),
+    float32 even under a mixed-precision policy.
+    """
+    if norm not in ("group", "batch", None, "none"):
+        raise ValueError(f"build_unet: norm={norm!r} must be 'group', 'batch' or None.")
+    norm = None if norm == "none" else norm
+    if any(int(s) % 2 ** depth for s in input_shape[:3]):
+        raise ValueError(f"build_unet: input_shape {input_shape} is not divisible by "
+                         f"2**depth={2 ** depth}.")
+    reg = keras.regularizers.L2(reg_l2) if reg_l2 else None
+    inputs = keras.Input(shape=tuple(input_shape), name="ct")
+    x, skips = inputs, []
+    for level in range(depth):
+        f = base_filters * 2 ** level
+        x = _res_block(x, f, reg, norm, f"enc{level}")
+        if dropout_enc:
+            x = layers.Dropout(dropout_enc, name=f"enc{level}_drop")(x)
+        skips.append(x)
+        x = layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
+    x = _res_block(x, base_filters * 2 ** depth, reg, norm, "bottleneck")
+    if dropout_bot:
+        x = layers.Dropout(dropout_bot, name="bottleneck_drop")(x)
+    for level in reversed(range(depth)):
+        f = base_filters * 2 ** level
+        if use_transpose:
+            x = layers.Conv3DTranspose(f, 2, strides=2, kernel_initializer="he_normal",
+                                       kernel_regularizer=reg, name=f"dec{level}_upconv")(x)
+        else:
+            x = layers.UpSampling3D(2, name=f"dec{level}_up")(x)
+            x = _conv(f, 1, reg, f"dec{level}_upconv")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _res_block(x, f, reg, norm, f"dec{level}")
+        if dropout_dec:
+            x = layers.Dropout(dropout_dec, name=f"dec{level}_drop")(x)
+    outputs = layers.Conv3D(1, 1, activation="sigmoid", kernel_regularizer=reg,
+                            dtype="float32", name="lung_prob")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_flops(model) -> int:
+    """Forward-pass floating-point operations of ``model`` for one sample (batch 1).
+
+    Conv3D: 2 * k^3 * Cin * Cout per output voxel (plus the bias); Conv3DTranspose:
+    2 * k^3 * Cin * Cout per *input* voxel (each input voxel scatters one k^3 x Cout patch;
+    equal to the output-voxel formula's count for kernel = stride = 2 divided by 8, which is
+    the true cost). Normalisation ~8, activation / add / dropout ~1 per output element,
+    pooling 1 per input element; up-sampling, concatenation and input cost 0.
+    """
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        try:
+            out_shape = tuple(layer.output.shape[1:])
+            in_shape = tuple(layer.input.shape[1:]) if not isinstance(layer.input, list) else None
+        except (AttributeError, ValueError):
+            continue
+        n_out = math.prod(int(s) for s in out_shape)
+        if kind == "Conv3D":
+            k = math.prod(layer.kernel_size)
+            total += n_out * (2 * k * int(in_shape[-1]) + (1 if layer.use_bias else 0))
+        elif kind == "Conv3DTranspose":
+            k = math.prod(layer.kernel_size)
+            n_in = math.prod(int(s) for s in in_shape[:-1])
+            total += 2 * k * int(in_shape[-1]) * int(out_shape[-1]) * n_in + n_out
+        elif kind in ("GroupNormalization", "BatchNormalization", "LayerNormalization"):
+            total += 8 * n_out
+        elif kind in ("Activation", "Add", "Dropout", "ReLU"):
+            total += n_out
+        elif kind in ("MaxPooling3D", "AveragePooling3D"):
+            total += math.prod(int(s) for s in in_shape)
+    return int(total)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _per_sample_sums(y_true, y_pred):
+    """Cast to float32 and flatten each sample: returns (y_true, y_pred) of shape (b, n)."""
+    y_true = ops.reshape(ops.cast(y_true, "float32"), (ops.shape(y_true)[0], -1))
+    y_pred = ops.reshape(ops.cast(y_pred, "float32"), (ops.shape(y_pred)[0], -1))
+    return y_true, y_pred
+
+
+def soft_dice_per_sample(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice of each sample over its whole volume: (2 sum(t p) + s) / (sum t + sum p + s).
+
+    y_true, y_pred: (b, X, Y, Z, 1) in [0, 1]. Returns float32 (b,).
+    """
+    t, p = _per_sample_sums(y_true, y_pred)
+    inter = ops.sum(t * p, axis=1)
+    return (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
+
+
+@_register
+class DiceLoss(keras.losses.Loss):
+    """1 - soft Dice, computed per sample over the volume (smooth = 1), then averaged."""
+
+    def __init__(self, smooth: float = 1.0, name: str = "dice_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        return 1.0 - soft_dice_per_sample(y_true, y_pred, self.smooth)
+
+    def get_config(self):
+        return {**super().get_config(), "smooth": self.smooth}
+
+
+@_register
+class HybridLoss(keras.losses.Loss):
+    """0.5 * (1 - soft Dice) + 0.5 * binary cross-entropy, both per sample, then averaged."""
+
+    def __init__(self, smooth: float = 1.0, dice_weight: float = 0.5, name: str = "hybrid_loss",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smooth = float(smooth)
+        self.dice_weight = float(dice_weight)
+
+    def call(self, y_true, y_pred):
+        dice = 1.0 - soft_dice_per_sample(y_true, y_pred, self.smooth)
+        t, p = _per_sample_sums(y_true, y_pred)
+        p = ops.clip(p, 1e-7, 1.0 - 1e-7)
+        bce = -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p), axis=1)
+        return self.dice_weight * dice + (1.0 - self.dice_weight) * bce
+
+    def get_config(self):
+        return {**super().get_config(), "smooth": self.smooth, "dice_weight": self.dice_weight}
+
+
+def get_loss(name: str):
+    """'dice' -> DiceLoss(), 'hybrid' -> HybridLoss()."""
+    losses = {"dice": DiceLoss, "hybrid": HybridLoss}
+    if name not in losses:
+        raise ValueError(f"loss={name!r} must be one of {sorted(losses)}.")
+    return losses[name]()
+
+
+# --------------------------------------------------------------------------- metrics
+# Metrics are *hard*: the prediction is thresholded at 0.5 (as at test time), the score is
+# computed per sample over the volume with smooth = 1 voxel (so empty vs empty scores 1),
+# then averaged over the samples seen in the epoch.
+
+
+@_register
+def dice_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
+    """Hard Dice per sample: prediction > ``threshold``. Returns float32 (b,)."""
+    t, p = _per_sample_sums(y_true, y_pred)
+    p = ops.cast(ops.greater(p, threshold), "float32")
+    inter = ops.sum(t * p, axis=1)
+    return (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
+
+
+@_register
+def iou_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
+    """Hard IoU (Jaccard) per sample: prediction > ``threshold``. Returns float32 (b,)."""
+    t, p = _per_sample_sums(y_true, y_pred)
+    p = ops.cast(ops.greater(p, threshold), "float32")
+    inter = ops.sum(t * p, axis=1)
+    return (inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) - inter + smooth)
+
+
+class _HardMetric(keras.metrics.MeanMetricWrapper):
+    _fn = None
+
+    def __init__(self, name=None, threshold: float = 0.5, dtype=None):
+        super().__init__(fn=type(self)._fn, name=name, dtype=dtype, threshold=threshold)
+        self.threshold = float(threshold)
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold, "dtype": self.dtype}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@_register
+class Dice(_HardMetric):
+    """Mean hard Dice over samples, logged as ``dice`` / ``val_dice``."""
+
+    _fn = staticmethod(dice_coef)
+
+    def __init__(self, name="dice", threshold: float = 0.5, dtype=None):
+        super().__init__(name=name, threshold=threshold, dtype=dtype)
+
+
+@_register
+class IoU(_HardMetric):
+    """Mean hard IoU over samples, logged as ``iou`` / ``val_iou``."""
+
+    _fn = staticmethod(iou_coef)
+
+    def __init__(self, name="iou", threshold: float = 0.5, dtype=None):
+        super().__init__(name=name, threshold=threshold, dtype=dtype)
+
+
+def compile_model(model, loss: str = "dice", learning_rate: float = 1e-3):
+    """Compile with Adam, the named loss and the ``dice`` / ``iou`` metrics; returns model."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=get_loss(loss),
+                  metrics=[Dice(), IoU()])
+    return model
+
+
+def build_from_settings(settings: dict):
+    """``build_unet`` with the matching keys of a profile (``config.get_profile``)."""
+    keys = ("base_filters", "depth", "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot",
+            "use_transpose", "norm")
+    return build_unet(**{k: settings[k] for k in keys if k in settings})
+
+
+def load_model(path, compile: bool = True):
+    """``keras.saving.load_model`` (safe mode) of a ``.keras`` file written by training.
+
+    Importing this module registers the losses and metrics, so the plain Keras call works
+    too; this wrapper only saves the reader an import. ``compile=False`` skips the optimizer.
+    """
+    return keras.saving.load_model(path, compile=compile)

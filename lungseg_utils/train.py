@@ -1,0 +1,576 @@
+"""Train the 3D U-Net: one function, :func:`train`, and its command line.
+
+``python -m lungseg_utils.train --profile quick`` writes a new folder
+``results/models/run_YYYYMMDD-HHMMSS/`` (or one under ``--out_dir``) holding::
+
+    split.json          the seeded patient-level split (train / val / test)
+    train_config.json   every setting, package versions, SHA-256 of each input file, the split
+    training_log.csv    one row per epoch: loss, dice, iou, val_*, learning_rate
+    best_model.keras    the epoch with the lowest val_loss
+    final_model.keras   the last epoch
+    test_metrics.json   Dice and IoU of each test case (threshold 0.5) and their means
+    backup/             BackupAndRestore's state while training runs (removed at the end)
+
+A run killed mid-way continues where it stopped with ``--resume RUN_DIR`` (same folder,
+same split, same settings); no run folder is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as _dt
+import platform
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import config, io
+from .config import import_keras_quietly
+from .errors import LungsegInputError, LungsegWarning
+
+keras = import_keras_quietly()
+
+from . import augment, model as unet  # noqa: E402  (after Keras is imported quietly)
+
+BACKUP_DIR = "backup"
+_CLI_ARGV = None  # set by main(): the command line, recorded in train_config.json
+LOG_NAME = "training_log.csv"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def package_versions() -> dict:
+    """Versions of Python and the packages a run depends on."""
+    import nibabel
+    import scipy
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "scipy": scipy.__version__, "nibabel": nibabel.__version__,
+                "keras": keras.__version__, "keras_backend": keras.backend.backend()}
+    try:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    except ImportError:
+        versions["tensorflow"] = None
+    return versions
+
+
+def dice_iou(mask_true: np.ndarray, mask_pred: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two binary masks of the same shape (1.0 each if both are empty)."""
+    from .evaluate import dice, iou
+
+    return dice(mask_pred, mask_true), iou(mask_pred, mask_true)
+
+
+def _set_determinism(enabled: bool) -> bool:
+    """Ask TensorFlow for deterministic ops (no-op under other backends). Returns the state."""
+    if not enabled or keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    return True
+
+
+def _verbose(verbose):
+    if verbose is None or verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(verbose)
+
+
+def _resume_state(run_dir: Path) -> tuple[int, float | None]:
+    """Epochs completed by an interrupted run (from its backup) and the best val_loss so far.
+
+    Rows of ``training_log.csv`` beyond the backed-up epoch are dropped, so an epoch that
+    is run again is not logged twice.
+    """
+    meta = run_dir / BACKUP_DIR / "training_metadata.json"
+    done = int(io.load_json(meta)["epoch"]) if meta.exists() else 0
+    log = run_dir / LOG_NAME
+    best = None
+    if log.exists():
+        with open(log, newline="") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows and list(rows[0].keys())
+        kept = [r for r in rows if int(r["epoch"]) < done]
+        if kept:
+            with open(log, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(kept)
+            losses = [float(r["val_loss"]) for r in kept if r.get("val_loss")]
+            best = min(losses) if losses else None
+        else:
+            log.unlink()
+    return done, best
+
+
+def _read_split(split, case_ids) -> dict:
+    if isinstance(split, (str, Path)):
+        split = io.load_json(split)
+    missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
+    if missing:
+        raise LungsegInputError(f"split: case(s) {missing} are not in the data folder.")
+    if not split["train"] or not split["val"]:
+        raise LungsegInputError("split: needs at least one training and one validation case.")
+    return {"seed": split.get("seed"), "train": list(split["train"]), "val": list(split["val"]),
+            "test": list(split.get("test", []))}
+
+
+def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float = 0.5) -> dict:
+    """Predict each case folder, threshold at ``threshold``, and score it with NumPy."""
+    rows = []
+    if folders:
+        x, y = augment.load_training_arrays(folders, hu_window)
+        for folder, xi, yi in zip(folders, x, y):
+            prob = np.asarray(model.predict_on_batch(xi[None]))[0, ..., 0]
+            dice, iou = dice_iou(yi[..., 0] > 0.5, prob > threshold)
+            rows.append({"case_id": Path(folder).name, "dice": dice, "iou": iou})
+    mean = (lambda k: float(np.mean([r[k] for r in rows])) if rows else None)
+    return {"threshold": threshold, "cases": rows, "mean_dice": mean("dice"),
+            "mean_iou": mean("iou"), "n_cases": len(rows)}
+
+
+class _SeedStateBackup(keras.callbacks.Callback):
+    """Back up the random-number state of the Dropout layers beside BackupAndRestore's files.
+
+    Keras does not save a ``SeedGenerator``'s state with the weights, so without this a
+    resumed run would replay the dropout masks of its first epochs. Must come before
+    ``BackupAndRestore`` in the callback list: the state is tagged with its epoch and only
+    restored if that matches the epoch of the restored weights.
+    """
+
+    def __init__(self, backup_dir: Path):
+        super().__init__()
+        self.path = Path(backup_dir) / "seed_states.npz"
+        self.meta = Path(backup_dir) / "training_metadata.json"
+
+    def _generators(self):
+        return [layer.seed_generator for layer in self.model.layers
+                if getattr(layer, "seed_generator", None) is not None]
+
+    def on_train_begin(self, logs=None):
+        if not (self.path.exists() and self.meta.exists()):
+            return
+        saved = np.load(self.path)
+        generators = self._generators()
+        if int(saved["epoch"]) == int(io.load_json(self.meta)["epoch"]) and \
+                len(generators) == len(saved.files) - 1:
+            for i, sg in enumerate(generators):
+                sg.state.assign(saved[f"s{i}"])
+        else:
+            warnings.warn(f"{self.path}: dropout state does not match the backup; not restored.",
+                          LungsegWarning, stacklevel=2)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(self._generators())}
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, epoch=epoch + 1, **states)
+        tmp.replace(self.path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _new_run(data_dir, out_dir, profile, split, deterministic, overrides):
+    """Settings, split and a new run folder (with split.json) for a fresh run."""
+    settings = config.get_profile(profile, **overrides)
+    data_dir = Path(data_dir) if data_dir else config.resolve_data_dir()
+    found = io.discover_cases(data_dir)
+    if settings.get("max_cases"):
+        found = found[: int(settings["max_cases"])]
+    folders = {p.name: p for p in found}
+    if split is None:
+        split = io.make_split(list(folders), settings["val_fraction"],
+                              settings["test_fraction"], settings["seed"])
+    split = _read_split(split, list(folders))
+    run_dir = config.new_run_dir(Path(out_dir) if out_dir else None)
+    io.save_json(split, run_dir / "split.json")
+    used = split["train"] + split["val"] + split["test"]
+    cfg = {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "run_dir": str(run_dir), "data_dir": str(Path(data_dir).resolve()),
+        "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
+        "augment": {k: settings.get(k, v) for k, v in augment.DEFAULT_AUGMENT.items()},
+        "versions": package_versions(), "split": split,
+        "input_files": {f"{cid}/{name}": io.file_sha256(folders[cid] / name)
+                        for cid in used for name in (io.CT_NAME, io.MASK_NAME)},
+        "command": _CLI_ARGV,
+    }
+    return run_dir, settings, split, folders, cfg
+
+
+def _resumed_run(run_dir, data_dir, profile, split, overrides):
+    """Settings, split and case folders of an interrupted run, checked for changes."""
+    run_dir = Path(run_dir)
+    cfg = io.load_json(run_dir / "train_config.json")
+    if (run_dir / "final_model.keras").exists():
+        raise LungsegInputError(f"{run_dir}: this run has finished; nothing to resume.")
+    extra = sorted(k for k, v in overrides.items() if v is not None and k != "epochs")
+    extra += ["profile"] * bool(profile) + ["split"] * (split is not None)
+    if extra:
+        raise LungsegInputError(
+            f"resume={run_dir}: a resumed run keeps its settings; only epochs may change "
+            f"(got {extra}).")
+    settings = dict(cfg["settings"])
+    if overrides.get("epochs"):
+        settings["epochs"] = int(overrides["epochs"])
+    data_dir = Path(data_dir or cfg["data_dir"])
+    folders = {p.name: p for p in io.discover_cases(data_dir)}
+    for rel, digest in cfg.get("input_files", {}).items():
+        path = data_dir / rel
+        if not path.exists() or io.file_sha256(path) != digest:
+            warnings.warn(f"{path}: differs from the file this run started with.",
+                          LungsegWarning, stacklevel=3)
+    return run_dir, settings, io.load_json(run_dir / "split.json"), folders, cfg
+
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def distribution_strategy(devices=None):
+    """The ``tf.distribute`` strategy that :func:`train` builds and trains the model under.
+
+    Parameters
+    ----------
+    devices : list of str, optional
+        Devices to mirror the model on, e.g. ``["/gpu:0", "/gpu:1"]``, or two logical CPUs
+        ``["/cpu:0", "/cpu:1"]`` in a test. None: ``MirroredStrategy`` over all GPUs when
+        more than one is visible, else TensorFlow's default one-device strategy.
+
+    Returns
+    -------
+    tf.distribute.Strategy, or None under a Keras backend other than TensorFlow (which
+    distributes with ``keras.distribution`` instead). For several machines see
+    ``benchmarks/README.md`` (``MultiWorkerMirroredStrategy`` with ``TF_CONFIG``).
+    """
+    if keras.backend.backend() != "tensorflow":
+        if devices:
+            raise LungsegInputError("distribution_strategy: devices need the TensorFlow backend.")
+        return None
+    import tensorflow as tf
+
+    if devices is None:
+        if len(tf.config.list_physical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(devices=list(devices))
+
+
+def _replica_batches(strategy, batch: int, samples: int, n_val: int) -> dict:
+    """Batch arguments of the validation set, checking that no replica gets an empty batch.
+
+    TensorFlow fails on a replica's empty share of a batch, so with R > 1 replicas the
+    global ``batch`` must be a multiple of R and the epoch's ``samples`` a multiple of
+    ``batch``; validation runs in batches of R with each case repeated R times (its mean
+    is unchanged). With one replica: ``batch`` and one pass over the cases.
+    """
+    replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
+    if replicas == 1:
+        return {"batch_size": batch}
+    if batch % replicas or samples % batch:
+        raise LungsegInputError(
+            f"strategy with {replicas} replicas: batch_size={batch} must be a multiple of "
+            f"{replicas} and samples_per_epoch={samples} a multiple of batch_size.")
+    return {"batch_size": replicas, "samples_per_epoch": n_val * replicas}
+
+
+def _strip_optimizer(path: Path) -> None:
+    """Re-save a finished ``.keras`` file without its optimizer state (65 MB -> 22 MB at base 16).
+
+    The result holds only standard Keras layers and weights, so it loads with a plain
+    ``keras.saving.load_model(path)`` (safe mode, no custom objects) for inference.
+    """
+    if not path.exists():
+        return
+    tmp = path.with_name(f".tmp_{path.name}")
+    keras.saving.load_model(path, compile=False).save(tmp)
+    io.publish(tmp, path)
+
+
+def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
+          verbose=None, callbacks=None, deterministic: bool = True, strategy=None,
+          **overrides) -> Path:
+    """Train one model and write its run folder; returns the folder.
+
+    Parameters
+    ----------
+    data_dir : path, optional
+        Folder of ``patient_XXX/{ct,lung}.nii.gz`` on the 64^3 model grid
+        (default :func:`config.resolve_data_dir`).
+    out_dir : path, optional
+        Where the new ``run_YYYYMMDD-HHMMSS`` folder goes (default ``results/models``).
+    profile : {'smoke', 'quick', 'full'}, optional
+        Settings to start from (default ``$LUNGSEG_PROFILE`` or quick); ``overrides`` (any
+        profile key, e.g. ``epochs=3, base_filters=8``) replace single values.
+    resume : path, optional
+        The folder of an interrupted run: continue it from its last completed epoch with its
+        own settings, split and data folder. Only ``epochs`` may be overridden.
+    split : dict or path to a split.json, optional
+        Use this split instead of a new seeded one (``io.make_split``).
+    verbose : 0, 1, 2 or None
+        Keras progress output; None: a bar of steps in a terminal (1), one line per epoch
+        otherwise (2, for notebooks and logs).
+    callbacks : list of keras.callbacks.Callback, optional
+        Extra callbacks, called after the run's own.
+    deterministic : bool
+        Ask TensorFlow for deterministic ops (measured: at most ~3 % slower a step on CPU).
+    strategy : tf.distribute.Strategy, optional
+        Build and compile the model under this strategy's scope (default:
+        :func:`distribution_strategy`, i.e. one device, or all GPUs if several are visible).
+        ``batch_size`` is the global batch, split among the replicas.
+    """
+    t_start = time.perf_counter()
+    if resume is not None:
+        run_dir, settings, split, folders, cfg = _resumed_run(resume, data_dir, profile, split,
+                                                              overrides)
+        initial_epoch, best_val_loss = _resume_state(run_dir)
+    else:
+        run_dir, settings, split, folders, cfg = _new_run(data_dir, out_dir, profile, split,
+                                                          deterministic, overrides)
+        initial_epoch, best_val_loss = 0, None
+
+    seed = int(settings["seed"])
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        config.set_seeds(seed)
+        _set_determinism(deterministic)
+        if settings.get("mixed_precision"):
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        strategy = distribution_strategy() if strategy is None else strategy
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
+                                       settings["learning_rate"])
+        if resume is None:
+            cfg["model"] = {"name": model.name, "params": int(model.count_params()),
+                            "forward_flops": unet.count_flops(model)}
+            cfg["distribution"] = {
+                "strategy": type(strategy).__name__ if strategy is not None else None,
+                "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}
+            io.save_json(cfg, run_dir / "train_config.json")
+
+        batch = int(settings["batch_size"])
+        common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
+        train_ds = augment.LungDataset([folders[c] for c in split["train"]], batch, settings,
+                                       seed=seed, augment=True, epoch=initial_epoch,
+                                       samples_per_epoch=settings.get("samples_per_epoch"),
+                                       **common)
+        val_batches = _replica_batches(strategy, batch, train_ds.samples_per_epoch,
+                                       len(split["val"]))
+        val_ds = augment.LungDataset([folders[c] for c in split["val"]], settings=settings,
+                                     seed=seed, augment=False, **val_batches)
+        run_callbacks = [
+            augment.EpochSetter(train_ds),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, min_lr=1e-6,
+                                              patience=int(settings["reduce_lr_patience"])),
+            keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
+                                            save_best_only=True,
+                                            initial_value_threshold=best_val_loss),
+            keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=False,
+                                          patience=int(settings["early_stop_patience"])),
+            keras.callbacks.CSVLogger(run_dir / LOG_NAME, append=True),
+            # Last of the run's own: once it records an epoch, the epoch's log row and
+            # checkpoint are on disk.
+            _SeedStateBackup(run_dir / BACKUP_DIR),
+            keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, double_checkpoint=True,
+                                             delete_checkpoint=False),
+            *(callbacks or []),
+        ]
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
+                      callbacks=run_callbacks, verbose=_verbose(verbose), shuffle=False)
+        except BaseException:
+            print(f"\nTraining stopped early; continue it with:\n  python -m lungseg_utils.train "
+                  f"--resume {run_dir}", file=sys.stderr)
+            raise
+        model.save(run_dir / "final_model.keras")
+        best_path = run_dir / "best_model.keras"
+        for path in (best_path, run_dir / "final_model.keras"):
+            _strip_optimizer(path)
+        scored = keras.saving.load_model(best_path) if best_path.exists() else model
+        metrics = evaluate_cases(scored, [folders[c] for c in split["test"]],
+                                 settings.get("hu_window", config.HU_WINDOW))
+        metrics["model"] = best_path.name if best_path.exists() else "final_model.keras"
+        metrics["training"] = {"wall_s_this_session": round(time.perf_counter() - t_start, 1),
+                               "resumed_at_epoch": initial_epoch if resume else None}
+        io.save_json(metrics, run_dir / "test_metrics.json", overwrite=True)
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    return run_dir
+
+
+RUN_ARTIFACTS = ("split.json", "train_config.json", LOG_NAME, "best_model.keras",
+                 "final_model.keras", "test_metrics.json")
+
+
+def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
+                include_final: bool = True) -> Path:
+    """Copy a finished run's artifacts to ``results/reference/`` (the default model).
+
+    Refuses to replace an existing reference unless ``overwrite``. Records where the
+    reference came from in ``provenance.json``. ``include_final=False`` leaves out
+    ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
+    reference folder.
+    """
+    run_dir = Path(run_dir)
+    reference_dir = Path(reference_dir or config.REFERENCE_DIR)
+    missing = [a for a in RUN_ARTIFACTS if not (run_dir / a).exists()]
+    if missing:
+        raise LungsegInputError(f"{run_dir}: not a finished run (missing {', '.join(missing)}).")
+    if (reference_dir / "best_model.keras").exists() and not overwrite:
+        raise LungsegInputError(f"{reference_dir}: a reference model exists; pass "
+                                "overwrite=True to replace it.")
+    reference_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_ARTIFACTS if include_final else set(RUN_ARTIFACTS) - {"final_model.keras"}:
+        tmp = reference_dir / f".tmp_{name}"
+        shutil.copyfile(run_dir / name, tmp)
+        io.publish(tmp, reference_dir / name)
+    io.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
+                 overwrite=True)
+    return reference_dir
+
+
+def cross_validate(k: int = 3, data_dir=None, out_dir=None, profile=None, seed: int = 42,
+                   verbose=0, publish_dir=None, **overrides) -> dict:
+    """k-fold cross-validation of one configuration: an honest estimate on every case.
+
+    The cases are split into ``k`` seeded folds; fold i is the test part of run i, one
+    seeded case of the rest is its validation case, the others train. Each run is a normal
+    run folder under ``out_dir/fold_i/`` (default ``results/cv/``). Every case is then
+    predicted by the one model that never saw it and scored with
+    :func:`lungseg_utils.evaluate.evaluate_masks` on the 64^3 grid.
+
+    Returns (and writes to ``out_dir/cross_validation.json``) ``{"folds", "profile",
+    "settings", "cases": [{"case_id", "fold", metrics...}], "summary": {metric: summary}}``.
+    With ``publish_dir`` (e.g. ``results/reference/cv``), each fold's artifacts are also
+    copied to ``publish_dir/fold_i/`` (:func:`promote_run`) with the JSON beside them.
+    """
+    from . import evaluate, inference
+
+    data_dir = Path(data_dir) if data_dir else config.resolve_data_dir()
+    out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
+    ids = [p.name for p in io.discover_cases(data_dir)]
+    if not 2 <= k <= len(ids) // 2:
+        raise LungsegInputError(f"cross_validate: k={k} needs 2 <= k <= {len(ids) // 2} for {len(ids)} cases.")
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    folds = [sorted(order[i::k]) for i in range(k)]
+    rows, settings = [], None
+    for i, test in enumerate(folds):
+        rest = [c for c in ids if c not in test]
+        val = [rest[int(rng.integers(len(rest)))]]
+        split = {"seed": seed, "train": [c for c in rest if c not in val], "val": val, "test": test}
+        run_dir = train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile, split=split,
+                        verbose=verbose, **overrides)
+        settings = io.load_json(run_dir / "train_config.json")["settings"]
+        if publish_dir:
+            promote_run(run_dir, Path(publish_dir) / f"fold_{i}", overwrite=True,
+                        include_final=False)
+        forward = inference.compiled_forward(keras.saving.load_model(run_dir / "best_model.keras"))
+        for cid in test:
+            case = io.load_case(data_dir / cid)
+            res = inference.predict_volume(forward, case.ct_hu, case.affine)
+            rows.append({"case_id": cid, "fold": i, "run": run_dir.name,
+                         **evaluate.evaluate_masks(res["mask"], case.mask, case.spacing_mm)})
+    rows.sort(key=lambda r: r["case_id"])
+    result = {"folds": k, "profile": settings and settings.get("profile"), "settings": settings,
+              "cases": rows,
+              "summary": {m: evaluate.summarise(rows, m)
+                          for m in ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")}}
+    io.save_json(result, out_root / "cross_validation.json", overwrite=True)
+    if publish_dir:
+        io.save_json(result, Path(publish_dir) / "cross_validation.json", overwrite=True)
+    return result
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lungseg_utils.train",
+        description="Train the 3D U-Net on 64^3 lung CT cases and write a new run folder "
+                    "(results/models/run_YYYYMMDD-HHMMSS/). Unset options take the profile's "
+                    "value.")
+    p.add_argument("--profile", choices=sorted(config.PROFILES),
+                   help="settings to start from (default: $LUNGSEG_PROFILE or quick)")
+    p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz (default: found "
+                                      "by lungseg_utils.config.resolve_data_dir)")
+    p.add_argument("--out_dir", help="folder in which the new run folder is created "
+                                     "(default: results/models)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run in its own folder, with its settings")
+    p.add_argument("--base_filters", type=int, help="filters of the first level (doubling below)")
+    p.add_argument("--reg_l2", type=float, help="L2 factor on every convolution kernel")
+    p.add_argument("--dropout_enc", type=float, help="dropout after each encoder block")
+    p.add_argument("--dropout_dec", type=float, help="dropout after each decoder block")
+    p.add_argument("--dropout_bot", type=float, help="dropout after the bottleneck")
+    p.add_argument("--epochs", type=int, help="maximum number of epochs")
+    p.add_argument("--batch_size", type=int, help="volumes per training step")
+    p.add_argument("--samples_per_epoch", type=int,
+                   help="augmented samples per epoch (default: one per training case)")
+    p.add_argument("--p_jitter", type=float, help="probability of intensity jitter per sample")
+    p.add_argument("--jitter_sigma", type=float, help="std of the jitter on the [0, 1] CT")
+    p.add_argument("--seed", type=int, help="seed of the split, the weights and augmentation")
+    p.add_argument("--use_transpose", action="store_true", default=None,
+                   help="up-sample with Conv3DTranspose instead of UpSampling3D + 1x1 conv")
+    p.add_argument("--loss", choices=["dice", "hybrid"],
+                   help="soft Dice, or 0.5 Dice + 0.5 binary cross-entropy")
+    p.add_argument("--mixed_precision", action="store_true", default=None,
+                   help="compute in bfloat16 (mixed_bfloat16 policy; AMX on recent Xeons)")
+    p.add_argument("--cv", type=int, metavar="K",
+                   help="k-fold cross-validation of these settings instead of one run "
+                        "(fold runs in --out_dir, default results/cv)")
+    p.add_argument("--publish", metavar="DIR",
+                   help="with --cv: also copy each fold's artifacts to DIR/fold_i "
+                        "(e.g. results/reference/cv)")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2],
+                   help="0 silent, 1 progress bar of steps, 2 one line per epoch "
+                        "(default: 1 in a terminal, else 2)")
+    return p
+
+
+def main(argv=None) -> int:
+    global _CLI_ARGV
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _CLI_ARGV = ["python", "-m", "lungseg_utils.train", *argv]
+    args = vars(build_parser().parse_args(argv))
+    verbose = args.pop("verbose")
+    fixed = {k: args.pop(k) for k in ("data_dir", "out_dir", "profile", "resume")}
+    cv, publish = args.pop("cv"), args.pop("publish")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    try:
+        if cv:
+            if fixed["resume"]:
+                raise LungsegInputError("--cv and --resume cannot be combined.")
+            result = cross_validate(cv, fixed["data_dir"], fixed["out_dir"], fixed["profile"],
+                                    verbose=verbose, publish_dir=publish, **overrides)
+            s = result["summary"]["dice"]
+            print(f"{cv}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
+                  f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
+            return 0
+        run_dir = train(**fixed, verbose=verbose, **overrides)
+    except LungsegInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics = io.load_json(run_dir / "test_metrics.json")
+    print(f"Run folder: {run_dir}")
+    if metrics["mean_dice"] is not None:
+        print(f"Test Dice {metrics['mean_dice']:.4f}, IoU {metrics['mean_iou']:.4f} "
+              f"over {metrics['n_cases']} case(s) ({metrics['model']}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

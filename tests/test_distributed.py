@@ -1,0 +1,86 @@
+"""Training under a ``tf.distribute`` strategy: two logical CPUs stand in for two GPUs.
+
+The logical devices must be set before TensorFlow initialises its runtime, which the test
+session has long done, so the distributed run happens in a fresh Python process.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lungseg_utils import config, io
+from lungseg_utils import train as trainer
+from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.synthetic import write_demo_dataset
+
+pytestmark = pytest.mark.skipif(trainer.keras.backend.backend() != "tensorflow",
+                                reason="tf.distribute needs the TensorFlow backend")
+
+SCRIPT = r"""
+import json, sys
+from lungseg_utils import config
+config.import_keras_quietly()
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+from lungseg_utils import train
+
+strategy = train.distribution_strategy(["/cpu:0", "/cpu:1"])
+run_dir = train.train(data_dir=sys.argv[1], out_dir=sys.argv[2], profile="smoke",
+                      strategy=strategy, batch_size=2, verbose=0)
+print("RESULT", json.dumps({"run_dir": str(run_dir),
+                            "replicas": strategy.num_replicas_in_sync,
+                            "strategy": type(strategy).__name__,
+                            "logical_cpus": len(tf.config.list_logical_devices("CPU"))}))
+"""
+
+
+def test_default_strategy_is_one_device():
+    strategy = trainer.distribution_strategy()
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_devices_need_tensorflow_backend_only_when_given(monkeypatch):
+    monkeypatch.setattr(trainer.keras.backend, "backend", lambda: "jax")
+    assert trainer.distribution_strategy() is None
+    with pytest.raises(LungsegInputError, match="devices"):
+        trainer.distribution_strategy(["/gpu:0", "/gpu:1"])
+
+
+@pytest.mark.slow
+def test_mirrored_training_on_two_logical_cpus(tmp_path):
+    data_dir = write_demo_dataset(tmp_path / "data", n_cases=4)
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(data_dir), str(out)],
+                          cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["strategy"] == "MirroredStrategy"
+    assert result["replicas"] == 2 and result["logical_cpus"] == 2
+
+    run_dir = out / result["run_dir"].rsplit("/", 1)[-1]
+    assert (run_dir / "best_model.keras").is_file()
+    assert (run_dir / "test_metrics.json").is_file()
+    cfg = io.load_json(run_dir / "train_config.json")
+    assert cfg["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2}
+
+    model = trainer.keras.saving.load_model(run_dir / "best_model.keras", compile=False)
+    assert model.output_shape == (None, 64, 64, 64, 1)
+
+
+def test_replica_batches_keep_every_replica_busy():
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    one = trainer.distribution_strategy()
+    assert trainer._replica_batches(one, 2, 7, 1) == {"batch_size": 2}
+    assert trainer._replica_batches(TwoReplicas(), 2, 12, 3) == {"batch_size": 2,
+                                                                 "samples_per_epoch": 6}
+    for batch, samples in ((3, 12), (2, 7)):
+        with pytest.raises(LungsegInputError, match="replicas"):
+            trainer._replica_batches(TwoReplicas(), batch, samples, 1)
