@@ -428,8 +428,10 @@ def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
 def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False):
     """Segment one labelled case with every method and score each against its mask.
 
-    Methods: ``unet`` (the network, thresholded at 0.5 on the case's own grid), ``unet_post``
-    (the same after :func:`postprocess_lungs`), ``baseline`` (:func:`classical_lung_mask`)
+    Methods: ``unet`` (the inference pipeline: the network's probability thresholded at 0.5
+    on the case's own grid, its boundary redrawn at that grid's resolution where it is finer
+    than 5 mm), ``unet_raw`` (without that refinement), ``unet_post`` (``unet`` after
+    :func:`postprocess_lungs`), ``baseline`` (:func:`classical_lung_mask`)
     and, with ``with_ceiling``, ``ceiling`` (the reference mask taken to the model grid and
     back: the best any 64^3 model can do on this grid).
 
@@ -453,6 +455,7 @@ def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False
     pred = inference.predict_volume(forward, case.ct_hu, case.affine, tta=tta)
     masks = {"unet": pred["mask"],
              "unet_post": postprocess_lungs(pred["mask"], axis=axis),
+             "unet_raw": pred["mask_network"],
              "baseline": classical_lung_mask(case.ct_hu, case.spacing_mm, axis=axis)}
     if with_ceiling:
         masks["ceiling"] = geometry.round_trip_mask(case.mask, case.affine, ct_hu=case.ct_hu)

@@ -29,7 +29,7 @@ native_dir = config.native_data_dir()
 forward = inference.compiled_forward(inference.load_model(reference))
 METHODS = ["unet", "unet_post", "baseline"]
 LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
-          "ceiling": "64³ ceiling"}
+          "ceiling": "64³ ceiling", "unet_raw": "U-Net, 5 mm edge"}
 
 # %% [markdown]
 # The held-out test patients of the reference split (the network never trained on them and
@@ -84,7 +84,13 @@ print(io.format_table(lines, {"method": "", "metric": "", "mean": "", "sd": "", 
 # Here the network's input is cut from the scan by the model grid *centred from the image*,
 # and its probability is carried back to the native grid and thresholded there, exactly as
 # the inference command does. The **ceiling** is the expert mask itself taken to 64³ and
-# back: no 64³ model can beat it on this grid.
+# back: no model that only *draws* on a 5 mm grid can beat it.
+#
+# The network's probability is nearly binary, so carried back it draws a 5 mm staircase
+# ("U-Net, 5 mm edge" below). The inference pipeline therefore redraws the boundary at the
+# scan's own resolution: within one model voxel of it, a voxel is lung if it is darker than
+# -200 HU (`inference.refine_boundary`; the threshold was chosen on the reference model's
+# training cases). That is how "U-Net" can pass the ceiling.
 
 # %%
 rows_nat, masks_nat = [], {}
@@ -93,7 +99,7 @@ for cid in test_ids if native_dir else []:
     row, masks, _ = evaluate.compare_methods(forward, case, with_ceiling=True)
     rows_nat.append(row)
     masks_nat[cid] = (case, masks)
-NATIVE_METHODS = METHODS + ["ceiling"]
+NATIVE_METHODS = ["unet_raw"] + METHODS + ["ceiling"]
 flat = [{"case_id": r["case_id"], **{f"{m}.{k}": r[m][k] for m in NATIVE_METHODS for k in ("dice", "hd95_mm")}}
         for r in rows_nat]
 columns = {"case_id": ""}

@@ -53,7 +53,8 @@ def test_cli_writes_input_shape_and_affine(tmp_path, tiny_model_path, codes):
     aff, shape = _scan(tmp_path / "p1", codes)
     out, prob = tmp_path / "out" / "mask.nii.gz", tmp_path / "out" / "prob.nii.gz"
     rc = inference.main(["--model", str(tiny_model_path), "--input", str(tmp_path / "p1"),
-                         "--output_mask", str(out), "--output_prob", str(prob), "--tta"])
+                         "--output_mask", str(out), "--output_prob", str(prob), "--tta",
+                         "--no_refine"])
     assert rc == 0
     m, p = nib.load(str(out)), nib.load(str(prob))
     assert m.shape == shape and p.shape == shape
@@ -109,3 +110,32 @@ def test_help_documents_every_option():
     for flag in ("--model", "--input", "--output_mask", "--output_prob", "--output_dir", "--thr",
                  "--tta", "--postprocess", "--overwrite"):
         assert flag in out.stdout
+
+
+def test_refine_boundary_redraws_only_near_the_boundary():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[5:15, 5:15, 5:15] = 1
+    ct = np.full(mask.shape, -900.0, np.float32)      # dark everywhere...
+    ct[:, :, 12:] = 50.0                              # ...but soft tissue above z = 12
+    prob = np.full(mask.shape, 0.5, np.float32)
+    band = np.zeros(mask.shape, bool)
+    band[3:17, 3:17, 3:17] = True
+    band[7:13, 7:13, 7:13] = False                    # a shell around the boundary
+    out = inference.refine_boundary(mask, prob, ct, band)
+    assert out[8, 8, 8] == 1                          # interior: kept
+    assert out[0, 0, 0] == 0                          # far outside: kept
+    assert out[4, 10, 8] == 1                         # band, dark: lung
+    assert out[10, 10, 13] == 0                       # band, bright: not lung
+    prob[4, 10, 8] = 0.0
+    assert inference.refine_boundary(mask, prob, ct, band)[4, 10, 8] == 0  # network said no
+
+
+def test_refinement_changes_only_the_band_and_keeps_geometry(tiny_model_path):
+    ct, mask, affine = make_phantom(shape=(100, 90, 50), spacing_mm=(3.5, 3.5, 6.0), seed=3)
+    fwd = inference.compiled_forward(inference.load_model(tiny_model_path))
+    res = inference.predict_volume(fwd, ct, affine)
+    assert res["mask"].shape == ct.shape and res["mask_network"].shape == ct.shape
+    band = inference.boundary_band64(res["prob64"], res["grid"])
+    np.testing.assert_array_equal(res["mask"][~band], res["mask_network"][~band])
+    plain = inference.predict_volume(fwd, ct, affine, refine=False)
+    np.testing.assert_array_equal(plain["mask"], plain["mask_network"])
