@@ -75,7 +75,7 @@ _COMMON = dict(
 
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
-              "p_elastic": 0.5, "reduce_lr_patience": 1, "early_stop_patience": 2},
+              "reduce_lr_patience": 1, "early_stop_patience": 2},
     "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
     "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,

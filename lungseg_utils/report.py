@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from . import config, io
-from .inference import FLIPS
+from .inference import FLIPS, REFINE_HU
 from .errors import LungsegInputError
 
 REPORT_DIR = config.REPO_ROOT / "report"
@@ -56,8 +56,17 @@ REPORT_FIGURES = (
 RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_metrics.json",
                 "evaluation.json", "tta.json")
 #: How methods are named in the tables (report and README alike).
-METHOD_LABELS = {"unet": "U-Net", "unet_post": "U-Net + post-processing",
-                 "baseline": "Classical baseline", "ceiling": "Resolution ceiling"}
+METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
+                 "unet_post": "U-Net + post-processing", "baseline": "Classical baseline",
+                 "ceiling": "Resolution ceiling"}
+#: The methods ``evaluation.json`` must hold on each grid (notebook 05); ``unet_raw`` is the
+#: network's probability carried back and thresholded, ``unet`` the inference pipeline, whose
+#: boundary is redrawn at the scan's resolution (:func:`lungseg_utils.inference.refine_boundary`).
+GRID_METHODS = {"grid64": ("unet", "unet_post", "baseline"),
+                "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
+#: Fewer cases than this and a bootstrap interval is described as uninformative: it can only
+#: resample the few per-case differences, so it is little more than their range.
+FEW_CASES = 5
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 #: A figure wider than this (inches, as exported) spans both columns of the report.
 WIDE_FIGURE_IN = 4.5
@@ -98,7 +107,7 @@ def _fmt_general(value: float) -> str:
 def format_value(key: str, value, context: str = "") -> str:
     """Format one number of a result file, by its key (and the key above it).
 
-    Dice, IoU and AUC: 3 decimals (a Dice gain is signed); distances ``*_mm`` and
+    Dice, IoU and AUC: 3 decimals (a Dice gain ``dice_gain*``: signed, 4); distances ``*_mm`` and
     percentages ``*_pct``: 1 decimal; volumes ``*_ml``: 0; times ``*_s``: 2; ``ci``: a
     percentage (0.95 -> "95"); integers as they are; any other number (settings such as a
     learning rate) in short general form. ``context`` is the nearest enclosing key that
@@ -112,8 +121,8 @@ def format_value(key: str, value, context: str = "") -> str:
     if isinstance(value, int):
         return str(value).replace("-", _MINUS)
     for name in names:
-        if name == "dice_gain":
-            return fmt_number(value, 3, signed=True)
+        if name.startswith("dice_gain"):  # differences of a few thousandths: 4 decimals
+            return fmt_number(value, 4, signed=True)
         if name.startswith(("dice", "iou", "val_dice", "val_iou")) or name.endswith("auc"):
             return fmt_number(value, 3)
         if name.endswith(("_mm", "_pct")):
@@ -191,22 +200,39 @@ def read_results(results_dir=None) -> dict:
     raw["training_log"] = read_training_log(folder / "training_log.csv")
     ev = raw["evaluation"]
     _need(ev, "test_cases", "evaluation.json")
-    for grid, methods in (("grid64", ("unet", "unet_post", "baseline")),
-                          ("native", ("unet", "unet_post", "baseline", "ceiling"))):
-        for case in _need(ev, f"{grid}.cases", "evaluation.json"):
-            for m in methods:
-                _need(case, f"{m}.dice", f"evaluation.json {grid}.cases[{case.get('case_id')}]")
-        for m in methods:
-            for metric in ("dice", "hd95_mm"):
-                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
-                    _need(ev, f"{grid}.summary.{m}.{metric}.{stat}", "evaluation.json")
-    for key in ("cases", "dice_gain.mean_diff", "dice_gain.lo", "dice_gain.hi",
-                "time_s.single", "time_s.tta"):
+    _check_grids(ev, "evaluation.json")
+    if "cross_validation" in ev:
+        _need(ev, "cross_validation.folds", "evaluation.json")
+        _check_grids(ev["cross_validation"], "evaluation.json cross_validation")
+    for key in ("cases", "time_s.single", "time_s.tta"):
         _need(raw["tta"], key, "tta.json")
+    for gain in ("dice_gain", "dice_gain_native"):
+        for stat in ("mean_diff", "lo", "hi", "ci"):
+            _need(raw["tta"], f"{gain}.{stat}", "tta.json")
+    for i, row in enumerate(raw["tta"]["cases"]):
+        for key in ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm"):
+            _need(row, key, f"tta.json cases[{i}]")
     for key in ("train", "val", "test"):
         _need(raw["split"], key, "split.json")
     raw["results_dir"] = folder
     return raw
+
+
+def _check_grids(ev: dict, filename: str) -> None:
+    """Raise if a block with ``grid64`` and ``native`` lacks a method, case or summary the
+    report prints (:data:`GRID_METHODS`; Dice and HD95 with mean, SD, median and worst)."""
+    for grid, methods in GRID_METHODS.items():
+        cases = _need(ev, f"{grid}.cases", filename)
+        if not cases:
+            raise LungsegInputError(f"{filename}: {grid}.cases is empty; re-run notebook 05 "
+                                    "with the native scans available.")
+        for case in cases:
+            for m in methods:
+                _need(case, f"{m}.dice", f"{filename} {grid}.cases[{case.get('case_id')}]")
+        for m in methods:
+            for metric in ("dice", "hd95_mm"):
+                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
+                    _need(ev, f"{grid}.summary.{m}.{metric}.{stat}", filename)
 
 
 def _settings(cfg: dict) -> dict:
@@ -222,6 +248,7 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
     wall_s = cfg.get("wall_time_s") or (test_metrics.get("training") or {}).get("wall_s_this_session")
     params = (cfg.get("model") or {}).get("params") or cfg.get("n_params")
     lr = last.get("learning_rate", last.get("lr"))
+    lr0 = log[0].get("learning_rate", log[0].get("lr"))
     versions = cfg.get("versions") or {}
     return {
         "profile": cfg.get("profile", settings.get("profile", "?")),
@@ -232,6 +259,7 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
         "best_val_loss": fmt_number(best["val_loss"], 3),
         "final_train_dice": fmt_number(last.get("dice"), 3),
         "final_lr": _fmt_general(lr) if lr is not None else "n/a",
+        "lr_reduced": lr is not None and lr0 is not None and lr < lr0,
         "wall_time_min": fmt_number(wall_s / 60.0, 0) if wall_s else "n/a",
         "params_m": fmt_number(params / 1e6, 2) if params else "n/a",
         "keras": str(versions.get("keras", "?")),
@@ -271,40 +299,91 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
     cfg, ev, tta = raw["train_config"], raw["evaluation"], raw["tta"]
     settings = _settings(cfg)
     s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
-    gain = tta["dice_gain"]
+    gain, gain_nat = tta["dice_gain"], tta["dice_gain_native"]
     hu = settings.get("hu_window", config.HU_WINDOW)
+    dice = {m: snat[m]["dice"]["mean"] for m in snat}
+    tta_rows = {g: [r for r in tta["cases"] if (r["grid"] == "native") == (g == "native")]
+                for g in ("grid64", "native")}
+    n_tta = min(len(tta_rows["grid64"]), len(tta_rows["native"]))
     numbers = {
         "about": "Generated by lungseg_utils.report from the result files; every number "
                  "is formatted as report.typ prints it. Do not edit: run make report.",
         "results_dir": _rel(raw["results_dir"]),
         "labels": METHOD_LABELS,
-        "grid": {"shape": str(config.MODEL_SHAPE[0]), "spacing_mm": fmt_number(config.MODEL_SPACING_MM, 0),
+        "grid": {"shape": str(config.MODEL_SHAPE[0]),
+                 "spacing_mm": fmt_number(config.MODEL_SPACING_MM, 0),
                  "extent_mm": fmt_number(config.MODEL_SHAPE[0] * config.MODEL_SPACING_MM, 0),
                  "hu_low": fmt_number(hu[0], 0), "hu_high": fmt_number(hu[1], 0),
-                 "tta_flips": str(len(FLIPS))},
+                 "tta_flips": str(len(FLIPS)), "refine_hu": fmt_number(REFINE_HU, 0)},
         "n_cases": {k: str(len(raw["split"][k])) for k in ("train", "val", "test")}
                    | {"all": str(sum(len(raw["split"][k]) for k in ("train", "val", "test")))},
         "settings": format_tree(settings),
         "augment": format_tree({**settings, **(cfg.get("augment") or {})}),
         "training": training_summary(cfg, raw["training_log"], raw["test_metrics"]),
         "facts": {
-            "post_helps": s64["unet_post"]["dice"]["mean"] > s64["unet"]["dice"]["mean"],
-            "unet_beats_baseline": s64["unet"]["dice"]["mean"] > s64["baseline"]["dice"]["mean"],
-            "native_gap_to_ceiling": fmt_number(snat["ceiling"]["dice"]["mean"]
-                                                - snat["unet"]["dice"]["mean"], 3),
-            "ceiling_loss": fmt_number(1.0 - snat["ceiling"]["dice"]["mean"], 3),
+            # the inference pipeline against the network's own 5 mm boundary and the ceiling
+            "unet_above_ceiling": dice["unet"] > dice["ceiling"],
+            "raw_above_ceiling": dice["unet_raw"] > dice["ceiling"],
+            "native_gap_to_ceiling": fmt_number(abs(dice["ceiling"] - dice["unet"]), 3),
+            "raw_gap_to_ceiling": fmt_number(abs(dice["ceiling"] - dice["unet_raw"]), 3),
+            "refine_gain": fmt_number(dice["unet"] - dice["unet_raw"], 3, signed=True),
+            "ceiling_loss": fmt_number(1.0 - dice["ceiling"], 3),
             "tta_ci_excludes_zero": gain["lo"] > 0 or gain["hi"] < 0,
-            "tta_gain_positive": gain["mean_diff"] > 0,
+            "tta_native_ci_excludes_zero": gain_nat["lo"] > 0 or gain_nat["hi"] < 0,
+            "tta_n_cases": str(n_tta),
+            "tta_few_cases": n_tta < FEW_CASES,
+            # tta.json holds other cases than the test split: notebook 06 used the CV folds
+            "tta_out_of_fold": {r["case_id"] for r in tta["cases"]} != set(ev["test_cases"]),
             "tta_slowdown": fmt_number(tta["time_s"]["tta"] / tta["time_s"]["single"], 1),
             "has_cv": "cross_validation" in ev,
             "has_auc": "uncertainty_error_auc" in tta,
         },
+        "tta_table": _tta_table(tta_rows),
+        # U-Net against the classical pipeline, post-processing against the U-Net
+        "compare": {"grid64": {"baseline": _compare(s64["unet"], s64["baseline"]),
+                               "post": _compare(s64["unet_post"], s64["unet"])},
+                    "native": {"baseline": _compare(snat["unet"], snat["baseline"]),
+                               "post": _compare(snat["unet_post"], snat["unet"])}},
     }
+    if "cross_validation" in ev:
+        cv = ev["cross_validation"]
+        c64, cnat = cv["grid64"]["summary"], cv["native"]["summary"]
+        cv_dice = {m: cnat[m]["dice"]["mean"] for m in cnat}
+        numbers["facts"] |= {
+            "cv_n_cases": str(len(cv["grid64"]["cases"])),
+            "cv_unet_above_ceiling": cv_dice["unet"] > cv_dice["ceiling"],
+            "cv_refine_gain": fmt_number(cv_dice["unet"] - cv_dice["unet_raw"], 3, signed=True),
+        }
+        numbers["compare"]["cv"] = {
+            "grid64": {"baseline": _compare(c64["unet"], c64["baseline"])},
+            "native": {"baseline": _compare(cnat["unet"], cnat["baseline"])}}
     for stem in ("evaluation", "tta", "split", "train_config", "test_metrics"):
         numbers[stem] = format_tree(raw[stem])
     if figures_dir is not None:
         numbers["figures"] = _figure_info(Path(figures_dir))
     return numbers
+
+
+def _compare(a: dict, b: dict) -> dict:
+    """How the Dice summary ``a`` compares with ``b``: ``{"order": "higher" | "lower" |
+    "same" (same when equal as printed), "close": the means differ by less than the larger
+    SD, i.e. the cases do not separate them}``."""
+    ma, mb = a["dice"]["mean"], b["dice"]["mean"]
+    same = fmt_number(ma, 3) == fmt_number(mb, 3)
+    sds = [v for v in (a["dice"]["sd"], b["dice"]["sd"]) if v is not None and not math.isnan(v)]
+    return {"order": "same" if same else "higher" if ma > mb else "lower",
+            "close": same or (bool(sds) and abs(ma - mb) < max(sds))}
+
+
+def _tta_table(rows: dict) -> list[dict]:
+    """One row per case of ``tta.json``: ``{"case_id", "grid64": {...}, "native": {...}}``
+    (each grid's row formatted, ``None`` where the case lacks that grid), in file order."""
+    ids = list(dict.fromkeys(r["case_id"] for g in rows for r in rows[g]))
+    def row(grid, cid):
+        return next((format_tree(r) for r in rows[grid] if r["case_id"] == cid), None)
+
+    return [{"case_id": cid, "grid64": row("grid64", cid), "native": row("native", cid)}
+            for cid in ids]
 
 
 # ----------------------------------------------------------------------------- README
@@ -321,27 +400,46 @@ def results_markdown(results_dir=None) -> str:
     cube = f"{n['grid']['shape']}³"
     rows = [f"| Method | Dice, {cube} grid | Dice, native grid | HD95 (mm), native grid |",
             "|---|---|---|---|"]
-    for m in ("unet", "unet_post", "baseline", "ceiling"):
+    for m in GRID_METHODS["native"]:
         nat = ev["native"]["summary"][m]
         g64 = ev["grid64"]["summary"].get(m)
         rows.append(f"| {METHOD_LABELS[m]} | {_pm(g64['dice']) if g64 else '—'} "
                     f"| {_pm(nat['dice'])} | {_pm(nat['hd95_mm'])} |")
-    g = tta["dice_gain"]
-    worst = ev["grid64"]["summary"]["unet"]["dice"]
+    g, gn = tta["dice_gain"], tta["dice_gain_native"]
+    worst = ev["native"]["summary"]["unet"]["dice"]
     test_ids = ", ".join(ev["test_cases"])
-    return "\n".join([
+    lines = [
         f"Mean ± SD over the {n['n_cases']['test']} held-out test cases ({test_ids}) of the "
         f"reference run (profile `{n['training']['profile']}`, {n['training']['epochs_run']} "
-        f"epochs); the resolution ceiling is the reference mask taken to the {cube} grid and back.",
+        f"epochs). *U-Net* is the inference pipeline, which redraws the network's boundary at "
+        f"the scan's resolution (lung below {n['grid']['refine_hu']} HU within one model voxel "
+        f"of it); *U-Net, 5 mm edge* is the network's probability carried back and thresholded "
+        f"without that step; the resolution ceiling is the reference mask taken to the {cube} "
+        "grid and back.",
         "",
         *rows,
+    ]
+    if "cross_validation" in ev:
+        cv = ev["cross_validation"]
+        c64, cnat = cv["grid64"]["summary"], cv["native"]["summary"]
+        lines += ["", f"Out of fold ({cv['folds']}-fold cross-validation, each of the "
+                  f"{n['facts']['cv_n_cases']} cases scored by the model that did not train on "
+                  "it), mean ± SD (worst case):", "",
+                  f"| Method | Dice, {cube} grid | Dice, native grid |", "|---|---|---|"]
+        for m in ("unet", "baseline", "ceiling"):
+            cells = [f"{_pm(s[m]['dice'])} ({s[m]['dice']['worst_value']}, "
+                     f"{s[m]['dice']['worst_case_id']})" if m in s else "—" for s in (c64, cnat)]
+            lines.append(f"| {METHOD_LABELS[m]} | {cells[0]} | {cells[1]} |")
+    lines += [
         "",
-        f"Worst U-Net case: {worst['worst_case_id']} (Dice {worst['worst_value']}). "
-        f"Test-time augmentation ({n['grid']['tta_flips']} flips) changed Dice by {g['mean_diff']} "
-        f"(95% bootstrap CI {g['lo']} to {g['hi']}). "
-        f"Generated from `{n['results_dir']}/` by `make report`; details in "
-        "[report/report.pdf](report/report.pdf).",
-    ])
+        f"Worst U-Net test case (native grid): {worst['worst_case_id']} "
+        f"(Dice {worst['worst_value']}). Test-time augmentation ({n['grid']['tta_flips']} "
+        f"flips, {n['facts']['tta_n_cases']} cases) changed Dice by {g['mean_diff']} on the {cube} grid and {gn['mean_diff']} on the native "
+        f"grid (95% bootstrap CIs {g['lo']} to {g['hi']} and {gn['lo']} to {gn['hi']}"
+        + ("; with so few cases these intervals say little" if n["facts"]["tta_few_cases"] else "")
+        + f"). Generated from `{n['results_dir']}/` by `make report`; details in "
+        "[report/report.pdf](report/report.pdf)."]
+    return "\n".join(lines)
 
 
 def update_readme(readme_path=None, results_dir=None) -> Path:

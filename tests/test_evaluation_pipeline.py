@@ -60,7 +60,7 @@ def test_compare_methods_scores_every_method_on_the_input_grid():
         return (batch < 0.12).astype(np.float32)
 
     row, masks, pred = evaluate.compare_methods(perfect_at_64, case, with_ceiling=True)
-    assert set(masks) == {"unet", "unet_post", "baseline", "ceiling"}
+    assert set(masks) == {"unet", "unet_raw", "unet_post", "baseline", "ceiling"}
     for m in masks.values():
         assert m.shape == mask.shape and m.dtype == np.uint8
     assert row["ceiling"]["dice"] > 0.95 and row["baseline"]["dice"] > 0.9

@@ -1,8 +1,9 @@
 """The PDF report and the README's results table: numbers come from the result files only.
 
-The report is compiled against ``tests/fixtures/reference_results/`` (made-up values) with
-placeholder figures drawn here, and its text is read back with pypdf: every Dice it prints
-must be the fixture's, formatted as the report formats it.
+The report is compiled against ``tests/fixtures/reference_results/`` (made-up values, with a
+cross-validation block) and against a copy without the cross-validation, with placeholder
+figures drawn here, and its text is read back with pypdf: every Dice it prints must be the
+fixture's, formatted as the report formats it.
 """
 
 import json
@@ -33,24 +34,50 @@ def _pdf_text(path: Path) -> tuple[int, str]:
 
 
 def _expected_numbers(folder: Path) -> dict:
-    """The numbers the report must print, read straight from the result files."""
+    """The numbers the report must print, read straight from the result files (the
+    cross-validation's too when ``evaluation.json`` has it)."""
     ev, tta = _load(folder, "evaluation.json"), _load(folder, "tta.json")
     d3 = lambda v: report.fmt_number(v, 3)  # noqa: E731
+    g4 = lambda v: report.fmt_number(v, 4, signed=True)  # noqa: E731  (Dice gains)
     s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
     out = {
         "mean U-Net Dice, 64^3": d3(s64["unet"]["dice"]["mean"]),
         "SD U-Net Dice, 64^3": d3(s64["unet"]["dice"]["sd"]),
         "mean U-Net Dice, native": d3(snat["unet"]["dice"]["mean"]),
+        "mean U-Net 5 mm edge Dice, native": d3(snat["unet_raw"]["dice"]["mean"]),
         "mean ceiling Dice": d3(snat["ceiling"]["dice"]["mean"]),
         "mean baseline Dice, 64^3": d3(s64["baseline"]["dice"]["mean"]),
         "worst U-Net Dice, 64^3": d3(s64["unet"]["dice"]["worst_value"]),
-        "TTA gain": report.fmt_number(tta["dice_gain"]["mean_diff"], 3, signed=True),
-        "TTA gain lo": report.fmt_number(tta["dice_gain"]["lo"], 3, signed=True),
-        "TTA gain hi": report.fmt_number(tta["dice_gain"]["hi"], 3, signed=True),
+        "TTA gain": g4(tta["dice_gain"]["mean_diff"]),
+        "TTA gain lo": g4(tta["dice_gain"]["lo"]),
+        "TTA gain hi": g4(tta["dice_gain"]["hi"]),
+        "TTA gain, native": g4(tta["dice_gain_native"]["mean_diff"]),
+        "TTA gain lo, native": g4(tta["dice_gain_native"]["lo"]),
+        "TTA gain hi, native": g4(tta["dice_gain_native"]["hi"]),
     }
     for case in ev["grid64"]["cases"]:
         out[f"U-Net Dice of {case['case_id']}"] = d3(case["unet"]["dice"])
+    for case in ev["native"]["cases"]:
+        out[f"U-Net 5 mm edge Dice of {case['case_id']}"] = d3(case["unet_raw"]["dice"])
+    if "cross_validation" in ev:
+        cv = ev["cross_validation"]
+        for grid in ("grid64", "native"):
+            for m in ("unet", "baseline", "ceiling"):
+                if m in cv[grid]["summary"]:
+                    s = cv[grid]["summary"][m]["dice"]
+                    out[f"CV mean {m} Dice, {grid}"] = d3(s["mean"])
+                    out[f"CV SD {m} Dice, {grid}"] = d3(s["sd"])
+                    out[f"CV worst {m} Dice, {grid}"] = d3(s["worst_value"])
     return out
+
+
+def _without_cv(folder: Path) -> Path:
+    """A copy of the fixture as it is before the cross-validation has run."""
+    shutil.copytree(FIXTURE, folder)
+    ev = _load(FIXTURE, "evaluation.json")
+    del ev["cross_validation"]
+    (folder / "evaluation.json").write_text(json.dumps(ev))
+    return folder
 
 
 def _placeholder_figures(folder: Path) -> Path:
@@ -72,22 +99,45 @@ def _placeholder_figures(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fixture_pdf(tmp_path_factory):
+def figures_dir(tmp_path_factory):
+    return _placeholder_figures(tmp_path_factory.mktemp("figures"))
+
+
+@pytest.fixture(scope="module")
+def fixture_pdf(tmp_path_factory, figures_dir):
     tmp = tmp_path_factory.mktemp("report")
-    figures = _placeholder_figures(tmp / "figures")
-    pdf = report.build_report(FIXTURE, figures, tmp / "out" / "report.pdf")
-    return pdf
+    return report.build_report(FIXTURE, figures_dir, tmp / "out" / "report.pdf")
 
 
 def test_fixture_report_has_two_or_three_pages_and_the_fixture_numbers(fixture_pdf):
     n_pages, text = _pdf_text(fixture_pdf)
     assert 2 <= n_pages <= 3
+    assert "cross_validation" in _load(FIXTURE, "evaluation.json")
     for what, value in _expected_numbers(FIXTURE).items():
         assert value in text, f"{what} = {value} is not in the PDF"
     # one of the fixture's baseline cases failed (HD95 = Infinity): printed, not crashed on
     assert "∞" in text
-    # the report names where its numbers came from
+    # the report names where its numbers came from, and shows the cross-validation
     assert "tests/fixtures/reference_results/" in text
+    assert "Out of fold" in text and "3-fold cross-validation" in text
+    # two test cases: the bootstrap intervals are called what they are
+    assert "uninformative" in text
+
+
+def test_report_without_cross_validation(tmp_path, figures_dir):
+    results = _without_cv(tmp_path / "results")
+    pdf = report.build_report(results, figures_dir, tmp_path / "out" / "report.pdf")
+    n_pages, text = _pdf_text(pdf)
+    assert 2 <= n_pages <= 3
+    expected = _expected_numbers(results)
+    assert not any(k.startswith("CV ") for k in expected)
+    for what, value in expected.items():
+        assert value in text, f"{what} = {value} is not in the PDF"
+    assert "Out of fold" not in text and "cross-validation" not in text
+    numbers = json.loads((pdf.parent / report.NUMBERS_NAME).read_text())
+    assert numbers["facts"]["has_cv"] is False and "cv" not in numbers["compare"]
+    block = report.results_markdown(results)
+    assert "Out of fold" not in block and "U-Net, 5 mm edge" in block
 
 
 def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
@@ -97,6 +147,22 @@ def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
         report.fmt_number(ev["grid64"]["summary"]["unet"]["dice"]["mean"], 3)
     assert numbers["evaluation"]["native"]["summary"]["baseline"]["hd95_mm"]["mean"] == "∞"
     assert set(numbers["figures"]) == set(report.figures_used())
+    cv = ev["cross_validation"]["native"]["summary"]["unet"]["dice"]
+    assert numbers["evaluation"]["cross_validation"]["native"]["summary"]["unet"]["dice"] \
+        ["worst_value"] == report.fmt_number(cv["worst_value"], 3)
+    # the TTA table pairs each case's rows of the two grids
+    tta = _load(FIXTURE, "tta.json")
+    assert [r["case_id"] for r in numbers["tta_table"]] == \
+        list(dict.fromkeys(r["case_id"] for r in tta["cases"]))
+    first = numbers["tta_table"][0]
+    assert first["grid64"]["grid"] != "native" and first["native"]["grid"] == "native"
+    # the facts the prose hangs on follow the numbers
+    snat = ev["native"]["summary"]
+    assert numbers["facts"]["unet_above_ceiling"] == \
+        (snat["unet"]["dice"]["mean"] > snat["ceiling"]["dice"]["mean"])
+    assert numbers["facts"]["refine_gain"] == report.fmt_number(
+        snat["unet"]["dice"]["mean"] - snat["unet_raw"]["dice"]["mean"], 3, signed=True)
+    assert numbers["facts"]["tta_n_cases"] == "2" and numbers["facts"]["tta_few_cases"] is True
 
 
 def test_report_typ_types_no_result_by_hand():
@@ -116,6 +182,8 @@ def test_formatting():
     assert report.format_value("hd95_mm", 4.26) == "4.3"
     assert report.format_value("mean", 0.97349, context="dice") == "0.973"
     assert report.format_value("ci", 0.95) == "95"
+    assert report.format_value("mean_diff", 0.00118, context="dice_gain") == "+0.0012"
+    assert report.format_value("lo", -0.000144, context="dice_gain_native") == "−0.0001"
     tree = report.format_tree({"summary": {"hd95_mm": {"mean": 4.26, "n": 2}}, "flag": True})
     assert tree == {"summary": {"hd95_mm": {"mean": "4.3", "n": "2"}}, "flag": True}
 
@@ -136,10 +204,27 @@ def test_missing_result_file_or_figure_is_named(tmp_path):
 
 def test_missing_key_is_named(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "results")
+    path = tmp_path / "results" / "evaluation.json"
     ev = _load(FIXTURE, "evaluation.json")
     del ev["native"]["summary"]["ceiling"]
-    (tmp_path / "results" / "evaluation.json").write_text(json.dumps(ev))
+    path.write_text(json.dumps(ev))
     with pytest.raises(LungsegInputError, match=r"evaluation\.json.*native\.summary\.ceiling"):
+        report.results_markdown(tmp_path / "results")
+    ev = _load(FIXTURE, "evaluation.json")
+    del ev["native"]["cases"][0]["unet_raw"]
+    path.write_text(json.dumps(ev))
+    with pytest.raises(LungsegInputError, match=r"native\.cases\[patient_901\].*unet_raw"):
+        report.results_markdown(tmp_path / "results")
+    ev = _load(FIXTURE, "evaluation.json")
+    del ev["cross_validation"]["grid64"]["summary"]["baseline"]
+    path.write_text(json.dumps(ev))
+    with pytest.raises(LungsegInputError, match=r"cross_validation.*grid64\.summary\.baseline"):
+        report.results_markdown(tmp_path / "results")
+    shutil.copy(FIXTURE / "evaluation.json", path)
+    tta = _load(FIXTURE, "tta.json")
+    del tta["dice_gain_native"]
+    (tmp_path / "results" / "tta.json").write_text(json.dumps(tta))
+    with pytest.raises(LungsegInputError, match=r"tta\.json.*dice_gain_native"):
         report.results_markdown(tmp_path / "results")
 
 
@@ -155,6 +240,7 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     block = text[text.index(report.README_START) + len(report.README_START):text.index(report.README_END)]
     assert block.strip() == report.results_markdown(FIXTURE).strip()
     assert _expected_numbers(FIXTURE)["mean U-Net Dice, 64^3"] in block
+    assert "Out of fold" in block and _expected_numbers(FIXTURE)["CV mean unet Dice, native"] in block
     report.update_readme(readme, FIXTURE)  # idempotent
     assert readme.read_text() == text
     readme.write_text("no markers here\n")
@@ -162,8 +248,8 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
         report.update_readme(readme, FIXTURE)
 
 
-def test_main_builds_and_reports_errors_in_one_line(tmp_path, capsys):
-    figures = _placeholder_figures(tmp_path / "figures")
+def test_main_builds_and_reports_errors_in_one_line(tmp_path, capsys, figures_dir):
+    figures = figures_dir
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{report.README_START}\n{report.README_END}\n")
     assert report.main(["--results_dir", str(FIXTURE), "--figures_dir", str(figures),
