@@ -23,18 +23,21 @@ notebooks: setup
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($${LUNGSEG_PROFILE:-quick})"; \
 	  $(PY) -m jupytext --quiet --to ipynb --update notebooks/$$nb.py || exit 1; \
-	  $(PY) -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=7200 notebooks/$$nb.ipynb || exit 1; \
+	  $(PY) benchmarks/time_job.py notebook_$$nb -- $(PY) -m jupyter nbconvert --log-level=WARN \
+	    --to notebook --execute --inplace --ExecutePreprocessor.timeout=7200 \
+	    notebooks/$$nb.ipynb || exit 1; \
 	done
 
 ## report: rebuild report/report.pdf from the result files (seconds)
 report: setup
 	$(PY) -m lungseg_utils.report
+	$(PY) benchmarks/run.py --readme
 
 ## test: the whole suite — unit tests, notebooks under nbval (smoke profile), browser test
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	  --nbval-cell-timeout=900 -p no:cacheprovider -q -rs
+	$(PY) benchmarks/time_job.py test -- $(PY) -m pytest tests notebooks --nbval-lax \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 \
+	  -p no:cacheprovider -q -rs
 
 ## bench: speed and memory measurements into benchmarks/results.json and RESULTS.md
 bench: setup
