@@ -137,7 +137,7 @@ def summary_lines(r: dict) -> list[str]:
     nat = r.get("native") or {}
     if nat.get("stages_s"):
         out.append(f"- **A native scan end to end** ({'×'.join(map(str, nat['shape']))} voxels: "
-                   f"load, model grid, predict, back, save): {fmt_med(nat['stages_s']['total'])}; "
+                   f"load, model grid, predict, back, refine, save): {fmt_med(nat['stages_s']['total'])}; "
                    f"with TTA {fmt_med(nat['tta8_total_s'])}.")
     m = r["memory"] or {}
     ok = lambda b: "✓" if b else "✗ over"  # noqa: E731

@@ -480,8 +480,8 @@ def task_native(params) -> dict:
     t_model = time.perf_counter() - t0
     case_dir = Path(params["case_dir"])
     out_dir = Path(tempfile.mkdtemp(prefix="lungseg_bench_native_"))
-    stages = {k: [] for k in ("load", "to_model_grid", "predict", "from_model_grid", "save",
-                              "total")}
+    stages = {k: [] for k in ("load", "to_model_grid", "predict", "from_model_grid",
+                              "refine_boundary", "save", "total")}
     tta_total = []
     result = None
 
@@ -495,7 +495,10 @@ def task_native(params) -> dict:
         t.append(time.perf_counter())
         prob64, _ = inference.predict_prob64(fwd, x64, tta=tta)
         t.append(time.perf_counter())
-        mask = (geometry.from_model_grid(prob64, grid) >= 0.5).astype(np.uint8)
+        prob = geometry.from_model_grid(prob64, grid)
+        t.append(time.perf_counter())
+        mask = inference.refine_boundary((prob >= 0.5).astype(np.uint8), prob, ct,
+                                         inference.boundary_band64(prob64, grid))
         t.append(time.perf_counter())
         io.save_nifti(mask, affine, out_dir / "lung_pred.nii.gz", header=header, overwrite=True)
         t.append(time.perf_counter())
