@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import datetime as _dt
+import os
 import platform
 import shutil
 import sys
@@ -181,6 +182,15 @@ class _SeedStateBackup(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- training
 
 
+def _portable(path) -> str:
+    """A path relative to the repository when it can be (so run folders travel), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return os.path.relpath(path, config.REPO_ROOT)
+    except ValueError:
+        return str(path)
+
+
 def _new_run(data_dir, out_dir, profile, split, deterministic, overrides):
     """Settings, split and a new run folder (with split.json) for a fresh run."""
     settings = config.get_profile(profile, **overrides)
@@ -198,7 +208,7 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, overrides):
     used = split["train"] + split["val"] + split["test"]
     cfg = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "run_dir": str(run_dir), "data_dir": str(Path(data_dir).resolve()),
+        "run_dir": _portable(run_dir), "data_dir": _portable(data_dir),
         "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
         "augment": {k: settings.get(k, v) for k, v in augment.DEFAULT_AUGMENT.items()},
         "versions": package_versions(), "split": split,
@@ -224,7 +234,7 @@ def _resumed_run(run_dir, data_dir, profile, split, overrides):
     settings = dict(cfg["settings"])
     if overrides.get("epochs"):
         settings["epochs"] = int(overrides["epochs"])
-    data_dir = Path(data_dir or cfg["data_dir"])
+    data_dir = Path(data_dir) if data_dir else config.REPO_ROOT / cfg["data_dir"]
     folders = {p.name: p for p in io.discover_cases(data_dir)}
     for rel, digest in cfg.get("input_files", {}).items():
         path = data_dir / rel
