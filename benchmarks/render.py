@@ -161,16 +161,22 @@ def summary_lines(r: dict) -> list[str]:
     job = r.get("job") or {}
     jobs = job.get("jobs") or {}
     if jobs:
-        total = sum(v.get("wall_s", 0) for k, v in jobs.items() if k.startswith("notebook:"))
+        nbs = sorted(k.removeprefix("notebook_") for k in jobs if k.startswith("notebook"))
+        total = sum(v.get("wall_s", 0) for k, v in jobs.items() if k.startswith("notebook"))
         test = jobs.get("test", {}).get("wall_s")
-        out.append(f"- **The whole job**: notebooks {total / 60:.1f} min"
-                   + (f", test suite {test / 60:.1f} min" if test else "") + ".")
+        out.append(f"- **The whole job**: "
+                   + (f"notebooks {', '.join(nbs)}: {total / 60:.1f} min together"
+                      f"{'' if len(nbs) >= 7 else ' (only these were timed by the Makefile so far)'}"
+                      if nbs else "no notebook timed yet")
+                   + (f"; test suite {test / 60:.1f} min" if test else "") + ".")
     if r.get("tiny"):
         out.insert(0, "- ⚠ **tiny run** (base 2, 1–2 repetitions): checks the code, not the speed.")
     bg = r.get("background") or {}
-    if any((bg.get(k) or {}).get("busy_processes") for k in ("before", "after")):
-        out.insert(0, "- ⚠ Other processes used the CPU during this run: the timings are slower "
-                      "and noisier than on an idle machine (see RESULTS.md).")
+    busy = (contended_tasks(r) if "other_load_cores" in r else
+            any((bg.get(k) or {}).get("busy_processes") for k in ("before", "after")))
+    if busy:
+        out.insert(0, "- ⚠ Other processes used the CPU during part of this run: those timings "
+                      "are slower and noisier than on an idle machine (see RESULTS.md).")
     return out
 
 
@@ -214,20 +220,41 @@ def results_markdown(r: dict) -> str:
     return "\n".join(s) + "\n"
 
 
+CONTENDED_CORES = 0.15
+
+
+def contended_tasks(r: dict) -> dict:
+    """Tasks during which other processes used more than CONTENDED_CORES cores on average."""
+    return {k: v for k, v in (r.get("other_load_cores") or {}).items()
+            if v is not None and v > CONTENDED_CORES}
+
+
 def _background_md(r):
     bg = r.get("background") or {}
     busy = [b for k in ("before", "after") for b in (bg.get(k) or {}).get("busy_processes", [])]
+    loads = r.get("other_load_cores") or {}
+    out = []
+    if loads:
+        hit = contended_tasks(r)
+        worst = max(loads.values()) if loads else 0.0
+        out += [("**Other load while measuring**: " + ", ".join(
+            f"`{k}` {v:.2f} cores" for k, v in hit.items()) + " (CPU used by other processes, "
+            "on average over the task): those timings are slower and noisier than on an idle "
+            "machine.") if hit else
+            f"Other processes used at most {worst:.2f} cores during any measurement.", ""]
     if not busy:
-        return []
+        return out
+    out_busy = _busy_lines(busy)
+    return out + out_busy
+
+
+def _busy_lines(busy):
     seen, lines = set(), []
     for b in busy:
         if b["command"] not in seen:
             seen.add(b["command"])
             lines.append(f"`{b['command'][:80]}` (nice {b['nice']}, {b['cpu_percent']} % CPU)")
-    return ["**Other load while measuring**: " + "; ".join(lines) + ". A process at a higher "
-            "nice value gets about a tenth of the CPU time while the benchmark computes, but "
-            "shares caches and memory bandwidth: the timings are somewhat slower and noisier "
-            "than on an idle machine.", ""]
+    return ["Busy processes seen just before or after the run: " + "; ".join(lines) + ".", ""]
 
 
 def _ceiling_md(r):

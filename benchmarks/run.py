@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ GPU_RESULTS = BENCH_DIR / "gpu_results.json"
 #: cases per epoch (4 steps), 80-150 epochs; its validation Dice after 80 epochs (two cases,
 #: 0.973 and 0.981; /work/shared/GUIDE.md, "Training on the nine cases").
 ORIGINAL = {"train_cases": 7, "epochs": (80, 150), "val_dice": 0.973}
+#: A task during which other processes used more than this many cores is flagged.
+CONTENDED_CORES = 0.15
 #: Stop starting optional tasks (the scaling runs) once this much time has gone.
 TIME_BUDGET_S = 12 * 60
 
@@ -158,8 +161,29 @@ def plan(tiny: bool = False) -> dict:
 # --------------------------------------------------------------------------- running
 
 
+def _busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (None without /proc/stat)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_task(name: str, params: dict, timeout_s: float = 900) -> dict:
-    """Run ``tasks.py NAME`` in a fresh process; its result, or {"error": ...}."""
+    """Run ``tasks.py NAME`` in a fresh process; its result, or {"error": ...}.
+
+    Also records ``other_load_cores``: the CPU that *other* processes used meanwhile, in
+    cores on average (machine busy time minus the task's own), so that a timing taken
+    beside another job can be flagged.
+    """
+    busy0, own0 = _busy_cpu_s(), _children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_task_") as tmp:
         out = Path(tmp) / "result.json"
         t0 = time.perf_counter()
@@ -175,6 +199,10 @@ def run_task(name: str, params: dict, timeout_s: float = 900) -> dict:
             return {"error": (proc.stderr or proc.stdout)[-2000:], "process_wall_s": wall}
         result = json.loads(out.read_text())
         result["process_wall_s"] = wall
+        busy1 = _busy_cpu_s()
+        if busy0 is not None and busy1 is not None and wall > 0:
+            other = (busy1 - busy0) - (_children_cpu_s() - own0)
+            result["other_load_cores"] = round(max(0.0, other) / wall, 3)
         return result
 
 
@@ -213,6 +241,9 @@ def measure(p: dict, log=print) -> dict:
                 continue
         log(f"[bench] {t['key']} ({t['task']}) at {elapsed:.0f} s ...", flush=True)
         raw[t["key"]] = run_task(t["task"], t["params"])
+        other = raw[t["key"]].get("other_load_cores") or 0.0
+        if other > CONTENDED_CORES:
+            log(f"[bench] warning: other processes used {other:.2f} cores during {t['key']}")
         if "error" in raw[t["key"]]:
             log(f"[bench] {t['key']} FAILED:\n{raw[t['key']]['error']}")
     raw["_wall_s"] = time.perf_counter() - t0
@@ -518,6 +549,8 @@ def collect(tiny: bool = False, log=print) -> dict:
         "errors": {k: v["error"] for k, v in raw.items() if isinstance(v, dict) and "error" in v},
         "task_wall_s": {k: v.get("process_wall_s") for k, v in raw.items()
                         if isinstance(v, dict) and "process_wall_s" in v},
+        "other_load_cores": {k: v.get("other_load_cores") for k, v in raw.items()
+                             if isinstance(v, dict) and "other_load_cores" in v},
         "job": job_section(), "gpu": gpu_section(),
     }
 
