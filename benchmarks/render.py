@@ -234,6 +234,9 @@ def _background_md(r):
     busy = [b for k in ("before", "after") for b in (bg.get(k) or {}).get("busy_processes", [])]
     loads = r.get("other_load_cores") or {}
     out = []
+    if bg.get("waited_for_quiet_s"):
+        out += [f"The run waited {bg['waited_for_quiet_s']:.0f} s in all for other processes to "
+                "leave the CPU idle before its measurements.", ""]
     if loads:
         hit = contended_tasks(r)
         worst = max(loads.values()) if loads else 0.0
