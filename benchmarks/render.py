@@ -318,6 +318,14 @@ def _training_md(r):
                 f"{fmt_s(ep['overhead_s'])} an epoch outside the training steps (validation, "
                 f"checkpoint, logs, the first batch's augmentation). Peak memory of this run: "
                 f"{_mib(ep['peak_rss_mib'])}.", ""]
+        fs = ep["fit_step_s"]
+        if fs["max"] > 3 * fs["median"]:
+            out += [f"The slowest `fit` step ({fs['max']:.1f} s against a median of "
+                    f"{fs['median']:.2f} s) is the first of an epoch: Keras makes a spare input "
+                    "iterator at the end of every epoch and drops it at the start of the next, and "
+                    "with `workers=1` dropping its prefetching `tf.data` pipeline blocked for "
+                    "seconds in some epochs (see benchmarks/README.md, \"Known stall\"). That, not "
+                    "the steps, is why the measured epoch exceeds the estimate.", ""]
     return out
 
 

@@ -44,7 +44,7 @@ JOB_TIMINGS = BENCH_DIR / "job_timings.json"
 GPU_RESULTS = BENCH_DIR / "gpu_results.json"
 #: The original student project: base 16, float32, batch 2, one pass over its 7 training
 #: cases per epoch (4 steps), 80-150 epochs; its validation Dice after 80 epochs (two cases,
-#: 0.973 and 0.981; /work/shared/GUIDE.md, "Training on the nine cases").
+#: 0.973 and 0.981; ../shared/GUIDE.md, "Training on the nine cases").
 ORIGINAL = {"train_cases": 7, "epochs": (80, 150), "val_dice": 0.973}
 #: A task during which other processes used more than this many cores is flagged.
 CONTENDED_CORES = 0.15
