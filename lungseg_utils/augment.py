@@ -1,44 +1,18 @@
-"""Data augmentation (pure NumPy) and the Keras ``PyDataset`` that feeds training.
+"""Data augmentation in pure NumPy (the Keras data set that applies it is :mod:`.dataset`).
 
 Every transform takes the CT (float32 (X, Y, Z) in [0, 1], from
 :func:`~lungseg_utils.preprocess.window_normalise`) and its mask (uint8 or float (X, Y, Z),
 {0, 1}) and returns both transformed *the same way*: shapes kept, the mask still binary,
 CT and mask still aligned. Randomness comes from an explicit ``numpy.random.Generator``.
-
-The dataset draws one generator per sample from ``(seed, epoch, position in the epoch)``,
-so a batch is the same whatever the order in which worker threads compute it, and each
-epoch sees a new augmentation of every case.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import io, preprocess
-from .config import HU_WINDOW, MODEL_SHAPE, import_keras_quietly
+from .config import AUGMENT_DEFAULTS, MODEL_SPACING_MM
 from .errors import LungsegInputError
-
-keras = import_keras_quietly()
-
-#: Settings read by :func:`augment_pair`; any profile key of the same name overrides them.
-DEFAULT_AUGMENT = dict(
-    p_flip=0.5,              # probability of flipping, drawn for each axis
-    flip_axes=(0, 1, 2),
-    p_rot90=0.5,             # probability of one rotation by 90/180/270 degrees
-    p_jitter=0.5,
-    jitter_sigma=0.03,       # Gaussian noise sigma on the [0, 1] CT (0.03 ~ 39 HU)
-    p_elastic=0.3,
-    elastic_sigma_mm=3.0,    # largest displacement
-    elastic_smooth_mm=40.0,  # Gaussian smoothing of the random field
-    p_shift=0.5,
-    max_shift_vox=4,         # translation of up to 4 voxels (20 mm) along each axis
-    spacing_mm=5.0,          # voxel size of the model grid
-)
-
 
 def _check_pair(ct, mask):
     ct = np.asarray(ct, dtype=np.float32)
@@ -146,10 +120,10 @@ def augment_pair(x, y, rng, settings: dict | None = None):
 
     Order: elastic (``p_elastic``), shift (``p_shift``), flips (``p_flip``), rot90
     (``p_rot90``), then intensity jitter on the CT only (``p_jitter``). ``settings``
-    overrides :data:`DEFAULT_AUGMENT` (extra keys are ignored, so a whole profile can be
-    passed). x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's dtype), same shapes.
+    overrides :data:`lungseg_utils.config.AUGMENT_DEFAULTS` (extra keys are ignored, so a
+    whole profile can be passed). x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's dtype), same shapes.
     """
-    s = {**DEFAULT_AUGMENT, **(settings or {})}
+    s = {**AUGMENT_DEFAULTS, **(settings or {})}
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     channel = x.ndim == 4
@@ -157,130 +131,11 @@ def augment_pair(x, y, rng, settings: dict | None = None):
         x, y = x[..., 0], y[..., 0]
     if rng.random() < s["p_elastic"]:
         x, y = elastic_deform(x, y, rng, s["elastic_sigma_mm"], s["elastic_smooth_mm"],
-                              s["spacing_mm"])
+                              MODEL_SPACING_MM)
     x, y = random_shift(x, y, rng, int(s["max_shift_vox"]), p=s["p_shift"])
-    x, y = random_flip(x, y, rng, s["p_flip"], s["flip_axes"])
+    x, y = random_flip(x, y, rng, s["p_flip"])
     x, y = random_rot90(x, y, rng, s["p_rot90"])
     x = intensity_jitter(x, rng, s["p_jitter"], s["jitter_sigma"])
     if channel:
         x, y = x[..., None], y[..., None]
     return x, y
-
-
-def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
-    """Load case folders into float32 arrays X (n, 64, 64, 64, 1) in [0, 1] and Y in {0, 1}."""
-    xs, ys = [], []
-    for folder in case_dirs:
-        case = io.load_case(folder)
-        if case.shape != MODEL_SHAPE:
-            raise LungsegInputError(
-                f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
-                "resample it with lungseg_utils.geometry first.")
-        x, y = preprocess.preprocess_case(case.ct_hu, case.mask, hu_window)
-        xs.append(x)
-        ys.append(y)
-    return np.stack(xs), np.stack(ys)
-
-
-class LungDataset(keras.utils.PyDataset):
-    """Batches of (CT, mask) for ``model.fit``, augmented on the fly.
-
-    Parameters
-    ----------
-    cases : list of case folders, or a tuple (X, Y) of preloaded arrays
-        X, Y: float32 (n, 64, 64, 64, 1). Folders are loaded once (``io.load_case`` +
-        ``preprocess.preprocess_case``) and kept in memory.
-    batch_size : int
-    settings : dict, optional
-        Augmentation settings (see :data:`DEFAULT_AUGMENT`), e.g. a whole profile.
-    seed : int
-        With the epoch and the sample's position, fixes every random choice.
-    augment : bool
-        False for validation: the cases as they are, in order.
-    samples_per_epoch : int, optional
-        Samples drawn per epoch (default: one pass over the cases). More than the number of
-        cases repeats them with different augmentations.
-    shuffle : bool, optional
-        Reshuffle the order each epoch (default: ``augment``).
-    epoch : int
-        The epoch to start at (for resumed runs); ``on_epoch_end`` increments it.
-    **kwargs
-        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
-
-    ``ds[i]`` returns (x, y), float32 (b, 64, 64, 64, 1) each.
-    """
-
-    def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
-                 augment: bool = True, samples_per_epoch: int | None = None,
-                 shuffle: bool | None = None, epoch: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        settings = settings or {}
-        if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
-            self.x, self.y = (np.asarray(a, dtype=np.float32) for a in cases)
-        else:
-            self.x, self.y = load_training_arrays([Path(c) for c in cases],
-                                                  settings.get("hu_window", HU_WINDOW))
-        if self.x.ndim == 4:
-            self.x, self.y = self.x[..., None], self.y[..., None]
-        if len(self.x) == 0 or self.x.shape != self.y.shape:
-            raise LungsegInputError(
-                f"LungDataset: need n >= 1 CTs and masks of equal shape, got {self.x.shape} "
-                f"and {self.y.shape}.")
-        if batch_size < 1:
-            raise LungsegInputError(f"LungDataset: batch_size={batch_size} must be >= 1.")
-        self.batch_size = int(batch_size)
-        self.settings = {**DEFAULT_AUGMENT, **settings}
-        self.seed = int(seed)
-        self.augment = bool(augment)
-        self.shuffle = self.augment if shuffle is None else bool(shuffle)
-        self.samples_per_epoch = int(samples_per_epoch or len(self.x))
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return math.ceil(self.samples_per_epoch / self.batch_size)
-
-    def order(self, epoch: int | None = None) -> np.ndarray:
-        """Case index of each sample of ``epoch`` (default: the current one)."""
-        epoch = self.epoch if epoch is None else epoch
-        n = len(self.x)
-        reps = math.ceil(self.samples_per_epoch / n)
-        if not self.shuffle:
-            return np.tile(np.arange(n), reps)[: self.samples_per_epoch]
-        rng = np.random.default_rng([self.seed, epoch, 1 << 30])
-        return np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.samples_per_epoch]
-
-    def __getitem__(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        epoch = self.epoch
-        order = self.order(epoch)
-        positions = range(index * self.batch_size,
-                           min((index + 1) * self.batch_size, self.samples_per_epoch))
-        xs, ys = [], []
-        for pos in positions:
-            x, y = self.x[order[pos]], self.y[order[pos]]
-            if self.augment:
-                rng = np.random.default_rng([self.seed, epoch, pos])
-                x, y = augment_pair(x, y, rng, self.settings)
-            xs.append(x)
-            ys.append(y)
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
-
-    def on_epoch_end(self):
-        self.epoch += 1
-
-
-class EpochSetter(keras.callbacks.Callback):
-    """Tell a :class:`LungDataset` which epoch ``fit`` is in, before the epoch's batches.
-
-    Keras calls the dataset's ``on_epoch_end`` once before training starts, and a resumed
-    run starts at a later epoch; with this callback the augmentation of epoch e is the same
-    in a resumed run as in an uninterrupted one.
-    """
-
-    def __init__(self, dataset: LungDataset):
-        super().__init__()
-        self.dataset = dataset
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.dataset.epoch = int(epoch)

@@ -73,6 +73,11 @@ _COMMON = dict(
     max_cases=None,
 )
 
+#: The augmentation settings (read by :func:`lungseg_utils.augment.augment_pair`).
+AUGMENT_DEFAULTS = {k: _COMMON[k] for k in (
+    "p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox", "p_elastic",
+    "elastic_sigma_mm", "elastic_smooth_mm")}
+
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
               "reduce_lr_patience": 1, "early_stop_patience": 2},
@@ -112,13 +117,14 @@ def shared_data_root() -> Path:
     return REPO_ROOT.parent / "shared" / "data"
 
 
-def resolve_data_dir(verbose: bool = True) -> Path:
-    """Find the folder of cases, in the documented order.
+def find_data_dir() -> Path | None:
+    """Find the folder of cases, in the documented order; writes nothing.
 
-    1. ``$LUNGSEG_DATA`` (must exist and hold ``*/ct.nii.gz``);
+    1. ``$LUNGSEG_DATA`` (must exist and hold ``*/ct.nii.gz``, else an error);
     2. ``data/`` of the repository, if it holds cases;
     3. ``../shared/data/lctsc64`` beside the checkout;
-    4. otherwise a synthetic demo set generated into ``data/synthetic/`` (loudly announced).
+    4. otherwise None (:func:`lungseg_utils.synthetic.resolve_data_dir` then writes and
+       announces a synthetic demo set).
     """
     env = os.environ.get("LUNGSEG_DATA")
     if env:
@@ -127,21 +133,10 @@ def resolve_data_dir(verbose: bool = True) -> Path:
             raise LungsegInputError(
                 f"LUNGSEG_DATA={env} holds no case folders with a ct.nii.gz.")
         return folder
-    local = REPO_ROOT / "data"
-    if _has_cases(local):
-        return local
-    shared = shared_data_root() / "lctsc64"
-    if _has_cases(shared):
-        return shared
-    from .synthetic import write_demo_dataset
-
-    folder = write_demo_dataset(SYNTHETIC_DIR)
-    if verbose:
-        print("!" * 72)
-        print("!! NO REAL DATA FOUND: using SYNTHETIC phantoms from", folder)
-        print("!! Results below say nothing about real CT. See data/README.md.")
-        print("!" * 72)
-    return folder
+    for folder in (REPO_ROOT / "data", shared_data_root() / "lctsc64"):
+        if _has_cases(folder):
+            return folder
+    return None
 
 
 def native_data_dir() -> Path | None:

@@ -25,8 +25,8 @@ from scipy import ndimage as ndi
 
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .errors import LungsegInputError
-from .io import spacing_from_affine
-from .preprocess import axial_axis, body_mask, low_hu_inside_body
+from .anatomy import body_mask, largest_components
+from .io import axial_axis, spacing_from_affine
 
 #: Model-grid axis directions, as nibabel axis codes.
 MODEL_AXCODES = ("L", "P", "S")
@@ -65,12 +65,18 @@ class ModelGrid:
         return (self.affine @ np.r_[c, 1.0])[:3]
 
 
-def model_affine(centre_mm, spacing_mm: float = MODEL_SPACING_MM, shape=MODEL_SHAPE) -> np.ndarray:
-    """Affine of an L, P, S cube of ``shape`` voxels of ``spacing_mm`` centred on ``centre_mm``."""
-    aff = np.diag([-spacing_mm, -spacing_mm, spacing_mm, 1.0])
-    centre_vox = (np.array(shape) - 1) / 2.0
-    aff[:3, 3] = np.asarray(centre_mm, float) - aff[:3, :3] @ centre_vox
+def lps_affine(shape, spacing_mm, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """An axis-aligned L, P, S affine of a grid of ``shape`` voxels (``spacing_mm`` each,
+    one number or one per axis) whose centre lies at world ``centre_mm``."""
+    spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,))
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = np.asarray(centre_mm, float) - aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
     return aff
+
+
+def model_affine(centre_mm) -> np.ndarray:
+    """Affine of the model cube (64^3, 5 mm, L, P, S) centred on world ``centre_mm``."""
+    return lps_affine(MODEL_SHAPE, MODEL_SPACING_MM, centre_mm)
 
 
 def is_model_sized(shape, affine, tol_mm: float = 1e-3) -> bool:
@@ -98,23 +104,18 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
     spacing = np.array(spacing_from_affine(affine))
     step = np.maximum(1, np.floor(4.0 / spacing)).astype(int)
     sub = ct_hu[::step[0], ::step[1], ::step[2]]
-    body = body_mask(sub, axis=axial_axis(affine))
-    low = low_hu_inside_body(sub, threshold_hu, body=body)
-    low = ndi.binary_opening(low, iterations=1)
-    labels, n = ndi.label(low)
+    ax = axial_axis(affine)
+    body = body_mask(sub, threshold_hu, axis=ax)
+    low = ndi.binary_opening((sub < threshold_hu) & body, iterations=1)
     voxel_ml = float(np.prod(spacing * step)) / 1000.0
-    region = None
-    if n:
-        sizes = np.bincount(labels.ravel())[1:] * voxel_ml
-        keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= min_volume_ml]
-        if keep:
-            region = np.isin(labels, keep)
+    region = largest_components(low, 2, min_voxels=int(np.ceil(min_volume_ml / voxel_ml)),
+                                connectivity=1)
+    region = region if region.any() else None
     if region is None:
         region = body if body.any() else np.ones(sub.shape, bool)
     elif trim_fraction > 0:
         # The trachea runs up from the lungs into the neck: drop axial slices whose low-HU
         # area is a small fraction of the largest (lung apices are larger than the trachea).
-        ax = axial_axis(affine)
         area = region.sum(axis=tuple(i for i in range(3) if i != ax))
         thin = area < trim_fraction * area.max()
         region = region & ~np.expand_dims(thin, tuple(i for i in range(3) if i != ax))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, geometry, io, preprocess
+from . import anatomy, config, geometry, io, preprocess
 from .errors import LungsegInputError
 
 #: The 8 flip combinations of the three axes (the first is the identity).
@@ -43,7 +43,7 @@ def resolve_model_path(path=None) -> Path:
 def load_model(path=None):
     """Load a trained U-Net (``.keras``) with ``safe_mode=True``; default: the reference model."""
     keras = config.import_keras_quietly()
-    from . import model as _registered  # noqa: F401  (registers the losses and metrics)
+    from . import unet  # noqa: F401  (registers the losses and metrics)
 
     path = resolve_model_path(path)
     try:
@@ -114,15 +114,11 @@ REFINE_HU = -200.0
 def boundary_band64(prob64: np.ndarray, grid, threshold: float = 0.5) -> np.ndarray:
     """Voxels of the input grid within about one model voxel (5 mm) of the predicted boundary.
 
-    Computed on the 64^3 grid (dilation XOR erosion of the thresholded probability by the
-    six face neighbours) and carried back like the probability: far cheaper than distance
+    Computed on the 64^3 grid (the thick boundary of the thresholded probability,
+    :func:`lungseg_utils.anatomy.boundary`) and carried back like the probability: far cheaper than distance
     transforms on a 256 x 256 x 150 scan. Returns bool with the input's shape.
     """
-    from scipy import ndimage as ndi
-
-    m64 = np.asarray(prob64) >= threshold
-    cross = ndi.generate_binary_structure(3, 1)
-    band64 = ndi.binary_dilation(m64, cross) & ~ndi.binary_erosion(m64, cross)
+    band64 = anatomy.boundary(np.asarray(prob64) >= threshold, mode="thick")
     return geometry.from_model_grid(band64.astype(np.float32), grid) >= 0.5
 
 
@@ -152,7 +148,7 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     With ``refine`` (default) and an input finer than the model grid, the boundary is
     redrawn at the input's resolution by :func:`refine_boundary`; a 64^3, 5 mm input is left
     as the network drew it. ``postprocess`` keeps the one or two largest components and
-    fills holes (:func:`lungseg_utils.evaluate.postprocess_lungs`).
+    fills holes (:func:`lungseg_utils.anatomy.postprocess_lungs`).
 
     Returns a dict: ``prob`` float32 (input shape) the lung probability, ``mask`` uint8 (input
     shape), ``mask_network`` uint8 the thresholded probability before refinement,
@@ -168,10 +164,7 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     if refine and not grid.passthrough:
         mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold))
     if postprocess:
-        from .evaluate import postprocess_lungs
-        from .preprocess import axial_axis
-
-        mask = postprocess_lungs(mask, axis=axial_axis(affine))
+        mask = anatomy.postprocess_lungs(mask, axis=io.axial_axis(affine))
     return {"prob": prob, "mask": mask, "mask_network": mask_network, "prob64": prob64,
             "std64": std64, "ct64": ct64, "grid": grid}
 

@@ -8,8 +8,10 @@ with the file's name and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -22,16 +24,32 @@ import numpy as np
 
 from .errors import LungsegInputError, LungsegWarning
 
-def publish(tmp, path) -> Path:
-    """Move a finished temporary file onto ``path`` atomically, with ordinary permissions.
+@contextlib.contextmanager
+def atomic_write(path, overwrite: bool = False, suffix: str | None = None):
+    """Write a file atomically: ``with atomic_write(path) as tmp: <write to tmp>``.
 
-    (``tempfile.mkstemp`` creates files readable by their owner only.)
+    The block writes to a temporary file beside ``path`` (same suffix, so writers that pick
+    the format from the name still work); on success it is renamed onto ``path`` with
+    ordinary permissions, on failure it is removed, so no reader ever sees half a file.
+    Refuses to replace an existing ``path`` unless ``overwrite``. Creates missing folders.
+    Yields the temporary ``Path``.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-    return Path(path)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LungsegInputError(f"{path}: file exists; pass overwrite=True (--overwrite) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else ("".join(path.suffixes[-2:]) or ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.stem}_", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes files private to their owner
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 CT_NAME = "ct.nii.gz"
@@ -87,6 +105,12 @@ class Case:
 def spacing_from_affine(affine: np.ndarray) -> tuple:
     """Voxel size in mm along each array axis: the column norms of the affine's 3x3 part."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The array axis closest to the world's head-foot (z) direction."""
+    a = np.asarray(affine)[:3, :3]
+    return int(np.argmax(np.abs(a[2]) / np.linalg.norm(a, axis=0)))
 
 
 def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
@@ -224,27 +248,15 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
     over; the data type is the array's. Refuses to replace an existing file unless
     ``overwrite``.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise LungsegInputError(f"{path}: file exists; pass overwrite=True (--overwrite) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=hdr)
     img.set_data_dtype(np.asarray(data).dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    with atomic_write(path, overwrite) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
@@ -285,18 +297,9 @@ def make_split(case_ids, val_fraction: float = 0.15, test_fraction: float = 0.2,
 
 def save_json(obj, path, overwrite: bool = False) -> Path:
     """Write ``obj`` as indented JSON atomically; refuse to replace a file unless ``overwrite``."""
-    import json
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise LungsegInputError(f"{path}: file exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-    publish(tmp, path)
-    return path
+    with atomic_write(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return Path(path)
 
 
 def _json_default(o):
@@ -313,7 +316,6 @@ def _json_default(o):
 
 def load_json(path) -> dict:
     """Read a JSON file, with a clear error if it is missing or malformed."""
-    import json
 
     path = Path(path)
     try:

@@ -14,14 +14,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import config
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
-
-
-def lps_affine(shape, spacing_mm, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """An axis-aligned affine with axis codes L, P, S, centred on ``centre_mm``."""
-    aff = np.diag([-spacing_mm[0], -spacing_mm[1], spacing_mm[2], 1.0])
-    aff[:3, 3] = np.asarray(centre_mm, float) - aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
-    return aff
+from .geometry import lps_affine
+from .io import CT_NAME, MASK_NAME, save_nifti
 
 
 def reorient(volume: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
@@ -90,14 +86,31 @@ def write_demo_dataset(folder, n_cases: int = 6, seed: int = 0, overwrite: bool 
 
     Existing cases are kept unless ``overwrite``. Returns ``folder``.
     """
-    from .io import save_nifti
-
     folder = Path(folder)
     for i in range(n_cases):
         case = folder / f"synth_{i:03d}"
-        if (case / "ct.nii.gz").exists() and (case / "lung.nii.gz").exists() and not overwrite:
+        if (case / CT_NAME).exists() and (case / MASK_NAME).exists() and not overwrite:
             continue
         ct, mask, affine = make_phantom(seed=seed + i, body_width_mm=300.0 + 12.0 * i)
-        save_nifti(np.round(ct).astype(np.int16), affine, case / "ct.nii.gz", overwrite=True)
-        save_nifti(mask, affine, case / "lung.nii.gz", overwrite=True)
+        save_nifti(np.round(ct).astype(np.int16), affine, case / CT_NAME, overwrite=True)
+        save_nifti(mask, affine, case / MASK_NAME, overwrite=True)
+    return folder
+
+
+def resolve_data_dir(verbose: bool = True) -> Path:
+    """The folder of cases (:func:`lungseg_utils.config.find_data_dir`), else a demo set.
+
+    Without real data, synthetic phantoms are written to ``data/synthetic/`` (kept if
+    already there) and the substitution is announced loudly: results on them say nothing
+    about real CT.
+    """
+    found = config.find_data_dir()
+    if found is not None:
+        return found
+    folder = write_demo_dataset(config.SYNTHETIC_DIR)
+    if verbose:
+        print("!" * 72)
+        print("!! NO REAL DATA FOUND: using SYNTHETIC phantoms from", folder)
+        print("!! Results below say nothing about real CT. See data/README.md.")
+        print("!" * 72)
     return folder

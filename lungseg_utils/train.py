@@ -37,10 +37,10 @@ from .errors import LungsegInputError, LungsegWarning
 
 keras = import_keras_quietly()
 
-from . import augment, model as unet  # noqa: E402  (after Keras is imported quietly)
+from . import dataset, synthetic, unet  # noqa: E402  (after Keras is imported quietly)
+from .metrics import dice, iou  # noqa: E402
 
 BACKUP_DIR = "backup"
-_CLI_ARGV = None  # set by main(): the command line, recorded in train_config.json
 LOG_NAME = "training_log.csv"
 
 
@@ -62,13 +62,6 @@ def package_versions() -> dict:
     except ImportError:
         versions["tensorflow"] = None
     return versions
-
-
-def dice_iou(mask_true: np.ndarray, mask_pred: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two binary masks of the same shape (1.0 each if both are empty)."""
-    from .evaluate import dice, iou
-
-    return dice(mask_pred, mask_true), iou(mask_pred, mask_true)
 
 
 def _set_determinism(enabled: bool) -> bool:
@@ -130,11 +123,11 @@ def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float 
     """Predict each case folder, threshold at ``threshold``, and score it with NumPy."""
     rows = []
     if folders:
-        x, y = augment.load_training_arrays(folders, hu_window)
+        x, y = dataset.load_training_arrays(folders, hu_window)
         for folder, xi, yi in zip(folders, x, y):
-            prob = np.asarray(model.predict_on_batch(xi[None]))[0, ..., 0]
-            dice, iou = dice_iou(yi[..., 0] > 0.5, prob > threshold)
-            rows.append({"case_id": Path(folder).name, "dice": dice, "iou": iou})
+            pred = np.asarray(model.predict_on_batch(xi[None]))[0, ..., 0] > threshold
+            rows.append({"case_id": Path(folder).name, "dice": dice(pred, yi[..., 0] > 0.5),
+                         "iou": iou(pred, yi[..., 0] > 0.5)})
     mean = (lambda k: float(np.mean([r[k] for r in rows])) if rows else None)
     return {"threshold": threshold, "cases": rows, "mean_dice": mean("dice"),
             "mean_iou": mean("iou"), "n_cases": len(rows)}
@@ -174,9 +167,8 @@ class _SeedStateBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(self._generators())}
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, epoch=epoch + 1, **states)
-        tmp.replace(self.path)
+        with io.atomic_write(self.path, overwrite=True) as tmp:
+            np.savez(tmp, epoch=epoch + 1, **states)
 
 
 # --------------------------------------------------------------------------- training
@@ -191,10 +183,10 @@ def _portable(path) -> str:
         return str(path)
 
 
-def _new_run(data_dir, out_dir, profile, split, deterministic, overrides):
+def _new_run(data_dir, out_dir, profile, split, deterministic, command, overrides):
     """Settings, split and a new run folder (with split.json) for a fresh run."""
     settings = config.get_profile(profile, **overrides)
-    data_dir = Path(data_dir) if data_dir else config.resolve_data_dir()
+    data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     found = io.discover_cases(data_dir)
     if settings.get("max_cases"):
         found = found[: int(settings["max_cases"])]
@@ -210,11 +202,11 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, overrides):
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "run_dir": _portable(run_dir), "data_dir": _portable(data_dir),
         "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
-        "augment": {k: settings.get(k, v) for k, v in augment.DEFAULT_AUGMENT.items()},
+        "augment": {k: settings[k] for k in config.AUGMENT_DEFAULTS},
         "versions": package_versions(), "split": split,
         "input_files": {f"{cid}/{name}": io.file_sha256(folders[cid] / name)
                         for cid in used for name in (io.CT_NAME, io.MASK_NAME)},
-        "command": _CLI_ARGV,
+        "command": command,
     }
     return run_dir, settings, split, folders, cfg
 
@@ -303,21 +295,21 @@ def _strip_optimizer(path: Path) -> None:
     """
     if not path.exists():
         return
-    tmp = path.with_name(f".tmp_{path.name}")
-    keras.saving.load_model(path, compile=False).save(tmp)
-    io.publish(tmp, path)
+    model = keras.saving.load_model(path, compile=False)
+    with io.atomic_write(path, overwrite=True) as tmp:
+        model.save(tmp)
 
 
 def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
           verbose=None, callbacks=None, deterministic: bool = True, strategy=None,
-          **overrides) -> Path:
+          command=None, **overrides) -> Path:
     """Train one model and write its run folder; returns the folder.
 
     Parameters
     ----------
     data_dir : path, optional
         Folder of ``patient_XXX/{ct,lung}.nii.gz`` on the 64^3 model grid
-        (default :func:`config.resolve_data_dir`).
+        (default :func:`lungseg_utils.synthetic.resolve_data_dir`).
     out_dir : path, optional
         Where the new ``run_YYYYMMDD-HHMMSS`` folder goes (default ``results/models``).
     profile : {'smoke', 'quick', 'full'}, optional
@@ -339,6 +331,8 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         Build and compile the model under this strategy's scope (default:
         :func:`distribution_strategy`, i.e. one device, or all GPUs if several are visible).
         ``batch_size`` is the global batch, split among the replicas.
+    command : list of str, optional
+        The command line that started the run, recorded in ``train_config.json``.
     """
     t_start = time.perf_counter()
     if resume is not None:
@@ -347,7 +341,7 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         initial_epoch, best_val_loss = _resume_state(run_dir)
     else:
         run_dir, settings, split, folders, cfg = _new_run(data_dir, out_dir, profile, split,
-                                                          deterministic, overrides)
+                                                          deterministic, command, overrides)
         initial_epoch, best_val_loss = 0, None
 
     seed = int(settings["seed"])
@@ -371,16 +365,16 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
 
         batch = int(settings["batch_size"])
         common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
-        train_ds = augment.LungDataset([folders[c] for c in split["train"]], batch, settings,
+        train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
                                        seed=seed, augment=True, epoch=initial_epoch,
                                        samples_per_epoch=settings.get("samples_per_epoch"),
                                        **common)
         val_batches = _replica_batches(strategy, batch, train_ds.samples_per_epoch,
                                        len(split["val"]))
-        val_ds = augment.LungDataset([folders[c] for c in split["val"]], settings=settings,
+        val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                      seed=seed, augment=False, **val_batches)
         run_callbacks = [
-            augment.EpochSetter(train_ds),
+            dataset.EpochSetter(train_ds),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, min_lr=1e-6,
                                               patience=int(settings["reduce_lr_patience"])),
             keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
@@ -424,86 +418,6 @@ RUN_ARTIFACTS = ("split.json", "train_config.json", LOG_NAME, "best_model.keras"
                  "final_model.keras", "test_metrics.json")
 
 
-def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
-                include_final: bool = True) -> Path:
-    """Copy a finished run's artifacts to ``results/reference/`` (the default model).
-
-    Refuses to replace an existing reference unless ``overwrite``. Records where the
-    reference came from in ``provenance.json``. ``include_final=False`` leaves out
-    ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
-    reference folder.
-    """
-    run_dir = Path(run_dir)
-    reference_dir = Path(reference_dir or config.REFERENCE_DIR)
-    missing = [a for a in RUN_ARTIFACTS if not (run_dir / a).exists()]
-    if missing:
-        raise LungsegInputError(f"{run_dir}: not a finished run (missing {', '.join(missing)}).")
-    if (reference_dir / "best_model.keras").exists() and not overwrite:
-        raise LungsegInputError(f"{reference_dir}: a reference model exists; pass "
-                                "overwrite=True to replace it.")
-    reference_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_ARTIFACTS if include_final else set(RUN_ARTIFACTS) - {"final_model.keras"}:
-        tmp = reference_dir / f".tmp_{name}"
-        shutil.copyfile(run_dir / name, tmp)
-        io.publish(tmp, reference_dir / name)
-    io.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
-                 overwrite=True)
-    return reference_dir
-
-
-def cross_validate(k: int = 3, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, publish_dir=None, **overrides) -> dict:
-    """k-fold cross-validation of one configuration: an honest estimate on every case.
-
-    The cases are split into ``k`` seeded folds; fold i is the test part of run i, one
-    seeded case of the rest is its validation case, the others train. Each run is a normal
-    run folder under ``out_dir/fold_i/`` (default ``results/cv/``). Every case is then
-    predicted by the one model that never saw it and scored with
-    :func:`lungseg_utils.evaluate.evaluate_masks` on the 64^3 grid.
-
-    Returns (and writes to ``out_dir/cross_validation.json``) ``{"folds", "profile",
-    "settings", "cases": [{"case_id", "fold", metrics...}], "summary": {metric: summary}}``.
-    With ``publish_dir`` (e.g. ``results/reference/cv``), each fold's artifacts are also
-    copied to ``publish_dir/fold_i/`` (:func:`promote_run`) with the JSON beside them.
-    """
-    from . import evaluate, inference
-
-    data_dir = Path(data_dir) if data_dir else config.resolve_data_dir()
-    out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
-    ids = [p.name for p in io.discover_cases(data_dir)]
-    if not 2 <= k <= len(ids) // 2:
-        raise LungsegInputError(f"cross_validate: k={k} needs 2 <= k <= {len(ids) // 2} for {len(ids)} cases.")
-    rng = np.random.default_rng(seed)
-    order = [ids[i] for i in rng.permutation(len(ids))]
-    folds = [sorted(order[i::k]) for i in range(k)]
-    rows, settings = [], None
-    for i, test in enumerate(folds):
-        rest = [c for c in ids if c not in test]
-        val = [rest[int(rng.integers(len(rest)))]]
-        split = {"seed": seed, "train": [c for c in rest if c not in val], "val": val, "test": test}
-        run_dir = train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile, split=split,
-                        verbose=verbose, **overrides)
-        settings = io.load_json(run_dir / "train_config.json")["settings"]
-        if publish_dir:
-            promote_run(run_dir, Path(publish_dir) / f"fold_{i}", overwrite=True,
-                        include_final=False)
-        forward = inference.compiled_forward(keras.saving.load_model(run_dir / "best_model.keras"))
-        for cid in test:
-            case = io.load_case(data_dir / cid)
-            res = inference.predict_volume(forward, case.ct_hu, case.affine)
-            rows.append({"case_id": cid, "fold": i, "run": run_dir.name,
-                         **evaluate.evaluate_masks(res["mask"], case.mask, case.spacing_mm)})
-    rows.sort(key=lambda r: r["case_id"])
-    result = {"folds": k, "profile": settings and settings.get("profile"), "settings": settings,
-              "cases": rows,
-              "summary": {m: evaluate.summarise(rows, m)
-                          for m in ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")}}
-    io.save_json(result, out_root / "cross_validation.json", overwrite=True)
-    if publish_dir:
-        io.save_json(result, Path(publish_dir) / "cross_validation.json", overwrite=True)
-    return result
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -516,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=sorted(config.PROFILES),
                    help="settings to start from (default: $LUNGSEG_PROFILE or quick)")
     p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz (default: found "
-                                      "by lungseg_utils.config.resolve_data_dir)")
+                                      "by lungseg_utils.config.find_data_dir)")
     p.add_argument("--out_dir", help="folder in which the new run folder is created "
                                      "(default: results/models)")
     p.add_argument("--resume", metavar="RUN_DIR",
@@ -539,12 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft Dice, or 0.5 Dice + 0.5 binary cross-entropy")
     p.add_argument("--mixed_precision", action="store_true", default=None,
                    help="compute in bfloat16 (mixed_bfloat16 policy; AMX on recent Xeons)")
-    p.add_argument("--cv", type=int, metavar="K",
-                   help="k-fold cross-validation of these settings instead of one run "
-                        "(fold runs in --out_dir, default results/cv)")
-    p.add_argument("--publish", metavar="DIR",
-                   help="with --cv: also copy each fold's artifacts to DIR/fold_i "
-                        "(e.g. results/reference/cv)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
                    help="0 silent, 1 progress bar of steps, 2 one line per epoch "
                         "(default: 1 in a terminal, else 2)")
@@ -552,25 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    global _CLI_ARGV
     argv = sys.argv[1:] if argv is None else list(argv)
-    _CLI_ARGV = ["python", "-m", "lungseg_utils.train", *argv]
     args = vars(build_parser().parse_args(argv))
-    verbose = args.pop("verbose")
-    fixed = {k: args.pop(k) for k in ("data_dir", "out_dir", "profile", "resume")}
-    cv, publish = args.pop("cv"), args.pop("publish")
+    fixed = {k: args.pop(k) for k in ("data_dir", "out_dir", "profile", "resume", "verbose")}
     overrides = {k: v for k, v in args.items() if v is not None}
     try:
-        if cv:
-            if fixed["resume"]:
-                raise LungsegInputError("--cv and --resume cannot be combined.")
-            result = cross_validate(cv, fixed["data_dir"], fixed["out_dir"], fixed["profile"],
-                                    verbose=verbose, publish_dir=publish, **overrides)
-            s = result["summary"]["dice"]
-            print(f"{cv}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
-                  f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
-            return 0
-        run_dir = train(**fixed, verbose=verbose, **overrides)
+        run_dir = train(**fixed, command=["python", "-m", "lungseg_utils.train", *argv],
+                        **overrides)
     except LungsegInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

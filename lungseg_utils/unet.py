@@ -296,12 +296,3 @@ def build_from_settings(settings: dict):
     keys = ("base_filters", "depth", "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot",
             "use_transpose", "norm")
     return build_unet(**{k: settings[k] for k in keys if k in settings})
-
-
-def load_model(path, compile: bool = True):
-    """``keras.saving.load_model`` (safe mode) of a ``.keras`` file written by training.
-
-    Importing this module registers the losses and metrics, so the plain Keras call works
-    too; this wrapper only saves the reader an import. ``compile=False`` skips the optimizer.
-    """
-    return keras.saving.load_model(path, compile=compile)

@@ -1,0 +1,203 @@
+"""Anatomy from the image: body, airways, connected components, holes, boundaries.
+
+One algorithm for each idea, shared by everything that needs it: the model grid's centring
+(:mod:`lungseg_utils.geometry`), post-processing of a predicted mask, the classical
+(non-learning) baseline, the metrics' surfaces and the viewer's outlines.
+
+Conventions: a mask is any array, nonzero is foreground. The head-foot (axial) axis is an
+argument (``axis``, default 2, the head at high indices as :mod:`lungseg_utils.io` delivers
+L,P,S / R,A,S volumes; :func:`lungseg_utils.io.axial_axis` finds it from an affine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import LungsegInputError
+
+
+def check_spacing(spacing_mm, ndim: int) -> tuple:
+    """``spacing_mm`` as ``ndim`` positive floats (one number is repeated); else an error."""
+    spacing = tuple(float(s) for s in np.ravel(spacing_mm))
+    if len(spacing) == 1:
+        spacing = spacing * ndim
+    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise LungsegInputError(f"spacing_mm {spacing_mm} must be {ndim} positive numbers.")
+    return spacing
+
+
+# ----------------------------------------------------------------------------- components
+def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
+                       min_voxels: int = 0, connectivity: int = 3) -> np.ndarray:
+    """Keep the largest connected component and up to ``max_components - 1`` more.
+
+    A further component is kept only if it holds at least ``min_fraction`` of the largest
+    one's voxels; every kept component needs at least ``min_voxels`` voxels.
+
+    Parameters
+    ----------
+    mask : ndarray, any shape and dtype; nonzero = foreground.
+    connectivity : 1 (face neighbours) up to ``mask.ndim`` (corners too).
+
+    Returns
+    -------
+    ndarray bool, same shape (all False if nothing qualifies).
+    """
+    mask = np.asarray(mask) != 0
+    labels, n = ndi.label(mask, structure=ndi.generate_binary_structure(mask.ndim, connectivity))
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(sizes)[::-1][:max(int(max_components), 1)]
+    keep = [i + 1 for i in order
+            if sizes[i] >= max(min_fraction * sizes[order[0]], min_voxels, 1)]
+    return np.isin(labels, keep)
+
+
+def fill_holes(mask, axis: int = 2) -> np.ndarray:
+    """Fill enclosed holes in 3D, then in every slice across ``axis``. Returns bool."""
+    out = np.moveaxis(ndi.binary_fill_holes(np.asarray(mask) != 0), axis, -1)
+    for z in np.flatnonzero(out.any(axis=(0, 1))):
+        out[:, :, z] = ndi.binary_fill_holes(out[:, :, z])
+    return np.moveaxis(out, -1, axis)
+
+
+def postprocess_lungs(mask, max_components: int = 2, min_fraction: float = 0.1,
+                      axis: int = 2) -> np.ndarray:
+    """Clean a lung mask: keep the lungs' components, drop specks, fill enclosed holes.
+
+    The largest 3D component (26-connectivity) is kept; the next ones (up to
+    ``max_components`` in all) only if each holds at least ``min_fraction`` of the largest's
+    voxels, since the two lungs may touch at the anterior junction and form one component.
+    Holes are then filled in 3D and in every slice across ``axis``.
+
+    mask: ndarray (X, Y, Z), nonzero = lung. Returns uint8 {0, 1}, same shape.
+    """
+    kept = largest_components(mask, max_components, min_fraction)
+    return fill_holes(kept, axis).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- boundaries
+def boundary(mask, mode: str = "inner") -> np.ndarray:
+    """Boundary voxels of a mask, face neighbours (like scikit-image's ``find_boundaries``).
+
+    ``mode``: ``"inner"`` the mask's voxels with a face neighbour outside it (the outside of
+    the array counts as background, MONAI's surface convention); ``"outer"`` the background
+    voxels with a face neighbour inside; ``"thick"`` both. Any number of axes; returns bool.
+    """
+    m = np.asarray(mask) != 0
+    cross = ndi.generate_binary_structure(m.ndim, 1)
+    inner = m & ~ndi.binary_erosion(m, cross, border_value=0)
+    if mode == "inner":
+        return inner
+    outer = ndi.binary_dilation(m, cross) & ~m
+    if mode == "outer":
+        return outer
+    if mode == "thick":
+        return inner | outer
+    raise LungsegInputError(f"boundary: mode={mode!r} must be inner, outer or thick.")
+
+
+def boundary_band(mask, spacing_mm, width_mm: float) -> np.ndarray:
+    """Voxels within ``width_mm`` of the mask's boundary, inside or outside (bool, mask's shape)."""
+    m = np.asarray(mask) != 0
+    sp = check_spacing(spacing_mm, m.ndim)
+    if not m.any() or m.all():
+        return np.zeros(m.shape, bool)
+    inside = ndi.distance_transform_edt(m, sampling=sp)
+    outside = ndi.distance_transform_edt(~m, sampling=sp)
+    return np.where(m, inside, outside) <= width_mm
+
+
+# ----------------------------------------------------------------------------- body
+def body_mask(ct_hu, threshold_hu: float = -400.0, axis: int = 2) -> np.ndarray:
+    """The area the patient's body encloses on each axial slice (bool, same shape).
+
+    The body is the largest 3D component of non-air (``ct_hu >= threshold_hu``), which
+    drops the couch where an air gap separates it. On each axial slice, holes in the body
+    (lungs, airways, bowel gas) are filled. Where the field of view cuts the body, the image
+    edge is first closed between the body's outermost contacts with that edge: a lung
+    touching the edge stays inside, while the air around the body, which reaches the edge
+    beyond the body, stays outside.
+    """
+    air = np.moveaxis(np.asarray(ct_hu) < threshold_hu, axis, -1)
+    body = largest_components(~air, 1, connectivity=1)
+    inside = np.zeros(air.shape, bool)
+    for z in np.flatnonzero(body.any(axis=(0, 1))):
+        cut = body[:, :, z]
+        closed = np.pad(cut, 1)
+        for ax in (0, 1):
+            for side in (0, -1):
+                hits = np.flatnonzero(np.take(cut, side, axis=ax))
+                if hits.size:                 # close the padding along this edge's contacts
+                    edge = [slice(None), slice(None)]
+                    edge[ax], edge[1 - ax] = side, slice(hits[0] + 1, hits[-1] + 2)
+                    closed[tuple(edge)] = True
+        inside[:, :, z] = ndi.binary_fill_holes(closed)[1:-1, 1:-1]
+    return np.moveaxis(inside, -1, axis)
+
+
+def airway(cand, spacing_mm, max_area_mm2: float = 1000.0, seed_depth_mm: float = 15.0,
+           axis: int = 2) -> np.ndarray:
+    """Trachea and main bronchi in a mask of air inside the body, traced from the top.
+
+    Seeds are the small 2D pieces (area <= ``max_area_mm2``) within ``seed_depth_mm`` of the
+    largest component's top. Going down, a piece is airway if it overlaps the previous
+    slice's airway (dilated by one voxel) and is small, or no larger than the previous
+    slice's airway (the pharynx). The trace ends where the airway enters a lung: the piece
+    there is large and growing. Returns bool, same shape as ``cand``.
+    """
+    spacing = check_spacing(spacing_mm, 3)
+    spacing = tuple(np.array(spacing)[[i for i in range(3) if i != axis] + [axis]])
+    main = largest_components(np.moveaxis(np.asarray(cand) != 0, axis, -1))
+    out = np.zeros(main.shape, bool)
+    zs = np.flatnonzero(main.any(axis=(0, 1)))
+    px_mm2 = spacing[0] * spacing[1]
+    prev, prev_area = None, 0.0
+    for z in range(zs[-1], zs[0] - 1, -1) if zs.size else []:
+        labels, k = ndi.label(main[:, :, z])
+        areas = np.bincount(labels.ravel(), minlength=k + 1)[1:] * px_mm2
+        if prev is None:                                   # still looking for seeds
+            if (zs[-1] - z) * spacing[2] > seed_depth_mm:
+                break
+            take = areas <= max_area_mm2
+        else:
+            take = np.zeros(k, bool)
+            take[np.unique(labels[prev & (labels > 0)]) - 1] = True
+            take &= (areas <= max_area_mm2) | (areas <= prev_area)
+        cur = np.isin(labels, 1 + np.flatnonzero(take))
+        if cur.any():
+            out[:, :, z] = cur
+            prev, prev_area = ndi.binary_dilation(cur), cur.sum() * px_mm2
+        elif prev is not None:                             # the airway has ended
+            break
+    return np.moveaxis(out, -1, axis)
+
+
+# ----------------------------------------------------------------------------- baseline
+def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
+                        rim_hu: float | None = -300.0, axis: int = 2) -> np.ndarray:
+    """Non-learning lung segmentation: threshold, body, airways, components, holes.
+
+    Steps: (1) air = HU below ``threshold_hu``; (2) keep the air that the body encloses in
+    each axial slice (:func:`body_mask`, robust to a field of view that cuts the body);
+    (3) remove the trachea and main bronchi (:func:`airway`); (4) keep the lungs'
+    components and fill holes (:func:`postprocess_lungs`); (5) if ``rim_hu`` is given, add
+    the one-voxel rim around the lungs that is below ``rim_hu`` (partial-volume voxels and
+    dependent, denser lung at the edge), then fill holes again.
+
+    ct_hu : ndarray (X, Y, Z), HU; spacing_mm : 3 floats; axis : the head-foot axis (head
+    at high indices). Returns uint8 {0, 1}, same shape as ``ct_hu``.
+    """
+    ct = np.asarray(ct_hu, dtype=np.float32)
+    if ct.ndim != 3:
+        raise LungsegInputError(f"ct_hu must be 3D, got shape {ct.shape}.")
+    inside = body_mask(ct, threshold_hu, axis)
+    cand = (ct < threshold_hu) & inside
+    airways = airway(cand, spacing_mm, axis=axis)
+    lungs = postprocess_lungs(cand & ~airways, axis=axis) > 0
+    if rim_hu is not None:
+        rim = ndi.binary_dilation(lungs) & (ct < rim_hu) & inside & ~ndi.binary_dilation(airways)
+        lungs = fill_holes(lungs | rim, axis)
+    return lungs.astype(np.uint8)

@@ -1,0 +1,139 @@
+"""The Keras ``PyDataset`` that feeds training: cases in memory, augmented on the fly.
+
+The data set draws one generator per sample from ``(seed, epoch, position in the epoch)``,
+so a batch is the same whatever the order in which worker threads compute it, and each
+epoch sees a new augmentation of every case (:func:`lungseg_utils.augment.augment_pair`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import io, preprocess
+from .augment import augment_pair
+from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SHAPE, import_keras_quietly
+from .errors import LungsegInputError
+
+keras = import_keras_quietly()
+
+
+def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
+    """Load case folders into float32 arrays X (n, 64, 64, 64, 1) in [0, 1] and Y in {0, 1}."""
+    xs, ys = [], []
+    for folder in case_dirs:
+        case = io.load_case(folder)
+        if case.shape != MODEL_SHAPE:
+            raise LungsegInputError(
+                f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
+                "resample it with lungseg_utils.geometry first.")
+        x, y = preprocess.preprocess_case(case.ct_hu, case.mask, hu_window)
+        xs.append(x)
+        ys.append(y)
+    return np.stack(xs), np.stack(ys)
+
+
+class LungDataset(keras.utils.PyDataset):
+    """Batches of (CT, mask) for ``model.fit``, augmented on the fly.
+
+    Parameters
+    ----------
+    cases : list of case folders, or a tuple (X, Y) of preloaded arrays
+        X, Y: float32 (n, 64, 64, 64, 1). Folders are loaded once (``io.load_case`` +
+        ``preprocess.preprocess_case``) and kept in memory.
+    batch_size : int
+    settings : dict, optional
+        Augmentation settings (see :data:`lungseg_utils.config.AUGMENT_DEFAULTS`), e.g. a whole profile.
+    seed : int
+        With the epoch and the sample's position, fixes every random choice.
+    augment : bool
+        False for validation: the cases as they are, in order.
+    samples_per_epoch : int, optional
+        Samples drawn per epoch (default: one pass over the cases). More than the number of
+        cases repeats them with different augmentations.
+    shuffle : bool, optional
+        Reshuffle the order each epoch (default: ``augment``).
+    epoch : int
+        The epoch to start at (for resumed runs); ``on_epoch_end`` increments it.
+    **kwargs
+        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
+
+    ``ds[i]`` returns (x, y), float32 (b, 64, 64, 64, 1) each.
+    """
+
+    def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
+                 augment: bool = True, samples_per_epoch: int | None = None,
+                 shuffle: bool | None = None, epoch: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        settings = settings or {}
+        if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
+            self.x, self.y = (np.asarray(a, dtype=np.float32) for a in cases)
+        else:
+            self.x, self.y = load_training_arrays([Path(c) for c in cases],
+                                                  settings.get("hu_window", HU_WINDOW))
+        if self.x.ndim == 4:
+            self.x, self.y = self.x[..., None], self.y[..., None]
+        if len(self.x) == 0 or self.x.shape != self.y.shape:
+            raise LungsegInputError(
+                f"LungDataset: need n >= 1 CTs and masks of equal shape, got {self.x.shape} "
+                f"and {self.y.shape}.")
+        if batch_size < 1:
+            raise LungsegInputError(f"LungDataset: batch_size={batch_size} must be >= 1.")
+        self.batch_size = int(batch_size)
+        self.settings = {**AUGMENT_DEFAULTS, **settings}
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.shuffle = self.augment if shuffle is None else bool(shuffle)
+        self.samples_per_epoch = int(samples_per_epoch or len(self.x))
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return math.ceil(self.samples_per_epoch / self.batch_size)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """Case index of each sample of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        n = len(self.x)
+        reps = math.ceil(self.samples_per_epoch / n)
+        if not self.shuffle:
+            return np.tile(np.arange(n), reps)[: self.samples_per_epoch]
+        rng = np.random.default_rng([self.seed, epoch, 1 << 30])
+        return np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.samples_per_epoch]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        epoch = self.epoch
+        order = self.order(epoch)
+        positions = range(index * self.batch_size,
+                           min((index + 1) * self.batch_size, self.samples_per_epoch))
+        xs, ys = [], []
+        for pos in positions:
+            x, y = self.x[order[pos]], self.y[order[pos]]
+            if self.augment:
+                rng = np.random.default_rng([self.seed, epoch, pos])
+                x, y = augment_pair(x, y, rng, self.settings)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Tell a :class:`LungDataset` which epoch ``fit`` is in, before the epoch's batches.
+
+    Keras calls the dataset's ``on_epoch_end`` once before training starts, and a resumed
+    run starts at a later epoch; with this callback the augmentation of epoch e is the same
+    in a resumed run as in an uninterrupted one.
+    """
+
+    def __init__(self, dataset: LungDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = int(epoch)

@@ -1,0 +1,262 @@
+"""Metrics in millimetres and their statistics over cases.
+
+Conventions (each one is tested in ``tests/test_metrics.py``)
+---------------------------------------------------------------
+* A mask is any array; nonzero is foreground. ``spacing_mm`` gives the voxel size along each
+  array axis (anisotropic allowed); every distance is between voxel centres, in mm.
+* **Surface voxels** of a mask: its voxels with at least one of their 6 face neighbours
+  outside it; the outside of the array counts as background, so a mask touching the array's
+  edge has surface there (:func:`lungseg_utils.anatomy.boundary` ``mode="inner"``, MONAI's ``get_mask_edges``).
+* **Directed surface distances** A -> B: for each surface voxel of A, the distance to the
+  nearest surface voxel of B (``distance_transform_edt(~surface(B), sampling=spacing_mm)``).
+* **HD95** follows MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the
+  two directed 95th percentiles. (medpy's ``hd95`` pools both sets first; it can be smaller.)
+* **ASSD** is the mean of the pooled distances of both directions (Heimann et al. 2009;
+  MONAI's ``compute_average_surface_distance(symmetric=True)``).
+* **Empty masks**: both empty gives Dice = IoU = 1 and distances 0; exactly one empty gives
+  Dice = IoU = 0 and distances ``inf``; the relative volume error is ``nan`` whenever the
+  reference is empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.stats import rankdata
+
+from .anatomy import boundary, check_spacing
+from .errors import LungsegInputError
+
+
+def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
+    pred, ref = np.asarray(pred) != 0, np.asarray(ref) != 0
+    if pred.shape != ref.shape:
+        raise LungsegInputError(f"pred shape {pred.shape} differs from ref shape {ref.shape}.")
+    return pred, ref
+
+
+# ----------------------------------------------------------------------------- overlap
+def dice(pred, ref) -> float:
+    """Dice coefficient 2|P∩R| / (|P| + |R|).
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+
+    Returns
+    -------
+    float in [0, 1]; 1.0 if both masks are empty.
+    """
+    pred, ref = _pair(pred, ref)
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
+
+
+def iou(pred, ref) -> float:
+    """Intersection over union (Jaccard index) |P∩R| / |P∪R|.
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+
+    Returns
+    -------
+    float in [0, 1]; 1.0 if both masks are empty.
+    """
+    pred, ref = _pair(pred, ref)
+    union = int((pred | ref).sum())
+    return 1.0 if union == 0 else int((pred & ref).sum()) / union
+
+
+# ----------------------------------------------------------------------------- surfaces
+def _directed(a_surf: np.ndarray, b_surf: np.ndarray, spacing: tuple) -> np.ndarray:
+    """Distances (mm) from each surface voxel of A to the nearest surface voxel of B."""
+    return ndi.distance_transform_edt(~b_surf, sampling=spacing)[a_surf]
+
+
+def _distances_mm(pred, ref, spacing_mm) -> tuple[float, float]:
+    """(HD95, ASSD) in mm under the module's conventions, empty masks included."""
+    pred, ref = _pair(pred, ref)
+    spacing = check_spacing(spacing_mm, pred.ndim)
+    if not pred.any() or not ref.any():
+        value = 0.0 if pred.any() == ref.any() else float("inf")
+        return value, value
+    # Crop to both masks' bounding box plus one voxel: the distances do not change.
+    box = tuple(slice(max(i.min() - 1, 0), i.max() + 2) for i in np.nonzero(pred | ref))
+    sp, sr = boundary(pred[box], "inner"), boundary(ref[box], "inner")
+    d_pr, d_rp = _directed(sp, sr, spacing), _directed(sr, sp, spacing)
+    hd95 = max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))
+    return float(hd95), float(np.concatenate([d_pr, d_rp]).mean())
+
+
+def hd95_mm(pred, ref, spacing_mm) -> float:
+    """95th-percentile symmetric Hausdorff distance (MONAI convention).
+
+    The larger of the two directed 95th percentiles (pred -> ref, ref -> pred) of the
+    distances between surface voxels (see the module docstring).
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
+
+    Returns
+    -------
+    float, mm; 0.0 if both masks are empty, ``inf`` if exactly one is.
+    """
+    return _distances_mm(pred, ref, spacing_mm)[0]
+
+
+def assd_mm(pred, ref, spacing_mm) -> float:
+    """Average symmetric surface distance: the mean of both directed distance sets, pooled.
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
+
+    Returns
+    -------
+    float, mm; 0.0 if both masks are empty, ``inf`` if exactly one is.
+    """
+    return _distances_mm(pred, ref, spacing_mm)[1]
+
+
+# ----------------------------------------------------------------------------- volumes
+def volume_ml(mask, spacing_mm) -> float:
+    """Volume of a mask: voxel count x voxel volume.
+
+    Parameters
+    ----------
+    mask : ndarray, any shape and dtype; nonzero = inside.
+    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
+
+    Returns
+    -------
+    float, millilitres (1 ml = 1000 mm^3).
+    """
+    mask = np.asarray(mask) != 0
+    return float(mask.sum()) * float(np.prod(check_spacing(spacing_mm, mask.ndim))) / 1000.0
+
+
+def relative_volume_error(pred, ref) -> float:
+    """Signed relative volume error (V_pred - V_ref) / V_ref.
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+
+    Returns
+    -------
+    float, a fraction (0.1 = 10 % too large); ``nan`` if ``ref`` is empty. Both masks share
+    one grid, so voxel counts stand for volumes.
+    """
+    pred, ref = _pair(pred, ref)
+    n_ref = int(ref.sum())
+    return float("nan") if n_ref == 0 else (int(pred.sum()) - n_ref) / n_ref
+
+
+def evaluate_masks(pred, ref, spacing_mm) -> dict:
+    """All metrics of one prediction against its reference.
+
+    Parameters
+    ----------
+    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
+    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
+
+    Returns
+    -------
+    dict of floats: ``dice``, ``iou``, ``hd95_mm``, ``assd_mm`` (mm), ``volume_pred_ml``,
+    ``volume_ref_ml`` (ml), ``volume_error_pct`` (100 x :func:`relative_volume_error`).
+    """
+    pred, ref = _pair(pred, ref)
+    hd95, assd = _distances_mm(pred, ref, spacing_mm)
+    return dict(dice=dice(pred, ref), iou=iou(pred, ref), hd95_mm=hd95, assd_mm=assd,
+                volume_pred_ml=volume_ml(pred, spacing_mm), volume_ref_ml=volume_ml(ref, spacing_mm),
+                volume_error_pct=100.0 * relative_volume_error(pred, ref))
+
+
+# ----------------------------------------------------------------------------- statistics
+def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
+    """Summary of ``rows[i][key]`` over cases: n, mean, sd, median, min, max and the worst case.
+
+    Parameters
+    ----------
+    rows : list of dict, each with a ``case_id`` and a number under ``key``.
+    key : str, e.g. ``"dice"``.
+    worst : ``"min"`` (lower is worse), ``"max"`` (higher is worse), ``"absmax"`` (farther
+        from 0 is worse) or ``"auto"``: min for dice/iou, absmax for keys holding ``error``,
+        max otherwise.
+
+    Returns
+    -------
+    dict: ``n`` (int), ``mean``, ``sd``, ``median``, ``min``, ``max``, ``worst_value``
+    (floats, the metric's unit) and ``worst_case_id``. NaN values are left out (``n``
+    counts the rest); ``inf`` is kept, so a failed case shows in the mean. ``sd`` is the
+    sample standard deviation (ddof=1; nan if n < 2).
+    """
+    if not rows:
+        raise LungsegInputError("summarise: rows is empty.")
+    if any(key not in r or "case_id" not in r for r in rows):
+        raise LungsegInputError(f"summarise: every row needs 'case_id' and {key!r}.")
+    if worst not in ("auto", "min", "max", "absmax"):
+        raise LungsegInputError(f"summarise: worst={worst!r} must be auto, min, max or absmax.")
+    if worst == "auto":
+        worst = "min" if key in ("dice", "iou") else "absmax" if "error" in key else "max"
+    ids = [r["case_id"] for r in rows]
+    vals = np.array([float(r[key]) for r in rows])
+    keep = ~np.isnan(vals)
+    ids, vals = [i for i, k in zip(ids, keep) if k], vals[keep]
+    if vals.size == 0:
+        return dict(n=0, mean=np.nan, sd=np.nan, median=np.nan, min=np.nan, max=np.nan,
+                    worst_case_id=None, worst_value=np.nan)
+    score = {"min": -vals, "max": vals, "absmax": np.abs(vals)}[worst]
+    i = int(np.argmax(score))
+    with np.errstate(invalid="ignore"):
+        sd = float(np.std(vals, ddof=1)) if vals.size > 1 else float("nan")
+    return dict(n=int(vals.size), mean=float(np.mean(vals)), sd=sd,
+                median=float(np.median(vals)), min=float(vals.min()), max=float(vals.max()),
+                worst_case_id=ids[i], worst_value=float(vals[i]))
+
+
+def paired_bootstrap_ci(a, b, n_boot: int = 10000, ci: float = 0.95, seed: int = 0) -> dict:
+    """Percentile-bootstrap confidence interval of the mean paired difference ``b - a``.
+
+    Parameters
+    ----------
+    a, b : array-like of floats, shape (n_cases,): one metric of two methods on the same cases.
+    n_boot : int, resamples of the cases (with replacement).
+    ci : float in (0, 1), coverage of the interval.
+    seed : int, seed of the NumPy generator (results are reproducible).
+
+    Returns
+    -------
+    dict of floats: ``mean_diff`` (mean of b - a), ``lo`` and ``hi`` (interval bounds), in
+    the metric's own unit.
+    """
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.size != b.size or a.size == 0:
+        raise LungsegInputError(f"paired_bootstrap_ci: a and b need equal, nonzero lengths "
+                                f"(got {a.size} and {b.size}).")
+    if not 0.0 < ci < 1.0:
+        raise LungsegInputError(f"paired_bootstrap_ci: ci={ci} must lie in (0, 1).")
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(int(n_boot), diff.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)])
+    return dict(mean_diff=float(diff.mean()), lo=float(lo), hi=float(hi))
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` as a detector of ``labels`` (Mann-Whitney U).
+
+    scores: float array; labels: bool array of the same size. Ties count one half. Returns
+    nan if either class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels, bool).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
