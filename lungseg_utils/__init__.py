@@ -1,19 +1,26 @@
 """lungseg_utils: the shared module of the lungseg notebooks.
 
-One job per module, in the order the data flows:
+One job per module, in the order the data flows; imports only go down this list:
 
-``config``      profiles, paths, seeds, quiet TensorFlow import
-``io``          discover, load, validate and save cases (NIfTI), the split, JSON
-``preprocess``  HU window and [0, 1] normalisation, body and low-HU masks
-``geometry``    the 64^3 model grid: there and back, with the input's shape and affine
-``synthetic``   analytic chest phantoms for tests and the demo fallback
-``augment``     NumPy transforms and the Keras ``PyDataset``
-``model``       the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
-``train``       training runs and ``python -m lungseg_utils.train``
-``evaluate``    metrics in mm, post-processing, the classical baseline
-``inference``   prediction, TTA and ``python -m lungseg_utils.inference``
-``viz``         figure style and export, the interactive slice viewer
-``report``      the PDF report built from result files
+``errors``       the project's exception and warning types
+``config``       profiles, paths, seeds, quiet Keras import (finding data writes nothing)
+``io``           Case; NIfTI and JSON read/write through one atomic writer; discover; split
+``preprocess``   HU window <-> [0, 1], masks to tensors
+``anatomy``      body, airways, components, holes, boundaries: post-processing and the
+                 classical baseline, one algorithm each
+``metrics``      Dice, IoU, HD95, ASSD, volumes, summaries, bootstrap, AUC
+``geometry``     the 64^3 model grid: there and back, with the input's shape and affine
+``synthetic``    analytic chest phantoms; the demo data set when no real data is found
+``augment``      pure NumPy transforms of (CT, mask) pairs
+``dataset``      the Keras ``PyDataset`` that feeds training
+``unet``         the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
+``distribute``   the ``tf.distribute`` strategy training runs under
+``train``        ``train()``, resume, ``python -m lungseg_utils.train``
+``inference``    load, forward, predict, refine, TTA, ``python -m lungseg_utils.inference``
+``experiments``  method comparison, cross-validation, out of fold; writes the result JSONs
+``viz``          figure style and export, static slice figures
+``viewer``       the interactive slice viewer
+``report``       the PDF report and README results, read from the result files
 
 Importing the package imports no TensorFlow; modules that need Keras import it quietly.
 """

@@ -37,7 +37,8 @@ from .errors import LungsegInputError, LungsegWarning
 
 keras = import_keras_quietly()
 
-from . import dataset, synthetic, unet  # noqa: E402  (after Keras is imported quietly)
+from . import dataset, synthetic, unet  # noqa: E402
+from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401  (after Keras is imported quietly)
 from .metrics import dice, iou  # noqa: E402
 
 BACKUP_DIR = "backup"
@@ -237,56 +238,6 @@ def _resumed_run(run_dir, data_dir, profile, split, overrides):
 
 
 
-# --------------------------------------------------------------------------- distribution
-
-
-def distribution_strategy(devices=None):
-    """The ``tf.distribute`` strategy that :func:`train` builds and trains the model under.
-
-    Parameters
-    ----------
-    devices : list of str, optional
-        Devices to mirror the model on, e.g. ``["/gpu:0", "/gpu:1"]``, or two logical CPUs
-        ``["/cpu:0", "/cpu:1"]`` in a test. None: ``MirroredStrategy`` over all GPUs when
-        more than one is visible, else TensorFlow's default one-device strategy.
-
-    Returns
-    -------
-    tf.distribute.Strategy, or None under a Keras backend other than TensorFlow (which
-    distributes with ``keras.distribution`` instead). For several machines see
-    ``benchmarks/README.md`` (``MultiWorkerMirroredStrategy`` with ``TF_CONFIG``).
-    """
-    if keras.backend.backend() != "tensorflow":
-        if devices:
-            raise LungsegInputError("distribution_strategy: devices need the TensorFlow backend.")
-        return None
-    import tensorflow as tf
-
-    if devices is None:
-        if len(tf.config.list_physical_devices("GPU")) > 1:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.get_strategy()
-    return tf.distribute.MirroredStrategy(devices=list(devices))
-
-
-def _replica_batches(strategy, batch: int, samples: int, n_val: int) -> dict:
-    """Batch arguments of the validation set, checking that no replica gets an empty batch.
-
-    TensorFlow fails on a replica's empty share of a batch, so with R > 1 replicas the
-    global ``batch`` must be a multiple of R and the epoch's ``samples`` a multiple of
-    ``batch``; validation runs in batches of R with each case repeated R times (its mean
-    is unchanged). With one replica: ``batch`` and one pass over the cases.
-    """
-    replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
-    if replicas == 1:
-        return {"batch_size": batch}
-    if batch % replicas or samples % batch:
-        raise LungsegInputError(
-            f"strategy with {replicas} replicas: batch_size={batch} must be a multiple of "
-            f"{replicas} and samples_per_epoch={samples} a multiple of batch_size.")
-    return {"batch_size": replicas, "samples_per_epoch": n_val * replicas}
-
-
 def _strip_optimizer(path: Path) -> None:
     """Re-save a finished ``.keras`` file without its optimizer state (65 MB -> 22 MB at base 16).
 
@@ -369,7 +320,7 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
                                        seed=seed, augment=True, epoch=initial_epoch,
                                        samples_per_epoch=settings.get("samples_per_epoch"),
                                        **common)
-        val_batches = _replica_batches(strategy, batch, train_ds.samples_per_epoch,
+        val_batches = replica_batches(strategy, batch, train_ds.samples_per_epoch,
                                        len(split["val"]))
         val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                      seed=seed, augment=False, **val_batches)
