@@ -57,6 +57,13 @@ class LungDataset(keras.utils.PyDataset):
         Reshuffle the order each epoch (default: ``augment``).
     epoch : int
         The epoch to start at (for resumed runs); ``on_epoch_end`` increments it.
+    endless : bool
+        One stream of batches over all epochs, for ``fit(..., steps_per_epoch=len(ds))``:
+        ``ds[i]`` is batch ``i % len(ds)`` of epoch ``epoch + i // len(ds)``, so every
+        batch is fixed by its index alone (no epoch counter to keep in step), and Keras
+        keeps one input iterator for the whole run instead of replacing a prefetching one
+        at every epoch's start (that replacement stalled the first step of an epoch by up
+        to 9 s).
     **kwargs
         ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
 
@@ -65,7 +72,8 @@ class LungDataset(keras.utils.PyDataset):
 
     def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
                  augment: bool = True, samples_per_epoch: int | None = None,
-                 shuffle: bool | None = None, epoch: int = 0, **kwargs):
+                 shuffle: bool | None = None, epoch: int = 0, endless: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         settings = settings or {}
         if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
@@ -88,6 +96,11 @@ class LungDataset(keras.utils.PyDataset):
         self.shuffle = self.augment if shuffle is None else bool(shuffle)
         self.samples_per_epoch = int(samples_per_epoch or len(self.x))
         self.epoch = int(epoch)
+        self.endless = bool(endless)
+
+    @property
+    def num_batches(self):
+        return None if self.endless else len(self)
 
     def __len__(self):
         return math.ceil(self.samples_per_epoch / self.batch_size)
@@ -103,9 +116,11 @@ class LungDataset(keras.utils.PyDataset):
         return np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.samples_per_epoch]
 
     def __getitem__(self, index):
+        epoch = self.epoch
+        if self.endless and index >= 0:
+            epoch, index = epoch + index // len(self), index % len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        epoch = self.epoch
         order = self.order(epoch)
         positions = range(index * self.batch_size,
                            min((index + 1) * self.batch_size, self.samples_per_epoch))
@@ -120,7 +135,8 @@ class LungDataset(keras.utils.PyDataset):
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
     def on_epoch_end(self):
-        self.epoch += 1
+        if not self.endless:
+            self.epoch += 1
 
 
 class EpochSetter(keras.callbacks.Callback):

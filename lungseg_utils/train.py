@@ -319,13 +319,12 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
                                        seed=seed, augment=True, epoch=initial_epoch,
                                        samples_per_epoch=settings.get("samples_per_epoch"),
-                                       **common)
+                                       endless=True, **common)
         val_batches = replica_batches(strategy, batch, train_ds.samples_per_epoch,
                                        len(split["val"]))
         val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                      seed=seed, augment=False, **val_batches)
         run_callbacks = [
-            dataset.EpochSetter(train_ds),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, min_lr=1e-6,
                                               patience=int(settings["reduce_lr_patience"])),
             keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
@@ -343,6 +342,7 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         ]
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
+                      steps_per_epoch=len(train_ds),
                       callbacks=run_callbacks, verbose=_verbose(verbose), shuffle=False)
         except BaseException:
             print(f"\nTraining stopped early; continue it with:\n  python -m lungseg_utils.train "
