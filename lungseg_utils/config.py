@@ -6,6 +6,10 @@ A *profile* is a named set of training and evaluation settings:
     seconds: two cases, tiny filters, one epoch. Used by the test suite.
 ``quick``
     the README's main command on a 2-core CPU (at most about 25 minutes of training).
+``budget``
+    the quick settings within a wall-clock budget (``budget_min``, 20 minutes): the train
+    command times a few steps first and plans as many epochs as fit, with a cosine
+    learning-rate schedule over them.
 ``full``
     the original student project's settings (150 epochs, base 16), meant for a GPU.
 
@@ -70,6 +74,8 @@ _COMMON = dict(
     workers=1,
     reduce_lr_patience=10,
     early_stop_patience=30,
+    lr_schedule="plateau",   # or "cosine": decays to 1 % at the planned last epoch
+    budget_min=None,         # wall-clock budget of a run; the epochs are planned to fit it
     max_cases=None,
 )
 
@@ -83,6 +89,8 @@ PROFILES: dict[str, dict] = {
               "reduce_lr_patience": 1, "early_stop_patience": 2},
     "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
+    "budget": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+               "samples_per_epoch": 12, "lr_schedule": "cosine", "budget_min": 20.0},
     "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }
@@ -144,6 +152,24 @@ def native_data_dir() -> Path | None:
     env = os.environ.get("LUNGSEG_NATIVE_DATA")
     folder = Path(env) if env else shared_data_root() / "lctsc_native"
     return folder if _has_cases(folder) else None
+
+
+def package_versions() -> dict:
+    """Versions of Python and of the packages a run depends on (None if not installed)."""
+    import platform
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    names = ("numpy", "scipy", "nibabel", "keras", "tensorflow")
+    versions = {"python": platform.python_version(), **{n: version(n) for n in names}}
+    versions["tensorflow"] = versions["tensorflow"] or version("tensorflow-cpu")
+    versions["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return versions
 
 
 def set_seeds(seed: int = DEFAULT_SEED) -> None:

@@ -1,8 +1,13 @@
 """Experiments: methods compared on labelled cases, cross-validation, out-of-fold scoring.
 
 Everything here combines the pipeline's steps (inference, anatomy, metrics, training) into
-the results that notebooks 05 and 06 show and the report prints; the result JSONs are built
-here, in one place, and :mod:`lungseg_utils.report` only reads them.
+the results that notebooks 05 and 06 show and the report prints. The result files
+``evaluation.json`` and ``tta.json`` are built here (:func:`evaluation_result`,
+:func:`tta_result`) and checked here (:func:`check_evaluation`, :func:`check_tta`): one
+schema, in one place, which :mod:`lungseg_utils.report` relies on when it reads them.
+
+The two grids every result is given on are named by :data:`GRIDS`: ``grid64`` (the 64^3
+model grid, shown as "64³") and ``native`` (the scan's own grid).
 
 Command line: ``python -m lungseg_utils.experiments cv --k 3 [--publish results/reference/cv]``
 runs k-fold cross-validation of one training configuration.
@@ -13,12 +18,25 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import anatomy, config, geometry, inference, io, metrics, synthetic, train
+from . import anatomy, config, geometry, inference, io, metrics, synthetic
 from .errors import LungsegInputError
+
+#: The grids results are given on: key in the result files -> label in tables and figures.
+GRIDS = {"grid64": "64³", "native": "native"}
+#: The methods of :func:`compare_methods` each grid's block of ``evaluation.json`` holds.
+#: ``unet_raw`` (the network's 5 mm boundary) and ``ceiling`` differ from ``unet`` and the
+#: reference only off the model grid, so they are reported on the native grid alone.
+GRID_METHODS = {"grid64": ("unet", "unet_post", "baseline"),
+                "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
+#: The metrics summarised for every method (:func:`lungseg_utils.metrics.evaluate_masks`).
+METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")
+#: The keys of every row of ``tta.json``'s ``cases``.
+TTA_ROW_KEYS = ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")
 
 
 def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False):
@@ -57,8 +75,7 @@ def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False
     return row, masks, pred
 
 
-def summarise_methods(rows: list[dict], methods, keys=("dice", "iou", "hd95_mm", "assd_mm",
-                                                       "volume_error_pct")) -> dict:
+def summarise_methods(rows: list[dict], methods, keys=METRICS) -> dict:
     """``{method: {metric: summarise(...)}}`` over rows of :func:`compare_methods`."""
     out = {}
     for m in methods:
@@ -89,6 +106,202 @@ def out_of_fold_jobs(reference_dir, max_cases: int | None = None) -> list[tuple]
     return jobs[:max_cases] if max_cases else jobs
 
 
+def reference_jobs(reference_dir=None) -> list[tuple]:
+    """The reference model's held-out test cases as jobs: ``[(case_id, "reference", model)]``
+    (the same form as :func:`out_of_fold_jobs`), sorted by case id."""
+    reference_dir = Path(reference_dir or config.REFERENCE_DIR)
+    split = io.load_json(reference_dir / "split.json")
+    return [(cid, "reference", reference_dir / inference.MODEL_FILE) for cid in sorted(split["test"])]
+
+
+def _forward(model_path, forwards: dict):
+    """The compiled forward pass of ``model_path``, loaded once into ``forwards``."""
+    if model_path not in forwards:
+        forwards[model_path] = inference.compiled_forward(inference.load_model(model_path))
+    return forwards[model_path]
+
+
+def method_block(rows: list[dict], grid: str) -> dict:
+    """One grid's block of ``evaluation.json``: ``{"methods", "cases", "summary"}``, the
+    methods of :data:`GRID_METHODS`, the rows of :func:`compare_methods` and their summaries
+    (``{}`` when there are no rows)."""
+    methods = list(GRID_METHODS[grid])
+    return {"methods": methods, "cases": rows,
+            "summary": summarise_methods(rows, methods) if rows else {}}
+
+
+def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
+    """Score every job's case with every method (:func:`compare_methods`) on both grids.
+
+    Parameters
+    ----------
+    jobs : ``[(case_id, model_label, model_path)]``, from :func:`reference_jobs` or
+        :func:`out_of_fold_jobs`; each case is predicted by its own model.
+    folders : ``{"grid64": folder, "native": folder or None}``, where the cases are on each
+        grid (a grid whose folder is None gets no rows).
+    forwards : dict, optional: compiled models by path, filled as models are loaded.
+
+    Returns ``{grid: method_block(...)}`` for both grids of :data:`GRIDS`; each row also names
+    the model that scored it (``"model"``: ``"reference"``, ``"CV fold 0"`` ...).
+    """
+    forwards = {} if forwards is None else forwards
+    rows = {grid: [] for grid in GRIDS}
+    for cid, label, model_path in jobs:
+        fwd = _forward(model_path, forwards)
+        for grid in GRIDS:
+            if folders.get(grid) is not None:
+                case = io.load_case(Path(folders[grid]) / cid)
+                row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
+                rows[grid].append({**row, "model": label})
+    return {grid: method_block(rows[grid], grid) for grid in GRIDS}
+
+
+def evaluation_result(model_path, test: dict, cv: dict | None = None) -> dict:
+    """The contents of ``evaluation.json``.
+
+    ``test`` and ``cv`` are results of :func:`evaluate_jobs` (the reference model's test
+    cases; the out-of-fold scoring of every case, left out when None or empty). The result
+    passes :func:`check_evaluation` when both grids have rows.
+    """
+    model_path = Path(model_path).resolve()
+    result = {"model": (model_path.relative_to(config.REPO_ROOT).as_posix()
+                        if model_path.is_relative_to(config.REPO_ROOT) else str(model_path)),
+              "test_cases": [r["case_id"] for r in test["grid64"]["cases"]],
+              **test}
+    if cv and cv["grid64"]["cases"]:
+        folds = {r["model"] for r in cv["grid64"]["cases"]}
+        result["cross_validation"] = {"folds": len(folds), **cv}
+    return result
+
+
+def tta_rows(jobs, folders: dict, forwards: dict | None = None) -> list[dict]:
+    """Single pass against 8-flip TTA for every job's case on both grids: one row per case
+    and grid (keys :data:`TTA_ROW_KEYS`; ``grid`` a key of :data:`GRIDS`)."""
+    forwards = {} if forwards is None else forwards
+    rows = []
+    for cid, _, model_path in jobs:
+        fwd = _forward(model_path, forwards)
+        for grid in GRIDS:
+            if folders.get(grid) is None:
+                continue
+            case = io.load_case(Path(folders[grid]) / cid)
+            row = {"case_id": cid, "grid": grid}
+            for name, flag in (("single", False), ("tta", True)):
+                mask = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=flag)["mask"]
+                row[f"dice_{name}"] = metrics.dice(mask, case.mask)
+                row[f"hd95_{name}_mm"] = metrics.hd95_mm(mask, case.mask, case.spacing_mm)
+            rows.append({k: row[k] for k in TTA_ROW_KEYS})
+    return rows
+
+
+def time_inference(forward, x64, repeats: int = 5) -> dict:
+    """Median seconds of one prediction on the model grid, single pass and TTA (after a
+    warm-up call each): ``{"single": s, "tta": s}``. ``x64``: (64, 64, 64) in [0, 1]."""
+    times = {}
+    for name, flag in (("single", False), ("tta", True)):
+        inference.predict_prob64(forward, x64, tta=flag)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            inference.predict_prob64(forward, x64, tta=flag)
+            runs.append(time.perf_counter() - t0)
+        times[name] = float(np.median(runs))
+    return times
+
+
+def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
+    """Per grid, TTA's Dice gain over the single pass as a paired bootstrap interval
+    (:func:`lungseg_utils.metrics.paired_bootstrap_ci` plus ``ci``); grids with fewer than
+    two cases are left out."""
+    gains = {}
+    for grid in GRIDS:
+        sub = [r for r in rows if r["grid"] == grid]
+        if len(sub) >= 2:
+            gains[grid] = {**metrics.paired_bootstrap_ci([r["dice_single"] for r in sub],
+                                                         [r["dice_tta"] for r in sub],
+                                                         ci=ci, seed=seed), "ci": ci}
+    return gains
+
+
+def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str) -> dict:
+    """The contents of ``tta.json``: the rows of :func:`tta_rows`, the times of
+    :func:`time_inference`, the uncertainty's error-detection AUC on ``focus_case`` and the
+    Dice gains of :func:`tta_gains` (``dice_gain`` on grid64, ``dice_gain_native``)."""
+    gains = tta_gains(rows)
+    return {"cases": rows, "time_s": time_s, "uncertainty_error_auc": auc,
+            "focus_case": focus_case, "dice_gain": gains.get("grid64", {}),
+            "dice_gain_native": gains.get("native", {})}
+
+
+def save_result(result: dict, name: str, reference_dir=None) -> Path:
+    """Write a result file to ``reference_dir`` (default ``results/reference``); under the
+    smoke profile to :data:`lungseg_utils.config.FIGURES_DIR` instead, so that a test run never
+    replaces the committed results."""
+    smoke = config.profile_name() == "smoke"
+    folder = config.FIGURES_DIR if smoke else Path(reference_dir or config.REFERENCE_DIR)
+    return io.save_json(result, folder / name, overwrite=True)
+
+
+# ----------------------------------------------------------------------------- the schema
+def _need(tree: dict, dotted: str, where: str):
+    """``tree[a][b]...`` for ``dotted`` "a.b...", or an error naming ``where`` and the key."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise LungsegInputError(f"{where}: missing {dotted!r}; re-run the notebook that "
+                                    "writes it (05: evaluation.json, 06: tta.json).")
+        node = node[part]
+    return node
+
+
+def _check_grids(block: dict, where: str) -> None:
+    for grid, methods in GRID_METHODS.items():
+        cases = _need(block, f"{grid}.cases", where)
+        if not cases:
+            raise LungsegInputError(f"{where}: {grid}.cases is empty; re-run notebook 05 "
+                                    "with the native scans available.")
+        for case in cases:
+            for m in methods:
+                _need(case, f"{m}.dice", f"{where} {grid}.cases[{case.get('case_id')}]")
+        for m in methods:
+            for metric in ("dice", "hd95_mm"):
+                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
+                    _need(block, f"{grid}.summary.{m}.{metric}.{stat}", where)
+
+
+def check_evaluation(ev: dict, where: str = "evaluation.json") -> dict:
+    """Raise :class:`LungsegInputError` naming the first thing ``evaluation.json`` lacks.
+
+    Needs ``test_cases``; for both grids (and in ``cross_validation``, if present, with
+    ``folds``) rows with every method of :data:`GRID_METHODS` and the summaries of Dice and
+    HD95 (mean, SD, median, worst). Returns ``ev``.
+    """
+    _need(ev, "test_cases", where)
+    _check_grids(ev, where)
+    if "cross_validation" in ev:
+        _need(ev, "cross_validation.folds", where)
+        _check_grids(ev["cross_validation"], f"{where} cross_validation")
+    return ev
+
+
+def check_tta(tta: dict, where: str = "tta.json") -> dict:
+    """Raise :class:`LungsegInputError` naming the first thing ``tta.json`` lacks: rows with
+    :data:`TTA_ROW_KEYS` (``grid`` a key of :data:`GRIDS`), both times, both gains with
+    ``mean_diff``, ``lo``, ``hi`` and ``ci``. Returns ``tta``."""
+    for key in ("cases", "time_s.single", "time_s.tta"):
+        _need(tta, key, where)
+    for gain in ("dice_gain", "dice_gain_native"):
+        for stat in ("mean_diff", "lo", "hi", "ci"):
+            _need(tta, f"{gain}.{stat}", where)
+    for i, row in enumerate(tta["cases"]):
+        for key in TTA_ROW_KEYS:
+            _need(row, key, f"{where} cases[{i}]")
+        if row["grid"] not in GRIDS:
+            raise LungsegInputError(f"{where} cases[{i}]: grid {row['grid']!r} is not one of "
+                                    f"{', '.join(GRIDS)}.")
+    return tta
+
+
 def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
                 include_final: bool = True) -> Path:
     """Copy a finished run's artifacts to ``results/reference/`` (the default model).
@@ -98,6 +311,8 @@ def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
     ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
     reference folder.
     """
+    from . import train  # imports Keras: only here and in cross_validate
+
     run_dir = Path(run_dir)
     reference_dir = Path(reference_dir or config.REFERENCE_DIR)
     missing = [a for a in train.RUN_ARTIFACTS if not (run_dir / a).exists()]
@@ -131,6 +346,8 @@ def cross_validate(k: int = 3, data_dir=None, out_dir=None, profile=None, seed: 
     With ``publish_dir`` (e.g. ``results/reference/cv``), each fold's artifacts are also
     copied to ``publish_dir/fold_i/`` (:func:`promote_run`) with the JSON beside them.
     """
+    from . import train
+
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     ids = [p.name for p in io.discover_cases(data_dir)]
@@ -159,8 +376,7 @@ def cross_validate(k: int = 3, data_dir=None, out_dir=None, profile=None, seed: 
     rows.sort(key=lambda r: r["case_id"])
     result = {"folds": k, "profile": settings and settings.get("profile"), "settings": settings,
               "cases": rows,
-              "summary": {m: metrics.summarise(rows, m)
-                          for m in ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")}}
+              "summary": {m: metrics.summarise(rows, m) for m in METRICS}}
     io.save_json(result, out_root / "cross_validation.json", overwrite=True)
     if publish_dir:
         io.save_json(result, Path(publish_dir) / "cross_validation.json", overwrite=True)

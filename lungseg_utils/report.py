@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -33,25 +32,18 @@ import tempfile
 from pathlib import Path
 
 from . import config, io
-from .inference import FLIPS, REFINE_HU
 from .errors import LungsegInputError
+from .experiments import GRID_METHODS, GRIDS, check_evaluation, check_tta
+from .inference import FLIPS, REFINE_HU
 
-REPORT_DIR = config.REPO_ROOT / "report"
-REPORT_TYP = REPORT_DIR / "report.typ"
-REPORT_PDF = REPORT_DIR / "report.pdf"
+REPORT_TYP, REPORT_PDF = (config.REPO_ROOT / "report" / n for n in ("report.typ", "report.pdf"))
 NUMBERS_NAME = "numbers.json"
 README = config.REPO_ROOT / "README.md"
 
 #: The figures the report shows, as exported by the notebooks (``figures/<name>.{png,pdf}``);
 #: the two-digit prefix names the notebook that makes each one.
-REPORT_FIGURES = (
-    "02_model_grid_round_trip",
-    "03_augmentation_grid",
-    "04_training_curves",
-    "05_dice_boxplot",
-    "05_worst_cases",
-    "06_tta_uncertainty",
-)
+REPORT_FIGURES = ("02_model_grid_round_trip", "03_augmentation_grid", "04_training_curves",
+                  "05_dice_boxplot", "05_worst_cases", "06_tta_uncertainty")
 #: The result files of a run that the report reads.
 RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_metrics.json",
                 "evaluation.json", "tta.json")
@@ -59,11 +51,6 @@ RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_met
 METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
                  "unet_post": "U-Net + post-processing", "baseline": "Classical baseline",
                  "ceiling": "Resolution ceiling"}
-#: The methods ``evaluation.json`` must hold on each grid (notebook 05); ``unet_raw`` is the
-#: network's probability carried back and thresholded, ``unet`` the inference pipeline, whose
-#: boundary is redrawn at the scan's resolution (:func:`lungseg_utils.inference.refine_boundary`).
-GRID_METHODS = {"grid64": ("unet", "unet_post", "baseline"),
-                "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
 #: Fewer cases than this and a bootstrap interval is described as uninformative: it can only
 #: resample the few per-case differences, so it is little more than their range.
 FEW_CASES = 5
@@ -72,7 +59,6 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 WIDE_FIGURE_IN = 4.5
 
 _MINUS = "\u2212"
-_SKIP_KEYS = {"input_files", "input_sha256"}  # hashes: kept in the result files, not printed
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -142,7 +128,7 @@ def format_tree(obj, key: str = "", context: str = ""):
     :func:`format_value`); dicts and lists keep their shape, strings and booleans stay."""
     if isinstance(obj, dict):
         ctx = key if key and _METRIC_KEY.match(key) else context
-        return {k: format_tree(v, k, ctx) for k, v in obj.items() if k not in _SKIP_KEYS}
+        return {k: format_tree(v, k, ctx) for k, v in obj.items()}
     if isinstance(obj, list):
         return [format_tree(v, key, context) for v in obj]
     return format_value(key, obj, context)
@@ -152,27 +138,12 @@ def format_tree(obj, key: str = "", context: str = ""):
 def _rel(path: Path) -> str:
     """``path`` relative to the repository if inside it, else absolute (for messages, text)."""
     path = Path(path).resolve()
-    try:
-        return path.relative_to(config.REPO_ROOT).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _need(tree: dict, dotted: str, filename: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise LungsegInputError(f"{filename}: missing {dotted!r} (see helpers' SCHEMA / "
-                                    "notebook 05-06); re-run the notebook that writes it.")
-        node = node[part]
-    return node
+    return (path.relative_to(config.REPO_ROOT) if path.is_relative_to(config.REPO_ROOT)
+            else path).as_posix()
 
 
 def read_training_log(path) -> list[dict]:
-    """Rows of a Keras ``CSVLogger`` file as dicts of floats (``epoch`` as int)."""
-    path = Path(path)
-    if not path.exists():
-        raise LungsegInputError(f"{path}: file is missing.")
+    """Rows of a Keras ``CSVLogger`` file (a path) as dicts of floats (``epoch`` as int)."""
     with open(path, newline="") as f:
         rows = [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
                  if k is not None and v not in (None, "")} for row in csv.DictReader(f)]
@@ -189,7 +160,8 @@ def read_results(results_dir=None) -> dict:
 
     ``results_dir`` defaults to ``results/reference``. Raises :class:`LungsegInputError`
     naming the first file of :data:`RESULT_FILES` that is missing or unreadable, or a key
-    that the report needs and the file lacks.
+    that the report needs and the file lacks (the schema of ``evaluation.json`` and
+    ``tta.json`` is :func:`lungseg_utils.experiments.check_evaluation` and ``check_tta``).
     """
     folder = Path(results_dir) if results_dir is not None else config.REFERENCE_DIR
     for name in RESULT_FILES:
@@ -198,66 +170,29 @@ def read_results(results_dir=None) -> dict:
                                     "needs every one of " + ", ".join(RESULT_FILES) + ".")
     raw = {Path(n).stem: io.load_json(folder / n) for n in RESULT_FILES if n.endswith(".json")}
     raw["training_log"] = read_training_log(folder / "training_log.csv")
-    ev = raw["evaluation"]
-    _need(ev, "test_cases", "evaluation.json")
-    _check_grids(ev, "evaluation.json")
-    if "cross_validation" in ev:
-        _need(ev, "cross_validation.folds", "evaluation.json")
-        _check_grids(ev["cross_validation"], "evaluation.json cross_validation")
-    for key in ("cases", "time_s.single", "time_s.tta"):
-        _need(raw["tta"], key, "tta.json")
-    for gain in ("dice_gain", "dice_gain_native"):
-        for stat in ("mean_diff", "lo", "hi", "ci"):
-            _need(raw["tta"], f"{gain}.{stat}", "tta.json")
-    for i, row in enumerate(raw["tta"]["cases"]):
-        for key in ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm"):
-            _need(row, key, f"tta.json cases[{i}]")
-    for key in ("train", "val", "test"):
-        _need(raw["split"], key, "split.json")
+    check_evaluation(raw["evaluation"], "evaluation.json")
+    check_tta(raw["tta"], "tta.json")
+    if not {"train", "val", "test"} <= set(raw["split"]) or "settings" not in raw["train_config"]:
+        raise LungsegInputError(f"{folder}: split.json needs train, val and test, "
+                                "train_config.json its settings.")
     raw["results_dir"] = folder
     return raw
 
 
-def _check_grids(ev: dict, filename: str) -> None:
-    """Raise if a block with ``grid64`` and ``native`` lacks a method, case or summary the
-    report prints (:data:`GRID_METHODS`; Dice and HD95 with mean, SD, median and worst)."""
-    for grid, methods in GRID_METHODS.items():
-        cases = _need(ev, f"{grid}.cases", filename)
-        if not cases:
-            raise LungsegInputError(f"{filename}: {grid}.cases is empty; re-run notebook 05 "
-                                    "with the native scans available.")
-        for case in cases:
-            for m in methods:
-                _need(case, f"{m}.dice", f"{filename} {grid}.cases[{case.get('case_id')}]")
-        for m in methods:
-            for metric in ("dice", "hd95_mm"):
-                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
-                    _need(ev, f"{grid}.summary.{m}.{metric}.{stat}", filename)
-
-
-def _settings(cfg: dict) -> dict:
-    """The run's settings: ``train_config['settings']`` (train.py) or the top level (older)."""
-    return dict(cfg.get("settings", cfg))
-
-
 def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
     """What the Training section states, from ``train_config.json`` and ``training_log.csv``."""
-    settings = _settings(cfg)
+    settings = cfg["settings"]
     best = min(log, key=lambda r: r["val_loss"])  # the checkpoint kept (monitor val_loss)
-    last = log[-1]
-    wall_s = cfg.get("wall_time_s") or (test_metrics.get("training") or {}).get("wall_s_this_session")
-    params = (cfg.get("model") or {}).get("params") or cfg.get("n_params")
-    lr = last.get("learning_rate", last.get("lr"))
-    lr0 = log[0].get("learning_rate", log[0].get("lr"))
+    wall_s = (test_metrics.get("training") or {}).get("wall_s_this_session")
+    params = (cfg.get("model") or {}).get("params")
+    lr, lr0 = log[-1].get("learning_rate"), log[0].get("learning_rate")
     versions = cfg.get("versions") or {}
     return {
-        "profile": cfg.get("profile", settings.get("profile", "?")),
+        "profile": cfg.get("profile", "?"),
         "epochs_run": str(len(log)),
         "epochs_planned": str(settings.get("epochs", "?")),
         "best_epoch": str(best["epoch"] + 1),
         "best_val_dice": fmt_number(best["val_dice"], 3),
-        "best_val_loss": fmt_number(best["val_loss"], 3),
-        "final_train_dice": fmt_number(last.get("dice"), 3),
         "final_lr": _fmt_general(lr) if lr is not None else "n/a",
         "lr_reduced": lr is not None and lr0 is not None and lr < lr0,
         "wall_time_min": fmt_number(wall_s / 60.0, 0) if wall_s else "n/a",
@@ -268,7 +203,9 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
 
 
 def _figure_info(figures_dir: Path) -> dict:
-    """``{name: {"path", "png", "width_in", "aspect", "wide"}}`` for :data:`REPORT_FIGURES`."""
+    """``{name: {"path", "width_in", "aspect", "wide"}}`` for :data:`REPORT_FIGURES`: where
+    Typst finds the PDF, the exported width in inches, width / height, and whether it spans
+    both columns. Raises naming the first figure missing as PNG or PDF."""
     from PIL import Image
 
     info = {}
@@ -288,22 +225,20 @@ def _figure_info(figures_dir: Path) -> dict:
 def report_numbers(results_dir=None, figures_dir=None) -> dict:
     """Everything ``report.typ`` prints, as text (see the module docstring).
 
-    Keys: the result files' stems (``evaluation``, ``tta``, ``split``, ``train_config``,
-    ``test_metrics``) each holding the file with its numbers formatted; ``settings`` (the
-    run's settings, formatted) and ``augment``; ``training`` (from the log);
-    ``grid`` (the model grid of :mod:`config`); ``facts`` (booleans for the prose);
-    ``labels`` (method names); ``figures`` (see :func:`_figure_info`, only if
-    ``figures_dir`` is given); ``results_dir``.
+    Keys: ``evaluation``, ``tta`` and ``split``, each the file with its numbers formatted;
+    ``settings`` (the run's settings, formatted) and ``augment``; ``training`` (from the
+    log and ``test_metrics.json``); ``grid`` (the model grid of :mod:`config`); ``facts``
+    (what the prose hangs on); ``compare`` and ``tta_table``; ``labels`` (method names);
+    ``figures`` (see :func:`_figure_info`, only if ``figures_dir`` is given); ``results_dir``.
     """
     raw = read_results(results_dir)
     cfg, ev, tta = raw["train_config"], raw["evaluation"], raw["tta"]
-    settings = _settings(cfg)
+    settings = cfg["settings"]
     s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
     gain, gain_nat = tta["dice_gain"], tta["dice_gain_native"]
     hu = settings.get("hu_window", config.HU_WINDOW)
     dice = {m: snat[m]["dice"]["mean"] for m in snat}
-    tta_rows = {g: [r for r in tta["cases"] if (r["grid"] == "native") == (g == "native")]
-                for g in ("grid64", "native")}
+    tta_rows = {g: [r for r in tta["cases"] if r["grid"] == g] for g in GRIDS}
     n_tta = min(len(tta_rows["grid64"]), len(tta_rows["native"]))
     numbers = {
         "about": "Generated by lungseg_utils.report from the result files; every number "
@@ -342,8 +277,7 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
         # U-Net against the classical pipeline, post-processing against the U-Net
         "compare": {"grid64": {"baseline": _compare(s64["unet"], s64["baseline"]),
                                "post": _compare(s64["unet_post"], s64["unet"])},
-                    "native": {"baseline": _compare(snat["unet"], snat["baseline"]),
-                               "post": _compare(snat["unet_post"], snat["unet"])}},
+                    "native": {"baseline": _compare(snat["unet"], snat["baseline"])}},
     }
     if "cross_validation" in ev:
         cv = ev["cross_validation"]
@@ -357,7 +291,7 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
         numbers["compare"]["cv"] = {
             "grid64": {"baseline": _compare(c64["unet"], c64["baseline"])},
             "native": {"baseline": _compare(cnat["unet"], cnat["baseline"])}}
-    for stem in ("evaluation", "tta", "split", "train_config", "test_metrics"):
+    for stem in ("evaluation", "tta", "split"):
         numbers[stem] = format_tree(raw[stem])
     if figures_dir is not None:
         numbers["figures"] = _figure_info(Path(figures_dir))
@@ -378,12 +312,9 @@ def _compare(a: dict, b: dict) -> dict:
 def _tta_table(rows: dict) -> list[dict]:
     """One row per case of ``tta.json``: ``{"case_id", "grid64": {...}, "native": {...}}``
     (each grid's row formatted, ``None`` where the case lacks that grid), in file order."""
-    ids = list(dict.fromkeys(r["case_id"] for g in rows for r in rows[g]))
-    def row(grid, cid):
-        return next((format_tree(r) for r in rows[grid] if r["case_id"] == cid), None)
-
-    return [{"case_id": cid, "grid64": row("grid64", cid), "native": row("native", cid)}
-            for cid in ids]
+    ids = dict.fromkeys(r["case_id"] for g in rows for r in rows[g])
+    return [{"case_id": cid, **{g: next((format_tree(r) for r in rows[g] if r["case_id"] == cid),
+                                        None) for g in GRIDS}} for cid in ids]
 
 
 # ----------------------------------------------------------------------------- README
@@ -407,18 +338,15 @@ def results_markdown(results_dir=None) -> str:
                     f"| {_pm(nat['dice'])} | {_pm(nat['hd95_mm'])} |")
     g, gn = tta["dice_gain"], tta["dice_gain_native"]
     worst = ev["native"]["summary"]["unet"]["dice"]
-    test_ids = ", ".join(ev["test_cases"])
     lines = [
-        f"Mean ± SD over the {n['n_cases']['test']} held-out test cases ({test_ids}) of the "
+        f"Mean ± SD over the {n['n_cases']['test']} held-out test cases "
+        f"({', '.join(ev['test_cases'])}) of the "
         f"reference run (profile `{n['training']['profile']}`, {n['training']['epochs_run']} "
         f"epochs). *U-Net* is the inference pipeline, which redraws the network's boundary at "
         f"the scan's resolution (lung below {n['grid']['refine_hu']} HU within one model voxel "
         f"of it); *U-Net, 5 mm edge* is the network's probability carried back and thresholded "
         f"without that step; the resolution ceiling is the reference mask taken to the {cube} "
-        "grid and back.",
-        "",
-        *rows,
-    ]
+        "grid and back.", "", *rows]
     if "cross_validation" in ev:
         cv = ev["cross_validation"]
         c64, cnat = cv["grid64"]["summary"], cv["native"]["summary"]
@@ -431,11 +359,11 @@ def results_markdown(results_dir=None) -> str:
                      f"{s[m]['dice']['worst_case_id']})" if m in s else "—" for s in (c64, cnat)]
             lines.append(f"| {METHOD_LABELS[m]} | {cells[0]} | {cells[1]} |")
     lines += [
-        "",
-        f"Worst U-Net test case (native grid): {worst['worst_case_id']} "
+        "", f"Worst U-Net test case (native grid): {worst['worst_case_id']} "
         f"(Dice {worst['worst_value']}). Test-time augmentation ({n['grid']['tta_flips']} "
-        f"flips, {n['facts']['tta_n_cases']} cases) changed Dice by {g['mean_diff']} on the {cube} grid and {gn['mean_diff']} on the native "
-        f"grid (95% bootstrap CIs {g['lo']} to {g['hi']} and {gn['lo']} to {gn['hi']}"
+        f"flips, {n['facts']['tta_n_cases']} cases) changed Dice by {g['mean_diff']} on the "
+        f"{cube} grid and {gn['mean_diff']} on the native grid (95% bootstrap CIs {g['lo']} to "
+        f"{g['hi']} and {gn['lo']} to {gn['hi']}"
         + ("; with so few cases these intervals say little" if n["facts"]["tta_few_cases"] else "")
         + f"). Generated from `{n['results_dir']}/` by `make report`; details in "
         "[report/report.pdf](report/report.pdf)."]
@@ -446,9 +374,9 @@ def update_readme(readme_path=None, results_dir=None) -> Path:
     """Replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` of
     ``readme_path`` (default README.md) with :func:`results_markdown`; the rest is kept."""
     path = Path(readme_path) if readme_path is not None else README
-    text = path.read_text(encoding="utf-8") if path.is_file() else None
-    if text is None:
+    if not path.is_file():
         raise LungsegInputError(f"{path}: file is missing.")
+    text = path.read_text(encoding="utf-8")
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise LungsegInputError(f"{path}: needs the markers {README_START} and {README_END}, "
@@ -456,31 +384,17 @@ def update_readme(readme_path=None, results_dir=None) -> Path:
     block = results_markdown(results_dir)
     new = text[: start + len(README_START)] + "\n" + block + "\n" + text[end:]
     if new != text:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".md", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-        io.publish(tmp, path)
+        with io.atomic_write(path, overwrite=True) as tmp:
+            tmp.write_text(new, encoding="utf-8")
     return path
 
 
 # ----------------------------------------------------------------------------- the PDF
-def figures_used() -> list[str]:
-    """The names (stems in ``figures/``) of the figures the report shows."""
-    return list(REPORT_FIGURES)
-
-
 def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
-    """Compile ``report/report.typ`` into ``out_pdf`` from a run's result files.
-
-    Parameters
-    ----------
-    results_dir : path, optional
-        The run's folder (default ``results/reference``); see :data:`RESULT_FILES`.
-    figures_dir : path, optional
-        Where the figures of :data:`REPORT_FIGURES` are (default ``config.FIGURES_DIR``).
-    out_pdf : path, optional
-        The PDF to write (default ``report/report.pdf``); ``numbers.json``, the numbers it
-        prints, is written beside it.
+    """Compile ``report/report.typ`` into ``out_pdf`` (default ``report/report.pdf``) from
+    the result files in ``results_dir`` (default ``results/reference``, see
+    :data:`RESULT_FILES`) and the figures of :data:`REPORT_FIGURES` in ``figures_dir``
+    (default ``config.FIGURES_DIR``); ``numbers.json``, the numbers it prints, goes beside it.
 
     The document, its numbers and the figures are staged in a temporary folder that Typst
     uses as its root, so every input may live anywhere. Returns the PDF's path.
@@ -489,15 +403,13 @@ def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
 
     figures_dir = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
     out_pdf = Path(out_pdf) if out_pdf is not None else REPORT_PDF
-    numbers = report_numbers(results_dir, figures_dir)
-    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    numbers = json.dumps(report_numbers(results_dir, figures_dir), indent=1, ensure_ascii=False)
     with tempfile.TemporaryDirectory(prefix="lungseg_report_") as tmp:
         stage = Path(tmp)
         (stage / "report").mkdir()
         (stage / "figures").mkdir()
         shutil.copy(REPORT_TYP, stage / "report" / "report.typ")
-        (stage / "report" / NUMBERS_NAME).write_text(
-            json.dumps(numbers, indent=1, ensure_ascii=False), encoding="utf-8")
+        (stage / "report" / NUMBERS_NAME).write_text(numbers, encoding="utf-8")
         for name in REPORT_FIGURES:
             shutil.copy(figures_dir / f"{name}.pdf", stage / "figures" / f"{name}.pdf")
         try:
@@ -505,11 +417,10 @@ def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
                                 sys_inputs={"numbers": NUMBERS_NAME})
         except typst.TypstError as exc:
             raise LungsegInputError(f"{REPORT_TYP}: Typst could not compile it ({exc}).") from None
-        fd, tmp_pdf = tempfile.mkstemp(prefix=".tmp_", suffix=".pdf", dir=out_pdf.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pdf)
-        io.publish(tmp_pdf, out_pdf)
-        shutil.copy(stage / "report" / NUMBERS_NAME, out_pdf.parent / NUMBERS_NAME)
+    with io.atomic_write(out_pdf, overwrite=True) as tmp_pdf:
+        tmp_pdf.write_bytes(pdf)
+    with io.atomic_write(out_pdf.parent / NUMBERS_NAME, overwrite=True) as tmp_json:
+        tmp_json.write_text(numbers, encoding="utf-8")
     return out_pdf
 
 

@@ -22,7 +22,6 @@ import contextlib
 import csv
 import datetime as _dt
 import os
-import platform
 import shutil
 import sys
 import time
@@ -36,33 +35,14 @@ from .config import import_keras_quietly
 from .errors import LungsegInputError, LungsegWarning
 
 keras = import_keras_quietly()
-
+# The modules below use Keras: imported after it, quietly.
 from . import dataset, synthetic, unet  # noqa: E402
-from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401  (after Keras is imported quietly)
+from .callbacks import SeedStateBackup, WallClockBudget, cosine_schedule  # noqa: E402
+from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401
 from .metrics import dice, iou  # noqa: E402
 
 BACKUP_DIR = "backup"
 LOG_NAME = "training_log.csv"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def package_versions() -> dict:
-    """Versions of Python and the packages a run depends on."""
-    import nibabel
-    import scipy
-
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "scipy": scipy.__version__, "nibabel": nibabel.__version__,
-                "keras": keras.__version__, "keras_backend": keras.backend.backend()}
-    try:
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    except ImportError:
-        versions["tensorflow"] = None
-    return versions
 
 
 def _set_determinism(enabled: bool) -> bool:
@@ -76,9 +56,7 @@ def _set_determinism(enabled: bool) -> bool:
 
 
 def _verbose(verbose):
-    if verbose is None or verbose == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return int(verbose)
+    return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose)
 
 
 def _resume_state(run_dir: Path) -> tuple[int, float | None]:
@@ -134,44 +112,6 @@ def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float 
             "mean_iou": mean("iou"), "n_cases": len(rows)}
 
 
-class _SeedStateBackup(keras.callbacks.Callback):
-    """Back up the random-number state of the Dropout layers beside BackupAndRestore's files.
-
-    Keras does not save a ``SeedGenerator``'s state with the weights, so without this a
-    resumed run would replay the dropout masks of its first epochs. Must come before
-    ``BackupAndRestore`` in the callback list: the state is tagged with its epoch and only
-    restored if that matches the epoch of the restored weights.
-    """
-
-    def __init__(self, backup_dir: Path):
-        super().__init__()
-        self.path = Path(backup_dir) / "seed_states.npz"
-        self.meta = Path(backup_dir) / "training_metadata.json"
-
-    def _generators(self):
-        return [layer.seed_generator for layer in self.model.layers
-                if getattr(layer, "seed_generator", None) is not None]
-
-    def on_train_begin(self, logs=None):
-        if not (self.path.exists() and self.meta.exists()):
-            return
-        saved = np.load(self.path)
-        generators = self._generators()
-        if int(saved["epoch"]) == int(io.load_json(self.meta)["epoch"]) and \
-                len(generators) == len(saved.files) - 1:
-            for i, sg in enumerate(generators):
-                sg.state.assign(saved[f"s{i}"])
-        else:
-            warnings.warn(f"{self.path}: dropout state does not match the backup; not restored.",
-                          LungsegWarning, stacklevel=2)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(self._generators())}
-        with io.atomic_write(self.path, overwrite=True) as tmp:
-            np.savez(tmp, epoch=epoch + 1, **states)
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -204,7 +144,7 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, command, override
         "run_dir": _portable(run_dir), "data_dir": _portable(data_dir),
         "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
         "augment": {k: settings[k] for k in config.AUGMENT_DEFAULTS},
-        "versions": package_versions(), "split": split,
+        "versions": config.package_versions(), "split": split,
         "input_files": {f"{cid}/{name}": io.file_sha256(folders[cid] / name)
                         for cid in used for name in (io.CT_NAME, io.MASK_NAME)},
         "command": command,
@@ -236,6 +176,47 @@ def _resumed_run(run_dir, data_dir, profile, split, overrides):
                           LungsegWarning, stacklevel=3)
     return run_dir, settings, io.load_json(run_dir / "split.json"), folders, cfg
 
+
+
+def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
+                n_steps: int = 3) -> dict:
+    """Time a few training steps on this machine and plan the run's epochs.
+
+    A throwaway model with the run's settings takes one step (which traces the graph) and
+    then ``n_steps`` timed steps on the run's own first batches; the real model is not
+    touched. An epoch is estimated as its steps, the validation cases (a forward pass, about
+    a third of a step each) and 0.6 s of bookkeeping. Without ``settings["budget_min"]`` the
+    profile's epochs stand; with it, as many epochs as fit in the budget (less the time
+    already spent, ``elapsed_s``, the real model's tracing, as long as the probe's, and a
+    reserve for saving and scoring), at least one.
+
+    Returns ``{"step_s", "epoch_s", "epochs_profile", "epochs", "budget_min", "reserve_s",
+    "message"}`` (seconds; the message says what the profile costs on this machine).
+    """
+    probe = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
+                               settings["learning_rate"])
+    times = []
+    for i in range(n_steps + 1):
+        x, y = train_ds[i]
+        t0 = time.perf_counter()
+        probe.train_on_batch(x, y)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:]))
+    epoch_s = len(train_ds) * step_s + n_val * step_s / 3.0 + 0.6
+    wanted, budget = int(settings["epochs"]), settings.get("budget_min")
+    reserve_s = 15.0 + 2.0 * step_s
+    epochs = wanted
+    if budget:
+        trace_s = max(times[0] - step_s, 0.0)
+        epochs = int((60.0 * float(budget) - elapsed_s - trace_s - reserve_s) // epoch_s)
+        epochs = max(1, min(wanted, epochs))
+    message = (f"This machine: {step_s:.2f} s a training step (batch {train_ds.batch_size}), "
+               f"about {epoch_s:.1f} s an epoch; the profile's {wanted} epochs take about "
+               f"{wanted * epoch_s / 60.0:.0f} min.")
+    if budget:
+        message += f" Budget {float(budget):g} min: {epochs} epochs planned."
+    return {"step_s": step_s, "epoch_s": epoch_s, "epochs_profile": wanted, "epochs": epochs,
+            "budget_min": budget, "reserve_s": reserve_s, "message": message}
 
 
 def _strip_optimizer(path: Path) -> None:
@@ -306,14 +287,6 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
                                        settings["learning_rate"])
-        if resume is None:
-            cfg["model"] = {"name": model.name, "params": int(model.count_params()),
-                            "forward_flops": unet.count_flops(model)}
-            cfg["distribution"] = {
-                "strategy": type(strategy).__name__ if strategy is not None else None,
-                "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}
-            io.save_json(cfg, run_dir / "train_config.json")
-
         batch = int(settings["batch_size"])
         common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
         train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
@@ -324,9 +297,31 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
                                        len(split["val"]))
         val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                      seed=seed, augment=False, **val_batches)
+        if resume is None:
+            if settings.get("budget_min") or _verbose(verbose):
+                cfg["plan"] = plan_epochs(settings, train_ds, len(split["val"]),
+                                          time.perf_counter() - t_start)
+                settings["epochs"] = cfg["settings"]["epochs"] = cfg["plan"]["epochs"]
+                print(cfg["plan"]["message"])
+            cfg["model"] = {"name": model.name, "params": int(model.count_params()),
+                            "forward_flops": unet.count_flops(model)}
+            cfg["distribution"] = {
+                "strategy": type(strategy).__name__ if strategy is not None else None,
+                "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}
+            io.save_json(cfg, run_dir / "train_config.json")
+        budget = None
+        if resume is None and settings.get("budget_min"):
+            budget = WallClockBudget(t_start + 60.0 * float(settings["budget_min"]),
+                                     cfg["plan"]["reserve_s"], cfg["plan"]["epoch_s"])
+        if settings.get("lr_schedule") == "cosine":
+            lr_callback = keras.callbacks.LearningRateScheduler(
+                cosine_schedule(settings["learning_rate"], settings["epochs"]))
+        else:
+            lr_callback = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, min_lr=1e-6,
+                patience=int(settings["reduce_lr_patience"]))
         run_callbacks = [
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, min_lr=1e-6,
-                                              patience=int(settings["reduce_lr_patience"])),
+            lr_callback,
             keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
                                             save_best_only=True,
                                             initial_value_threshold=best_val_loss),
@@ -335,9 +330,10 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             keras.callbacks.CSVLogger(run_dir / LOG_NAME, append=True),
             # Last of the run's own: once it records an epoch, the epoch's log row and
             # checkpoint are on disk.
-            _SeedStateBackup(run_dir / BACKUP_DIR),
+            SeedStateBackup(run_dir / BACKUP_DIR),
             keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, double_checkpoint=True,
                                              delete_checkpoint=False),
+            *([budget] if budget else []),
             *(callbacks or []),
         ]
         try:
@@ -357,7 +353,9 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
                                  settings.get("hu_window", config.HU_WINDOW))
         metrics["model"] = best_path.name if best_path.exists() else "final_model.keras"
         metrics["training"] = {"wall_s_this_session": round(time.perf_counter() - t_start, 1),
-                               "resumed_at_epoch": initial_epoch if resume else None}
+                               "resumed_at_epoch": initial_epoch if resume else None,
+                               "epochs_planned": int(settings["epochs"]),
+                               "stopped_by_budget_after_epoch": budget and budget.stopped_epoch}
         io.save_json(metrics, run_dir / "test_metrics.json", overwrite=True)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     finally:
@@ -402,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="up-sample with Conv3DTranspose instead of UpSampling3D + 1x1 conv")
     p.add_argument("--loss", choices=["dice", "hybrid"],
                    help="soft Dice, or 0.5 Dice + 0.5 binary cross-entropy")
+    p.add_argument("--budget_min", type=float,
+                   help="wall-clock budget in minutes: time a few steps, plan the epochs that fit, "
+                        "stop gracefully before the budget ends")
+    p.add_argument("--lr_schedule", choices=["plateau", "cosine"],
+                   help="halve the rate on a val_loss plateau, or a cosine decay over the "
+                        "planned epochs")
     p.add_argument("--mixed_precision", action="store_true", default=None,
                    help="compute in bfloat16 (mixed_bfloat16 policy; AMX on recent Xeons)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
