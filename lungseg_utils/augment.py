@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import AUGMENT_DEFAULTS, MODEL_SPACING_MM
+from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SPACING_MM
 from .errors import LungsegInputError
+
 
 def _check_pair(ct, mask):
     ct = np.asarray(ct, dtype=np.float32)
@@ -115,11 +116,78 @@ def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
     return out_ct, out_mask
 
 
+def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1):
+    """Rotate about each axis by up to ``max_rot_deg`` and scale by 1 ± ``max_scale``, about
+    the volume's centre (different scanners, patient positions and body sizes).
+
+    CT: trilinear, air (0.0) outside; mask: trilinear then >= 0.5. Returns (ct, mask).
+    """
+    ct, mask = _check_pair(ct, mask)
+    angles = np.deg2rad(rng.uniform(-max_rot_deg, max_rot_deg, size=3))
+    scale = rng.uniform(1.0 - max_scale, 1.0 + max_scale)
+    matrix = np.eye(3)
+    for axis, a in enumerate(angles):
+        i, j = [k for k in range(3) if k != axis]
+        r = np.eye(3)
+        r[i, i] = r[j, j] = np.cos(a)
+        r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+        matrix = matrix @ r
+    matrix /= scale                                   # output voxel -> input voxel
+    centre = (np.array(ct.shape) - 1) / 2.0
+    offset = centre - matrix @ centre
+    warp = lambda v: ndi.affine_transform(v, matrix, offset, order=1, mode="constant",  # noqa: E731
+                                          cval=0.0, prefilter=False)
+    return warp(ct).astype(np.float32), (warp(mask.astype(np.float32)) >= 0.5).astype(mask.dtype)
+
+
+def random_intensity(ct, rng, hu_offset: float = 50.0, hu_scale: float = 0.1,
+                     gamma: float = 0.2, hu_window=HU_WINDOW):
+    """Another scanner's calibration: HU' = s * HU + o (s in 1 ± ``hu_scale``, o in
+    ± ``hu_offset``), then a gamma in [1 / (1 + ``gamma``), 1 + ``gamma``] on the [0, 1] CT."""
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    hu = np.asarray(ct, np.float32) * (hi - lo) + lo
+    hu = hu * rng.uniform(1.0 - hu_scale, 1.0 + hu_scale) + rng.uniform(-hu_offset, hu_offset)
+    x = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
+    g = np.exp(rng.uniform(-np.log1p(gamma), np.log1p(gamma)))
+    return (x ** g).astype(np.float32)
+
+
+def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3):
+    """A softer reconstruction kernel (Gaussian blur, sigma up to ``max_sigma_vox`` along
+    each axis) and, half the time, thicker slices (a box average of 2..``max_thick`` voxels
+    along the head-foot axis 2)."""
+    ct = np.asarray(ct, np.float32)
+    out = ndi.gaussian_filter(ct, rng.uniform(0.0, max_sigma_vox, size=3), mode="nearest")
+    if max_thick >= 2 and rng.random() < 0.5:
+        out = ndi.uniform_filter1d(out, int(rng.integers(2, max_thick + 1)), axis=2,
+                                   mode="nearest")
+    return out.astype(np.float32)
+
+
+def random_z_crop(ct, mask, rng, max_margin_vox: int = 4):
+    """A scan framed tightly around the lungs: everything more than 0..``max_margin_vox``
+    voxels above the lungs' top or below their base (axis 2) becomes air, as in a scan whose
+    field of view ends there. Returns (ct, mask)."""
+    ct, mask = _check_pair(ct, mask)
+    zs = np.flatnonzero(np.asarray(mask).any(axis=(0, 1)))
+    if zs.size == 0:
+        return ct, mask
+    lo = max(zs[0] - int(rng.integers(0, max_margin_vox + 1)), 0)
+    hi = zs[-1] + 1 + int(rng.integers(0, max_margin_vox + 1))
+    ct, mask = ct.copy(), mask.copy()
+    ct[:, :, :lo], ct[:, :, hi:] = 0.0, 0.0
+    mask[:, :, :lo], mask[:, :, hi:] = 0, 0
+    return ct, mask
+
+
 def augment_pair(x, y, rng, settings: dict | None = None):
     """Apply the same random transform to CT ``x`` and mask ``y``.
 
-    Order: elastic (``p_elastic``), shift (``p_shift``), flips (``p_flip``), rot90
-    (``p_rot90``), then intensity jitter on the CT only (``p_jitter``). ``settings``
+    Order: elastic (``p_elastic``), rotation and scaling (``p_affine``), shift (``p_shift``),
+    tight z-crop (``p_zcrop``), flips (``p_flip``), rot90 (``p_rot90``), then on the CT only
+    calibration (``p_intensity``), blur and thick slices (``p_blur``) and noise
+    (``p_jitter``). A transform whose probability is 0 draws no random number, so the
+    original project's settings give the same samples as before these were added. ``settings``
     overrides :data:`lungseg_utils.config.AUGMENT_DEFAULTS` (extra keys are ignored, so a
     whole profile can be passed). x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's dtype), same shapes.
     """
@@ -129,12 +197,21 @@ def augment_pair(x, y, rng, settings: dict | None = None):
     channel = x.ndim == 4
     if channel:
         x, y = x[..., 0], y[..., 0]
+    drawn = lambda key: s[key] > 0 and rng.random() < s[key]  # noqa: E731
     if rng.random() < s["p_elastic"]:
         x, y = elastic_deform(x, y, rng, s["elastic_sigma_mm"], s["elastic_smooth_mm"],
                               MODEL_SPACING_MM)
+    if drawn("p_affine"):
+        x, y = random_affine(x, y, rng, s["max_rot_deg"], s["max_scale"])
     x, y = random_shift(x, y, rng, int(s["max_shift_vox"]), p=s["p_shift"])
+    if drawn("p_zcrop"):
+        x, y = random_z_crop(x, y, rng, int(s["zcrop_margin_vox"]))
     x, y = random_flip(x, y, rng, s["p_flip"])
     x, y = random_rot90(x, y, rng, s["p_rot90"])
+    if drawn("p_intensity"):
+        x = random_intensity(x, rng, s["hu_offset"], s["hu_scale"], s["gamma"])
+    if drawn("p_blur"):
+        x = random_blur(x, rng, s["max_blur_vox"], int(s["max_thick"]))
     x = intensity_jitter(x, rng, s["p_jitter"], s["jitter_sigma"])
     if channel:
         x, y = x[..., None], y[..., None]

@@ -69,6 +69,11 @@ _COMMON = dict(
     p_elastic=0.3,
     elastic_sigma_mm=3.0,
     elastic_smooth_mm=40.0,
+    # Shifts of real scans (all off in the original's settings; see augment.augment_pair):
+    p_affine=0.0, max_rot_deg=10.0, max_scale=0.1,
+    p_zcrop=0.0, zcrop_margin_vox=4,
+    p_intensity=0.0, hu_offset=50.0, hu_scale=0.1, gamma=0.2,
+    p_blur=0.0, max_blur_vox=1.0, max_thick=3,
     mixed_precision=False,
     samples_per_epoch=None,
     workers=1,
@@ -82,7 +87,9 @@ _COMMON = dict(
 #: The augmentation settings (read by :func:`lungseg_utils.augment.augment_pair`).
 AUGMENT_DEFAULTS = {k: _COMMON[k] for k in (
     "p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox", "p_elastic",
-    "elastic_sigma_mm", "elastic_smooth_mm")}
+    "elastic_sigma_mm", "elastic_smooth_mm", "p_affine", "max_rot_deg", "max_scale", "p_zcrop",
+    "zcrop_margin_vox", "p_intensity", "hu_offset", "hu_scale", "gamma", "p_blur",
+    "max_blur_vox", "max_thick")}
 
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
