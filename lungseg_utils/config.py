@@ -10,6 +10,10 @@ A *profile* is a named set of training and evaluation settings:
     the quick settings within a wall-clock budget (``budget_min``, 20 minutes): the train
     command times a few steps first and plans as many epochs as fit, with a cosine
     learning-rate schedule over them.
+``ensemble``
+    one member of the reference ensemble: a narrower network (base 12, depth 3: 0.76 M
+    parameters, about half the reference's FLOPs), augmentation along the axes real scans
+    differ, a cosine schedule and the last weights (validation only logged).
 ``full``
     the original student project's settings (150 epochs, base 16), meant for a GPU.
 
@@ -80,6 +84,7 @@ _COMMON = dict(
     reduce_lr_patience=10,
     early_stop_patience=30,
     lr_schedule="plateau",   # or "cosine": decays to 1 % at the planned last epoch
+    checkpoint="best",       # best_model.keras: lowest val_loss, or "last": the final weights
     budget_min=None,         # wall-clock budget of a run; the epochs are planned to fit it
     max_cases=None,
 )
@@ -98,6 +103,10 @@ PROFILES: dict[str, dict] = {
               "samples_per_epoch": 12},
     "budget": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
                "samples_per_epoch": 12, "lr_schedule": "cosine", "budget_min": 20.0},
+    "ensemble": {**_COMMON, "base_filters": 12, "depth": 3, "epochs": 100, "batch_size": 2,
+                 "samples_per_epoch": 12, "lr_schedule": "cosine", "checkpoint": "last",
+                 "max_shift_vox": 6, "p_affine": 0.3, "p_zcrop": 0.2, "p_intensity": 0.5,
+                 "p_blur": 0.3},
     "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }

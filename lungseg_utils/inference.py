@@ -17,6 +17,7 @@ import argparse
 import itertools
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ from .errors import LungsegInputError
 #: The 8 flip combinations of the three axes (the first is the identity).
 FLIPS = [tuple(a for a, f in zip(range(3), bits) if f) for bits in itertools.product((0, 1), repeat=3)]
 MODEL_FILE = "best_model.keras"
+MANIFEST = "manifest.json"
 
 
 def resolve_model_path(path=None) -> Path:
-    """A ``.keras`` file, or a run folder holding ``best_model.keras``; default: the reference."""
+    """The model to use: a ``.keras`` file, an ensemble folder (holding ``manifest.json``),
+    or a run folder holding ``best_model.keras``; default: the reference (results/reference)."""
     path = Path(path) if path else config.REFERENCE_DIR
-    if path.is_dir():
+    if path.is_dir() and not (path / MANIFEST).exists():
         path = path / MODEL_FILE
     if not path.exists():
         raise LungsegInputError(f"{path}: model file is missing (train one with "
@@ -40,43 +43,74 @@ def resolve_model_path(path=None) -> Path:
     return path
 
 
-def load_model(path=None):
-    """Load a trained U-Net (``.keras``) with ``safe_mode=True``; default: the reference model."""
+@dataclass
+class Ensemble:
+    """Members of an ensemble and its manifest (``folder/manifest.json``: ``members``, a list
+    of ``{"file", "fold", "train", "test", "sha256"}``, plus the settings they share)."""
+
+    members: list
+    manifest: dict
+    folder: Path
+
+    def __len__(self):
+        return len(self.members)
+
+
+def _load_keras(path: Path):
     keras = config.import_keras_quietly()
     from . import unet  # noqa: F401  (registers the losses and metrics)
 
-    path = resolve_model_path(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise LungsegInputError(f"{path}: could not be loaded as a Keras model ({exc}).") from None
 
 
+def load_model(path=None):
+    """Load the model: one ``.keras`` file (a Keras model) or an ensemble folder (an
+    :class:`Ensemble`, its members loaded in the manifest's order); default: the reference."""
+    path = resolve_model_path(path)
+    if path.is_dir():
+        manifest = io.load_json(path / MANIFEST)
+        files = [path / m["file"] for m in manifest.get("members", [])]
+        if not files:
+            raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
+        return Ensemble([_load_keras(resolve_model_path(f)) for f in files], manifest, path)
+    return _load_keras(path)
+
+
 def compiled_forward(model):
     """A fast forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> ndarray``.
 
-    ``model.predict`` sets up a data pipeline on every call (0.67 s for one volume here); a
-    direct call under the backend's compiler takes half that (0.31 s). Falls back to
-    ``predict_on_batch`` on backends without a known compiler.
+    ``model``: a Keras model or an :class:`Ensemble`, whose members' probabilities are
+    averaged in the same compiled graph. ``model.predict`` sets up a data pipeline on every
+    call (0.67 s for one volume here); a direct call under the backend's compiler takes
+    half that (0.31 s). Falls back to ``predict_on_batch`` on other backends.
     """
     keras = config.import_keras_quietly()
+    models = model.members if isinstance(model, Ensemble) else [model]
+    mean = lambda x: keras.ops.mean(keras.ops.stack(  # noqa: E731
+        [m(x, training=False) for m in models]), axis=0)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True, jit_compile=False)
+        fn = tf.function(mean, reduce_retracing=True, jit_compile=False)
         return lambda x: np.asarray(fn(np.asarray(x, np.float32)))
     if backend == "jax":
         import jax
 
-        state = (model.trainable_variables, model.non_trainable_variables)
+        states = [(m.trainable_variables, m.non_trainable_variables) for m in models]
 
         @jax.jit
-        def fn(tv, ntv, x):
-            return model.stateless_call(tv, ntv, x, training=False)[0]
+        def fn(states, x):
+            outs = [m.stateless_call(tv, ntv, x, training=False)[0]
+                    for m, (tv, ntv) in zip(models, states)]
+            return sum(outs) / len(outs)
 
-        return lambda x: np.asarray(fn(*state, np.asarray(x, np.float32)))
-    return lambda x: np.asarray(model.predict_on_batch(np.asarray(x, np.float32)))
+        return lambda x: np.asarray(fn(states, np.asarray(x, np.float32)))
+    return lambda x: np.mean([np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))
+                              for m in models], axis=0)
 
 
 def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int = 8):
@@ -209,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the input's shape and affine.",
         epilog="Exit status: 0 all scans done; 1 some scans of a folder failed; 2 bad input.")
     p.add_argument("--model", default=None,
-                   help="a .keras file or a run folder holding best_model.keras "
-                        "(default: results/reference/best_model.keras)")
+                   help="a .keras file, an ensemble folder (with manifest.json) or a run folder "
+                        "holding best_model.keras (default: results/reference)")
     p.add_argument("--input", required=True,
                    help="a CT file (.nii/.nii.gz), a patient folder holding ct.nii.gz, or a "
                         "folder of patient folders")

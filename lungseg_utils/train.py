@@ -320,13 +320,15 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             lr_callback = keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, min_lr=1e-6,
                 patience=int(settings["reduce_lr_patience"]))
+        by_val = settings.get("checkpoint", "best") == "best"
         run_callbacks = [
             lr_callback,
-            keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
-                                            save_best_only=True,
-                                            initial_value_threshold=best_val_loss),
-            keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=False,
-                                          patience=int(settings["early_stop_patience"])),
+            *([keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
+                                               save_best_only=True,
+                                               initial_value_threshold=best_val_loss),
+               keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=False,
+                                             patience=int(settings["early_stop_patience"]))]
+              if by_val else []),
             keras.callbacks.CSVLogger(run_dir / LOG_NAME, append=True),
             # Last of the run's own: once it records an epoch, the epoch's log row and
             # checkpoint are on disk.
@@ -344,8 +346,12 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             print(f"\nTraining stopped early; continue it with:\n  python -m lungseg_utils.train "
                   f"--resume {run_dir}", file=sys.stderr)
             raise
-        model.save(run_dir / "final_model.keras")
+        with io.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
+            model.save(tmp)
         best_path = run_dir / "best_model.keras"
+        if not by_val:                  # checkpoint "last": the final weights are the model
+            with io.atomic_write(best_path, overwrite=True) as tmp:
+                shutil.copyfile(run_dir / "final_model.keras", tmp)
         for path in (best_path, run_dir / "final_model.keras"):
             _strip_optimizer(path)
         scored = keras.saving.load_model(best_path) if best_path.exists() else model
@@ -406,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr_schedule", choices=["plateau", "cosine"],
                    help="halve the rate on a val_loss plateau, or a cosine decay over the "
                         "planned epochs")
+    p.add_argument("--checkpoint", choices=["best", "last"],
+                   help="best_model.keras: the epoch with the lowest val_loss (with early "
+                        "stopping), or the last epoch's weights (validation only logged)")
     p.add_argument("--mixed_precision", action="store_true", default=None,
                    help="compute in bfloat16 (mixed_bfloat16 policy; AMX on recent Xeons)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
