@@ -17,7 +17,9 @@ One job per module, in the order the data flows; imports only go down this list:
 ``distribute``   the ``tf.distribute`` strategy training runs under
 ``train``        ``train()``, resume, ``python -m lungseg_utils.train``
 ``inference``    load, forward, predict, refine, TTA, ``python -m lungseg_utils.inference``
-``experiments``  method comparison, cross-validation, out of fold; writes the result JSONs
+``experiments``  method comparison, out-of-fold scoring; builds and checks the result JSONs
+``ensemble``     cross-validation: K fold members, their manifest, publishing the reference
+``robustness``   the robustness suite: controlled shifts of the scans, scored out of fold
 ``viz``          figure style and export, static slice figures
 ``viewer``       the interactive slice viewer
 ``report``       the PDF report and README results, read from the result files

@@ -9,21 +9,18 @@ schema, in one place, which :mod:`lungseg_utils.report` relies on when it reads 
 The two grids every result is given on are named by :data:`GRIDS`: ``grid64`` (the 64^3
 model grid, shown as "64³") and ``native`` (the scan's own grid).
 
-Command line: ``python -m lungseg_utils.experiments cv --k 3 [--publish results/reference/cv]``
-runs k-fold cross-validation of one training configuration.
+Training the folds themselves (cross-validation, the reference ensemble) is
+:mod:`lungseg_utils.ensemble`.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import anatomy, config, geometry, inference, io, metrics, synthetic
+from . import anatomy, config, geometry, inference, io, metrics
 from .errors import LungsegInputError
 
 #: The grids results are given on: key in the result files -> label in tables and figures.
@@ -300,119 +297,3 @@ def check_tta(tta: dict, where: str = "tta.json") -> dict:
             raise LungsegInputError(f"{where} cases[{i}]: grid {row['grid']!r} is not one of "
                                     f"{', '.join(GRIDS)}.")
     return tta
-
-
-def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
-                include_final: bool = True) -> Path:
-    """Copy a finished run's artifacts to ``results/reference/`` (the default model).
-
-    Refuses to replace an existing reference unless ``overwrite``. Records where the
-    reference came from in ``provenance.json``. ``include_final=False`` leaves out
-    ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
-    reference folder.
-    """
-    from . import train  # imports Keras: only here and in cross_validate
-
-    run_dir = Path(run_dir)
-    reference_dir = Path(reference_dir or config.REFERENCE_DIR)
-    missing = [a for a in train.RUN_ARTIFACTS if not (run_dir / a).exists()]
-    if missing:
-        raise LungsegInputError(f"{run_dir}: not a finished run (missing {', '.join(missing)}).")
-    if (reference_dir / "best_model.keras").exists() and not overwrite:
-        raise LungsegInputError(f"{reference_dir}: a reference model exists; pass "
-                                "overwrite=True to replace it.")
-    reference_dir.mkdir(parents=True, exist_ok=True)
-    for name in train.RUN_ARTIFACTS:
-        if include_final or name != "final_model.keras":
-            with io.atomic_write(reference_dir / name, overwrite=True) as tmp:
-                shutil.copyfile(run_dir / name, tmp)
-    io.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
-                 overwrite=True)
-    return reference_dir
-
-
-def cross_validate(k: int = 3, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, publish_dir=None, **overrides) -> dict:
-    """k-fold cross-validation of one configuration: an honest estimate on every case.
-
-    The cases are split into ``k`` seeded folds; fold i is the test part of run i, one
-    seeded case of the rest is its validation case, the others train. Each run is a normal
-    run folder under ``out_dir/fold_i/`` (default ``results/cv/``). Every case is then
-    predicted by the one model that never saw it and scored with
-    :func:`lungseg_utils.metrics.evaluate_masks` on the 64^3 grid.
-
-    Returns (and writes to ``out_dir/cross_validation.json``) ``{"folds", "profile",
-    "settings", "cases": [{"case_id", "fold", metrics...}], "summary": {metric: summary}}``.
-    With ``publish_dir`` (e.g. ``results/reference/cv``), each fold's artifacts are also
-    copied to ``publish_dir/fold_i/`` (:func:`promote_run`) with the JSON beside them.
-    """
-    from . import train
-
-    data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
-    out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
-    ids = [p.name for p in io.discover_cases(data_dir)]
-    if not 2 <= k <= len(ids) // 2:
-        raise LungsegInputError(f"cross_validate: k={k} needs 2 <= k <= {len(ids) // 2} for {len(ids)} cases.")
-    rng = np.random.default_rng(seed)
-    order = [ids[i] for i in rng.permutation(len(ids))]
-    folds = [sorted(order[i::k]) for i in range(k)]
-    rows, settings = [], None
-    for i, test in enumerate(folds):
-        rest = [c for c in ids if c not in test]
-        val = [rest[int(rng.integers(len(rest)))]]
-        split = {"seed": seed, "train": [c for c in rest if c not in val], "val": val, "test": test}
-        run_dir = train.train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile, split=split,
-                        verbose=verbose, **overrides)
-        settings = io.load_json(run_dir / "train_config.json")["settings"]
-        if publish_dir:
-            promote_run(run_dir, Path(publish_dir) / f"fold_{i}", overwrite=True,
-                        include_final=False)
-        forward = inference.compiled_forward(inference.load_model(run_dir / "best_model.keras"))
-        for cid in test:
-            case = io.load_case(data_dir / cid)
-            res = inference.predict_volume(forward, case.ct_hu, case.affine)
-            rows.append({"case_id": cid, "fold": i, "run": run_dir.name,
-                         **metrics.evaluate_masks(res["mask"], case.mask, case.spacing_mm)})
-    rows.sort(key=lambda r: r["case_id"])
-    result = {"folds": k, "profile": settings and settings.get("profile"), "settings": settings,
-              "cases": rows,
-              "summary": {m: metrics.summarise(rows, m) for m in METRICS}}
-    io.save_json(result, out_root / "cross_validation.json", overwrite=True)
-    if publish_dir:
-        io.save_json(result, Path(publish_dir) / "cross_validation.json", overwrite=True)
-    return result
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lungseg_utils.experiments",
-                                description="Experiments on the lungseg data.")
-    sub = p.add_subparsers(dest="command", required=True)
-    cv = sub.add_parser("cv", help="k-fold cross-validation of one training configuration "
-                                   "(each case scored by the fold model that never saw it)")
-    cv.add_argument("--k", type=int, default=3, help="number of folds (default 3)")
-    cv.add_argument("--profile", choices=sorted(config.PROFILES),
-                    help="training settings (default: $LUNGSEG_PROFILE or quick)")
-    cv.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz")
-    cv.add_argument("--out_dir", help="where the fold runs go (default results/cv)")
-    cv.add_argument("--publish", metavar="DIR",
-                    help="also copy each fold's artifacts to DIR/fold_i (e.g. results/reference/cv)")
-    cv.add_argument("--seed", type=int, default=42, help="seed of the fold assignment")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
-                                seed=args.seed, publish_dir=args.publish)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    s = result["summary"]["dice"]
-    print(f"{args.k}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
-          f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -100,15 +100,17 @@ def compiled_forward(model):
     if backend == "jax":
         import jax
 
-        states = [(m.trainable_variables, m.non_trainable_variables) for m in models]
-
         @jax.jit
         def fn(states, x):
             outs = [m.stateless_call(tv, ntv, x, training=False)[0]
                     for m, (tv, ntv) in zip(models, states)]
             return sum(outs) / len(outs)
 
-        return lambda x: np.asarray(fn(states, np.asarray(x, np.float32)))
+        def states():                  # the variables' current arrays, read at call time
+            return [([v.value for v in m.trainable_variables],
+                     [v.value for v in m.non_trainable_variables]) for m in models]
+
+        return lambda x: np.asarray(fn(states(), np.asarray(x, np.float32)))
     return lambda x: np.mean([np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))
                               for m in models], axis=0)
 
@@ -176,20 +178,21 @@ def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band:
 
 def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = False,
                    threshold: float = 0.5, postprocess: bool = False, refine: bool = True,
-                   hu_window=config.HU_WINDOW) -> dict:
+                   hu_window=config.HU_WINDOW, centre_mm=None) -> dict:
     """Segment the lungs of one CT on its own grid.
 
     With ``refine`` (default) and an input finer than the model grid, the boundary is
     redrawn at the input's resolution by :func:`refine_boundary`; a 64^3, 5 mm input is left
     as the network drew it. ``postprocess`` keeps the one or two largest components and
-    fills holes (:func:`lungseg_utils.anatomy.postprocess_lungs`).
+    fills holes (:func:`lungseg_utils.anatomy.postprocess_lungs`). ``centre_mm`` places the
+    model cube at that world point instead of the lungs' centre estimated from the image.
 
     Returns a dict: ``prob`` float32 (input shape) the lung probability, ``mask`` uint8 (input
     shape), ``mask_network`` uint8 the thresholded probability before refinement,
     ``prob64`` and ``std64`` float32 (64, 64, 64) on the model grid, ``ct64`` the model-grid
     CT in HU, ``grid`` the :class:`~lungseg_utils.geometry.ModelGrid`.
     """
-    ct64, grid = geometry.to_model_grid(ct_hu, affine)
+    ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
     prob64, std64 = predict_prob64(forward, x64, tta=tta)
     prob = geometry.from_model_grid(prob64, grid)

@@ -24,10 +24,10 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, io, viz
+from lungseg_utils import config, io, synthetic, viewer, viz
 
 viz.apply_style()
-data_dir = config.resolve_data_dir()
+data_dir = synthetic.resolve_data_dir()
 cases = io.load_cases(data_dir)
 
 # %% [markdown]
@@ -124,9 +124,7 @@ plt.show()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viewer = viz.SliceViewer(cases[0].ct_hu, cases[0].affine, mask=cases[0].mask,
-                         title=cases[0].case_id)
-viewer
+viewer.SliceViewer(cases[0].ct_hu, cases[0].affine, mask=cases[0].mask, title=cases[0].case_id)
 
 # %% [markdown]
 # **What we learned.** Nine scans on one 5 mm grid in L-P-S order; HU values from -1000 to

@@ -17,10 +17,10 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, evaluate, geometry, io, preprocess, viz
+from lungseg_utils import config, geometry, io, metrics, preprocess, synthetic, viz
 
 viz.apply_style()
-cases = io.load_cases(config.resolve_data_dir())
+cases = io.load_cases(synthetic.resolve_data_dir())
 case = cases[0]
 
 # %% [markdown]
@@ -81,9 +81,9 @@ for folder in io.discover_cases(native_dir) if native_dir else []:
     idx = np.argwhere(nat.mask)
     label_centre = (nat.affine @ np.r_[(idx.min(0) + idx.max(0)) / 2, 1])[:3]
     rows.append({"case_id": nat.case_id, "shape": nat.shape,
-                 "dice": evaluate.dice(back, nat.mask),
+                 "dice": metrics.dice(back, nat.mask),
                  "volume_error_pct": 100 * (back.sum() / nat.mask.sum() - 1),
-                 "dice_binarised_first": evaluate.dice(back_binary, nat.mask),
+                 "dice_binarised_first": metrics.dice(back_binary, nat.mask),
                  "centre_offset_mm": float(np.linalg.norm(grid.centre_mm - label_centre))})
 if not rows:
     print("lctsc_native not found: set LUNGSEG_NATIVE_DATA to run the round trip.")

@@ -23,8 +23,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, io, viz
-from lungseg_utils import model as unet  # imports Keras (TensorFlow backend) quietly
+from lungseg_utils import config, ensemble, io, viz
+from lungseg_utils import unet  # imports Keras (TensorFlow backend) quietly
 from lungseg_utils import train
 
 viz.apply_style()
@@ -144,6 +144,6 @@ print(f"mean Dice {metrics['mean_dice']:.4f}, mean IoU {metrics['mean_iou']:.4f}
 
 # %%
 if PROMOTE_TO_REFERENCE:
-    print("reference now from", train.promote_run(run_dir, overwrite=True).name, "<-", run_dir.name)
+    print("reference now from", ensemble.promote_run(run_dir, overwrite=True).name, "<-", run_dir.name)
 else:
     print("results/reference/ left as it is")

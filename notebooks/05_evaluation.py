@@ -19,15 +19,15 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, evaluate, inference, io, viz
+from lungseg_utils import config, experiments, inference, io, synthetic, viewer, viz
 
 viz.apply_style()
 reference = config.REFERENCE_DIR
 split = io.load_json(reference / "split.json")
-data_dir = config.resolve_data_dir()
-native_dir = config.native_data_dir()
-forward = inference.compiled_forward(inference.load_model(reference))
-METHODS = ["unet", "unet_post", "baseline"]
+GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
+folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
+model_path = reference / inference.MODEL_FILE
+forwards = {model_path: inference.compiled_forward(inference.load_model(model_path))}
 LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
           "ceiling": "64³ ceiling", "unet_raw": "U-Net, 5 mm edge"}
 
@@ -41,6 +41,21 @@ test_ids = split["test"]
 print("test:", test_ids, "| validation:", split["val"], "| training:", len(split["train"]), "cases")
 
 # %% [markdown]
+# Every method is scored on every test case, on both grids, by `experiments.evaluate_jobs`;
+# this table shows the Dice and HD95 of each (one row per case):
+
+# %%
+def case_table(block, keys=("dice", "hd95_mm")):
+    """One row per case of a grid's block: the metrics ``keys`` of every method."""
+    cols = {"case_id": "", "model": ""} | {f"{m}.{k}": ".4f" if k == "dice" else ".1f"
+                                           for m in block["methods"] for k in keys}
+    flat = [{"case_id": r["case_id"], "model": r["model"],
+             **{f"{m}.{k}": r[m][k] for m in block["methods"] for k in keys}}
+            for r in block["cases"]]
+    return io.format_table(flat, cols) if flat else "no cases on this grid"
+
+
+# %% [markdown]
 # ## On the 64³ course grid
 # The classical baseline thresholds air at -400 HU, removes the air outside the body slice
 # by slice (closing the body where the field of view cuts it, so that a lung touching the
@@ -49,34 +64,22 @@ print("test:", test_ids, "| validation:", split["val"], "| training:", len(split
 # network's mask and fills enclosed holes.
 
 # %%
-rows64, masks64 = [], {}
-for cid in test_ids:
-    case = io.load_case(data_dir / cid)
-    row, masks, _ = evaluate.compare_methods(forward, case)
-    rows64.append(row)
-    masks64[cid] = (case, masks)
-columns = {"case_id": ""}
-for m in METHODS:
-    columns.update({f"{m}.dice": ".4f", f"{m}.hd95_mm": ".1f"})
-flat = [{"case_id": r["case_id"], **{f"{m}.{k}": r[m][k] for m in METHODS for k in ("dice", "hd95_mm")}}
-        for r in rows64]
-print(io.format_table(flat, columns))
+test = experiments.evaluate_jobs(experiments.reference_jobs(reference), folders, forwards)
+print(case_table(test["grid64"]))
 
 # %% [markdown]
 # Summary over the test cases: mean ± SD, median and the worst case for every metric.
 
 # %%
-summary64 = evaluate.summarise_methods(rows64, METHODS)
 lines = []
-for m in METHODS:
+for m, summary in test["grid64"]["summary"].items():
     for k, fmt in (("dice", ".4f"), ("iou", ".4f"), ("hd95_mm", ".1f"), ("assd_mm", ".2f"),
                    ("volume_error_pct", "+.1f")):
-        s = summary64[m][k]
+        s = summary[k]
         lines.append({"method": LABELS[m], "metric": k, "mean": format(s["mean"], fmt),
                       "sd": format(s["sd"], fmt.lstrip("+")), "median": format(s["median"], fmt),
                       "worst": f"{format(s['worst_value'], fmt)} ({s['worst_case_id']})"})
-print(io.format_table(lines, {"method": "", "metric": "", "mean": "", "sd": "", "median": "",
-                              "worst": ""}))
+print(io.format_table(lines, dict.fromkeys(lines[0], "")))
 
 # %% [markdown]
 # ## On the native grid
@@ -93,57 +96,32 @@ print(io.format_table(lines, {"method": "", "metric": "", "mean": "", "sd": "", 
 # training cases). The table shows how much of the gap to the ceiling that closes.
 
 # %%
-rows_nat, masks_nat = [], {}
-for cid in test_ids if native_dir else []:
-    case = io.load_case(native_dir / cid)
-    row, masks, _ = evaluate.compare_methods(forward, case, with_ceiling=True)
-    rows_nat.append(row)
-    masks_nat[cid] = (case, masks)
-NATIVE_METHODS = ["unet_raw"] + METHODS + ["ceiling"]
-flat = [{"case_id": r["case_id"], **{f"{m}.{k}": r[m][k] for m in NATIVE_METHODS for k in ("dice", "hd95_mm")}}
-        for r in rows_nat]
-columns = {"case_id": ""}
-for m in NATIVE_METHODS:
-    columns.update({f"{m}.dice": ".4f", f"{m}.hd95_mm": ".1f"})
-print(io.format_table(flat, columns) if flat else "no native scans found")
-summary_nat = evaluate.summarise_methods(rows_nat, NATIVE_METHODS) if rows_nat else {}
+print(case_table(test["native"]) if folders["native"] else "no native scans found")
 
 # %% [markdown]
 # ## Cross-validation: every case, once unseen
 # Two test cases are too few to trust. The quick configuration was therefore also trained
-# three times (3-fold cross-validation, `train.cross_validate`; the fold models are in
-# `results/reference/cv/`), and each of the nine cases is scored here by the one model that
-# never saw it, on both grids: the broadest honest estimate nine cases allow.
+# three times (3-fold cross-validation, `python -m lungseg_utils.ensemble --k 3`; the fold
+# models are in `results/reference/cv/`), and each of the nine cases is scored here by the
+# one model that never saw it, on both grids: the broadest honest estimate nine cases allow.
 
 # %%
-jobs = evaluate.out_of_fold_jobs(reference, max_cases=2 if config.profile_name() == "smoke" else None)
-cv_rows, cv_rows_nat, forwards = [], [], {}
-for cid, source, model_path in jobs if "CV" in jobs[0][1] else []:
-    fwd = forwards.setdefault(model_path, inference.compiled_forward(inference.load_model(model_path)))
-    cv_rows.append({**evaluate.compare_methods(fwd, io.load_case(data_dir / cid))[0], "fold": source})
-    if native_dir:
-        row, _, _ = evaluate.compare_methods(fwd, io.load_case(native_dir / cid), with_ceiling=True)
-        cv_rows_nat.append({**row, "fold": source})
-cv = None
-if cv_rows:
-    flat = [{"case_id": r["case_id"], "fold": r["fold"], "unet64": r["unet"]["dice"],
-             "baseline64": r["baseline"]["dice"],
-             **({"unet_native": n["unet"]["dice"], "baseline_native": n["baseline"]["dice"],
-                 "ceiling_native": n["ceiling"]["dice"]} if cv_rows_nat else {})}
-            for r, n in zip(cv_rows, cv_rows_nat or cv_rows)]
-    print(io.format_table(flat, {k: ("" if k in ("case_id", "fold") else ".4f") for k in flat[0]}))
-    cv = {"folds": len({r["fold"] for r in cv_rows}),
-          "grid64": {"methods": METHODS, "cases": cv_rows,
-                     "summary": evaluate.summarise_methods(cv_rows, METHODS)},
-          "native": {"methods": NATIVE_METHODS, "cases": cv_rows_nat,
-                     "summary": evaluate.summarise_methods(cv_rows_nat, NATIVE_METHODS) if cv_rows_nat else {}}}
-    for grid_name in ("grid64", "native"):
-        for m in cv[grid_name]["summary"]:
-            s = cv[grid_name]["summary"][m]["dice"]
-            print(f"{grid_name:>7} {LABELS[m]:>13}: Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
-                  f"median {s['median']:.4f}, worst {s['worst_value']:.4f} ({s['worst_case_id']})")
-else:
+jobs = experiments.out_of_fold_jobs(reference, max_cases=2 if config.profile_name() == "smoke" else None)
+cv = experiments.evaluate_jobs(jobs, folders, forwards) if jobs[0][1] != "reference" else None
+for grid, label in GRIDS.items() if cv else []:
+    print(f"Dice on the {label} grid\n{case_table(cv[grid], ('dice',))}\n")
+if not cv:
     print("no cross-validation models in results/reference/cv/")
+
+# %% [markdown]
+# The out-of-fold summary, per grid and method:
+
+# %%
+for grid, label in GRIDS.items():
+    for m, summary in (cv[grid]["summary"] if cv else {}).items():
+        s = summary["dice"]
+        print(f"{label:>7} {LABELS[m]:>16}: Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
+              f"median {s['median']:.4f}, worst {s['worst_value']:.4f} ({s['worst_case_id']})")
 
 # %% [markdown]
 # ## Box plots
@@ -151,28 +129,28 @@ else:
 # the cross-validation's out-of-fold U-Net on all nine cases, when present).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(viz.PAGE_IN, 2.9))
-groups = [("64³", rows64, METHODS), ("native", rows_nat, NATIVE_METHODS)]
-for ax, key, title in ((axes[0], "dice", "Dice"), (axes[1], "hd95_mm", "HD95 (mm)")):
-    data, names, pos = [], [], []
-    x = 0
-    for grid_name, rows, methods in groups:
-        for m in methods:
-            if not rows:
-                continue
-            data.append([r[m][key] for r in rows])
-            names.append(f"{LABELS[m]} ({grid_name})")
-            pos.append(x)
+def boxes(key):
+    """(values, name, position) per box: each method on each grid, then the CV's U-Net."""
+    out, x = [], 0.0
+    for grid, label in GRIDS.items():
+        for m in test[grid]["methods"] if test[grid]["cases"] else []:
+            out.append(([r[m][key] for r in test[grid]["cases"]], f"{LABELS[m]} ({label})", x))
             x += 1
         x += 0.5
     if cv:
-        data.append([r["unet"][key] for r in cv["native"]["cases"] or cv["grid64"]["cases"]])
-        names.append("U-Net, CV (" + ("native" if cv["native"]["cases"] else "64³") + ")")
-        pos.append(x)
-    ax.boxplot(data, positions=pos, widths=0.6, showfliers=False)
-    for p, d in zip(pos, data):
-        ax.scatter(np.full(len(d), p) + np.linspace(-0.12, 0.12, len(d)), d, s=8, zorder=3,
-                   color="0.5" if "CV" in names[pos.index(p)] else "#0072B2")
+        grid = "native" if cv["native"]["cases"] else "grid64"
+        out.append(([r["unet"][key] for r in cv[grid]["cases"]], f"U-Net, CV ({GRIDS[grid]})", x))
+    return out
+
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(viz.PAGE_IN, 2.9))
+for ax, key, title in ((axes[0], "dice", "Dice"), (axes[1], "hd95_mm", "HD95 (mm)")):
+    values, names, pos = zip(*boxes(key))
+    ax.boxplot(values, positions=pos, widths=0.6, showfliers=False)
+    for p, v, name in zip(pos, values, names):
+        ax.scatter(np.full(len(v), p) + np.linspace(-0.12, 0.12, len(v)), v, s=8, zorder=3,
+                   color="0.5" if "CV" in name else "#0072B2")
     ax.set_xticks(pos, names, fontsize=6, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_title(title)
 viz.export_figure(fig, "05_dice_boxplot")
@@ -182,27 +160,29 @@ plt.show()
 # ## Where the errors are: the worst case
 # The test case with the lowest U-Net Dice on the native grid, on the slices with the most
 # error: true positives green, false positives (predicted lung that is not) orange, false
-# negatives (missed lung) blue; U-Net on the left, classical baseline on the right.
+# negatives (missed lung) blue; U-Net on the left, classical baseline on the right. Its
+# masks are made again here (the evaluation above keeps only the numbers).
 
 # %%
-rows_for_worst = rows_nat or rows64
-chosen = masks_nat or masks64
-worst_id = min(rows_for_worst, key=lambda r: r["unet"]["dice"])["case_id"]
-case, masks = chosen[worst_id]
+grid = "native" if test["native"]["cases"] else "grid64"
+worst = min(test[grid]["cases"], key=lambda r: r["unet"]["dice"])
+case = io.load_case(folders[grid] / worst["case_id"])
+masks = experiments.compare_methods(forwards[model_path], case)[1]
+
+# %%
 fig, axes = plt.subplots(2, 3, figsize=(viz.PAGE_IN, 4.6))
 for i, method in enumerate(("unet", "baseline")):
     wrong = (masks[method] > 0) != (case.mask > 0)
     for j, axis in enumerate(("axial", "coronal", "sagittal")):
         k = viz.slicing_axis(case.affine, axis)
-        other = tuple(a for a in range(3) if a != k)
-        index = int(np.argmax(wrong.sum(axis=other)))
+        index = int(np.argmax(wrong.sum(axis=tuple(a for a in range(3) if a != k))))
         viz.show_slice(axes[i, j], case.ct_hu, axis, index, case.spacing_mm, case.affine,
                        window="lung", mask=case.mask, pred=masks[method], overlay="errors",
                        alpha=0.55)
         axes[i, j].set_title(f"{LABELS[method]}, {axis}", fontsize=7)
         if axes[i, j].get_legend() and not (i == 1 and j == 1):
             axes[i, j].get_legend().remove()
-fig.suptitle(f"{worst_id}: Dice {min(r['unet']['dice'] for r in rows_for_worst):.4f} (U-Net)")
+fig.suptitle(f"{worst['case_id']}: Dice {worst['unet']['dice']:.4f} (U-Net)")
 viz.export_figure(fig, "05_worst_cases")
 plt.show()
 
@@ -212,26 +192,19 @@ plt.show()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viz.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"], title=worst_id)
+viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
+                   title=worst["case_id"])
 
 # %% [markdown]
 # ## Results file for the report
-# Everything above goes to `results/reference/evaluation.json`, which the report and the
-# README read (no number in them is typed by hand). The smoke profile of the test suite
-# writes to a temporary folder instead, so tests never change the committed results.
+# Everything above goes to `results/reference/evaluation.json` (`experiments.evaluation_result`
+# builds it, `experiments.check_evaluation` is the schema the report checks it against), which
+# the report and the README read: no number in them is typed by hand. The smoke profile of the
+# test suite writes to a temporary folder instead, so tests never change the committed results.
 
 # %%
-evaluation = {
-    "model": str((reference / "best_model.keras").relative_to(config.REPO_ROOT)),
-    "test_cases": test_ids,
-    "grid64": {"methods": METHODS, "cases": rows64, "summary": summary64},
-    "native": {"methods": NATIVE_METHODS, "cases": rows_nat, "summary": summary_nat},
-}
-if cv:
-    evaluation["cross_validation"] = cv
-out_dir = reference if config.profile_name() != "smoke" else config.FIGURES_DIR
-path = io.save_json(evaluation, out_dir / "evaluation.json", overwrite=True)
-print("wrote", path.name)
+evaluation = experiments.evaluation_result(model_path, test, cv)
+print("wrote", experiments.save_result(evaluation, "evaluation.json", reference).name)
 
 # %% [markdown]
 # **Reading the numbers.** Dice rewards the bulk of a large organ and barely notices a

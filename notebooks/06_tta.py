@@ -15,18 +15,18 @@
 # interval: not assumed.
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, evaluate, geometry, inference, io, preprocess, viz
+from lungseg_utils import anatomy, config, experiments, geometry, inference, io, metrics
+from lungseg_utils import preprocess, synthetic, viewer, viz
 
 viz.apply_style()
 reference = config.REFERENCE_DIR
-data_dir = config.resolve_data_dir()
-native_dir = config.native_data_dir()
+GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
+folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
 smoke = config.profile_name() == "smoke"
+forwards = {}  # each model compiled once
 
 # %% [markdown]
 # Which models and cases: every case is predicted by a model that never saw it, the
@@ -34,48 +34,29 @@ smoke = config.profile_name() == "smoke"
 # model on its test split.
 
 # %%
-jobs = evaluate.out_of_fold_jobs(reference, max_cases=2 if smoke else None)
+jobs = experiments.out_of_fold_jobs(reference, max_cases=2 if smoke else None)
 print(f"{len(jobs)} cases:", ", ".join(f"{cid} ({src})" for cid, src, _ in jobs))
 
 # %% [markdown]
 # ## Single pass against TTA, per case
-# On the 64³ grid and on the native grid (probability carried back, thresholded there).
+# On the 64³ grid and on the native grid (probability carried back, thresholded there), by
+# `experiments.tta_rows`.
 
 # %%
-rows = []
-forwards = {}
-for cid, source, model_path in jobs:
-    if model_path not in forwards:
-        forwards[model_path] = inference.compiled_forward(inference.load_model(model_path))
-    fwd = forwards[model_path]
-    for grid_name, folder in (("64³", data_dir), ("native", native_dir)):
-        if folder is None:
-            continue
-        case = io.load_case(folder / cid)
-        single = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=False)
-        tta = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=True)
-        rows.append({"case_id": cid, "grid": grid_name,
-                     "dice_single": evaluate.dice(single["mask"], case.mask),
-                     "dice_tta": evaluate.dice(tta["mask"], case.mask),
-                     "hd95_single_mm": evaluate.hd95_mm(single["mask"], case.mask, case.spacing_mm),
-                     "hd95_tta_mm": evaluate.hd95_mm(tta["mask"], case.mask, case.spacing_mm)})
-print(io.format_table(rows, {"case_id": "", "grid": "", "dice_single": ".4f", "dice_tta": ".4f",
-                             "hd95_single_mm": ".1f", "hd95_tta_mm": ".1f"}))
+rows = experiments.tta_rows(jobs, folders, forwards)
+print(io.format_table([{**r, "grid": GRIDS[r["grid"]]} for r in rows],
+                      {"case_id": "", "grid": "", "dice_single": ".4f", "dice_tta": ".4f",
+                       "hd95_single_mm": ".1f", "hd95_tta_mm": ".1f"}))
 
 # %% [markdown]
 # The gain as a paired difference (TTA minus single pass, per case) with a 95 % bootstrap
 # confidence interval over cases. If the interval includes zero, we cannot claim TTA helps.
 
 # %%
-gains = {}
-for grid_name in ("64³", "native"):
-    sub = [r for r in rows if r["grid"] == grid_name]
-    if len(sub) >= 2:
-        gains[grid_name] = evaluate.paired_bootstrap_ci([r["dice_single"] for r in sub],
-                                                        [r["dice_tta"] for r in sub], seed=0)
-        g = gains[grid_name]
-        print(f"{grid_name:>7}: Dice gain {g['mean_diff']:+.4f} "
-              f"[{g['lo']:+.4f}, {g['hi']:+.4f}] over {len(sub)} cases")
+for grid, g in experiments.tta_gains(rows).items():
+    n = sum(r["grid"] == grid for r in rows)
+    print(f"{GRIDS[grid]:>7}: Dice gain {g['mean_diff']:+.4f} "
+          f"[{g['lo']:+.4f}, {g['hi']:+.4f}] over {n} cases")
 
 # %% [markdown]
 # ## What TTA costs
@@ -83,17 +64,8 @@ for grid_name in ("64³", "native"):
 # are medians of five runs on the model grid, after a warm-up.
 
 # %%
-fwd = next(iter(forwards.values()))
-x64 = preprocess.window_normalise(io.load_case(data_dir / jobs[0][0]).ct_hu)
-timings = {}
-for name, flag in (("single", False), ("tta", True)):
-    inference.predict_prob64(fwd, x64, tta=flag)
-    runs = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        inference.predict_prob64(fwd, x64, tta=flag)
-        runs.append(time.perf_counter() - t0)
-    timings[name] = float(np.median(runs))
+x64 = preprocess.window_normalise(io.load_case(folders["grid64"] / jobs[0][0]).ct_hu)
+timings = experiments.time_inference(forwards[jobs[0][2]], x64)
 print(f"single pass {timings['single']:.2f} s, TTA {timings['tta']:.2f} s "
       f"({timings['tta'] / timings['single']:.1f}x)")
 
@@ -105,14 +77,17 @@ print(f"single pass {timings['single']:.2f} s, TTA {timings['tta']:.2f} s "
 # faint.
 
 # %%
-focus = max([r for r in rows if r["grid"] == ("native" if native_dir else "64³")],
+grid = "native" if folders["native"] else "grid64"
+focus = max([r for r in rows if r["grid"] == grid],
             key=lambda r: abs(r["dice_tta"] - r["dice_single"]))["case_id"]
 model_path = next(p for cid, _, p in jobs if cid == focus)
-case = io.load_case((native_dir or data_dir) / focus)
+case = io.load_case(folders[grid] / focus)
 res = inference.predict_volume(forwards[model_path], case.ct_hu, case.affine, tta=True)
 std = geometry.from_model_grid(res["std64"], res["grid"])
 wrong = (res["mask"] > 0) != (case.mask > 0)
-z = int(np.argmax(wrong.sum(axis=(0, 1))))
+z = int(np.argmax(wrong.sum(axis=(0, 1))))  # the axial slice with the most error
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(viz.PAGE_IN, 3.0))
 viz.show_slice(axes[0], case.ct_hu, "axial", z, case.spacing_mm, case.affine, window="lung",
                mask=case.mask, pred=res["mask"], overlay="errors", alpha=0.6)
@@ -133,25 +108,22 @@ plt.show()
 # (far from it, both are trivially zero).
 
 # %%
-band = evaluate.boundary_band(case.mask, case.spacing_mm, 10.0)
-auc = evaluate.roc_auc(std[band], wrong[band])
+band = anatomy.boundary_band(case.mask, case.spacing_mm, 10.0)
+auc = metrics.roc_auc(std[band], wrong[band])
 print(f"uncertainty-error AUC near the boundary: {auc:.3f}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viz.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=res["mask"], uncertainty=std,
-                title=f"{focus} with TTA")
+viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=res["mask"], uncertainty=std,
+                   title=f"{focus} with TTA")
 
 # %% [markdown]
-# Results for the report, in `results/reference/tta.json` (a temporary folder under the
-# smoke profile).
+# Results for the report, in `results/reference/tta.json` (`experiments.tta_result`; a
+# temporary folder under the smoke profile).
 
 # %%
-tta_result = {"cases": rows, "time_s": timings, "uncertainty_error_auc": auc, "focus_case": focus,
-              "dice_gain": {**gains.get("64³", {}), "ci": 0.95},
-              "dice_gain_native": {**gains.get("native", {}), "ci": 0.95}}
-out_dir = reference if not smoke else config.FIGURES_DIR
-print("wrote", io.save_json(tta_result, out_dir / "tta.json", overwrite=True).name)
+tta_result = experiments.tta_result(rows, timings, auc, focus)
+print("wrote", experiments.save_result(tta_result, "tta.json", reference).name)
 
 # %% [markdown]
 # **Conclusion.** TTA costs several times the inference time and gives an uncertainty map for

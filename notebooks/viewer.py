@@ -17,9 +17,9 @@
 # (Yang et al., 2017, DOI 10.7937/K9/TCIA.2017.3R3FVZ08).
 
 # %%
-from lungseg_utils import config, geometry, io, viz
+from lungseg_utils import anatomy, config, geometry, inference, io, synthetic, viewer
 
-case = io.load_case(io.discover_cases(config.resolve_data_dir())[0])
+case = io.load_case(io.discover_cases(synthetic.resolve_data_dir())[0])
 
 # %% [markdown]
 # The prediction comes from the trained network with test-time augmentation when a model is
@@ -28,26 +28,16 @@ case = io.load_case(io.discover_cases(config.resolve_data_dir())[0])
 # baseline.
 
 # %%
-pred, uncertainty, source = None, None, "none"
-if (config.REFERENCE_DIR / "best_model.keras").exists():
-    try:
-        from lungseg_utils.inference import predict_case
-    except ImportError:
-        predict_case = None
-    if predict_case is not None:
-        result = predict_case(case, tta=True)
-        pred, source = result["mask"], "3D U-Net with TTA"
-        uncertainty = geometry.from_model_grid(result["std64"], result["grid"])
-if pred is None:
-    try:
-        from lungseg_utils.evaluate import classical_lung_mask
-    except ImportError:
-        classical_lung_mask = None
-    if classical_lung_mask is not None:
-        pred, source = classical_lung_mask(case.ct_hu, case.spacing_mm), "classical baseline"
+if (config.REFERENCE_DIR / inference.MODEL_FILE).exists():
+    result = inference.predict_case(case, tta=True)
+    pred, source = result["mask"], "3D U-Net with TTA"
+    uncertainty = geometry.from_model_grid(result["std64"], result["grid"])
+else:
+    pred, uncertainty = anatomy.classical_lung_mask(case.ct_hu, case.spacing_mm), None
+    source = "classical baseline"
 print(f"{case.case_id}: {case.ct_hu.shape} voxels, prediction: {source}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viz.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=pred, uncertainty=uncertainty,
-                title=f"{case.case_id} (prediction: {source})")
+viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=pred, uncertainty=uncertainty,
+                   title=f"{case.case_id} (prediction: {source})")

@@ -1,96 +1,203 @@
-"""The benchmark helpers (benchmarks/): FLOP counts, the ceiling, timing statistics, the
-results file and its rendering. Correctness only: no test looks at how fast anything is."""
+"""benchmarks/: the measuring harness, the ISA switch, the checks and the rendering.
 
+Correctness only: no test looks at how fast anything is. The tiny run (a base-2 network,
+two repetitions) exercises every measuring code path in under a minute or so.
+"""
+
+import copy
 import json
+import re
 import subprocess
 import sys
+import time
+import types
 from importlib.util import find_spec
+from pathlib import Path
 
-import numpy as np
 import pytest
 
-from lungseg_utils import config
-from lungseg_utils import model as unet
-
-BENCH = config.REPO_ROOT / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
 sys.path[:0] = [str(BENCH)]
 import render  # noqa: E402
+import run  # noqa: E402
 import tasks  # noqa: E402
-import time_job  # noqa: E402
 
-keras = unet.keras
-
-
-def test_conv3d_flops_of_one_layer_is_analytic():
-    inp = keras.Input((8, 6, 4, 3))
-    model = keras.Model(inp, keras.layers.Conv3D(5, 3, padding="same")(inp))
-    per_voxel = 2 * 27 * 3 * 5 + 5  # multiply-adds of a 3x3x3x3 kernel per filter, plus bias
-    assert tasks.conv3d_flops((8, 6, 4, 3), 5, 3) == 8 * 6 * 4 * per_voxel
-    assert unet.count_flops(model) == 8 * 6 * 4 * per_voxel
-    assert tasks.model_conv_flops(model) == 8 * 6 * 4 * (per_voxel - 5)
-    assert tasks.conv3d_flops((8, 8, 8, 2), 4, 1, use_bias=False) == 8 ** 3 * 4 * 2 * 2
-    assert tasks.conv3d_flops((8, 8, 8, 1), 1, 3, padding="valid") == 6 ** 3 * (2 * 27 + 1)
-    assert tasks.conv3d_flops((8, 8, 8, 1), 1, 2, strides=2) == 4 ** 3 * (2 * 8 + 1)
+COMMITTED = json.loads((BENCH / "results.json").read_text())
+TASK_KEYS = {"ceiling", "train_f32", "train_bf16", "epoch", "inference_f32", "inference_bf16"}
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow profiler")
-def test_tf_profiler_counts_the_same_convolutions():
-    model = unet.build_unet(input_shape=(16, 16, 16, 1), base_filters=2)
-    prof = tasks.tf_profiler_flops(model, (16, 16, 16, 1))
-    assert prof["by_op"]["Conv3D"] == tasks.model_conv_flops(model)
-    assert prof["total"] == sum(prof["by_op"].values())
-    # count_flops adds estimates for normalisation and element-wise ops: close, not equal
-    assert 0.9 < unet.count_flops(model) / prof["total"] < 1.2
+def _scaled(entry: dict, factor: float) -> dict:
+    """A copy of one ISA's results with every timing multiplied by ``factor``."""
+    def walk(o):
+        if isinstance(o, dict):
+            if {"median", "min", "max"} <= set(o):
+                return {**o, **{k: o[k] * factor for k in ("median", "min", "max")}}
+            return {k: (v / factor if k.endswith(("gflops", "_per_s")) else walk(v))
+                    for k, v in o.items()}
+        return [walk(v) for v in o] if isinstance(o, list) else o
+    return walk(copy.deepcopy(entry))
 
 
-def test_matmul_ceiling_is_positive():
-    out = tasks.matmul_gflops(64, "float32", "numpy", reps=2)
-    assert out["gflops_best"] >= out["gflops_median"] > 0
-    assert out["time"]["n"] == 2
-    if keras.backend.backend() == "tensorflow":
-        assert tasks.matmul_gflops(64, "bfloat16", "tensorflow", reps=2)["gflops_best"] > 0
-    with pytest.raises(ValueError):
-        tasks.matmul_gflops(64, "bfloat16", "numpy")
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One tiny run at this CPU's own ISA into a temporary folder."""
+    out = tmp_path_factory.mktemp("bench")
+    readme_before = (REPO / "README.md").read_text()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--tiny", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (REPO / "README.md").read_text() == readme_before  # a tiny run leaves README alone
+    return out, json.loads((out / "results.json").read_text()), time.perf_counter() - t0
 
 
-def test_summarise_and_timeit():
+@pytest.mark.slow
+def test_tiny_run_measures_every_task(tiny):
+    out, results, wall = tiny
+    assert results["schema"] == run.SCHEMA and (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    (isa, entry), = results["isa"].items()
+    assert isa == ("avx512" if "avx512f" in results["machine"]["cpu"]["flags"] else "avx2")
+    assert entry["tiny"] and entry["errors"] == {}
+    assert TASK_KEYS <= set(entry["tasks"]) and any(k.startswith("scale_") for k in entry["tasks"])
+    measured = render._measured(entry)
+    for key in set(measured) - {"ceiling"}:
+        assert measured[key]["peak_rss_mib"] > 100, key
+    for row in measured["train_f32"]["rows"]:
+        t = row["step_s"]
+        assert t["n"] == 2 and 0 < t["min"] <= t["median"] <= t["max"]
+    inf = measured["inference_f32"]
+    assert 0 <= inf["mean_test_dice"] <= 1 and len(inf["test_cases"]) >= 1
+    if "native" in measured:
+        nat = measured["native"]
+        stages = nat["stages_s"]
+        assert stages["total"]["median"] >= stages["predict_volume"]["median"] > 0
+        assert nat["tta8_total_s"]["median"] > 0 and len(nat["shape"]) == 3
+    ep = measured["epoch"]
+    assert ep["epochs_run"] == 2 and ep["pipeline"]["augment_samples_per_s"] > 0
+    assert set(entry["checks"]) == {"pipeline_headroom", "training_memory", "inference_memory"}
+    assert all(isinstance(ok, bool) and text for ok, text in entry["checks"].values())
+    md = (out / "RESULTS.md").read_text()
+    assert "tiny run" in md and "## GPU" in md
+    print(f"tiny run: {wall:.0f} s")
+
+
+def test_isa_switch_reaches_the_measuring_process():
+    r = run.run_task("ceiling", {"n": 64, "reps": 1, "bf16": False}, run.ISA_ENV["avx2"])
+    assert r["onednn_max_cpu_isa"] == "AVX2" and r["bf16_gflops"] is None
+    assert set(r["runs"]) == {"numpy_f32", "tf_f32"} and r["f32_gflops"] > 0
+    bad = run.run_task("no_such_task", {}, {})
+    assert "no_such_task" in bad["error"]
+    planned = {k: p for k, _, p in run.plan(run.reference_info(), tiny=True, isa="avx2")}
+    assert planned["train_bf16"]["skip"] and planned["inference_bf16"]["skip"]
+    assert not planned["train_f32"].get("skip") and planned["ceiling"]["bf16"] is False
+
+
+def test_cpu_flags_match_proc_cpuinfo():
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = run.cpu_info()["flags"]
+    for flag in ("avx2", "avx512f"):
+        assert (flag in flags) == bool(re.search(rf"\b{flag}\b", text)), flag
+
+
+def test_the_readme_block_is_rendered_from_results_json():
+    text = (REPO / "README.md").read_text()
+    block = text.split(render.README_START)[1].split(render.README_END)[0].strip()
+    assert block == render.readme_block(COMMITTED)
+
+
+def test_derived_numbers_of_the_committed_results():
+    entry, ref = COMMITTED["isa"]["avx512"], COMMITTED["reference"]
+    n = render.numbers(entry, ref)
+    t = entry["tasks"]
+    step = next(r for r in t["train_f32"]["rows"] if r["batch"] == 2)["step_s"]["median"]
+    assert n["headroom"] == pytest.approx(t["epoch"]["pipeline"]["augment_samples_per_s"]
+                                          * step / 2)
+    assert n["infer_frac"] == pytest.approx(t["train_f32"]["forward_flops"]
+                                            / t["inference_f32"]["compiled_s"]["median"]
+                                            / 1e9 / t["ceiling"]["f32_gflops"])
+    assert n["mem_infer"] == max(t["native"]["peak_rss_mib"], t["inference_f32"]["peak_rss_mib"])
+    assert 1 < n["ttd"][0] < n["ttd"][1]  # the quick profile reaches the Dice sooner
+    assert all(ok for ok, _ in entry["checks"].values())
+
+
+def test_both_isas_side_by_side_with_their_ratio():
+    results = copy.deepcopy(COMMITTED)
+    results["isa"]["avx2"] = _scaled(results["isa"]["avx512"], 4.0)
+    table = [line for line in render.summary(results) if line.startswith("|")]
+    assert table[0].count("|") == 5 and "AVX2 / AVX-512 time" in table[0]
+    rows = {line.split(" | ")[0]: line for line in table[2:]}
+    step_row = next(v for k, v in rows.items() if "**Training** step" in k)
+    assert step_row.endswith("| 4.00× |") and "781 ms" in step_row and "3.12 s" in step_row
+    ceiling_row = next(v for k, v in rows.items() if "ceiling** (large" in k)
+    assert ceiling_row.endswith("| 4.00× |")
+    md = render.results_markdown(results).splitlines()
+    assert "|  | AVX-512 | AVX2 only |" in md
+    row = next(line for line in md if line.startswith("| Training step: f32, 64³, batch 2 |"))
+    assert row.count("0.781 s") == 1 and row.count("3.12 s") == 1
+
+
+def test_checks_fail_on_low_headroom_and_high_memory():
+    entry, ref = copy.deepcopy(COMMITTED["isa"]["avx512"]), COMMITTED["reference"]
+    consume = render.numbers(entry, ref)["consume"]
+    entry["tasks"]["epoch"]["pipeline"]["augment_samples_per_s"] = 4.0 * consume
+    entry["tasks"]["epoch"]["peak_rss_mib"] = 5000.0
+    c = render.checks(entry, ref)
+    assert not c["pipeline_headroom"][0] and "4.0×" in c["pipeline_headroom"][1]
+    assert not c["training_memory"][0] and c["inference_memory"][0]
+    del entry["tasks"]["native"], entry["tasks"]["inference_f32"]
+    assert render.checks(entry, ref)["inference_memory"] == [False, "not measured"]
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
+    assert render.update_readme(readme, COMMITTED)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
+    assert render.update_readme(readme, COMMITTED) and readme.read_text() == text
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not render.update_readme(plain, COMMITTED) and plain.read_text() == "no markers\n"
+
+
+def test_render_only_rewrites_outputs_from_results_json(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(COMMITTED))
+    assert run.main(["--render", "--out", str(tmp_path), "--no-readme"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["isa"] == COMMITTED["isa"]
+    assert (tmp_path / "RESULTS.md").read_text() == (BENCH / "RESULTS.md").read_text()
+    assert run.main(["--render", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_merge_keeps_the_other_isa_only_from_the_same_cpu():
+    old, machine = COMMITTED, COMMITTED["machine"]
+    assert set(run.merge(old, machine, tiny=False)) == {"avx512"}
+    assert run.merge(old, machine, tiny=True) == {}
+    other = {**machine, "cpu": {**machine["cpu"], "flags": ["avx2", "fma"]}}
+    assert run.merge(old, other, tiny=False) == {} and run.merge(None, machine, False) == {}
+
+
+def test_wait_until_quiet_waits_for_an_idle_cpu(monkeypatch):
+    clock = iter(range(100))
+    fake_time = types.SimpleNamespace(sleep=lambda s: None, perf_counter=lambda: next(clock))
+    monkeypatch.setattr(run, "time", fake_time)
+    busy = iter([0.0, 1.0, 1.0, 2.0, 2.0, 2.05])  # one core busy, again, then idle
+    monkeypatch.setattr(run, "_busy_cpu_s", lambda: next(busy))
+    assert run.wait_until_quiet(100) == 3 and next(busy, None) is None
+    busy = iter([0.0, 1.0] * 50)  # never idle: gives up once the budget is spent
+    assert run.wait_until_quiet(2) == 4
+
+
+def test_timeit_and_summarise():
     s = tasks.summarise([3.0, 1.0, 2.0, 10.0])
-    assert (s["min"], s["max"], s["n"]) == (1.0, 10.0, 4)
-    assert s["median"] == 2.5 and s["q1"] <= s["median"] <= s["q3"]
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 10.0, 4)
     calls = []
     t = tasks.timeit(lambda: calls.append(1), reps=5, warmup=2)
-    assert len(calls) == 7 and t["n"] == 5 and len(t["warmup_s"]) == 2
+    assert len(calls) == 7 and t["n"] == 5
     calls.clear()
-    t = tasks.timeit(lambda: calls.append(1), reps=50, warmup=0, max_s=0.0, min_reps=3)
-    assert t["n"] == 3 and len(calls) == 3  # a time budget stops after min_reps
+    assert tasks.timeit(lambda: calls.append(1), reps=50, warmup=0, max_s=0.0)["n"] == 2
     with pytest.raises(ValueError):
         tasks.summarise([])
-
-
-def test_steps_to_reach():
-    log = [{"epoch": "0", "val_dice": "0.5"}, {"epoch": "1", "val_dice": "0.96"},
-           {"epoch": "2", "val_dice": "0.98"}]
-    assert tasks.steps_to_reach(log, 0.95, 6) == {"epoch": 2, "steps": 12, "value": 0.96}
-    assert tasks.steps_to_reach(log, 0.99, 6) is None
-
-
-def test_peak_rss_and_cpu_info():
-    assert tasks.peak_rss_mib() > 10
-    info = tasks.cpu_info()
-    assert info["logical_cpus"] >= 1 and isinstance(info["avx512_bf16"], bool)
-
-
-def test_time_job_records_status_and_passes_it_through(tmp_path):
-    path = tmp_path / "timings.json"
-    time_job.record("a", {"wall_s": 1.0}, path)
-    time_job.record("b", {"wall_s": 2.0}, path)
-    assert set(json.loads(path.read_text())["jobs"]) == {"a", "b"}
-    proc = subprocess.run([sys.executable, str(BENCH / "time_job.py"), "notebook:x", "--",
-                           sys.executable, "-c", "raise SystemExit(3)"],
-                          env={"LUNGSEG_JOB_TIMINGS": str(path), "PATH": ""}, timeout=60)
-    assert proc.returncode == 3
-    entry = json.loads(path.read_text())["jobs"]["notebook:x"]
-    assert entry["rc"] == 3 and entry["wall_s"] >= 0 and entry["peak_rss_mib"] > 0
 
 
 @pytest.mark.skipif(find_spec("jax") is not None, reason="JAX is installed")
@@ -98,57 +205,3 @@ def test_gpu_script_says_it_needs_jax():
     proc = subprocess.run([sys.executable, str(BENCH / "gpu.py")], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "JAX" in proc.stderr
-
-
-def _check_rendering(results, tmp_path):
-    assert render.validate_results(results) == []
-    md = render.results_markdown(results)
-    assert md.startswith("# Benchmarks") and "## Scaling" in md and "## Memory" in md
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
-    assert render.update_readme(readme, results)
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "benchmarks/RESULTS.md" in text and text.count(render.README_START) == 1
-    assert render.update_readme(readme, results) and readme.read_text() == text  # idempotent
-    plain = tmp_path / "plain.md"
-    plain.write_text("no markers\n")
-    assert not render.update_readme(plain, results) and plain.read_text() == "no markers\n"
-    png = render.plot_scaling(results, tmp_path / "scaling.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_committed_results_have_the_schema(tmp_path):
-    path = BENCH / "results.json"
-    if not path.exists():
-        pytest.skip("benchmarks/results.json not generated yet (make bench)")
-    results = json.loads(path.read_text())
-    _check_rendering(results, tmp_path)
-    assert results["ceiling"]["f32_gflops"] > 0 and not results["tiny"]
-    assert {r["batch"] for r in results["training"]} == {1, 2, 4}
-    assert {r["precision"] for r in results["training"]} == {"f32", "bf16"}
-    for r in results["training"]:
-        assert r["step_s"]["n"] >= 2
-    assert set(results["inference"]) == {"f32", "bf16"}
-    fc = results["ceiling"]["flops_check"]
-    assert fc["conv3d_match"] and fc["count_flops"] > 0
-    assert results["gpu"]["lent"] in (True, False)
-
-
-@pytest.mark.slow
-def test_tiny_benchmark_run_writes_valid_outputs(tmp_path):
-    """Every measuring code path, with a base-2 network and one or two repetitions."""
-    out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--tiny", "--out", str(out)],
-                          cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    for name in ("results.json", "RESULTS.md", "scaling.png"):
-        assert (out / name).is_file(), name
-    results = json.loads((out / "results.json").read_text())
-    assert results["tiny"] and results["errors"] == {}
-    _check_rendering(results, tmp_path)
-    for prec in ("f32", "bf16"):
-        inf = results["inference"][prec]
-        assert 0.0 <= inf["mean_test_dice"] <= 1.0 and inf["compiled_s"]["median"] > 0
-    assert np.isfinite(results["memory"]["training_quick_profile_mib"])
-    assert results["ceiling"]["flops_check"]["conv3d_match"]

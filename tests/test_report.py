@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lungseg_utils import config, report
+from lungseg_utils import config, experiments, metrics, report
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
     assert numbers["evaluation"]["grid64"]["summary"]["unet"]["dice"]["mean"] == \
         report.fmt_number(ev["grid64"]["summary"]["unet"]["dice"]["mean"], 3)
     assert numbers["evaluation"]["native"]["summary"]["baseline"]["hd95_mm"]["mean"] == "∞"
-    assert set(numbers["figures"]) == set(report.figures_used())
+    assert set(numbers["figures"]) == set(report.REPORT_FIGURES)
     cv = ev["cross_validation"]["native"]["summary"]["unet"]["dice"]
     assert numbers["evaluation"]["cross_validation"]["native"]["summary"]["unet"]["dice"] \
         ["worst_value"] == report.fmt_number(cv["worst_value"], 3)
@@ -155,7 +155,7 @@ def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
     assert [r["case_id"] for r in numbers["tta_table"]] == \
         list(dict.fromkeys(r["case_id"] for r in tta["cases"]))
     first = numbers["tta_table"][0]
-    assert first["grid64"]["grid"] != "native" and first["native"]["grid"] == "native"
+    assert first["grid64"]["grid"] == "grid64" and first["native"]["grid"] == "native"
     # the facts the prose hangs on follow the numbers
     snat = ev["native"]["summary"]
     assert numbers["facts"]["unet_above_ceiling"] == \
@@ -228,6 +228,39 @@ def test_missing_key_is_named(tmp_path):
         report.results_markdown(tmp_path / "results")
 
 
+def test_tta_rows_name_their_grid_by_key(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "results")
+    tta = _load(FIXTURE, "tta.json")
+    tta["cases"][0]["grid"] = "64³"  # a display label, not a key
+    (tmp_path / "results" / "tta.json").write_text(json.dumps(tta))
+    with pytest.raises(LungsegInputError, match=r"tta\.json cases\[0\].*'64³'.*grid64, native"):
+        report.read_results(tmp_path / "results")
+
+
+def test_result_files_built_by_experiments_pass_its_own_check():
+    """evaluation.json and tta.json as experiments builds them from rows: the schema the
+    report reads, and the numbers of the fixture (whose summaries and gains were made so)."""
+    ev = _load(FIXTURE, "evaluation.json")
+    blocks = {g: experiments.method_block(ev[g]["cases"], g) for g in experiments.GRIDS}
+    built = experiments.check_evaluation(experiments.evaluation_result(
+        config.REPO_ROOT / "results" / "x.keras", blocks,
+        {g: experiments.method_block(ev["cross_validation"][g]["cases"], g)
+         for g in experiments.GRIDS}))
+    assert built["model"] == "results/x.keras" and built["test_cases"] == ev["test_cases"]
+    assert built["cross_validation"]["folds"] == ev["cross_validation"]["folds"]
+    assert built["native"]["methods"] == list(experiments.GRID_METHODS["native"])
+    flat = [{"case_id": r["case_id"], **r["unet"]} for r in ev["native"]["cases"]]
+    assert built["native"]["summary"]["unet"]["dice"] == metrics.summarise(flat, "dice")
+    no_cv = experiments.evaluation_result("x.keras", blocks, None)
+    assert "cross_validation" not in no_cv
+    with pytest.raises(LungsegInputError, match="native.cases is empty"):
+        experiments.check_evaluation({**no_cv, "native": experiments.method_block([], "native")})
+    tta = _load(FIXTURE, "tta.json")
+    built = experiments.check_tta(experiments.tta_result(tta["cases"], tta["time_s"], 0.9, "p"))
+    for gain in ("dice_gain", "dice_gain_native"):
+        assert built[gain] == pytest.approx(tta[gain])
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     readme = tmp_path / "README.md"
     before = "# Title\n\nText before.\n\n## Results\n\n"
@@ -285,7 +318,7 @@ def test_committed_report_matches_the_committed_results():
 @needs_reference
 def test_every_report_figure_is_committed_and_made_by_its_notebook():
     figures = ROOT / "figures"  # not config.FIGURES_DIR: the tests point that elsewhere
-    for name in report.figures_used():
+    for name in report.REPORT_FIGURES:
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").is_file(), f"figures/{name}.{ext} is missing"
         notebooks = sorted((ROOT / "notebooks").glob(f"{name[:2]}_*.ipynb"))
@@ -294,7 +327,6 @@ def test_every_report_figure_is_committed_and_made_by_its_notebook():
                    for nb in notebooks), f"no notebook {name[:2]}_* exports {name!r}"
 
 
-def test_figures_used_is_the_constant():
-    assert report.figures_used() == list(report.REPORT_FIGURES)
+def test_report_figures_are_distinct_and_the_reference_is_where_the_tests_look():
     assert len(set(report.REPORT_FIGURES)) == len(report.REPORT_FIGURES)
     assert config.REFERENCE_DIR == REFERENCE

@@ -1,0 +1,198 @@
+"""Cross-validation and the reference ensemble: K fold models over all cases.
+
+As nnU-Net does by default, the cases are split into K seeded folds; member i trains on the
+other folds, so every case is scored once by a model that never saw it (out of fold), and
+the K members, averaged, are the model the project ships. With the ``ensemble`` profile a
+member keeps its last weights (``checkpoint="last"``): its fold's cases are its validation
+data only to be logged, never to choose anything. With ``checkpoint="best"`` (the older
+profiles) one case of the other folds is held out for choosing the checkpoint.
+
+An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of each model
+file) and one run folder per member (``fold_i/``, as :func:`lungseg_utils.train.train` writes
+it); :func:`lungseg_utils.inference.load_model` loads such a folder.
+
+Command line::
+
+    python -m lungseg_utils.ensemble --k 5 --profile ensemble [--publish results/reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import config, inference, io, metrics, synthetic, train
+from .errors import LungsegInputError
+
+
+def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> list[dict]:
+    """K seeded folds as splits ``{"seed", "train", "val", "test"}``, one per member.
+
+    ``test`` is fold i; with ``checkpoint="last"`` ``val`` is the same cases (logged only),
+    otherwise one seeded case of the other folds, taken out of ``train``.
+    """
+    ids = sorted(case_ids)
+    if not 2 <= k <= len(ids) // 2:
+        raise LungsegInputError(f"fold_splits: k={k} needs 2 <= k <= {len(ids) // 2} "
+                                f"for {len(ids)} cases.")
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    splits = []
+    for i in range(k):
+        test = sorted(order[i::k])
+        rest = [c for c in ids if c not in test]
+        val = test if checkpoint == "last" else [rest[int(rng.integers(len(rest)))]]
+        splits.append({"seed": seed, "train": [c for c in rest if c not in val], "val": val,
+                       "test": test})
+    return splits
+
+
+def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) -> Path:
+    """``folder/manifest.json`` for member runs (paths, inside ``folder``, in fold order)."""
+    folder = Path(folder)
+    members, settings = [], None
+    for i, run in enumerate(run_dirs):
+        run = Path(run)
+        cfg = io.load_json(run / "train_config.json")
+        split = io.load_json(run / "split.json")
+        model = run / inference.MODEL_FILE
+        settings = settings or cfg["settings"]
+        members.append({"file": model.relative_to(folder).as_posix(), "fold": i,
+                        "seed": cfg["settings"]["seed"], "train": split["train"],
+                        "test": split["test"], "sha256": io.file_sha256(model),
+                        "bytes": model.stat().st_size})
+    manifest = {"kind": "ensemble", "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                "folds": len(members), "fold_seed": fold_seed,
+                "profile": settings and settings.get("profile"), "settings": settings,
+                "members": members}
+    return io.save_json(manifest, folder / inference.MANIFEST, overwrite=overwrite)
+
+
+def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
+                include_final: bool = True) -> Path:
+    """Copy a finished run's artifacts to ``results/reference/`` (the default model).
+
+    Refuses to replace an existing reference unless ``overwrite``. Records where the
+    reference came from in ``provenance.json``. ``include_final=False`` leaves out
+    ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
+    reference folder.
+    """
+    run_dir = Path(run_dir)
+    reference_dir = Path(reference_dir or config.REFERENCE_DIR)
+    missing = [a for a in train.RUN_ARTIFACTS if not (run_dir / a).exists()]
+    if missing:
+        raise LungsegInputError(f"{run_dir}: not a finished run (missing {', '.join(missing)}).")
+    if (reference_dir / "best_model.keras").exists() and not overwrite:
+        raise LungsegInputError(f"{reference_dir}: a reference model exists; pass "
+                                "overwrite=True to replace it.")
+    reference_dir.mkdir(parents=True, exist_ok=True)
+    for name in train.RUN_ARTIFACTS:
+        if include_final or name != "final_model.keras":
+            with io.atomic_write(reference_dir / name, overwrite=True) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
+    io.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
+                 overwrite=True)
+    return reference_dir
+
+
+def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
+    """Copy an ensemble (its manifest and each member's run artifacts, one model file each)
+    to ``dest`` (default ``results/reference``). Refuses to replace a model unless
+    ``overwrite``; files of a former reference that the new one does not have are left."""
+    src, dest = Path(ensemble_dir), Path(dest or config.REFERENCE_DIR)
+    manifest = io.load_json(src / inference.MANIFEST)
+    if (dest / inference.MANIFEST).exists() and not overwrite:
+        raise LungsegInputError(f"{dest}: holds an ensemble; pass overwrite=True to replace it.")
+    members = []
+    for m in manifest["members"]:
+        run = (src / m["file"]).parent
+        target = dest / f"fold_{m['fold']}"
+        for name in train.RUN_ARTIFACTS:
+            if name != "final_model.keras" and (run / name).exists():
+                with io.atomic_write(target / name, overwrite=True) as tmp:
+                    shutil.copyfile(run / name, tmp)
+        members.append({**m, "file": f"fold_{m['fold']}/{Path(m['file']).name}"})
+    io.save_json({**manifest, "members": members, "published_from": str(src)},
+                 dest / inference.MANIFEST, overwrite=True)
+    return dest
+
+
+def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
+                   verbose=0, publish_dir=None, **overrides) -> dict:
+    """Train the K members of one configuration and score every case out of fold.
+
+    Each member is a normal run folder under ``out_dir/fold_i/`` (default
+    ``results/cv/``), trained on the other folds (:func:`fold_splits`; ``seed`` is the
+    fold assignment's and, unless overridden, the training's). ``out_dir`` then holds
+    ``manifest.json`` (an ensemble :func:`lungseg_utils.inference.load_model` can load) and
+    ``cross_validation.json``: ``{"folds", "profile", "settings", "cases": [{"case_id",
+    "fold", metrics...}], "summary": {metric: summary}}``, each case scored on the 64^3 grid
+    by the member that never saw it. With ``publish_dir`` the ensemble is also copied there
+    (:func:`publish`).
+    """
+    data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
+    out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
+    settings = config.get_profile(profile, **overrides)
+    ids = [p.name for p in io.discover_cases(data_dir)]
+    rows, runs = [], []
+    for i, split in enumerate(fold_splits(ids, k, seed, settings["checkpoint"])):
+        run_dir = train.train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile,
+                              split=split, verbose=verbose, **{"seed": seed, **overrides})
+        runs.append(run_dir)
+        forward = inference.compiled_forward(inference.load_model(run_dir))
+        for cid in split["test"]:
+            case = io.load_case(data_dir / cid)
+            res = inference.predict_volume(forward, case.ct_hu, case.affine)
+            rows.append({"case_id": cid, "fold": i, "run": run_dir.name,
+                         **metrics.evaluate_masks(res["mask"], case.mask, case.spacing_mm)})
+    write_manifest(out_root, runs, seed, overwrite=True)
+    rows.sort(key=lambda r: r["case_id"])
+    used = io.load_json(runs[0] / "train_config.json")["settings"]
+    result = {"folds": k, "profile": used.get("profile"), "settings": used, "cases": rows,
+              "summary": {m: metrics.summarise(rows, m) for m in
+                          ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")}}
+    io.save_json(result, out_root / "cross_validation.json", overwrite=True)
+    if publish_dir:
+        publish(out_root, publish_dir, overwrite=True)
+        io.save_json(result, Path(publish_dir) / "cross_validation.json", overwrite=True)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lungseg_utils.ensemble",
+        description="K-fold cross-validation of one training configuration: K members, each "
+                    "case scored by the member that never saw it; the members together are "
+                    "an ensemble (manifest.json) that the inference command can use.")
+    p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--profile", choices=sorted(config.PROFILES),
+                   help="training settings (default: $LUNGSEG_PROFILE or quick)")
+    p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz")
+    p.add_argument("--out_dir", help="where the member runs go (default results/cv)")
+    p.add_argument("--publish", metavar="DIR",
+                   help="also copy the ensemble to DIR (e.g. results/reference)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
+                                seed=args.seed, publish_dir=args.publish)
+    except LungsegInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = result["summary"]["dice"]
+    print(f"{args.k}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
+          f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
