@@ -1,10 +1,7 @@
 """The lungseg U-Net under ``KERAS_BACKEND=jax``: a training step, one volume, 8-flip TTA.
 
 For a GPU machine whose image has JAX but no TensorFlow (on a CPU, JAX uses the CPU). Needs
-only Keras, NumPy and ``lungseg_utils.unet``; random input, as content does not change cost::
-
-    python benchmarks/gpu.py [--precision bf16] [--batch 4] [--size 128]
-
+only Keras, NumPy and ``lungseg_utils.unet``; random input, as content does not change cost.
 Writes ``benchmarks/gpu_results.json``, which the next ``run.py`` puts into RESULTS.md.
 """
 
@@ -39,12 +36,10 @@ def main(argv=None) -> int:
     import numpy as np
 
     from lungseg_utils import unet
-    from tasks import TRAIN_STEP_FORWARDS, peak_rss_mib, timeit
+    from render import fmt_s
+    from tasks import TRAIN_STEP_FORWARDS, peak_rss_mib, seeded_keras, timeit
 
-    keras = unet.keras
-    if args.precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    keras.utils.set_random_seed(0)
+    keras = seeded_keras(args.precision)  # seeded, with the precision's global policy
     n, b = args.size, args.batch
     model = unet.compile_model(unet.build_unet((n, n, n, 1), base_filters=args.base_filters))
     x = np.random.default_rng(0).random((max(b, 8), n, n, n, 1), dtype=np.float32)
@@ -64,15 +59,14 @@ def main(argv=None) -> int:
     result = {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
               "jax": jax.__version__, "keras": keras.__version__, **vars(args),
               "out": str(args.out), "forward_flops": flops, "train_step_s": train,
-              "inference_s": infer, "tta8_s": tta,
+              "inference_s": infer, "tta8_s": tta, "host_peak_rss_mib": peak_rss_mib(),
               "train_gflops": TRAIN_STEP_FORWARDS * flops * b / train["median"] / 1e9,
               "device_peak_mib": ((dev.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2 ** 20
                                   if dev.platform == "gpu" else None),
-              "host_peak_rss_mib": peak_rss_mib(), "wall_s": time.perf_counter() - t0,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "wall_s": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['device']}: training step {train['median'] * 1e3:.1f} ms (batch {b}), "
-          f"inference {infer['median'] * 1e3:.1f} ms, TTA x8 {tta['median'] * 1e3:.1f} ms")
+    print(f"{result['device']}: training step {fmt_s(train)} (batch {b}), inference "
+          f"{fmt_s(infer)}, TTA x8 {fmt_s(tta)}")
     return 0
 
 

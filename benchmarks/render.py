@@ -6,8 +6,9 @@ any time. With results for two ISAs the summary shows them side by side with the
 
 from __future__ import annotations
 
+import functools
 import json
-import re
+import operator
 from pathlib import Path
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -15,50 +16,51 @@ CONTENDED_CORES = 0.15  # a measurement beside other processes using more is fla
 HEADROOM_MIN, MEMORY_TARGET_MIB = 5.0, 4096.0
 ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only"}
 
+# The formats of a table cell: a time in seconds, a memory in MiB, a share, a check's outcome.
+_t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+_mib = lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"  # noqa: E731
+_pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
+_ok = lambda passed: "✓" if passed else "✗"  # noqa: E731
+
+
+def fmt_s(t) -> str:
+    """'0.781 s (0.765–0.791, n=5)' from a tasks.summarise() dict."""
+    unit, k = ("ms", 1e3) if t["median"] < 0.1 else ("s", 1.0)
+    return f"{t['median'] * k:.3g} {unit} ({t['min'] * k:.3g}–{t['max'] * k:.3g}, n={t['n']})"
+
 
 def _measured(entry: dict) -> dict:
     """The tasks of one ISA that ran (not skipped, not failed)."""
-    return {k: v for k, v in entry["tasks"].items() if "skipped" not in v}
+    return {k: v for k, v in entry["tasks"].items() if v and "skipped" not in v}
 
 
-def _step(t: dict, key: str, batch: int) -> dict:
-    return next(r for r in t[key]["rows"] if r["batch"] == batch)
-
-
-#: The figures of the summary and the checks: name -> f(numbers so far, tasks, ref, batch).
+#: The figures of the summary and the checks, in order: name -> the keys that lead to it in
+#: the tasks, or f(numbers so far, tasks, ref's time_to_dice, batch).
 FIGURES = {
-    "ceil_f32": lambda n, t, r, b: t["ceiling"]["f32_gflops"],
-    "ceil_bf16": lambda n, t, r, b: t["ceiling"]["bf16_gflops"],
-    "step": lambda n, t, r, b: _step(t, "train_f32", b)["step_s"]["median"],
-    "step_gflops": lambda n, t, r, b: _step(t, "train_f32", b)["gflop_per_step"] / n["step"],
+    "ceil_f32": "ceiling f32_gflops", "ceil_bf16": "ceiling bf16_gflops",
+    "row_f32": lambda n, t, r, b: next(x for x in t["train_f32"]["rows"] if x["batch"] == b),
+    "row_bf16": lambda n, t, r, b: next(x for x in t["train_bf16"]["rows"] if x["batch"] == b),
+    "step": lambda n, t, r, b: n["row_f32"]["step_s"]["median"],
+    "step_gflops": lambda n, t, r, b: n["row_f32"]["gflop_per_step"] / n["step"],
     "consume": lambda n, t, r, b: b / n["step"],
-    "step_bf16": lambda n, t, r, b: _step(t, "train_bf16", b)["step_s"]["median"],
-    "epoch": lambda n, t, r, b: t["epoch"]["epoch_s"]["median"],
-    "overhead": lambda n, t, r, b: t["epoch"]["overhead_s"]["median"],
-    "steps_per_epoch": lambda n, t, r, b: t["epoch"]["steps_per_epoch"],
-    "mem_train": lambda n, t, r, b: t["epoch"]["peak_rss_mib"],
-    "augment": lambda n, t, r, b: t["epoch"]["pipeline"]["augment_samples_per_s"],
+    "step_bf16": lambda n, t, r, b: n["row_bf16"]["step_s"]["median"],
+    "epoch": "epoch epoch_s median", "overhead": "epoch overhead_s median",
+    "steps_per_epoch": "epoch steps_per_epoch", "mem_train": "epoch peak_rss_mib",
+    "augment": "epoch pipeline augment_samples_per_s", "dice_bf16": "inference_bf16 mean_test_dice",
     "headroom": lambda n, t, r, b: n["augment"] / n["consume"],
-    "compiled": lambda n, t, r, b: t["inference_f32"]["compiled_s"]["median"],
-    "predict": lambda n, t, r, b: t["inference_f32"]["predict_s"]["median"],
-    "tta": lambda n, t, r, b: t["inference_f32"]["tta8_s"]["median"],
-    "dice_f32": lambda n, t, r, b: t["inference_f32"]["mean_test_dice"],
-    "infer_frac": lambda n, t, r, b: (t["train_f32"]["forward_flops"] / n["compiled"] / 1e9
-                                      / n["ceil_f32"]),
-    "compiled_bf16": lambda n, t, r, b: t["inference_bf16"]["compiled_s"]["median"],
-    "dice_bf16": lambda n, t, r, b: t["inference_bf16"]["mean_test_dice"],
-    "infer_frac_bf16": lambda n, t, r, b: (t["train_f32"]["forward_flops"] / n["compiled_bf16"]
-                                           / 1e9 / n["ceil_bf16"]),
-    "native": lambda n, t, r, b: t["native"]["stages_s"]["total"]["median"],
-    "native_tta": lambda n, t, r, b: t["native"]["tta8_total_s"]["median"],
+    "compiled": "inference_f32 compiled_s median", "predict": "inference_f32 predict_s median",
+    "tta": "inference_f32 tta8_s median", "dice_f32": "inference_f32 mean_test_dice",
+    "compiled_bf16": "inference_bf16 compiled_s median", "flops": "train_f32 forward_flops",
+    "infer_frac": lambda n, t, r, b: n["flops"] / n["compiled"] / 1e9 / n["ceil_f32"],
+    "infer_frac_bf16": lambda n, t, r, b: n["flops"] / n["compiled_bf16"] / 1e9 / n["ceil_bf16"],
+    "native": "native stages_s total median", "native_tta": "native tta8_total_s median",
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in
                                         ("inference_f32", "native") if k in t),
     # time to the original's val Dice: original epochs x its epoch / the reference's
-    "ttd": lambda n, t, r, b: [e * (r["steps_per_epoch"] * n["step"] + n["overhead"])
-                               / (r["reach_epoch"] * (r["reference_steps_per_epoch"] * n["step"]
-                                                      + n["overhead"]))
-                               for e in r["epochs"] if r["same_network"]],
+    "ttd": lambda n, t, r, b: [e * (r["steps_per_epoch"] * n["step"] + n["overhead"]) / (
+        r["reach_epoch"] * (r["reference_steps_per_epoch"] * n["step"] + n["overhead"]))
+        for e in r["epochs"] if r["same_network"]],
 }
 
 
@@ -68,7 +70,8 @@ def numbers(entry: dict, ref: dict) -> dict:
     n, t = {"batch": b}, _measured(entry)
     for name, fn in FIGURES.items():
         try:
-            n[name] = fn(n, t, ref.get("time_to_dice") or {}, b)
+            n[name] = (functools.reduce(operator.getitem, fn.split(), t) if isinstance(fn, str)
+                       else fn(n, t, ref.get("time_to_dice") or {}, b))
         except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
             pass
     return n
@@ -84,28 +87,6 @@ def checks(entry: dict, ref: dict) -> dict:
         out[name] = ([n[key] < MEMORY_TARGET_MIB, f"{_mib(n[key])} (< 4 GiB)"] if key in n
                      else [False, "not measured"])
     return out
-
-
-def _t(s) -> str:
-    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def fmt_s(t) -> str:
-    """'0.781 s (0.765–0.791, n=5)' from a tasks.summarise() dict."""
-    unit, k = ("ms", 1e3) if t["median"] < 0.1 else ("s", 1.0)
-    return f"{t['median'] * k:.3g} {unit} ({t['min'] * k:.3g}–{t['max'] * k:.3g}, n={t['n']})"
-
-
-def _mib(v) -> str:
-    return f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"
-
-
-def _pct(v) -> str:
-    return f"{100 * v:.0f} %"
-
-
-def _ok(passed) -> str:
-    return "✓" if passed else "✗"
 
 
 def _table(header, rows) -> list[str]:
@@ -152,8 +133,7 @@ def _summary_rows(ref: dict) -> list[tuple]:
                    f"{_mib(n['mem_infer'])} {_ok(n['mem_infer'] < MEMORY_TARGET_MIB)}", None),
         (f"**Input pipeline**: augmentation vs the network, samples/s (headroom ≥ "
          f"{HEADROOM_MIN:.0f}×)", lambda n: f"{n['augment']:.1f} vs {n['consume']:.2f} = "
-                                            f"{n['headroom']:.1f}× {_ok(n['headroom'] >= 5)}",
-         None)]
+         f"{n['headroom']:.1f}× {_ok(n['headroom'] >= HEADROOM_MIN)}", None)]
     if ttd.get("reach_epoch"):
         lo, hi = (e * ttd["steps_per_epoch"] for e in ttd["epochs"])
         rows.append((f"**Quick profile vs the original**: time to val Dice ≥ {ttd['val_dice']} "
@@ -164,11 +144,9 @@ def _summary_rows(ref: dict) -> list[tuple]:
 
 
 def _ratio(key: str, a: dict, b: dict) -> str:
-    """How many times as long ``b`` (AVX2) takes as ``a`` (AVX-512)."""
-    name = key.removeprefix("1/")
-    if not (a.get(name) and b.get(name)):
-        return "–"
-    return f"{(a[name] / b[name] if key.startswith('1/') else b[name] / a[name]):.2f}×"
+    """How many times as long ``b`` (AVX2) takes as ``a`` (AVX-512); "1/x": x is a speed."""
+    x = key.removeprefix("1/")
+    return _cell(lambda _: f"{(a[x] / b[x] if key != x else b[x] / a[x]):.2f}×", None)
 
 
 def summary(results: dict) -> list[str]:
@@ -187,18 +165,17 @@ def summary(results: dict) -> list[str]:
                    f"({ttd['reference_epochs'] * ttd['reference_steps_per_epoch']} steps) and "
                    f"val Dice {ttd['best_val_dice']:.3f}.")
     jobs = (results.get("job") or {}).get("jobs") or {}
-    if jobs:
+    if jobs:  # results["job"]: whole-job wall times, written by whatever timed the job
         out.append("- **The whole job** (wall time, from a timing wrapper's file): " + ", ".join(
             f"{k} {v['wall_s'] / 60:.1f} min" for k, v in jobs.items()) + ".")
     for k in isas:
         e = results["isa"][k]
-        busy = [f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
-                if (v.get("other_load_cores") or 0) > CONTENDED_CORES]
-        out += ([f"- ⚠ {ISA_LABEL[k]}: **tiny run** (base 2, two repetitions): checks the code, "
-                 "not the speed."] if e["tiny"] else []) + (
-            [f"- ⚠ {ISA_LABEL[k]}: measured beside other jobs (cores they used): "
-             f"{', '.join(busy)}."] if busy else []) + (
-            [f"- ⚠ {ISA_LABEL[k]}: failed: {', '.join(e['errors'])}."] if e["errors"] else [])
+        busy = ", ".join(f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
+                         if (v.get("other_load_cores") or 0) > CONTENDED_CORES)
+        out += [f"- ⚠ {ISA_LABEL[k]}: {note}." for cond, note in [
+            (e["tiny"], "**tiny run** (base 2, two repetitions): checks the code, not the speed"),
+            (busy, f"measured beside other jobs (cores they used): {busy}"),
+            (e["errors"], f"failed: {', '.join(e['errors'])}")] if cond]
     return out
 
 
@@ -217,12 +194,11 @@ def readme_block(results: dict) -> str:
 
 def update_readme(path, results: dict) -> bool:
     """Replace the text between README's bench markers; False (and no change) without them."""
-    path, block = Path(path), f"{README_START}\n{readme_block(results)}\n{README_END}"
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
+    head, start, rest = Path(path).read_text().partition(README_START)
+    if not start or README_END not in rest:
         return False
-    pattern = re.escape(README_START) + ".*?" + re.escape(README_END)
-    path.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S))
+    Path(path).write_text(f"{head}{start}\n{readme_block(results)}\n{README_END}"
+                          + rest.split(README_END, 1)[1])
     return True
 
 
@@ -236,7 +212,7 @@ def _details(e: dict, ref: dict) -> dict:
                                                    key=lambda k: int(k[6:]))):
         for r in t.get(key, {}).get("rows", []):
             s, g = t[key], r["gflop_per_step"] / r["step_s"]["median"]
-            ceil = n.get("ceil_bf16" if s["precision"] == "bf16" else "ceil_f32")
+            ceil = n.get(f"ceil_{s['precision']}")
             d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"] = (
                 f"{fmt_s(r['step_s'])}; {g:.0f} GFLOP/s" + (f" ({_pct(g / ceil)})" if ceil else "")
                 + f"; {_mib(r['peak_rss_mib'])}")
@@ -278,9 +254,9 @@ def _details(e: dict, ref: dict) -> dict:
         if v.get("other_load_cores") is not None) or "–"
     d["Checks"] = "; ".join(f"{k.replace('_', ' ')} {v[1]} {_ok(v[0])}"
                             for k, v in checks(e, ref).items())
+    env = " ".join(f"{k}={v}" for k, v in e["env"].items()) or "no cap"
     d["Measured (environment)"] = (f"{e['created']}, {e['wall_s'] / 60:.1f} min, waited "
-                                   f"{e['waited_s']:.0f} s for an idle CPU (" + (" ".join(
-                                       f"{k}={v}" for k, v in e["env"].items()) or "no cap") + ")")
+                                   f"{e['waited_s']:.0f} s for an idle CPU ({env})")
     return d
 
 
@@ -307,33 +283,29 @@ def results_markdown(results: dict) -> str:
 
 def plot_scaling(results: dict, path) -> Path:
     """Training step time against input size (batch 1) and batch (64³), one line per ISA."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend or global state to manage
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
     for isa, style in (("avx512", "-"), ("avx2", "--")):
         t = _measured(results["isa"][isa]) if isa in results["isa"] else {}
-        by_size = sorted((v["size"], v["rows"][0]) for k, v in t.items()
+        by_size = sorted((v["size"], v["rows"][0]["step_s"]["median"]) for k, v in t.items()
                          if k.startswith(("scale_", "train_f32")) and v["rows"][0]["batch"] == 1)
-        for ax, pts, prec, colour in [(axes[0], by_size, "f32", "#0072B2")] + [
-                (axes[1], [(r["batch"], r) for r in t[f"train_{p}"]["rows"]], p, c)
-                for p, c in (("f32", "#0072B2"), ("bf16", "#D55E00")) if f"train_{p}" in t]:
-            steps = [r["step_s"]["median"] for _, r in pts]
-            ax.plot([x for x, _ in pts], steps, style, marker="o", color=colour,
-                    label=f"{ISA_LABEL[isa]} {prec}")
-            for (x, r), y in zip(pts, steps):
-                ax.annotate(_mib(r["peak_rss_mib"]), (x, y), fontsize=7, color=colour,
-                            textcoords="offset points", xytext=(4, -10))
+        lines = [(axes[0], "f32", by_size)] + [
+            (axes[1], p, [(r["batch"], r["step_s"]["median"]) for r in t[f"train_{p}"]["rows"]])
+            for p in ("f32", "bf16") if f"train_{p}" in t]
+        for ax, prec, pts in lines:
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", label=f"{ISA_LABEL[isa]} {prec}",
+                        color={"f32": "#0072B2", "bf16": "#D55E00"}[prec])
     for ax, xlabel in zip(axes, ("input edge (voxels), batch 1", "batch size (64³)")):
         ax.set(xlabel=xlabel, ylabel="training step (s)", ylim=(0, None))
+        ax.locator_params(axis="x", integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"lungseg training step on {results['machine']['cpu'].get('model')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return Path(path)
 
 

@@ -1,10 +1,5 @@
 """``make bench``: what the project costs on this machine, measured in one command.
 
-    python benchmarks/run.py                # measure at this CPU's full ISA (about 5 min)
-    python benchmarks/run.py --isa avx2     # the same with oneDNN held to AVX2 kernels
-    python benchmarks/run.py --render       # measure nothing: re-render from results.json
-    python benchmarks/run.py --tiny --out /tmp/b   # every code path in about a minute (tests)
-
 Writes ``results.json`` (per ISA: ``results["isa"]["avx512"|"avx2"]``; a run replaces its
 own ISA's entry and keeps the other's if measured on the same CPU), ``RESULTS.md``,
 ``scaling.png`` and README.md's bench block. Each measurement runs in a fresh process
@@ -67,60 +62,51 @@ def reference_info() -> dict:
     its training log first reached the original's validation Dice."""
     from lungseg_utils import config, io
 
-    ref = config.REFERENCE_DIR
-    has = {name: (ref / name).exists() for name in ("train_config.json", "split.json",
-                                                     "best_model.keras", "training_log.csv")}
-    s = (io.load_json(ref / "train_config.json")["settings"] if has["train_config.json"]
-         else config.get_profile("quick"))
-    out = {"source": "results/reference/train_config.json" if has["train_config.json"]
+    cfg, split, model, log_csv = (config.REFERENCE_DIR / name for name in (
+        "train_config.json", "split.json", "best_model.keras", "training_log.csv"))
+    s = io.load_json(cfg)["settings"] if cfg.exists() else config.get_profile("quick")
+    out = {"source": "results/reference/train_config.json" if cfg.exists()
            else "config.get_profile('quick')", "settings": s,
-           "split": io.load_json(ref / "split.json") if has["split.json"] else None,
-           "model_path": str(ref / "best_model.keras") if has["best_model.keras"] else None}
-    if has["training_log.csv"]:
-        with open(ref / "training_log.csv", newline="") as f:
+           "split": io.load_json(split) if split.exists() else None,
+           "model_path": str(model) if model.exists() else None}
+    if log_csv.exists():
+        with open(log_csv, newline="") as f:
             log = [float(r["val_dice"]) for r in csv.DictReader(f)]
-        full = config.get_profile("full")
         out["time_to_dice"] = {
             **ORIGINAL, "reference_epochs": len(log), "best_val_dice": max(log),
             "reach_epoch": next((i + 1 for i, d in enumerate(log) if d >= ORIGINAL["val_dice"]),
                                 None),
             "reference_steps_per_epoch": math.ceil((s["samples_per_epoch"] or 7) / s["batch_size"]),
-            "same_network": all(full[k] == s[k] for k in ("base_filters", "depth", "norm",
-                                                          "use_transpose"))}
+            "same_network": all(config.get_profile("full")[k] == s[k]
+                                for k in ("base_filters", "depth", "norm", "use_transpose"))}
     return out
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
     """(key, task, params) of every measurement; ``tiny``: base 2, depth 2, 2 repetitions."""
-    from lungseg_utils import config
-    from lungseg_utils.synthetic import resolve_data_dir
+    from lungseg_utils import config, synthetic
 
     s = {**ref["settings"], **({"base_filters": 2, "depth": 2, "samples_per_epoch": 4}
                                if tiny else {})}
-    model = None if tiny else ref["model_path"]
     r = (lambda full: 2 if tiny else full)  # noqa: E731
-    bf16 = {"skip": BF16_AVX2} if isa == "avx2" else {}
-    tasks = [("ceiling", "ceiling", {"n": 256 if tiny else 3072, "reps": r(5), "bf16": not bf16}),
-             ("train_f32", "train", {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15,
-                                     "batches": [1, 2] if tiny else [1, 2, 4]}),
-             ("train_bf16", "train", {"precision": "bf16", "size": 64, "batches": [2],
-                                      "reps": r(5), "max_s": 15, **bf16})]
-    tasks += [(f"scale_{n}", "train", {"precision": "f32", "size": n, "batches": [1],
-                                       "reps": r(3), "max_s": 20})
-              for n in ((32,) if tiny else (96, 128))]
-    tasks += [("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3)}),
-              ("inference_f32", "inference", {"precision": "f32", "model_path": model,
-                                              "reps": r(5)}),
-              ("inference_bf16", "inference", {"precision": "bf16", "model_path": model,
-                                               "reps": r(5), **bf16})]
+    skip = {"skip": BF16_AVX2} if isa == "avx2" else {}
+    step = {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15}
+    infer = {"precision": "f32", "model_path": None if tiny else ref["model_path"], "reps": r(5)}
+    tasks = [("ceiling", "ceiling", {"n": 256 if tiny else 3072, "reps": r(5), "bf16": not skip}),
+             ("train_f32", "train", {**step, "batches": [1, 2] if tiny else [1, 2, 4]}),
+             ("train_bf16", "train", {**step, "precision": "bf16", "batches": [2], **skip}),
+             *((f"scale_{n}", "train", {**step, "size": n, "batches": [1], "reps": r(3),
+                                        "max_s": 20}) for n in ((32,) if tiny else (96, 128))),
+             ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3)}),
+             ("inference_f32", "inference", infer),
+             ("inference_bf16", "inference", {**infer, "precision": "bf16", **skip})]
     native = config.native_data_dir()
     if native is not None:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
-        case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])),
-                    cases[0])
-        tasks.append(("native", "native", {"model_path": model, "case_dir": str(case),
+        case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
+        tasks.append(("native", "native", {**infer, "case_dir": str(case),
                                            "reps": 1 if tiny else 3}))
-    common = {"data_dir": str(resolve_data_dir()), "split": ref["split"], "settings": s}
+    common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
     return [(k, t, {**common, **p}) for k, t, p in tasks]
 
 
@@ -148,7 +134,7 @@ def wait_until_quiet(budget_s: float) -> float:
 def run_task(name: str, params: dict, env: dict, timeout_s: float = 1800) -> dict:
     """``tasks.py NAME`` in a fresh process with ``env`` added: its result, or {"error"}.
     Adds ``other_load_cores``, the cores other processes used meanwhile on average."""
-    own = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mine0 = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])  # user + system CPU seconds
     busy0, t0 = _busy_cpu_s(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as tmp:
         out = Path(tmp) / "result.json"
@@ -164,8 +150,7 @@ def run_task(name: str, params: dict, env: dict, timeout_s: float = 1800) -> dic
         result = json.loads(out.read_text())
     result["process_wall_s"] = wall = time.perf_counter() - t0
     if busy0 is not None:
-        now = resource.getrusage(resource.RUSAGE_CHILDREN)
-        mine = now.ru_utime + now.ru_stime - own.ru_utime - own.ru_stime
+        mine = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - mine0
         result["other_load_cores"] = round(max(0.0, _busy_cpu_s() - busy0 - mine) / wall, 3)
     return result
 
@@ -173,11 +158,14 @@ def run_task(name: str, params: dict, env: dict, timeout_s: float = 1800) -> dic
 def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
     """Every planned task under ``isa``: the entry for ``results["isa"][isa]``. A tiny run
     only checks the code: it runs two tasks at a time and waits for nothing."""
-    t0, waited, env, tasks = time.perf_counter(), 0.0, ISA_ENV[isa], {}
+    t0, waited, env = time.perf_counter(), 0.0, ISA_ENV[isa]
 
     def one(key, task, params):
+        nonlocal waited
         if params.get("skip"):
             return {"skipped": params["skip"]}
+        if quiet_wait_s > waited:
+            waited += wait_until_quiet(quiet_wait_s - waited)
         print(f"[bench {isa}] {key} at {time.perf_counter() - t0:.0f} s ...", flush=True)
         result = run_task(task, params, env)
         if tiny:  # the task running beside it is no outside load
@@ -187,15 +175,13 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
                   f"{result['other_load_cores']:.2f} cores during {key}")
         return result
 
-    if tiny:
+    todo = plan(ref, tiny, isa)
+    if tiny:  # two at a time
         with ThreadPoolExecutor(2) as pool:
-            jobs = {k: pool.submit(one, k, *rest) for k, *rest in plan(ref, tiny, isa)}
-        tasks = {k: f.result() for k, f in jobs.items()}
-    for key, task, params in [] if tiny else plan(ref, tiny, isa):
-        if quiet_wait_s - waited > 0 and not params.get("skip"):
-            waited += wait_until_quiet(quiet_wait_s - waited)
-        tasks[key] = one(key, task, params)
-    errors = {k: tasks[k].pop("error") for k in [k for k, v in tasks.items() if "error" in v]}
+            tasks = dict(zip([k for k, *_ in todo], pool.map(lambda a: one(*a), todo)))
+    else:
+        tasks = {key: one(key, task, params) for key, task, params in todo}
+    errors = {k: v.pop("error") for k, v in tasks.items() if "error" in v}
     for key, text in errors.items():
         print(f"[bench {isa}] {key} FAILED: {text}", file=sys.stderr)
     return {"created": _dt.datetime.now().isoformat(timespec="seconds"), "tiny": tiny,
@@ -205,10 +191,9 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
 
 def merge(old: dict | None, machine: dict, tiny: bool) -> dict:
     """The ISA entries of ``old`` worth keeping: same schema, CPU and tiny-ness."""
-    if (old and old.get("schema") == SCHEMA and old["machine"]["cpu"] == machine["cpu"]
-            and all(e["tiny"] == tiny for e in old["isa"].values())):
-        return dict(old["isa"])
-    return {}
+    same = (old and old.get("schema") == SCHEMA and old["machine"]["cpu"] == machine["cpu"]
+            and all(e["tiny"] == tiny for e in old["isa"].values()))
+    return dict(old["isa"]) if same else {}
 
 
 def main(argv=None) -> int:
@@ -220,8 +205,6 @@ def main(argv=None) -> int:
                     help="CPU instruction set for oneDNN (default: avx512 if the CPU has it)")
     ap.add_argument("--tiny", action="store_true", help="base-2 network, two repetitions")
     ap.add_argument("--render", action="store_true", help="measure nothing, re-render")
-    ap.add_argument("--job-timings", type=Path, metavar="FILE",
-                    help='report whole-job wall times: JSON {"jobs": {NAME: {"wall_s": S}}}')
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
                     help="wait for an idle CPU before each measurement, S seconds in all")
@@ -235,8 +218,7 @@ def main(argv=None) -> int:
         cpu = cpu_info()
         isa = args.isa or ("avx512" if "avx512f" in cpu["flags"] else "avx2")
         if isa == "avx512" and "avx512f" not in cpu["flags"]:
-            print("error: this CPU has no AVX-512 (no avx512f in /proc/cpuinfo).", file=sys.stderr)
-            return 2
+            ap.error("this CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")  # exit status 2
         machine = {"cpu": cpu, "python": platform.python_version(),
                    **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
         ref = reference_info()
@@ -246,8 +228,6 @@ def main(argv=None) -> int:
         results = {"schema": SCHEMA, "machine": machine, "isa": entries,
                    "reference": {k: v for k, v in ref.items() if k not in ("split", "model_path")},
                    "job": (results or {}).get("job")}
-    if args.job_timings:
-        results["job"] = json.loads(args.job_timings.read_text())
     gpu = BENCH_DIR / "gpu_results.json"
     results["gpu"] = json.loads(gpu.read_text()) if gpu.exists() else results.get("gpu")
     readme = None if args.no_readme or args.tiny else REPO_ROOT / "README.md"

@@ -53,26 +53,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _keras(precision: str = "f32"):
+def seeded_keras(precision: str = "f32"):
     """Keras, seeded, with the global policy of ``precision`` (f32 or bf16)."""
     from lungseg_utils import config
 
     keras = config.import_keras_quietly()
     keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16"
-                                            else "float32")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
     return keras
 
 
-def _network(settings: dict, size: int = 64, weights_from=None):
-    """The U-Net of ``settings`` at ``size``³ under the current policy (with the weights of
-    the model ``weights_from``)."""
-    from lungseg_utils import unet
+def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=None):
+    """The U-Net of ``settings`` at ``size``³ built under ``precision`` (under bf16 every layer
+    but the float32 output computes in bfloat16), with the weights of ``model_path`` if any."""
+    from lungseg_utils import inference, unet
 
+    saved = inference.load_model(model_path) if seeded_keras() and model_path else None
+    seeded_keras(precision)
     model = unet.build_unet(input_shape=(size, size, size, 1),
                             **{k: settings[k] for k in NET_KEYS if k in settings})
-    if weights_from:
-        model.set_weights(weights_from.get_weights())
+    if saved:
+        model.set_weights(saved.get_weights())
     return model
 
 
@@ -91,7 +92,7 @@ def _split(params) -> dict:
 
 def task_ceiling(p) -> dict:
     """An n x n by n x n matrix product (2 n^3 FLOP): NumPy f32, TensorFlow f32 and bf16."""
-    _keras()
+    seeded_keras()
     import tensorflow as tf
 
     n, reps = int(p["n"]), int(p["reps"])
@@ -113,14 +114,14 @@ def task_ceiling(p) -> dict:
 def task_train(p) -> dict:
     """Seconds per ``train_on_batch`` step at each batch size, one precision and input size.
     Random volumes and a ball-shaped mask: the content does not change the cost."""
-    _keras(p["precision"])
+    seeded_keras(p["precision"])
     import tensorflow as tf
 
     from lungseg_utils import unet
 
     tf.config.experimental.enable_op_determinism()  # as lungseg_utils.train does
     size, s = int(p["size"]), p["settings"]
-    model = unet.compile_model(_network(s, size), s.get("loss", "dice"),
+    model = unet.compile_model(_network(s, p["precision"], size), s.get("loss", "dice"),
                                s.get("learning_rate", 1e-3))
     b_max = max(p["batches"])
     x = np.random.default_rng(0).random((b_max, size, size, size, 1), dtype=np.float32)
@@ -138,7 +139,7 @@ def task_train(p) -> dict:
 def task_epoch(p) -> dict:
     """The augmentation data set's speed, then a real ``train.train`` run of a few epochs
     with all its callbacks; its peak memory is that of a quick-profile training run."""
-    keras = _keras()
+    keras = seeded_keras()
     from lungseg_utils import config, dataset, train
 
     s, split = p["settings"], _split(p)
@@ -146,68 +147,39 @@ def task_epoch(p) -> dict:
     samples = int(s.get("samples_per_epoch") or len(x))
     ds = dataset.LungDataset((x, y), int(s["batch_size"]), s, seed=0, augment=True,
                              samples_per_epoch=samples)
-
-    def one_epoch():
-        for i in range(len(ds)):
-            ds[i]
-        ds.on_epoch_end()
-
-    aug = timeit(one_epoch, int(p["aug_reps"]))
+    aug = timeit(lambda: ([ds[i] for i in range(len(ds))], ds.on_epoch_end()), int(p["aug_reps"]))
     pipeline = {"samples_per_epoch": samples, "augment_epoch_s": aug,
                 "augment_samples_per_s": samples / aug["median"]}
-
-    class Timer(keras.callbacks.Callback):
-        epochs, batches, val = [], [], []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t_epoch = self.t_batch = time.perf_counter()
-            self.batches.append([])
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches[-1].append(time.perf_counter() - self.t_batch)
-            self.t_batch = time.perf_counter()
-
-        def on_test_begin(self, logs=None):
-            self.t_val = time.perf_counter()
-
-        def on_test_end(self, logs=None):
-            self.val.append(time.perf_counter() - self.t_val)
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.epochs.append(time.perf_counter() - self.t_epoch)
-
+    # per epoch: its start and each step's end ("steps"), validation's start and end, its end
+    now, eps = time.perf_counter, []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda *a, **kw: eps.append({"steps": [now()], "val": []}),
+        on_train_batch_end=lambda *a, **kw: eps[-1]["steps"].append(now()),
+        on_test_begin=lambda *a, **kw: eps[-1]["val"].append(now()),
+        on_test_end=lambda *a, **kw: eps[-1]["val"].append(now()),
+        on_epoch_end=lambda *a, **kw: eps[-1].update(end=now()))
     known = config.get_profile(s.get("profile") or "quick")
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
     names = {k: [f.name for f in v] for k, v in split.items()}
-    timer, w = Timer(), int(p["warmup_epochs"])
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as out:
         train.train(data_dir=p["data_dir"], out_dir=out, profile=s.get("profile"),
                     split={"seed": 0, **names}, verbose=0, callbacks=[timer],
                     epochs=int(p["epochs"]), **overrides)
-    epochs, batches = timer.epochs[w:], timer.batches[w:]
-    return {"pipeline": pipeline, "epochs_run": len(timer.epochs),
-            "warmup_epochs_s": timer.epochs[:w], "epoch_s": summarise(epochs),
-            "fit_step_s": summarise([t for ep in batches for t in ep]),
-            "val_s": summarise(timer.val[w:] or [0.0]),
-            "overhead_s": summarise([e - sum(b) for e, b in zip(epochs, batches)]),
+    w, spans = int(p["warmup_epochs"]), [e["end"] - e["steps"][0] for e in eps]
+    steps = [b - a for e in eps[w:] for a, b in zip(e["steps"], e["steps"][1:])]
+    return {"pipeline": pipeline, "epochs_run": len(eps), "warmup_epochs_s": spans[:w],
+            "epoch_s": summarise(spans[w:]), "fit_step_s": summarise(steps),
+            "val_s": summarise([e["val"][-1] - e["val"][0] for e in eps[w:] if e["val"]] or [0.0]),
+            "overhead_s": summarise([e["end"] - e["steps"][-1] for e in eps[w:]]),
             "steps_per_epoch": len(ds), "peak_rss_mib": peak_rss_mib()}
-
-
-def _model(p, precision: str = "f32"):
-    """The reference weights (or, without ``model_path``, fresh ones) in a network built
-    under ``precision``: under bf16 every layer but the float32 output computes in bfloat16."""
-    from lungseg_utils import inference
-
-    saved = inference.load_model(p["model_path"]) if _keras() and p.get("model_path") else None
-    _keras(precision)
-    return _network(p["settings"], weights_from=saved)
 
 
 def task_inference(p) -> dict:
     """One 64³ volume: ``model.predict`` vs the compiled call, 8-flip TTA, test-case Dice."""
     from lungseg_utils import dataset, inference, metrics
 
-    model, split, reps = _model(p, p["precision"]), _split(p), int(p["reps"])
+    model = _network(p["settings"], p["precision"], model_path=p.get("model_path"))
+    split, reps = _split(p), int(p["reps"])
     tests = split["test"] or split["val"]
     x, y = dataset.load_training_arrays(tests)
     fwd = inference.compiled_forward(model)
@@ -218,9 +190,8 @@ def task_inference(p) -> dict:
                             max(2, reps // 2))}
     dice = [metrics.dice(inference.predict_prob64(fwd, xi)[0] > 0.5, yi[..., 0] > 0.5)
             for xi, yi in zip(x, y)]
-    out["test_cases"] = {f.name: float(d) for f, d in zip(tests, dice)}
-    out["mean_test_dice"] = float(np.mean(dice))
-    return out
+    return {**out, "test_cases": {f.name: float(d) for f, d in zip(tests, dice)},
+            "mean_test_dice": float(np.mean(dice))}
 
 
 def task_native(p) -> dict:
@@ -228,9 +199,8 @@ def task_native(p) -> dict:
     grid, predict, back, refine), save; without and with 8-flip TTA."""
     from lungseg_utils import inference, io
 
-    fwd = inference.compiled_forward(_model(p))
-    ct_path = Path(p["case_dir"]) / "ct.nii.gz"
-    stages = {k: [] for k in ("load", "predict_volume", "save", "total")}
+    fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
+    ct_path, reps = Path(p["case_dir"]) / "ct.nii.gz", int(p["reps"])
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_native_") as out:
         def once(use_tta: bool):
             t = [time.perf_counter()]
@@ -238,22 +208,20 @@ def task_native(p) -> dict:
             t.append(time.perf_counter())
             mask = inference.predict_volume(fwd, ct, affine, tta=use_tta)["mask"]
             t.append(time.perf_counter())
-            io.save_nifti(mask, affine, Path(out) / "lungs.nii.gz", header=header,
-                          overwrite=True)
+            io.save_nifti(mask, affine, Path(out) / "lungs.nii.gz", header=header, overwrite=True)
             t.append(time.perf_counter())
             return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine
 
         once(False)
-        for _ in range(int(p["reps"])):
-            times, shape, affine = once(False)
-            for k, v in zip(stages, times):
-                stages[k].append(v)
+        plain = [once(False) for _ in range(reps)]
         rss_plain = peak_rss_mib()
         once(True)
-        tta = [once(True)[0][-1] for _ in range(int(p["reps"]))]
+        tta = [once(True)[0][-1] for _ in range(reps)]
+    stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
+    _, shape, affine = plain[-1]
     return {"case_id": Path(p["case_dir"]).name, "shape": list(shape),
             "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
-            "stages_s": {k: summarise(v) for k, v in stages.items()},
+            "stages_s": {k: summarise(v) for k, v in stages},
             "tta8_total_s": summarise(tta), "peak_rss_mib_no_tta": rss_plain}
 
 

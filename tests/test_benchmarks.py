@@ -149,6 +149,16 @@ def test_checks_fail_on_low_headroom_and_high_memory():
     assert render.checks(entry, ref)["inference_memory"] == [False, "not measured"]
 
 
+def test_a_failed_task_is_reported_not_rendered():
+    results = copy.deepcopy(COMMITTED)
+    entry, ref = results["isa"]["avx512"], results["reference"]
+    entry["tasks"]["epoch"], entry["errors"] = {}, {"epoch": "Traceback\nValueError: boom\n"}
+    md = render.results_markdown(results)
+    assert "| `epoch` | failed: ValueError: boom |" in md and "`train.train`: epoch" not in md
+    assert "- ⚠ AVX-512: failed: epoch." in render.summary(results)
+    assert render.checks(entry, ref)["training_memory"] == [False, "not measured"]
+
+
 def test_update_readme_replaces_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
