@@ -14,6 +14,7 @@ One job per module, in the order the data flows; imports only go down this list:
 ``augment``      pure NumPy transforms of (CT, mask) pairs
 ``dataset``      the Keras ``PyDataset`` that feeds training
 ``unet``         the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
+``callbacks``    Keras callbacks of a run: dropout state backup, wall-clock budget, schedule
 ``distribute``   the ``tf.distribute`` strategy training runs under
 ``train``        ``train()``, resume, ``python -m lungseg_utils.train``
 ``inference``    load, forward, predict, refine, TTA, ``python -m lungseg_utils.inference``

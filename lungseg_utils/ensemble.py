@@ -61,8 +61,11 @@ def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) ->
         cfg = io.load_json(run / "train_config.json")
         split = io.load_json(run / "split.json")
         model = run / inference.MODEL_FILE
+        if not model.resolve().is_relative_to(folder.resolve()):
+            raise LungsegInputError(f"{model}: a member must lie inside the ensemble folder "
+                                    f"{folder}.")
         settings = settings or cfg["settings"]
-        members.append({"file": model.relative_to(folder).as_posix(), "fold": i,
+        members.append({"file": model.resolve().relative_to(folder.resolve()).as_posix(), "fold": i,
                         "seed": cfg["settings"]["seed"], "train": split["train"],
                         "test": split["test"], "sha256": io.file_sha256(model),
                         "bytes": model.stat().st_size})

@@ -152,7 +152,7 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
 
     Methods: ``member`` (the first listed ensemble's member that never saw the case: out
     of fold), ``ensemble_oof`` (the average of every member, over all listed ensembles, that
-    never saw the case; only when there are several such members, e.g. two repeats of the
+    never saw the case; only with several ensembles, e.g. two repeats of the
     cross-validation), ``ensemble_all`` (all members of the first ensemble, as the
     inference command uses them: K - 1 of K members trained on the case, so this column is
     optimistic) and ``baseline`` (the classical method). Returns ``{"shifts", "methods",
@@ -173,7 +173,7 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
             raise LungsegInputError(f"{ensemble_dirs[0]}: no member left {case.case_id} out.")
         every = [f for group in oof for f in group]
         forwards = {"member": inference.compiled_forward(load(oof[0][0]))}
-        if len(every) > 1:
+        if len(ensemble_dirs) > 1:
             forwards["ensemble_oof"] = inference.compiled_forward(
                 inference.Ensemble([load(f) for f in every], {}, None))
         forwards["ensemble_all"] = everyone

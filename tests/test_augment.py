@@ -1,9 +1,10 @@
-"""Augmentation keeps CT and mask aligned, the mask binary, and is reproducible."""
+"""lungseg_utils.augment (pure NumPy): every transform keeps CT and mask aligned and the mask
+binary, is reproducible from its generator, and the defaults come from config."""
 
 import numpy as np
 import pytest
 
-from lungseg_utils import augment
+from lungseg_utils import augment, config
 from lungseg_utils.errors import LungsegInputError
 
 THRESHOLD = 0.3
@@ -109,84 +110,62 @@ def test_mismatched_shapes_raise():
         augment.random_flip(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), np.random.default_rng())
 
 
-def _arrays(n=3):
-    pairs = [_phantom(seed) for seed in range(n)]
-    x = np.stack([p[0] for p in pairs])[..., None]
-    y = np.stack([p[1] for p in pairs])[..., None].astype(np.float32)
-    return x, y
+def test_flip_and_rot90_exact():
+    ct, mask = _phantom()
+    rng = np.random.default_rng(0)
+    out_ct, out_mask = augment.random_flip(ct, mask, rng, p=1.0)
+    np.testing.assert_array_equal(out_ct, np.flip(ct, (0, 1, 2)))
+    np.testing.assert_array_equal(out_mask, np.flip(mask, (0, 1, 2)))
+    same = augment.random_flip(ct, mask, rng, p=0.0)
+    np.testing.assert_array_equal(same[0], ct)
+    # a non-cubic volume turns only in its square plane; with none, not at all
+    box = np.arange(4 * 4 * 6, dtype=np.float32).reshape(4, 4, 6)
+    turned, _ = augment.random_rot90(box, box > 40, np.random.default_rng(1), p=1.0)
+    assert turned.shape == box.shape and not np.array_equal(turned, box)
+    assert any(np.array_equal(turned, np.rot90(box, k, (0, 1))) for k in (1, 2, 3))
+    odd = np.random.default_rng(3).random((3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(augment.random_rot90(odd, odd > 0.5, np.random.default_rng(2),
+                                                       p=1.0)[0], odd)
 
 
-def test_dataset_batches_reproducible_and_aligned():
-    x, y = _arrays()
-    settings = dict(p_jitter=0.0, p_elastic=0.0, p_rot90=1.0, p_shift=1.0)
-    a = augment.LungDataset((x, y), batch_size=2, settings=settings, seed=3, samples_per_epoch=5)
-    b = augment.LungDataset((x, y), batch_size=2, settings=settings, seed=3, samples_per_epoch=5)
-    assert len(a) == 3
-    for i in reversed(range(len(a))):  # order of requests does not matter
-        xa, ya = a[i]
-        xb, yb = b[i]
-        assert xa.dtype == ya.dtype == np.float32
-        assert xa.shape == ya.shape == ((2 if i < 2 else 1), 64, 64, 64, 1)
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
-        for xs, ys in zip(xa, ya):
-            _check_aligned(xs[..., 0], ys[..., 0])
+def test_augment_pair_defaults_come_from_config():
+    ct, mask = _phantom()
+    assert {"p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox",
+            "p_elastic", "elastic_sigma_mm", "elastic_smooth_mm"} <= set(config.AUGMENT_DEFAULTS)
+    assert not {"flip_axes", "spacing_mm"} & set(config.AUGMENT_DEFAULTS)
+    assert all(config.AUGMENT_DEFAULTS[k] == config.get_profile("quick")[k]
+               for k in config.AUGMENT_DEFAULTS)
+    runs = [augment.augment_pair(ct, mask, np.random.default_rng(11), s)
+            for s in (None, config.AUGMENT_DEFAULTS, config.get_profile("quick"))]
+    for out_ct, out_mask in runs[1:]:                   # a whole profile: extra keys ignored
+        np.testing.assert_array_equal(out_ct, runs[0][0])
+        np.testing.assert_array_equal(out_mask, runs[0][1])
+    off = {k: 0.0 for k in config.AUGMENT_DEFAULTS if k.startswith("p_")}
+    out_ct, out_mask = augment.augment_pair(ct, mask, np.random.default_rng(11), off)
+    np.testing.assert_array_equal(out_ct, ct)           # every probability 0: unchanged
+    np.testing.assert_array_equal(out_mask, mask)
+    changed = augment.augment_pair(ct, mask, np.random.default_rng(11), dict(off, p_flip=1.0))
+    np.testing.assert_array_equal(changed[0], np.flip(ct, (0, 1, 2)))
 
 
-def test_dataset_epochs_differ_and_seed_matters():
-    x, y = _arrays()
-    ds = augment.LungDataset((x, y), batch_size=3, seed=3)
-    first = ds[0][0]
-    np.testing.assert_array_equal(ds[0][0], first)  # same epoch, same batch
-    ds.on_epoch_end()
-    assert ds.epoch == 1
-    assert not np.array_equal(ds[0][0], first)
-    other = augment.LungDataset((x, y), batch_size=3, seed=4)
-    assert not np.array_equal(other[0][0], first)
+def test_affine_keeps_alignment_and_z_crop_frames_the_lungs():
+    ct, mask = _phantom()
+    out_ct, out_mask = augment.random_affine(ct, mask, np.random.default_rng(8), 10.0, 0.1)
+    assert out_ct.shape == ct.shape and out_mask.dtype == mask.dtype
+    assert set(np.unique(out_mask)) <= {0, 1} and not np.array_equal(out_mask, mask)
+    assert _dice(out_mask, out_ct > THRESHOLD) > 0.95
+    cropped_ct, cropped = augment.random_z_crop(ct, mask, np.random.default_rng(9), 2)
+    np.testing.assert_array_equal(cropped, mask)            # the lungs are all kept
+    zs = np.flatnonzero(mask.any(axis=(0, 1)))
+    air = ~cropped_ct.any(axis=(0, 1))
+    assert air[: zs[0] - 2].all() and air[zs[-1] + 3:].all()  # beyond the margin: air
+    assert cropped_ct[:, :, zs[0]:zs[-1] + 1].any()
 
 
-def test_dataset_every_case_once_per_epoch():
-    x, y = _arrays(4)
-    ds = augment.LungDataset((x, y), batch_size=2, seed=0)
-    for epoch in range(3):
-        ds.epoch = epoch
-        assert sorted(ds.order()) == [0, 1, 2, 3]
-
-
-def test_validation_dataset_is_unchanged():
-    x, y = _arrays()
-    ds = augment.LungDataset((x, y), batch_size=2, augment=False)
-    np.testing.assert_array_equal(ds[0][0], x[:2])
-    np.testing.assert_array_equal(ds[1][1], y[2:])
-    with pytest.raises(IndexError):
-        ds[2]
-
-
-def test_dataset_loads_case_folders(tmp_path):
-    from lungseg_utils.synthetic import write_demo_dataset
-
-    folder = write_demo_dataset(tmp_path, n_cases=2)
-    cases = sorted(p for p in folder.iterdir() if p.is_dir())
-    ds = augment.LungDataset(cases, batch_size=2, augment=False)
-    xb, yb = ds[0]
-    assert xb.shape == yb.shape == (2, 64, 64, 64, 1)
-    assert 0.0 <= xb.min() and xb.max() <= 1.0
-    assert set(np.unique(yb)) == {0.0, 1.0}
-
-
-def test_dataset_with_worker_threads_in_fit():
-    keras = augment.keras
-    x, y = _arrays(4)
-    ds = augment.LungDataset((x, y), batch_size=2, seed=0, workers=2, use_multiprocessing=False)
-    seen = []
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append((epoch, ds.epoch))
-
-    inp = keras.Input((64, 64, 64, 1))
-    m = keras.Model(inp, keras.layers.Conv3D(1, 1, activation="sigmoid")(inp))
-    m.compile("sgd", "mse")
-    m.fit(ds, epochs=2, verbose=0, shuffle=False,
-          callbacks=[augment.EpochSetter(ds), Record()])
-    assert seen == [(0, 0), (1, 1)]
+def test_intensity_and_blur_change_only_the_ct_within_range():
+    ct, _ = _phantom()
+    rng = np.random.default_rng(10)
+    for out in (augment.random_intensity(ct, rng), augment.random_blur(ct, rng, 1.0, 3)):
+        assert out.dtype == np.float32 and out.shape == ct.shape
+        assert 0.0 <= out.min() and out.max() <= 1.0 and not np.array_equal(out, ct)
+        assert np.corrcoef(out.ravel(), ct.ravel())[0, 1] > 0.9   # the same anatomy

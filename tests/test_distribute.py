@@ -1,4 +1,4 @@
-"""Training under a ``tf.distribute`` strategy: two logical CPUs stand in for two GPUs.
+"""lungseg_utils.distribute and training under it: two logical CPUs stand in for two GPUs.
 
 The logical devices must be set before TensorFlow initialises its runtime, which the test
 session has long done, so the distributed run happens in a fresh Python process.
@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from lungseg_utils import config, io
-from lungseg_utils import train as trainer
+from lungseg_utils import config, distribute, io
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.synthetic import write_demo_dataset
 
-pytestmark = pytest.mark.skipif(trainer.keras.backend.backend() != "tensorflow",
+keras = distribute.keras
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.distribute needs the TensorFlow backend")
 
 SCRIPT = r"""
@@ -27,11 +26,11 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-from lungseg_utils import train
+from lungseg_utils import distribute, train
 
-strategy = train.distribution_strategy(["/cpu:0", "/cpu:1"])
+strategy = distribute.distribution_strategy(["/cpu:0", "/cpu:1"])
 run_dir = train.train(data_dir=sys.argv[1], out_dir=sys.argv[2], profile="smoke",
-                      strategy=strategy, batch_size=2, verbose=0)
+                      base_filters=2, depth=1, strategy=strategy, batch_size=2, verbose=0)
 print("RESULT", json.dumps({"run_dir": str(run_dir),
                             "replicas": strategy.num_replicas_in_sync,
                             "strategy": type(strategy).__name__,
@@ -40,22 +39,21 @@ print("RESULT", json.dumps({"run_dir": str(run_dir),
 
 
 def test_default_strategy_is_one_device():
-    strategy = trainer.distribution_strategy()
+    strategy = distribute.distribution_strategy()
     assert strategy.num_replicas_in_sync == 1
+    assert type(strategy).__name__ != "MirroredStrategy"
 
 
 def test_devices_need_tensorflow_backend_only_when_given(monkeypatch):
-    monkeypatch.setattr(trainer.keras.backend, "backend", lambda: "jax")
-    assert trainer.distribution_strategy() is None
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert distribute.distribution_strategy() is None
     with pytest.raises(LungsegInputError, match="devices"):
-        trainer.distribution_strategy(["/gpu:0", "/gpu:1"])
+        distribute.distribution_strategy(["/gpu:0", "/gpu:1"])
 
 
-@pytest.mark.slow
-def test_mirrored_training_on_two_logical_cpus(tmp_path):
-    data_dir = write_demo_dataset(tmp_path / "data", n_cases=4)
+def test_mirrored_training_on_two_logical_cpus(demo_data, tmp_path):
     out = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(data_dir), str(out)],
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(demo_data), str(out)],
                           cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
@@ -68,8 +66,10 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path):
     assert (run_dir / "test_metrics.json").is_file()
     cfg = io.load_json(run_dir / "train_config.json")
     assert cfg["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2}
+    log = (run_dir / "training_log.csv").read_text().splitlines()
+    assert len(log) == 2 and log[0].startswith("epoch,")       # one epoch, on both replicas
 
-    model = trainer.keras.saving.load_model(run_dir / "best_model.keras", compile=False)
+    model = keras.saving.load_model(run_dir / "best_model.keras", compile=False)
     assert model.output_shape == (None, 64, 64, 64, 1)
 
 
@@ -77,10 +77,10 @@ def test_replica_batches_keep_every_replica_busy():
     class TwoReplicas:
         num_replicas_in_sync = 2
 
-    one = trainer.distribution_strategy()
-    assert trainer._replica_batches(one, 2, 7, 1) == {"batch_size": 2}
-    assert trainer._replica_batches(TwoReplicas(), 2, 12, 3) == {"batch_size": 2,
-                                                                 "samples_per_epoch": 6}
+    one = distribute.distribution_strategy()
+    assert distribute.replica_batches(one, 2, 7, 1) == {"batch_size": 2}
+    assert distribute.replica_batches(TwoReplicas(), 2, 12, 3) == {"batch_size": 2,
+                                                                   "samples_per_epoch": 6}
     for batch, samples in ((3, 12), (2, 7)):
         with pytest.raises(LungsegInputError, match="replicas"):
-            trainer._replica_batches(TwoReplicas(), batch, samples, 1)
+            distribute.replica_batches(TwoReplicas(), batch, samples, 1)

@@ -1,4 +1,5 @@
-"""The model grid: there and back, any orientation, anisotropic voxels, real native scans."""
+"""lungseg_utils.geometry, the model grid: there and back, any orientation, anisotropic
+voxels, oblique affines, centring from the image, and real native scans."""
 
 import itertools
 
@@ -8,11 +9,11 @@ import pytest
 
 from lungseg_utils.config import native_data_dir
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.geometry import (from_model_grid, is_model_sized, lung_centre_mm,
-                                    mask_to_model_grid, model_affine, round_trip_mask,
-                                    to_model_grid)
+from lungseg_utils.geometry import (from_model_grid, is_model_sized, lps_affine, lung_centre_mm,
+                                    make_model_grid, mask_to_model_grid, model_affine,
+                                    round_trip_mask, to_model_grid)
 from lungseg_utils.io import load_case
-from lungseg_utils.synthetic import lps_affine, make_phantom, reorient
+from lungseg_utils.synthetic import make_phantom, reorient
 
 
 def _dice(a, b):
@@ -28,15 +29,20 @@ def all_axcodes():
             yield "".join(pairs[p][s] for p, s in zip(perm, signs))
 
 
-def test_there_are_48_orientations():
-    codes = list(all_axcodes())
-    assert len(set(codes)) == 48
-
-
 def test_model_affine_is_lps_and_centred():
     aff = model_affine([10.0, -20.0, 30.0])
     assert nib.aff2axcodes(aff) == ("L", "P", "S")
     np.testing.assert_allclose(aff @ [31.5, 31.5, 31.5, 1], [10, -20, 30, 1])
+    np.testing.assert_allclose(np.abs(np.diag(aff)[:3]), 5.0)
+
+
+def test_lps_affine_spacing_and_centre():
+    aff = lps_affine((10, 20, 5), (0.5, 2.0, 3.0), centre_mm=(7.0, -8.0, 9.0))
+    assert nib.aff2axcodes(aff) == ("L", "P", "S")
+    np.testing.assert_allclose(aff[:3, :3], np.diag([-0.5, -2.0, 3.0]))
+    np.testing.assert_allclose(aff @ [4.5, 9.5, 2.0, 1], [7.0, -8.0, 9.0, 1])   # the centre
+    np.testing.assert_allclose(lps_affine((4, 4, 4), 2.0)[:3, :3], np.diag([-2.0, -2.0, 2.0]))
+    np.testing.assert_allclose(lps_affine((4, 4, 4), 2.0) @ [1.5, 1.5, 1.5, 1], [0, 0, 0, 1])
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +66,18 @@ def test_course_grid_passes_through_in_every_orientation(course_phantom, codes):
     np.testing.assert_array_equal(back >= 0.5, mask_o > 0)
 
 
-@pytest.mark.parametrize("codes", ["LPS", "RAS", "SAR", "IPL", "AIR", "PLI"])
-def test_anisotropic_scan_in_unusual_orientations(codes):
-    """A scan on its own grid (2.5 x 2.5 x 4 mm) goes to 64^3 and back onto its own grid."""
+@pytest.fixture(scope="module")
+def aniso_phantom():
+    """A scan on its own grid (2.5 x 2.5 x 4 mm, L, P, S) and its model-grid image."""
     ct, mask, affine = make_phantom(shape=(150, 140, 90), spacing_mm=(2.5, 2.5, 4.0), seed=5,
                                     affine=lps_affine((150, 140, 90), (2.5, 2.5, 4.0), (3, -8, 12)))
+    return ct, mask, affine, to_model_grid(ct, affine)[0]
+
+
+@pytest.mark.parametrize("codes", ["LPS", "RAS", "SAR", "IPL", "AIR", "PLI"])
+def test_anisotropic_scan_in_unusual_orientations(aniso_phantom, codes):
+    """A scan on its own grid goes to 64^3 and back onto its own grid, in any axis order."""
+    ct, mask, affine, ref64 = aniso_phantom
     ct_o, aff_o = reorient(ct, affine, codes)
     mask_o, _ = reorient(mask, affine, codes)
     ct64, grid = to_model_grid(ct_o, aff_o)
@@ -76,7 +89,6 @@ def test_anisotropic_scan_in_unusual_orientations(codes):
     assert back.shape == mask_o.shape
     assert _dice(back >= 0.5, mask_o) > 0.98
     # the model-grid image is the same anatomy whatever the input's orientation
-    ref64, _ = to_model_grid(ct, affine)
     assert np.abs(ct64 - ref64).mean() < 1.0
 
 
@@ -94,8 +106,25 @@ def test_oblique_affine_round_trip():
 
 def test_is_model_sized():
     assert is_model_sized((64, 64, 64), model_affine([0, 0, 0]))
+    assert is_model_sized((64, 64, 64), np.diag([5.0, 5, 5, 1]))       # R, A, S: still the grid
     assert not is_model_sized((64, 64, 63), model_affine([0, 0, 0]))
     assert not is_model_sized((64, 64, 64), np.diag([4.0, 5, 5, 1]))
+    oblique = model_affine([0, 0, 0])
+    t = np.deg2rad(20)
+    oblique[:3, :3] = oblique[:3, :3] @ [[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0],
+                                         [0, 0, 1]]
+    assert not is_model_sized((64, 64, 64), oblique)
+
+
+def test_explicit_centre_places_the_cube():
+    ct, _, affine = make_phantom(shape=(64, 64, 64), seed=1)      # course-sized: would pass through
+    grid = make_model_grid(ct, affine, centre_mm=(20.0, -10.0, 5.0))
+    assert not grid.passthrough
+    np.testing.assert_allclose(grid.centre_mm, (20.0, -10.0, 5.0))
+    ct64, _ = to_model_grid(ct, affine, centre_mm=(20.0, -10.0, 5.0))
+    # L, P, S: +20 mm in x is 4 voxels down axis 0, -10 mm in y 2 up axis 1, +5 mm in z 1 up
+    np.testing.assert_allclose(ct64[4:, :-2, :-1], ct[:-4, 2:, 1:], atol=1e-3)
+    assert (ct64[:4] == -1000.0).all()                           # beyond the scan: air
 
 
 def test_bad_shapes_raise():
@@ -132,7 +161,7 @@ def test_native_round_trip_keeps_dice_and_volume(case_id):
     assert _dice(back, case.mask) >= 0.98
     assert abs(back.sum() / case.mask.sum() - 1.0) <= 0.015
     # and the image-based centring lands within two model voxels of the label's centre
-    _, grid = to_model_grid(case.ct_hu, case.affine)
+    grid = make_model_grid(case.ct_hu, case.affine)
     idx = np.argwhere(case.mask)
     label_centre = (case.affine @ np.r_[(idx.min(0) + idx.max(0)) / 2, 1])[:3]
     assert np.all(np.abs(grid.centre_mm - label_centre) <= 10.0)

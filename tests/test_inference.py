@@ -1,5 +1,9 @@
-"""Inference on any scan: shape and affine kept, TTA, the command line and its errors."""
+"""lungseg_utils.inference on any scan: shape and affine kept, TTA, refinement, ensembles,
+the command line and its errors. The model is the session's shared smoke run
+(tests/conftest.py)."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -7,18 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import inference
-from lungseg_utils.synthetic import lps_affine, make_phantom, reorient
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    from lungseg_utils.model import build_unet
-
-    model = build_unet(base_filters=2)
-    path = tmp_path_factory.mktemp("model") / "best_model.keras"
-    model.save(path)
-    return path
+from lungseg_utils import inference, io
+from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.geometry import lps_affine
+from lungseg_utils.synthetic import make_phantom, reorient
 
 
 def _scan(folder, codes="LPS", shape=(90, 80, 50), spacing=(4.0, 4.0, 6.0)):
@@ -28,11 +24,6 @@ def _scan(folder, codes="LPS", shape=(90, 80, 50), spacing=(4.0, 4.0, 6.0)):
     folder.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(ct.astype(np.int16), aff), str(folder / "ct.nii.gz"))
     return aff, ct.shape
-
-
-def test_flip_table():
-    assert len(inference.FLIPS) == 8 and inference.FLIPS[0] == ()
-    assert len(set(inference.FLIPS)) == 8
 
 
 def test_tta_undoes_each_flip():
@@ -49,10 +40,10 @@ def test_tta_undoes_each_flip():
 
 
 @pytest.mark.parametrize("codes", ["LPS", "RAS", "SAL"])
-def test_cli_writes_input_shape_and_affine(tmp_path, tiny_model_path, codes):
+def test_cli_writes_input_shape_and_affine(tmp_path, smoke_model_path, codes):
     aff, shape = _scan(tmp_path / "p1", codes)
     out, prob = tmp_path / "out" / "mask.nii.gz", tmp_path / "out" / "prob.nii.gz"
-    rc = inference.main(["--model", str(tiny_model_path), "--input", str(tmp_path / "p1"),
+    rc = inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
                          "--output_mask", str(out), "--output_prob", str(prob), "--tta",
                          "--no_refine"])
     assert rc == 0
@@ -66,10 +57,10 @@ def test_cli_writes_input_shape_and_affine(tmp_path, tiny_model_path, codes):
     np.testing.assert_array_equal(np.asanyarray(m.dataobj), (pv >= 0.5).astype(np.uint8))
 
 
-def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, tiny_model_path, capsys):
+def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, smoke_model_path, capsys):
     _scan(tmp_path / "p1")
     out = tmp_path / "mask.nii.gz"
-    args = ["--model", str(tiny_model_path), "--input", str(tmp_path / "p1"), "--output_mask", str(out)]
+    args = ["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"), "--output_mask", str(out)]
     assert inference.main(args) == 0
     capsys.readouterr()
     assert inference.main(args) == 2
@@ -77,7 +68,7 @@ def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, tiny_model_pat
     assert inference.main(args + ["--overwrite"]) == 0
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("not an image")
-    assert inference.main(["--model", str(tiny_model_path), "--input", str(bad),
+    assert inference.main(["--model", str(smoke_model_path), "--input", str(bad),
                            "--output_mask", str(tmp_path / "x.nii.gz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "bad.nii.gz" in err[-1]
@@ -85,15 +76,20 @@ def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, tiny_model_pat
     assert inference.main(["--model", str(tmp_path / "none.keras"), "--input", str(tmp_path / "p1"),
                            "--output_mask", str(tmp_path / "y.nii.gz")]) == 2
     assert "model file is missing" in capsys.readouterr().err
+    assert inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
+                           "--output_mask", str(tmp_path / "z.nii.gz"), "--thr", "1.0"]) == 2
+    assert "--thr 1.0" in capsys.readouterr().err
+    assert inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1")]) == 2
+    assert "needs --output_mask" in capsys.readouterr().err
 
 
-def test_folder_mode_keeps_going_after_a_bad_case(tmp_path, tiny_model_path, capsys):
+def test_folder_mode_keeps_going_after_a_bad_case(tmp_path, smoke_model_path, capsys):
     patients = tmp_path / "patients"
     aff, shape = _scan(patients / "patient_a", "RAS", shape=(40, 40, 30), spacing=(8, 8, 10))
     (patients / "patient_b").mkdir()
     (patients / "patient_b" / "ct.nii.gz").write_bytes(b"\x1f\x8b\x08broken")
     _scan(patients / "patient_c", shape=(64, 64, 64), spacing=(5, 5, 5))
-    rc = inference.main(["--model", str(tiny_model_path), "--input", str(patients),
+    rc = inference.main(["--model", str(smoke_model_path), "--input", str(patients),
                          "--output_dir", str(tmp_path / "preds")])
     assert rc == 1
     assert "patient_b" in capsys.readouterr().err
@@ -108,7 +104,7 @@ def test_help_documents_every_option():
                          capture_output=True, text=True)
     assert out.returncode == 0
     for flag in ("--model", "--input", "--output_mask", "--output_prob", "--output_dir", "--thr",
-                 "--tta", "--postprocess", "--overwrite"):
+                 "--tta", "--postprocess", "--no_refine", "--overwrite"):
         assert flag in out.stdout
 
 
@@ -130,12 +126,75 @@ def test_refine_boundary_redraws_only_near_the_boundary():
     assert inference.refine_boundary(mask, prob, ct, band)[4, 10, 8] == 0  # network said no
 
 
-def test_refinement_changes_only_the_band_and_keeps_geometry(tiny_model_path):
+def test_refinement_changes_only_the_band_and_keeps_geometry(smoke_forward):
     ct, mask, affine = make_phantom(shape=(100, 90, 50), spacing_mm=(3.5, 3.5, 6.0), seed=3)
-    fwd = inference.compiled_forward(inference.load_model(tiny_model_path))
+    fwd = smoke_forward
     res = inference.predict_volume(fwd, ct, affine)
     assert res["mask"].shape == ct.shape and res["mask_network"].shape == ct.shape
     band = inference.boundary_band64(res["prob64"], res["grid"])
     np.testing.assert_array_equal(res["mask"][~band], res["mask_network"][~band])
     plain = inference.predict_volume(fwd, ct, affine, refine=False)
     np.testing.assert_array_equal(plain["mask"], plain["mask_network"])
+
+
+def test_tta_averages_the_eight_flips():
+    """A network that is not flip-equivariant: TTA's mean is the mean of the 8 flipped-back
+    predictions, its spread their standard deviation."""
+    x = np.random.default_rng(1).random((64, 64, 64)).astype(np.float32)
+    w = np.random.default_rng(2).random((64, 64, 64)).astype(np.float32)
+    net = lambda b: b * w[None, ..., None]  # noqa: E731  (a voxel weight that flips do not move)
+    preds = np.stack([np.flip(np.flip(x, f) * w, f) if f else x * w for f in inference.FLIPS])
+    prob, std = inference.predict_prob64(net, x, tta=True, batch_size=3)
+    np.testing.assert_allclose(prob, preds.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, preds.std(0), rtol=1e-4, atol=1e-6)
+    assert len(set(inference.FLIPS)) == 8 and inference.FLIPS[0] == ()
+    single, zero = inference.predict_prob64(net, x[..., None])
+    np.testing.assert_allclose(single, x * w)
+    assert not zero.any()
+    with pytest.raises(LungsegInputError, match="callable"):
+        inference.predict_prob64("model", x)
+
+
+def test_model_path_resolution_and_bad_models(smoke_run, tmp_path):
+    assert inference.resolve_model_path(smoke_run) == smoke_run / "best_model.keras"
+    assert inference.resolve_model_path(smoke_run / "final_model.keras").name == "final_model.keras"
+    with pytest.raises(LungsegInputError, match="missing"):
+        inference.resolve_model_path(tmp_path)
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(LungsegInputError, match="could not be loaded"):
+        inference.load_model(bad)
+    model = inference.load_model(smoke_run)            # a run folder works as --model
+    assert model.output_shape == (None, 64, 64, 64, 1)
+
+
+def test_ensemble_folder_averages_its_members(smoke_model_path, tmp_path):
+    from lungseg_utils import unet
+
+    folder = tmp_path / "ensemble"
+    folder.mkdir()
+    shutil.copyfile(smoke_model_path, folder / "fold_0.keras")
+    unet.build_unet(base_filters=2, depth=1).save(folder / "fold_1.keras")   # untrained
+    (folder / inference.MANIFEST).write_text(json.dumps(
+        {"members": [{"file": "fold_0.keras"}, {"file": "fold_1.keras"}]}))
+    ens = inference.load_model(folder)
+    assert isinstance(ens, inference.Ensemble) and len(ens) == 2
+    x = np.random.default_rng(0).random((1, 64, 64, 64, 1)).astype(np.float32)
+    singles = [inference.compiled_forward(m)(x) for m in ens.members]
+    assert not np.allclose(singles[0], singles[1])
+    np.testing.assert_allclose(inference.compiled_forward(ens)(x), np.mean(singles, axis=0),
+                               rtol=1e-5, atol=1e-6)
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": []}))
+    with pytest.raises(LungsegInputError, match="no members"):
+        inference.load_model(folder)
+
+
+def test_predict_case_from_a_path_keeps_the_grid(tmp_path, smoke_forward):
+    aff, shape = _scan(tmp_path / "p1", "RAS", shape=(50, 44, 30), spacing=(7.0, 7.0, 9.0))
+    res = inference.predict_case(tmp_path / "p1", forward=smoke_forward, postprocess=True)
+    assert res["mask"].shape == shape and res["prob"].shape == shape
+    assert res["prob64"].shape == (64, 64, 64) and res["mask"].dtype == np.uint8
+    np.testing.assert_allclose(res["grid"].source_affine, aff)
+    case = io.load_case(tmp_path / "p1", require_mask=False)
+    again = inference.predict_case(case, forward=smoke_forward, postprocess=True)
+    np.testing.assert_array_equal(again["mask"], res["mask"])

@@ -1,6 +1,9 @@
-"""The data layer: loading, validation of bad input, atomic saving, the split."""
+"""lungseg_utils.io: loading, validation of bad input, the one atomic writer, the split,
+JSON, orientation helpers and the data table."""
 
 import gzip
+import os
+import stat
 import warnings
 
 import nibabel as nib
@@ -8,9 +11,11 @@ import numpy as np
 import pytest
 
 from lungseg_utils.errors import LungsegInputError, LungsegWarning
-from lungseg_utils.io import (discover_cases, file_sha256, load_case, load_ct, load_json,
-                              load_nifti, make_split, save_json, save_nifti, spacing_from_affine)
-from lungseg_utils.synthetic import make_phantom, write_demo_dataset
+from lungseg_utils.geometry import lps_affine
+from lungseg_utils.io import (atomic_write, axial_axis, describe_case, discover_cases, file_sha256,
+                              format_table, load_case, load_cases, load_ct, load_json, load_nifti,
+                              make_split, save_json, save_nifti, spacing_from_affine)
+from lungseg_utils.synthetic import make_phantom, reorient, write_demo_dataset
 
 
 def _write(path, data, affine=None):
@@ -188,3 +193,65 @@ def test_demo_dataset_and_hash(tmp_path):
     case = load_case(cases[0])
     assert case.shape == (64, 64, 64) and case.mask.sum() > 1000
     assert len(file_sha256(cases[0] / "ct.nii.gz")) == 64
+
+
+def test_atomic_write_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / "deep" / "folder" / "out.nii.gz"
+    with atomic_write(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".nii.gz")  # same suffix
+        assert not target.exists()                           # nobody sees half a file
+        tmp.write_bytes(b"one")
+    assert target.read_bytes() == b"one"
+    mode = stat.S_IMODE(os.stat(target).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask                            # ordinary, not mkstemp's 0600
+    with pytest.raises(LungsegInputError, match="exists"):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"two")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, overwrite=True) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"one"                     # the old file stands
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]   # no temp left
+    with atomic_write(target, overwrite=True) as tmp:
+        tmp.write_bytes(b"three")
+    assert target.read_bytes() == b"three"
+    with atomic_write(tmp_path / "x.json", suffix=".tmp") as tmp:
+        assert tmp.suffix == ".tmp"
+        tmp.write_text("{}")
+
+
+@pytest.mark.parametrize("codes,axis", [("LPS", 2), ("RAS", 2), ("SAR", 0), ("PIL", 1)])
+def test_axial_axis_follows_the_header(codes, axis):
+    vol = np.zeros((6, 7, 8), np.float32)
+    _, aff = reorient(vol, lps_affine(vol.shape, (1.0, 1.5, 2.5)), codes)
+    assert axial_axis(aff) == axis
+    theta = np.deg2rad(15)                                   # a tilted gantry: still axis 2
+    tilt = np.eye(4)
+    tilt[1:3, 1:3] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    assert axial_axis(tilt @ lps_affine(vol.shape, 1.0)) == 2
+
+
+def test_describe_case_and_format_table(case_dir):
+    case = load_case(case_dir)
+    row = describe_case(case)
+    assert row["case_id"] == "patient_001" and row["shape"] == (24, 22, 20)
+    assert row["spacing_mm"] == (12.0, 12.0, 14.0) and row["axcodes"] == "LPS"
+    assert row["lung_volume_ml"] == pytest.approx(case.lung_volume_ml)
+    assert row["lung_fraction"] == pytest.approx(case.mask.mean())
+    assert row["lung_mean_hu"] == pytest.approx(case.ct_hu[case.mask > 0].mean())
+    assert row["hu_min"] == case.ct_hu.min() and row["touches_border"] is False
+    table = format_table([row, dict(row, case_id="patient_0002", lung_volume_ml=12.345)],
+                         {"case_id": "", "lung_volume_ml": ".1f"})
+    lines = table.splitlines()
+    assert lines[0].split() == ["case_id", "lung_volume_ml"] and set(lines[1]) == {"-", " "}
+    assert lines[3].split() == ["patient_0002", "12.3"]
+    assert len({len(line) for line in lines}) == 1           # right-aligned columns
+
+
+def test_load_cases_max_cases(tmp_path):
+    folder = write_demo_dataset(tmp_path / "demo", n_cases=3)
+    assert [c.case_id for c in load_cases(folder, max_cases=2)] == ["synth_000", "synth_001"]
+    assert len(load_cases(folder)) == 3

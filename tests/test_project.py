@@ -1,14 +1,10 @@
-"""The project's own files: environment recipe, notebook pairs, data resolution, profiles."""
+"""The project's own files: the environment recipe against pyproject.toml, the notebook pairs."""
 
 import re
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
-
-from lungseg_utils import config
-from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,48 +48,19 @@ def test_executed_notebooks_have_outputs():
         assert all(c.get("execution_count") for c in code), f"{nb_path.name} has unexecuted cells"
 
 
-def test_data_dir_resolution_order(tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGSEG_DATA", str(tmp_path / "nothing"))
-    with pytest.raises(LungsegInputError, match="LUNGSEG_DATA"):
-        config.resolve_data_dir()
-    from lungseg_utils.synthetic import write_demo_dataset
+def test_committed_reference_ensemble_is_intact():
+    """results/reference/manifest.json (the inference command's default model): every member
+    file is there with its recorded SHA-256, and every case is held out by exactly one member
+    that did not train on it."""
+    from lungseg_utils import config, inference, io
 
-    write_demo_dataset(tmp_path / "mine", n_cases=1)
-    monkeypatch.setenv("LUNGSEG_DATA", str(tmp_path / "mine"))
-    assert config.resolve_data_dir() == (tmp_path / "mine").resolve()
-    monkeypatch.delenv("LUNGSEG_DATA")
-    # with no local data, no shared data: the synthetic fallback, announced loudly
-    monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(config, "SYNTHETIC_DIR", tmp_path / "repo" / "data" / "synthetic")
-    folder = config.resolve_data_dir(verbose=False)
-    assert folder == tmp_path / "repo" / "data" / "synthetic"
-    assert len(list(folder.glob("*/ct.nii.gz"))) >= 2
-
-
-def test_profiles_and_overrides(monkeypatch):
-    monkeypatch.setenv("LUNGSEG_PROFILE", "smoke")
-    p = config.get_profile()
-    assert p["profile"] == "smoke" and p["epochs"] <= 2
-    assert config.get_profile("full")["epochs"] == 150
-    assert config.get_profile("quick", epochs=3)["epochs"] == 3
-    with pytest.raises(LungsegInputError, match="Unknown profile"):
-        config.get_profile("huge")
-    with pytest.raises(LungsegInputError, match="Unknown setting"):
-        config.get_profile("quick", colour="red")
-
-
-def test_new_run_dir_never_reuses(tmp_path):
-    a, b = config.new_run_dir(tmp_path), config.new_run_dir(tmp_path)
-    assert a != b and a.is_dir() and b.is_dir()
-    assert re.fullmatch(r"run_\d{8}-\d{6}(_\d+)?", a.name)
-
-
-def test_quiet_keras_import_prints_nothing_on_fd2(tmp_path):
-    import subprocess
-    import sys
-
-    code = "from lungseg_utils.config import import_keras_quietly; k = import_keras_quietly(); print(k.__version__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith("3.")
-    assert out.stderr.strip() == ""
+    manifest = io.load_json(config.REFERENCE_DIR / inference.MANIFEST)
+    members = manifest["members"]
+    assert manifest["folds"] == len(members) >= 2
+    for m in members:
+        path = config.REFERENCE_DIR / m["file"]
+        assert io.file_sha256(path) == m["sha256"], m["file"]
+        assert not set(m["train"]) & set(m["test"]), m["file"]
+    held_out = sorted(c for m in members for c in m["test"])
+    assert len(held_out) == len(set(held_out))
+    assert inference.resolve_model_path() == config.REFERENCE_DIR

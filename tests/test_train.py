@@ -1,63 +1,76 @@
-"""Training runs (smoke profile, synthetic phantoms): artifacts, repeatability, resume."""
+"""lungseg_utils.train: the command line writes every artifact, the same seed gives the same
+first epoch, a run killed mid-way resumes to the numbers of an uninterrupted one, and the
+test cases are scored as the metrics module scores them.
 
-import csv
-import subprocess
-import sys
+Every run here is tiny (base 2 filters, depth 1, four 64^3 phantoms, batch 1) and the
+uninterrupted reference is the session's shared ``smoke_run`` (tests/conftest.py).
+"""
 
+import numpy as np
 import pytest
 
-from lungseg_utils import config, io
-import lungseg_utils.model  # noqa: F401  (registers the losses and metrics for load_model)
+from lungseg_utils import config, dataset, io, metrics
 from lungseg_utils import train as trainer
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.synthetic import write_demo_dataset
 
 keras = trainer.keras
-ARTIFACTS = ("split.json", "train_config.json", "training_log.csv", "best_model.keras",
-             "final_model.keras", "test_metrics.json")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_demo_dataset(tmp_path_factory.mktemp("data"), n_cases=4)
+@pytest.fixture
+def tiny_smoke_profile(monkeypatch):
+    """The smoke profile with the tests' tiny network, for runs started from a command line
+    (which has no --depth flag)."""
+    monkeypatch.setitem(config.PROFILES, "smoke", {**config.PROFILES["smoke"], "depth": 1,
+                                                   "base_filters": 2})
 
 
-def _log(run_dir):
-    with open(run_dir / "training_log.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_command_line_writes_every_artifact(data_dir, tmp_path):
+def test_command_line_writes_every_artifact(demo_data, tmp_path, capsys, tiny_smoke_profile,
+                                            training_log):
     out = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lungseg_utils.train", "--profile", "smoke", "--data_dir",
-         str(data_dir), "--out_dir", str(out), "--verbose", "2"],
-        cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    argv = ["--profile", "smoke", "--data_dir", str(demo_data), "--out_dir", str(out),
+            "--verbose", "0"]
+    assert trainer.main(argv) == 0
+    stdout = capsys.readouterr().out
     (run_dir,) = out.glob("run_*")
-    for name in ARTIFACTS:
+    for name in trainer.RUN_ARTIFACTS:
         assert (run_dir / name).is_file(), name
     assert not (run_dir / trainer.BACKUP_DIR).exists()
-    assert "Run folder:" in proc.stdout
+    assert f"Run folder: {run_dir}" in stdout and "Test Dice" in stdout
 
     cfg = io.load_json(run_dir / "train_config.json")
     split = io.load_json(run_dir / "split.json")
-    assert cfg["split"] == split and cfg["settings"]["base_filters"] == 4
+    assert cfg["command"] == ["python", "-m", "lungseg_utils.train", *argv]
+    assert cfg["split"] == split and cfg["settings"]["base_filters"] == 2
+    assert cfg["settings"]["profile"] == "smoke" and cfg["settings"]["epochs"] == 1
     assert len(cfg["input_files"]) == 2 * 4 and cfg["versions"]["keras"] == keras.__version__
+    assert cfg["model"]["params"] > 0 and cfg["distribution"]["replicas"] == 1
     assert set(split["train"]) | set(split["val"]) | set(split["test"]) == {
-        p.name for p in io.discover_cases(data_dir)}
+        p.name for p in io.discover_cases(demo_data)}
 
-    rows = _log(run_dir)
+    rows = training_log(run_dir)
     assert len(rows) == 1
     assert {"epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou",
             "learning_rate"} <= set(rows[0])
 
-    metrics = io.load_json(run_dir / "test_metrics.json")
-    assert [c["case_id"] for c in metrics["cases"]] == split["test"]
-    assert 0.0 <= metrics["mean_dice"] <= 1.0 and 0.0 <= metrics["mean_iou"] <= 1.0
+    scores = io.load_json(run_dir / "test_metrics.json")
+    assert [c["case_id"] for c in scores["cases"]] == split["test"]
+    assert scores["mean_dice"] == pytest.approx(np.mean([c["dice"] for c in scores["cases"]]))
+    assert scores["model"] == "best_model.keras" and scores["n_cases"] == len(split["test"])
 
-    model = keras.saving.load_model(run_dir / "best_model.keras")
+    model = keras.saving.load_model(run_dir / "best_model.keras")   # safe mode, plain Keras
     assert model.output_shape == (None, 64, 64, 64, 1)
+    assert getattr(model, "optimizer", None) is None                # stripped for inference
+    x, y = dataset.load_training_arrays([demo_data / split["test"][0]])
+    pred = np.asarray(model.predict_on_batch(x))[0, ..., 0] > 0.5
+    assert scores["cases"][0]["dice"] == pytest.approx(metrics.dice(pred, y[0, ..., 0]))
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert trainer.main(["--profile", "smoke", "--data_dir", str(tmp_path / "none"),
+                         "--out_dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'none'}: data folder does not exist."]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_help_documents_every_flag(capsys):
@@ -68,66 +81,150 @@ def test_help_documents_every_flag(capsys):
                  "--dropout_dec", "--dropout_bot", "--epochs", "--batch_size", "--p_jitter",
                  "--jitter_sigma", "--seed", "--use_transpose", "--loss", "--profile", "--resume"):
         assert flag in text
-
-
-def test_same_seed_same_split_and_first_epoch(data_dir, tmp_path):
-    runs = [trainer.train(data_dir, tmp_path, profile="smoke", verbose=0) for _ in range(2)]
-    assert runs[0] != runs[1]  # a new folder each time
-    assert io.load_json(runs[0] / "split.json") == io.load_json(runs[1] / "split.json")
-    first = [float(_log(r)[0]["loss"]) for r in runs]
-    assert first[1] == pytest.approx(first[0], rel=1e-5)
-    val = [float(_log(r)[0]["val_loss"]) for r in runs]
-    assert val[1] == pytest.approx(val[0], rel=1e-5)
+    assert "--cv" not in text and "--publish" not in text   # now python -m lungseg_utils.experiments
 
 
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill after epoch 2 of 3")
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after epoch 1 of 2")
 
 
-def test_resume_after_interruption(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def interrupted_run(demo_data, smoke_settings, tmp_path_factory):
+    """A run with the shared run's settings, killed after its first epoch (of two)."""
+    out = tmp_path_factory.mktemp("interrupted")
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(data_dir, tmp_path, profile="smoke", epochs=3, verbose=0,
-                      callbacks=[_Interrupt()])
-    (run_dir,) = tmp_path.glob("run_*")
-    assert [r["epoch"] for r in _log(run_dir)] == ["0", "1"]
+        trainer.train(demo_data, out, verbose=0, callbacks=[_Interrupt()], **smoke_settings)
+    (run_dir,) = out.glob("run_*")
+    return run_dir
+
+
+def test_same_seed_same_split_and_first_epoch(smoke_run, interrupted_run, training_log):
+    assert interrupted_run != smoke_run                         # a new folder each time
+    assert io.load_json(interrupted_run / "split.json") == io.load_json(smoke_run / "split.json")
+    first = [training_log(r)[0] for r in (smoke_run, interrupted_run)]
+    for key in ("loss", "val_loss", "dice", "val_dice"):
+        assert float(first[1][key]) == pytest.approx(float(first[0][key]), rel=1e-5), key
+
+
+def test_resume_after_interruption(smoke_run, interrupted_run, training_log):
+    run_dir = interrupted_run
+    assert [r["epoch"] for r in training_log(run_dir)] == ["0"]
     assert not (run_dir / "final_model.keras").exists()
+    assert (run_dir / trainer.BACKUP_DIR).is_dir()
     # A kill between the log row and the backup leaves a row for an epoch that will run again.
     with open(run_dir / "training_log.csv", "a", newline="") as f:
-        f.write("2" + ",0.5" * (len(_log(run_dir)[0]) - 1) + "\n")
+        f.write("1" + ",0.5" * (len(training_log(run_dir)[0]) - 1) + "\n")
 
     assert trainer.train(resume=run_dir, verbose=0) == run_dir
-    resumed = _log(run_dir)
-    assert [r["epoch"] for r in resumed] == ["0", "1", "2"]
+    resumed = training_log(run_dir)
+    assert [r["epoch"] for r in resumed] == ["0", "1"]
     # Same weights, optimizer, dropout state and augmentation: same numbers as without a stop.
-    whole = _log(trainer.train(data_dir, tmp_path / "whole", profile="smoke", epochs=3, verbose=0))
-    for key in ("loss", "val_loss", "learning_rate"):
+    whole = training_log(smoke_run)
+    for key in ("loss", "val_loss", "learning_rate", "dice", "val_dice"):
         assert [float(r[key]) for r in resumed] == pytest.approx([float(r[key]) for r in whole],
-                                                                 rel=1e-5)
-    for name in ARTIFACTS:
+                                                                 rel=1e-5), key
+    for name in trainer.RUN_ARTIFACTS:
         assert (run_dir / name).is_file(), name
-    assert io.load_json(run_dir / "test_metrics.json")["training"]["resumed_at_epoch"] == 2
-    assert len(list(tmp_path.glob("run_*"))) == 1  # no new folder for the resumed run
+    assert not (run_dir / trainer.BACKUP_DIR).exists()
+    assert io.load_json(run_dir / "test_metrics.json")["training"]["resumed_at_epoch"] == 1
+    assert len(list(run_dir.parent.glob("run_*"))) == 1  # no new folder for the resumed run
 
     with pytest.raises(LungsegInputError, match="finished"):
         trainer.train(resume=run_dir)
 
 
-def test_resume_refuses_new_settings(data_dir, tmp_path):
+def test_resume_refuses_new_settings(demo_data, tmp_path):
     run_dir = tmp_path / "run_x"
     run_dir.mkdir()
-    io.save_json({"settings": {}, "data_dir": str(data_dir)}, run_dir / "train_config.json")
+    io.save_json({"settings": {}, "data_dir": str(demo_data)}, run_dir / "train_config.json")
     with pytest.raises(LungsegInputError, match="keeps its settings"):
         trainer.train(resume=run_dir, base_filters=8)
+    with pytest.raises(LungsegInputError, match="keeps its settings"):
+        trainer.train(resume=run_dir, profile="quick")
 
 
-def test_dice_iou_numpy():
-    import numpy as np
+def test_split_must_name_cases_of_the_data_folder(demo_data, tmp_path):
+    bad = {"train": ["synth_000"], "val": ["nobody"], "test": []}
+    with pytest.raises(LungsegInputError, match="nobody"):
+        trainer.train(demo_data, tmp_path, profile="smoke", split=bad, verbose=0)
+    with pytest.raises(LungsegInputError, match="validation"):
+        trainer.train(demo_data, tmp_path, profile="smoke", verbose=0,
+                      split={"train": ["synth_000"], "val": [], "test": []})
 
-    a = np.zeros((4, 4, 4), bool)
-    a[:2] = True
-    b = np.zeros_like(a)
-    b[:1] = True
-    assert trainer.dice_iou(a, b) == pytest.approx((2 * 16 / 48, 16 / 32))
-    assert trainer.dice_iou(b & False, b & False) == (1.0, 1.0)
+
+class _Oracle:
+    """A stand-in model whose prediction is a fixed function of the case's label."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = 0
+
+    def predict_on_batch(self, x):
+        self.calls += 1
+        return self.fn(x)
+
+
+def test_evaluate_cases_scores_with_the_metrics_module(demo_data):
+    folders = io.discover_cases(demo_data)[:2]
+    _, y = dataset.load_training_arrays(folders)
+    truth = iter(y)
+    perfect = trainer.evaluate_cases(_Oracle(lambda x: 0.9 * next(truth)[None]), folders)
+    assert [r["case_id"] for r in perfect["cases"]] == ["synth_000", "synth_001"]
+    assert perfect["mean_dice"] == 1.0 and perfect["mean_iou"] == 1.0 and perfect["n_cases"] == 2
+    half = iter(y)
+
+    def upper_half(x):
+        m = next(half)[None].copy()
+        m[:, :32] = 0.0
+        return m
+
+    scored = trainer.evaluate_cases(_Oracle(upper_half), folders, threshold=0.5)
+    for row, yi in zip(scored["cases"], y):
+        pred = yi[..., 0] > 0.5
+        pred[:32] = False
+        assert row["dice"] == pytest.approx(metrics.dice(pred, yi[..., 0]))
+        assert row["iou"] == pytest.approx(metrics.iou(pred, yi[..., 0]))
+    # the threshold is strict: a probability equal to it is background
+    at_threshold = trainer.evaluate_cases(_Oracle(lambda x: np.full(x.shape, 0.5, np.float32)),
+                                          folders[:1])
+    assert at_threshold["mean_dice"] == 0.0
+    empty = trainer.evaluate_cases(_Oracle(lambda x: x), [])
+    assert empty["n_cases"] == 0 and empty["mean_dice"] is None
+
+
+def test_plan_epochs_fits_the_budget(monkeypatch):
+    """plan_epochs on a fake clock: the first (tracing) step 5 s, the others 1 s."""
+    clock = {"now": 0.0, "calls": 0}
+
+    class Probe:
+        def train_on_batch(self, x, y):
+            clock["now"] += 5.0 if clock["calls"] == 0 else 1.0
+            clock["calls"] += 1
+
+    class Batches:
+        batch_size = 2
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return np.zeros(1), np.zeros(1)
+
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(trainer.unet, "build_from_settings", lambda s: None)
+    monkeypatch.setattr(trainer.unet, "compile_model", lambda m, loss, lr: Probe())
+    settings = config.get_profile("quick", budget_min=2.0)
+    plan = trainer.plan_epochs(settings, Batches(), n_val=3, elapsed_s=10.0)
+    # a step 1 s; an epoch 6 steps + 3 validation cases at a third of a step + 0.6 s = 7.6 s;
+    # reserve 15 + 2 steps = 17 s; (120 - 10 elapsed - 4 tracing - 17) // 7.6 = 11 epochs
+    assert plan["step_s"] == 1.0 and plan["epoch_s"] == pytest.approx(7.6)
+    assert plan["reserve_s"] == 17.0 and plan["epochs"] == 11 and plan["epochs_profile"] == 150
+    assert "1.00 s a training step (batch 2)" in plan["message"]
+    assert "Budget 2 min: 11 epochs planned." in plan["message"]
+    clock["calls"] = 0
+    assert trainer.plan_epochs(config.get_profile("quick"), Batches(), 3)["epochs"] == 150
+    clock["calls"] = 0
+    tiny = trainer.plan_epochs(config.get_profile("quick", budget_min=0.1), Batches(), 3)
+    assert tiny["epochs"] == 1                                  # at least one epoch

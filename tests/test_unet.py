@@ -1,9 +1,10 @@
-"""The 3D U-Net: shapes, parameter count, save/load round trip, losses and metrics."""
+"""lungseg_utils.unet: the 3D U-Net's shapes, parameter and FLOP counts, save/load round trip
+(safe mode, no custom objects), losses and metrics."""
 
 import numpy as np
 import pytest
 
-from lungseg_utils import model as unet
+from lungseg_utils import unet
 
 keras = unet.keras
 
@@ -56,17 +57,32 @@ def test_bad_arguments_raise():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    m = unet.compile_model(unet.build_unet(base_filters=4, depth=2), loss="hybrid")
-    x = np.random.default_rng(1).random((1, 64, 64, 64, 1), dtype=np.float32)
+    # a small input and one level: the round trip of the registered objects, quickly
+    m = unet.compile_model(unet.build_unet(input_shape=(16, 16, 16, 1), base_filters=2, depth=1),
+                           loss="hybrid")
+    x = np.random.default_rng(1).random((1, 16, 16, 16, 1), dtype=np.float32)
     y = (x > 0.5).astype(np.float32)
-    m.train_on_batch(x, y)  # builds the optimizer, so its state is saved too
+    m.optimizer.build(m.trainable_variables)  # optimizer state, saved too (no traced step)
+    m.optimizer.iterations.assign(7)
     path = tmp_path / "m.keras"
     m.save(path)
     loaded = keras.saving.load_model(path)  # safe_mode=True, no custom_objects
-    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)),
-                               np.asarray(m.predict_on_batch(x)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)),
+                               np.asarray(m(x, training=False)), rtol=1e-6, atol=1e-7)
     assert isinstance(loaded.loss, unet.HybridLoss)
+    assert int(loaded.optimizer.iterations) == 7
+    assert len(loaded.optimizer.variables) == len(m.optimizer.variables) > 2
     assert {"dice", "iou"} <= set(loaded.evaluate(x, y, verbose=0, return_dict=True))
+
+
+def test_build_from_settings_uses_the_profile_keys():
+    m = unet.build_from_settings(dict(base_filters=2, depth=1, norm=None, use_transpose=True,
+                                      dropout_enc=0.0, dropout_dec=0.0, dropout_bot=0.0,
+                                      epochs=3, loss="dice"))
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert "Conv3DTranspose" in kinds and "Dropout" not in kinds
+    assert "GroupNormalization" not in kinds and kinds.count("MaxPooling3D") == 1
+    assert m.get_layer("enc0_conv1").filters == 2
 
 
 def test_mixed_precision_output_is_float32():

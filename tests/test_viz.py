@@ -1,4 +1,5 @@
-"""Kernel-side tests of lungseg_utils.viz: export, orientation, static figures, the viewer.
+"""lungseg_utils.viz: figure export, style, the radiological display convention in all 48
+orientations, and the static slice figures (the interactive viewer: tests/test_viewer.py).
 
 No browser is needed (run with MPLBACKEND=Agg); arrays are small and built here.
 """
@@ -9,7 +10,6 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from matplotlib.colors import to_rgb
 from PIL import Image
 
 from lungseg_utils import config, viz
@@ -43,33 +43,6 @@ def case():
     unc = np.zeros(SHAPE, np.float32)
     unc[10:22, 6:16, 5:15] = np.abs(pred - mask)[10:22, 6:16, 5:15] * 0.5 + 0.1
     return dict(ct_hu=ct, affine=lps_affine(), mask=mask, pred=pred, uncertainty=unc)
-
-
-def find(viewer, css):
-    """The widget of ``viewer`` carrying the CSS class ``lungseg-<css>`` (as a browser sees it)."""
-    stack = [viewer.widget]
-    while stack:
-        widget = stack.pop()
-        if f"lungseg-{css}" in getattr(widget, "_dom_classes", ()):
-            return widget
-        stack.extend(getattr(widget, "children", ()))
-    raise AssertionError(f"no widget with class lungseg-{css}")
-
-
-def pixel_of_voxel(viewer, voxel, ax_index=0):
-    """RGB of the canvas pixel that shows ``voxel`` (i, j, k) on the current slice."""
-    marker = np.zeros(SHAPE, np.uint8)
-    marker[voxel] = 1
-    plane = viewer._axis
-    r, c = np.argwhere(viz.display_slice(marker, viewer.affine, plane,
-                                         voxel[viz.slicing_axis(viewer.affine, plane)]))[0]
-    x, y = viewer.axes[ax_index].transData.transform((c, r))
-    img = viewer.current_image()
-    return img[int(img.shape[0] - y), int(x), :3].astype(int)
-
-
-def rgb255(colour):
-    return np.round(np.array(to_rgb(colour)) * 255).astype(int)
 
 
 # -- export and style -------------------------------------------------------------------------
@@ -108,12 +81,26 @@ def test_export_figure_rejects_bad_names(tmp_path, name):
 
 def test_apply_style_sets_print_sizes():
     with mpl.rc_context():
+        mpl.rcdefaults()
+        assert mpl.rcParams["font.size"] == 10.0 and mpl.rcParams["pdf.fonttype"] == 3
         viz.apply_style()
         assert 8 <= mpl.rcParams["font.size"] <= 9
         assert mpl.rcParams["savefig.dpi"] == 300
-    assert (viz.COL_IN, viz.PAGE_IN) == (3.4, 7.0)
-    assert viz.window_limits("lung") == (-1350.0, 150.0)
-    assert viz.window_limits("mediastinum") == (-135.0, 215.0)
+        assert mpl.rcParams["pdf.fonttype"] == 42                  # text stays text in PDFs
+        assert mpl.rcParams["figure.figsize"] == [viz.COL_IN, 0.75 * viz.COL_IN]
+
+
+def test_window_limits():
+    # lung W1500/L-600, mediastinum W350/L40 (width and level of the radiology presets)
+    for name, (width, level) in {"lung": (1500, -600), "mediastinum": (350, 40)}.items():
+        lo, hi = viz.window_limits(name)
+        assert (hi - lo, (hi + lo) / 2) == (width, level)
+    assert viz.window_limits("project") == (-1000.0, 300.0)
+    assert viz.window_limits((-100, 100)) == (-100.0, 100.0)
+    with pytest.raises(LungsegInputError, match="not one of"):
+        viz.window_limits("brain")
+    with pytest.raises(LungsegInputError, match="below"):
+        viz.window_limits((100, -100))
 
 
 # -- orientation ------------------------------------------------------------------------------
@@ -211,91 +198,3 @@ def test_montage_three_planes_goes_through_the_mask_centre(case):
     # y = 50 - 2 * 10, z = -200 + 3 * 10.
     assert titles == ["axial, z = -170 mm", "coronal, y = 30 mm", "sagittal, x = 79 mm"]
     plt.close(fig)
-
-
-# -- the slice viewer -------------------------------------------------------------------------
-def test_viewer_controls_change_the_picture(case):
-    v = viz.SliceViewer(**case, title="phantom")
-    assert "application/vnd.jupyter.widget-view+json" in v._repr_mimebundle_()
-    assert v._index["axial"] == SHAPE[2] // 2 and v.redraw_seconds > 0
-    before = v.current_image()
-    v.set_slice(2)                                  # below the lung box
-    after_slice = v.current_image()
-    assert not np.array_equal(before, after_slice)
-    find(v, "slice").value = 12                     # the slider itself
-    assert "slice 12 / 19" in find(v, "readout").value
-    v.set_axis("coronal")
-    assert find(v, "slice").max == SHAPE[1] - 1 and find(v, "slice").value == SHAPE[1] // 2
-    coronal = v.current_image()
-    assert not np.array_equal(coronal, after_slice)
-    v.set_overlay("errors")
-    assert not np.array_equal(v.current_image(), coronal)
-    find(v, "overlay").value = "uncertainty"
-    assert v._overlay == "uncertainty"
-    find(v, "side").value = True
-    assert v.current_image().shape[1] > coronal.shape[1]   # two panels, a wider figure
-    with pytest.raises(LungsegInputError, match="not available"):
-        viz.SliceViewer(case["ct_hu"], case["affine"]).set_overlay("prediction")
-
-
-def test_error_map_colours_appear_where_fp_and_fn_are(case):
-    v = viz.SliceViewer(**case)
-    v.set_slice(10)
-    v.set_opacity(1.0)
-    v.set_overlay("errors")
-    fp, fn, tp = (21, 11, 10), (8, 11, 10), (15, 11, 10)
-    for voxel, name in ((fp, "false positive"), (fn, "false negative"), (tp, "true positive")):
-        np.testing.assert_allclose(pixel_of_voxel(v, voxel), rgb255(viz.ERROR_COLOURS[name]),
-                                   atol=3)
-    v.set_overlay("none")
-    assert np.ptp(pixel_of_voxel(v, fp)) < 3        # grey CT only
-
-
-def test_readout_gives_position_in_mm_and_area_in_cm2(case):
-    v = viz.SliceViewer(**case)
-    v.set_slice(10)
-    text = find(v, "readout").value
-    # z = -200 + 3 * 10; area = 12 * 10 voxels * 1.5 * 2.0 mm^2 = 3.60 cm^2 (both masks).
-    assert "z = -170.0 mm" in text
-    assert "reference 3.60 cm&sup2;" in text and "prediction 3.60 cm&sup2;" in text
-    v.set_axis("sagittal")
-    v.set_slice(9)                                  # x = 100 - 1.5 * 9; 10 x 10 voxels of 2 x 3
-    text = find(v, "readout").value
-    assert "x = 86.5 mm" in text and "reference 6.00 cm&sup2;" in text
-    assert "prediction 0.00 cm&sup2;" in text
-
-
-def test_viewer_aspect_follows_voxel_size(case):
-    v = viz.SliceViewer(**case)
-    for plane, (h_mm, w_mm) in {"axial": (28 * 2.0, 32 * 1.5), "coronal": (20 * 3.0, 32 * 1.5),
-                                "sagittal": (20 * 3.0, 28 * 2.0)}.items():
-        v.set_axis(plane)
-        box = v.axes[0].get_window_extent()
-        assert box.height / box.width == pytest.approx(h_mm / w_mm, rel=0.02)
-
-
-def test_window_presets_and_sliders(case):
-    v = viz.SliceViewer(**case)
-    find(v, "preset").value = "bone"
-    assert v._window == (-500.0, 1300.0)
-    v.set_window((-1000, 300))
-    assert v._window == (-1000.0, 300.0) and find(v, "preset").value == "custom"
-
-
-def test_uncertainty_heat_map_is_drawn_where_uncertain(case):
-    v = viz.SliceViewer(**case)
-    v.set_slice(10)
-    v.set_opacity(1.0)
-    v.set_overlay("uncertainty")
-    hot, calm = pixel_of_voxel(v, (21, 11, 10)), pixel_of_voxel(v, (5, 11, 10))
-    assert np.ptp(hot) > 50 and np.ptp(calm) < 3    # coloured vs. plain grey
-
-
-def test_export_button_writes_the_current_view(case, tmp_path):
-    v = viz.SliceViewer(**case, figures_dir=tmp_path)
-    v.set_axis("coronal")
-    v.set_slice(11)
-    find(v, "export").click()
-    assert (tmp_path / "viewer_coronal_11.png").exists()
-    assert (tmp_path / "viewer_coronal_11.pdf").exists()
-    assert "viewer_coronal_11.png" in find(v, "status").value

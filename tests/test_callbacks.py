@@ -1,0 +1,54 @@
+"""lungseg_utils.callbacks: the cosine schedule's values and the wall-clock budget's decision
+(on a fake clock). SeedStateBackup is tested where it matters, by the bit-identical resume
+in tests/test_train.py."""
+
+import math
+
+import pytest
+
+from lungseg_utils import callbacks
+
+
+def test_cosine_schedule_from_rate_to_floor():
+    rate = callbacks.cosine_schedule(1e-3, epochs=11, floor=0.01)
+    values = [rate(e) for e in range(15)]
+    assert values[0] == pytest.approx(1e-3)
+    assert values[5] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))          # half-way: the mean
+    assert values[10] == pytest.approx(1e-5)                               # the planned last
+    assert values[14] == values[10]                                        # and after it
+    assert all(a > b for a, b in zip(values[:10], values[1:11]))           # strictly down
+    assert rate(3, 0.5) == values[3]                                       # Keras's 2-arg call
+    assert callbacks.cosine_schedule(0.1, epochs=1)(0) == pytest.approx(0.1)
+    assert math.isfinite(callbacks.cosine_schedule(0.1, epochs=0)(5))
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Model:
+    stop_training = False
+
+
+@pytest.mark.parametrize("deadline,stops_after", [(160.0, 3), (1000.0, None), (125.0, 0)])
+def test_wall_clock_budget_stops_before_the_deadline(monkeypatch, deadline, stops_after):
+    """Epoch 0 takes 20 s (tracing), the others 10 s; 5 s are kept in reserve."""
+    clock = _Clock()
+    monkeypatch.setattr(callbacks.time, "perf_counter", clock)
+    cb = callbacks.WallClockBudget(deadline, reserve_s=5.0, epoch_s=12.0)
+    cb.set_model(_Model())
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        clock.now += 20.0 if epoch == 0 else 10.0
+        cb.on_epoch_end(epoch)
+        if cb.model.stop_training:
+            break
+    # 160: epoch 3 ends at 150 and 150 + 10 (the median after epoch 0) + 5 > 160, while
+    # epoch 2's end, 140 + 15, still fit; 125: after epoch 0 (120) the planned 12 s do not fit
+    assert cb.stopped_epoch == stops_after
+    assert cb.model.stop_training == (stops_after is not None)
+    assert clock.now + 5.0 <= deadline                     # the reserve is left

@@ -1,0 +1,137 @@
+"""lungseg_utils.ensemble: the K folds, cross-validation scoring every case once with the
+member that never saw it, the manifest an ensemble loads from, publishing, promoting a run,
+and the command line. The cross-validation is the session's shared ``smoke_cv``
+(tests/conftest.py: two one-epoch members on four phantoms)."""
+
+import numpy as np
+import pytest
+
+from lungseg_utils import config, ensemble, experiments, inference, io, metrics, train
+from lungseg_utils.errors import LungsegInputError
+
+IDS = ["synth_000", "synth_001", "synth_002", "synth_003"]
+
+
+def test_fold_splits_cover_every_case_once():
+    ids = [f"p{i}" for i in range(7)]
+    for checkpoint in ("best", "last"):
+        splits = ensemble.fold_splits(ids, 3, seed=1, checkpoint=checkpoint)
+        assert sorted(c for s in splits for c in s["test"]) == ids        # each case once
+        for s in splits:
+            assert not set(s["train"]) & set(s["test"])                  # never seen
+            assert sorted(s["train"] + s["val"] + s["test"]) == ids or checkpoint == "last"
+            if checkpoint == "last":
+                assert s["val"] == s["test"]                              # logged, not chosen
+                assert sorted(s["train"] + s["test"]) == ids
+            else:
+                assert len(s["val"]) == 1 and not set(s["val"]) & set(s["test"])
+    assert ensemble.fold_splits(ids, 3, seed=1) == ensemble.fold_splits(ids, 3, seed=1)
+    assert ensemble.fold_splits(ids, 3, seed=1) != ensemble.fold_splits(ids, 3, seed=2)
+    for k in (1, 4):
+        with pytest.raises(LungsegInputError, match=f"k={k}"):
+            ensemble.fold_splits(ids, k)
+
+
+def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
+    out, published, result = smoke_cv
+    assert io.load_json(out / "cross_validation.json") == result
+    assert io.load_json(published / "cross_validation.json") == result
+    assert sorted(r["case_id"] for r in result["cases"]) == IDS
+    assert {r["fold"] for r in result["cases"]} == {0, 1} and result["folds"] == 2
+    assert result["settings"]["base_filters"] == 2 and result["profile"] == "smoke"
+    for r in result["cases"]:            # scored by the one member that never saw the case
+        split = io.load_json(out / f"fold_{r['fold']}" / r["run"] / "split.json")
+        assert r["case_id"] in split["test"]
+        assert r["case_id"] not in split["train"] + split["val"]
+    dice = [r["dice"] for r in result["cases"]]
+    assert result["summary"]["dice"]["mean"] == pytest.approx(np.mean(dice))
+    # one row recomputed with its member
+    r = result["cases"][0]
+    fwd = inference.compiled_forward(inference.load_model(out / f"fold_{r['fold']}" / r["run"]))
+    case = io.load_case(demo_data / r["case_id"])
+    mask = inference.predict_volume(fwd, case.ct_hu, case.affine)["mask"]
+    assert r["dice"] == pytest.approx(metrics.dice(mask, case.mask))
+
+
+def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
+    out, published, _ = smoke_cv
+    manifest = io.load_json(out / inference.MANIFEST)
+    assert manifest["kind"] == "ensemble" and manifest["folds"] == 2
+    assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
+    for m in manifest["members"]:
+        assert io.file_sha256(out / m["file"]) == m["sha256"]
+        assert not set(m["train"]) & set(m["test"])
+    models = [inference.load_model(out / m["file"]) for m in manifest["members"]]
+    ens = inference.load_model(out)
+    assert isinstance(ens, inference.Ensemble) and len(ens) == 2
+    x = np.random.default_rng(0).random((1, 64, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(inference.compiled_forward(ens)(x),
+                               np.mean([inference.compiled_forward(m)(x) for m in models], 0),
+                               rtol=1e-5, atol=1e-6)
+    # the published copy: one model file a member, same hashes, loads the same way
+    pub = io.load_json(published / inference.MANIFEST)
+    assert [m["file"] for m in pub["members"]] == ["fold_0/best_model.keras",
+                                                    "fold_1/best_model.keras"]
+    assert [m["sha256"] for m in pub["members"]] == [m["sha256"] for m in manifest["members"]]
+    assert all(io.file_sha256(published / m["file"]) == m["sha256"] for m in pub["members"])
+    assert not list(published.glob("fold_*/final_model.keras"))
+    assert len(inference.load_model(published)) == 2
+    # and the evaluation pairs every case with its own fold's member
+    jobs = experiments.out_of_fold_jobs(published.parent)
+    assert sorted(j[0] for j in jobs) == IDS and all("CV fold" in j[1] for j in jobs)
+    with pytest.raises(LungsegInputError, match="holds an ensemble"):
+        ensemble.publish(out, published)
+
+
+def test_command_line(smoke_cv, demo_data, tmp_path, monkeypatch, capsys):
+    assert ensemble.main(["--k", "5", "--data_dir", str(demo_data),
+                          "--out_dir", str(tmp_path / "cv")]) == 2
+    assert "k=5" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()                  # refused before training
+    seen = {}
+
+    def fake(k, data_dir, out_dir, profile, seed, publish_dir):
+        seen.update(k=k, data_dir=data_dir, out_dir=out_dir, profile=profile, seed=seed,
+                    publish_dir=publish_dir)
+        return smoke_cv[2]
+
+    monkeypatch.setattr(ensemble, "cross_validate", fake)
+    assert ensemble.main(["--k", "2", "--profile", "smoke", "--data_dir", "d", "--out_dir", "o",
+                          "--publish", "p", "--seed", "3"]) == 0
+    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, publish_dir="p")
+    s = smoke_cv[2]["summary"]["dice"]
+    assert capsys.readouterr().out.strip() == (
+        f"2-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
+        f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
+    with pytest.raises(SystemExit):
+        ensemble.main(["--help"])
+    assert "--publish" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- promote
+def test_promote_run_refuses_to_overwrite(tmp_path):
+    run = tmp_path / "run_1"
+    run.mkdir()
+    for name in train.RUN_ARTIFACTS:
+        (run / name).write_text(name)
+    ref = ensemble.promote_run(run, tmp_path / "ref")
+    assert (ref / "best_model.keras").read_text() == "best_model.keras"
+    assert io.load_json(ref / "provenance.json") == {"promoted_from": "run_1"}
+    with pytest.raises(LungsegInputError, match="exists"):
+        ensemble.promote_run(run, ref)
+    ensemble.promote_run(run, ref, overwrite=True)
+    lean = ensemble.promote_run(run, tmp_path / "lean", include_final=False)
+    assert (lean / "best_model.keras").exists() and not (lean / "final_model.keras").exists()
+    (run / "test_metrics.json").unlink()
+    with pytest.raises(LungsegInputError, match="not a finished run"):
+        ensemble.promote_run(run, tmp_path / "other")
+
+
+def test_promoted_run_is_the_default_model(smoke_run, tmp_path, monkeypatch):
+    ref = ensemble.promote_run(smoke_run, tmp_path / "reference")
+    monkeypatch.setattr(config, "REFERENCE_DIR", ref)
+    assert inference.resolve_model_path() == ref / "best_model.keras"
+    assert inference.load_model().output_shape == (None, 64, 64, 64, 1)
+    assert io.load_json(ref / "split.json") == io.load_json(smoke_run / "split.json")
+    jobs = experiments.reference_jobs()
+    assert [j[0] for j in jobs] == io.load_json(smoke_run / "split.json")["test"]

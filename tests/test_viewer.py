@@ -1,0 +1,159 @@
+"""lungseg_utils.viewer.SliceViewer: its controls change the picture, overlays land on the
+right voxels in the right colours, the readout is in mm and cm², the aspect follows the
+voxel size, the export button writes the current view. No browser (tests/test_browser.py
+drives it through Voila)."""
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+
+from lungseg_utils import viz
+from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.viewer import SliceViewer
+
+SHAPE = (32, 28, 20)
+SPACING = (1.5, 2.0, 3.0)
+ORIGIN = (100.0, 50.0, -200.0)
+
+
+def lps_affine(spacing=SPACING, origin=ORIGIN):
+    """Affine of an L, P, S grid (as the course data) with voxel 0 at ``origin``."""
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = origin
+    return aff
+
+
+@pytest.fixture
+def case():
+    """CT with a body and a box of lung; the prediction is the box moved 2 voxels to the left."""
+    ct = np.full(SHAPE, -1000.0, np.float32)
+    ct[3:29, 2:26, :] = 40.0
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[8:20, 6:16, 5:15] = 1               # 12 x 10 voxels on each axial slice 5..14
+    ct[mask > 0] = -850.0
+    pred = np.zeros_like(mask)
+    pred[10:22, 6:16, 5:15] = 1              # false positives x 20..21, false negatives x 8..9
+    unc = np.zeros(SHAPE, np.float32)
+    unc[10:22, 6:16, 5:15] = np.abs(pred - mask)[10:22, 6:16, 5:15] * 0.5 + 0.1
+    return dict(ct_hu=ct, affine=lps_affine(), mask=mask, pred=pred, uncertainty=unc)
+
+
+def find(viewer, css):
+    """The widget of ``viewer`` carrying the CSS class ``lungseg-<css>`` (as a browser sees it)."""
+    stack = [viewer.widget]
+    while stack:
+        widget = stack.pop()
+        if f"lungseg-{css}" in getattr(widget, "_dom_classes", ()):
+            return widget
+        stack.extend(getattr(widget, "children", ()))
+    raise AssertionError(f"no widget with class lungseg-{css}")
+
+
+def pixel_of_voxel(viewer, voxel, ax_index=0):
+    """RGB of the canvas pixel that shows ``voxel`` (i, j, k) on the current slice."""
+    marker = np.zeros(SHAPE, np.uint8)
+    marker[voxel] = 1
+    plane = viewer._axis
+    r, c = np.argwhere(viz.display_slice(marker, viewer.affine, plane,
+                                         voxel[viz.slicing_axis(viewer.affine, plane)]))[0]
+    x, y = viewer.axes[ax_index].transData.transform((c, r))
+    img = viewer.current_image()
+    return img[int(img.shape[0] - y), int(x), :3].astype(int)
+
+
+def rgb255(colour):
+    return np.round(np.array(to_rgb(colour)) * 255).astype(int)
+
+
+def test_viewer_controls_change_the_picture(case):
+    v = SliceViewer(**case, title="phantom")
+    assert "application/vnd.jupyter.widget-view+json" in v._repr_mimebundle_()
+    assert v._index["axial"] == SHAPE[2] // 2 and v.redraw_seconds > 0
+    before = v.current_image()
+    v.set_slice(2)                                  # below the lung box
+    after_slice = v.current_image()
+    assert not np.array_equal(before, after_slice)
+    find(v, "slice").value = 12                     # the slider itself
+    assert "slice 12 / 19" in find(v, "readout").value
+    v.set_axis("coronal")
+    assert find(v, "slice").max == SHAPE[1] - 1 and find(v, "slice").value == SHAPE[1] // 2
+    coronal = v.current_image()
+    assert not np.array_equal(coronal, after_slice)
+    v.set_overlay("errors")
+    assert not np.array_equal(v.current_image(), coronal)
+    find(v, "overlay").value = "uncertainty"
+    assert v._overlay == "uncertainty"
+    find(v, "side").value = True
+    assert v.current_image().shape[1] > coronal.shape[1]   # two panels, a wider figure
+    with pytest.raises(LungsegInputError, match="not available"):
+        SliceViewer(case["ct_hu"], case["affine"]).set_overlay("prediction")
+
+
+def test_error_map_colours_appear_where_fp_and_fn_are(case):
+    v = SliceViewer(**case)
+    v.set_slice(10)
+    v.set_opacity(1.0)
+    v.set_overlay("errors")
+    fp, fn, tp = (21, 11, 10), (8, 11, 10), (15, 11, 10)
+    for voxel, name in ((fp, "false positive"), (fn, "false negative"), (tp, "true positive")):
+        np.testing.assert_allclose(pixel_of_voxel(v, voxel), rgb255(viz.ERROR_COLOURS[name]),
+                                   atol=3)
+    v.set_overlay("none")
+    assert np.ptp(pixel_of_voxel(v, fp)) < 3        # grey CT only
+
+
+def test_readout_gives_position_in_mm_and_area_in_cm2(case):
+    v = SliceViewer(**case)
+    v.set_slice(10)
+    text = find(v, "readout").value
+    # z = -200 + 3 * 10; area = 12 * 10 voxels * 1.5 * 2.0 mm^2 = 3.60 cm^2 (both masks).
+    assert "z = -170.0 mm" in text
+    assert "reference 3.60 cm&sup2;" in text and "prediction 3.60 cm&sup2;" in text
+    v.set_axis("sagittal")
+    v.set_slice(9)                                  # x = 100 - 1.5 * 9; 10 x 10 voxels of 2 x 3
+    text = find(v, "readout").value
+    assert "x = 86.5 mm" in text and "reference 6.00 cm&sup2;" in text
+    assert "prediction 0.00 cm&sup2;" in text
+
+
+def test_viewer_aspect_follows_voxel_size(case):
+    v = SliceViewer(**case)
+    for plane, (h_mm, w_mm) in {"axial": (28 * 2.0, 32 * 1.5), "coronal": (20 * 3.0, 32 * 1.5),
+                                "sagittal": (20 * 3.0, 28 * 2.0)}.items():
+        v.set_axis(plane)
+        box = v.axes[0].get_window_extent()
+        assert box.height / box.width == pytest.approx(h_mm / w_mm, rel=0.02)
+
+
+def test_window_presets_and_sliders(case):
+    v = SliceViewer(**case)
+    find(v, "preset").value = "bone"
+    assert v._window == (-500.0, 1300.0)
+    v.set_window((-1000, 300))
+    assert v._window == (-1000.0, 300.0) and find(v, "preset").value == "custom"
+
+
+def test_uncertainty_heat_map_is_drawn_where_uncertain(case):
+    v = SliceViewer(**case)
+    v.set_slice(10)
+    v.set_opacity(1.0)
+    v.set_overlay("uncertainty")
+    hot, calm = pixel_of_voxel(v, (21, 11, 10)), pixel_of_voxel(v, (5, 11, 10))
+    assert np.ptp(hot) > 50 and np.ptp(calm) < 3    # coloured vs. plain grey
+
+
+def test_export_button_writes_the_current_view(case, tmp_path):
+    v = SliceViewer(**case, figures_dir=tmp_path)
+    v.set_axis("coronal")
+    v.set_slice(11)
+    find(v, "export").click()
+    assert (tmp_path / "viewer_coronal_11.png").exists()
+    assert (tmp_path / "viewer_coronal_11.pdf").exists()
+    assert "viewer_coronal_11.png" in find(v, "status").value
+
+
+def test_bad_inputs_name_the_array(case):
+    with pytest.raises(LungsegInputError, match="pred has shape"):
+        SliceViewer(case["ct_hu"], case["affine"], pred=case["pred"][:-1])
+    with pytest.raises(LungsegInputError, match="3D"):
+        SliceViewer(case["ct_hu"][0], case["affine"])
