@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NOTEBOOKS := 01_data_exploration 02_preprocessing 03_augmentation_preview 04_training 05_evaluation 06_tta viewer
 
-.PHONY: all setup notebooks report test bench
+.PHONY: all setup notebooks report test bench robustness
 
 ## all: the main job — environment, every notebook top to bottom, figures, report
 all: setup notebooks report
@@ -42,3 +42,9 @@ test: setup
 ##        (on an idle machine; `benchmarks/run.py --isa avx2` adds the AVX2-only column)
 bench: setup
 	$(PY) benchmarks/run.py
+
+## robustness: the robustness suite (controlled shifts of the native scans, scored out of
+##             fold) of the reference ensemble into results/reference/robustness.json
+robustness: setup
+	$(PY) -m lungseg_utils.robustness --ensemble results/reference \
+	  --out results/reference/robustness.json --overwrite
