@@ -195,15 +195,24 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
     prob64, std64 = predict_prob64(forward, x64, tta=tta)
+    out = masks_from_prob64(prob64, grid, ct_hu, threshold, refine)
+    if postprocess:
+        out["mask"] = anatomy.postprocess_lungs(out["mask"], axis=io.axial_axis(affine))
+    return {**out, "prob64": prob64, "std64": std64, "ct64": ct64, "grid": grid}
+
+
+def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool = True) -> dict:
+    """The model-grid probability back on the input's grid, thresholded and (with
+    ``refine``, on a grid finer than the model's) its boundary redrawn from the image.
+
+    Returns ``{"prob", "mask_network", "mask"}`` with the input's shape (see
+    :func:`predict_volume`)."""
     prob = geometry.from_model_grid(prob64, grid)
     mask_network = (prob >= threshold).astype(np.uint8)
     mask = mask_network
     if refine and not grid.passthrough:
         mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold))
-    if postprocess:
-        mask = anatomy.postprocess_lungs(mask, axis=io.axial_axis(affine))
-    return {"prob": prob, "mask": mask, "mask_network": mask_network, "prob64": prob64,
-            "std64": std64, "ct64": ct64, "grid": grid}
+    return {"prob": prob, "mask_network": mask_network, "mask": mask}
 
 
 def predict_case(case, model=None, forward=None, **kwargs) -> dict:

@@ -6,19 +6,7 @@ import pytest
 
 from lungseg_utils import augment, config
 from lungseg_utils.errors import LungsegInputError
-
-THRESHOLD = 0.3
-
-
-def _phantom(seed=0):
-    """A CT whose mask is exactly ``ct > THRESHOLD``: two blobs, no voxel near the threshold."""
-    rng = np.random.default_rng(seed)
-    i, j, k = np.indices((64, 64, 64), dtype=np.float32)
-    blob = (((i - 24) / 14) ** 2 + ((j - 30) / 18) ** 2 + ((k - 33) / 22) ** 2 <= 1) | (
-        ((i - 44) / 10) ** 2 + ((j - 36) / 16) ** 2 + ((k - 28) / 18) ** 2 <= 1)
-    ct = np.where(blob, 0.6 + 0.2 * rng.random(blob.shape), 0.1 * rng.random(blob.shape))
-    return ct.astype(np.float32), blob.astype(np.uint8)
-
+from _shared import THRESHOLD, blob_phantom
 
 def _dice(a, b):
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -34,7 +22,7 @@ def _check_aligned(ct, mask, shape=(64, 64, 64)):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_rigid_transforms_keep_ct_and_mask_aligned(seed):
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     rng = np.random.default_rng(seed)
     for transform in (lambda c, m: augment.random_flip(c, m, rng, p=0.7),
                       lambda c, m: augment.random_rot90(c, m, rng, p=1.0),
@@ -45,7 +33,7 @@ def test_rigid_transforms_keep_ct_and_mask_aligned(seed):
 
 
 def test_rot90_and_shift_change_the_volume():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     rng = np.random.default_rng(0)
     assert not np.array_equal(augment.random_rot90(ct, mask, rng, p=1.0)[1], mask)
     shifted_ct, shifted = augment.random_shift(ct, mask, np.random.default_rng(1), 4)
@@ -61,7 +49,7 @@ def test_shift_pads_with_air():
 
 
 def test_elastic_keeps_alignment_approximately():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     rng = np.random.default_rng(4)
     out_ct, out_mask = augment.elastic_deform(ct, mask, rng, sigma_mm=5.0, smooth_mm=30.0)
     assert out_ct.shape == ct.shape and out_mask.dtype == mask.dtype
@@ -79,7 +67,7 @@ def test_elastic_field_scale():
 
 
 def test_jitter_changes_only_intensity_and_stays_in_range():
-    ct, _ = _phantom()
+    ct, _ = blob_phantom()
     out = augment.intensity_jitter(ct, np.random.default_rng(6), p=1.0, sigma=0.05)
     assert out.dtype == np.float32 and out.shape == ct.shape
     assert 0.0 <= out.min() and out.max() <= 1.0
@@ -89,7 +77,7 @@ def test_jitter_changes_only_intensity_and_stays_in_range():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_augment_pair_without_jitter_keeps_alignment(seed):
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     settings = dict(p_jitter=0.0, p_elastic=0.0, p_flip=0.5, p_rot90=1.0, p_shift=1.0)
     out_ct, out_mask = augment.augment_pair(ct[..., None], mask[..., None],
                                             np.random.default_rng(seed), settings)
@@ -98,7 +86,7 @@ def test_augment_pair_without_jitter_keeps_alignment(seed):
 
 
 def test_augment_pair_with_everything():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     settings = dict(p_jitter=1.0, p_elastic=1.0, p_flip=0.5, p_rot90=1.0, p_shift=1.0)
     out_ct, out_mask = augment.augment_pair(ct, mask, np.random.default_rng(7), settings)
     assert set(np.unique(out_mask)) <= {0, 1}
@@ -111,7 +99,7 @@ def test_mismatched_shapes_raise():
 
 
 def test_flip_and_rot90_exact():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     rng = np.random.default_rng(0)
     out_ct, out_mask = augment.random_flip(ct, mask, rng, p=1.0)
     np.testing.assert_array_equal(out_ct, np.flip(ct, (0, 1, 2)))
@@ -129,7 +117,7 @@ def test_flip_and_rot90_exact():
 
 
 def test_augment_pair_defaults_come_from_config():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     assert {"p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox",
             "p_elastic", "elastic_sigma_mm", "elastic_smooth_mm"} <= set(config.AUGMENT_DEFAULTS)
     assert not {"flip_axes", "spacing_mm"} & set(config.AUGMENT_DEFAULTS)
@@ -149,7 +137,7 @@ def test_augment_pair_defaults_come_from_config():
 
 
 def test_affine_keeps_alignment_and_z_crop_frames_the_lungs():
-    ct, mask = _phantom()
+    ct, mask = blob_phantom()
     out_ct, out_mask = augment.random_affine(ct, mask, np.random.default_rng(8), 10.0, 0.1)
     assert out_ct.shape == ct.shape and out_mask.dtype == mask.dtype
     assert set(np.unique(out_mask)) <= {0, 1} and not np.array_equal(out_mask, mask)
@@ -163,7 +151,7 @@ def test_affine_keeps_alignment_and_z_crop_frames_the_lungs():
 
 
 def test_intensity_and_blur_change_only_the_ct_within_range():
-    ct, _ = _phantom()
+    ct, _ = blob_phantom()
     rng = np.random.default_rng(10)
     for out in (augment.random_intensity(ct, rng), augment.random_blur(ct, rng, 1.0, 3)):
         assert out.dtype == np.float32 and out.shape == ct.shape

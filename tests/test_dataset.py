@@ -7,23 +7,11 @@ import pytest
 from lungseg_utils import dataset, io, preprocess
 from lungseg_utils.dataset import EpochSetter, LungDataset, load_training_arrays
 from lungseg_utils.errors import LungsegInputError
+from _shared import THRESHOLD, blob_phantom
 
 keras = dataset.keras
-THRESHOLD = 0.3
-
-
-def _phantom(seed=0):
-    """A CT whose mask is exactly ``ct > THRESHOLD``: two blobs, no voxel near the threshold."""
-    rng = np.random.default_rng(seed)
-    i, j, k = np.indices((64, 64, 64), dtype=np.float32)
-    blob = (((i - 24) / 14) ** 2 + ((j - 30) / 18) ** 2 + ((k - 33) / 22) ** 2 <= 1) | (
-        ((i - 44) / 10) ** 2 + ((j - 36) / 16) ** 2 + ((k - 28) / 18) ** 2 <= 1)
-    ct = np.where(blob, 0.6 + 0.2 * rng.random(blob.shape), 0.1 * rng.random(blob.shape))
-    return ct.astype(np.float32), blob.astype(np.uint8)
-
-
 def _arrays(n=3):
-    pairs = [_phantom(seed) for seed in range(n)]
+    pairs = [blob_phantom(seed) for seed in range(n)]
     x = np.stack([p[0] for p in pairs])[..., None]
     y = np.stack([p[1] for p in pairs])[..., None].astype(np.float32)
     return x, y

@@ -14,35 +14,16 @@ from PIL import Image
 
 from lungseg_utils import config, viz
 from lungseg_utils.errors import LungsegInputError
+from _shared import SPACING, lps_affine, viewer_case
 
-SHAPE = (32, 28, 20)
-SPACING = (1.5, 2.0, 3.0)
-ORIGIN = (100.0, 50.0, -200.0)
 CONVENTION = {"axial": dict(left="R", right="L", top="A", bottom="P"),
               "coronal": dict(left="R", right="L", top="S", bottom="I"),
               "sagittal": dict(left="A", right="P", top="S", bottom="I")}
 
 
-def lps_affine(spacing=SPACING, origin=ORIGIN):
-    """Affine of an L, P, S grid (as the course data): x and y columns negative."""
-    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    aff[:3, 3] = origin
-    return aff
-
-
 @pytest.fixture
 def case():
-    """CT with a body and a box of lung; the prediction is the box moved 2 voxels to the left."""
-    ct = np.full(SHAPE, -1000.0, np.float32)
-    ct[3:29, 2:26, :] = 40.0
-    mask = np.zeros(SHAPE, np.uint8)
-    mask[8:20, 6:16, 5:15] = 1               # 12 x 10 voxels on each axial slice 5..14
-    ct[mask > 0] = -850.0
-    pred = np.zeros_like(mask)
-    pred[10:22, 6:16, 5:15] = 1              # false positives x 20..21, false negatives x 8..9
-    unc = np.zeros(SHAPE, np.float32)
-    unc[10:22, 6:16, 5:15] = np.abs(pred - mask)[10:22, 6:16, 5:15] * 0.5 + 0.1
-    return dict(ct_hu=ct, affine=lps_affine(), mask=mask, pred=pred, uncertainty=unc)
+    return viewer_case()
 
 
 # -- export and style -------------------------------------------------------------------------
