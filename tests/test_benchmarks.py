@@ -24,6 +24,8 @@ import run  # noqa: E402
 import tasks  # noqa: E402
 
 COMMITTED = json.loads((BENCH / "results.json").read_text())
+#: A fixed results file (one idle AVX-512 run, 2026-11-27) for tests that check values.
+FIXTURE = json.loads((REPO / "tests" / "fixtures" / "bench_results.json").read_text())
 TASK_KEYS = {"ceiling", "train_f32", "train_bf16", "epoch", "inference_f32", "inference_bf16"}
 
 
@@ -106,8 +108,8 @@ def test_the_readme_block_is_rendered_from_results_json():
     assert block == render.readme_block(COMMITTED)
 
 
-def test_derived_numbers_of_the_committed_results():
-    entry, ref = COMMITTED["isa"]["avx512"], COMMITTED["reference"]
+def test_derived_numbers_of_a_results_file():
+    entry, ref = FIXTURE["isa"]["avx512"], FIXTURE["reference"]
     n = render.numbers(entry, ref)
     t = entry["tasks"]
     step = next(r for r in t["train_f32"]["rows"] if r["batch"] == 2)["step_s"]["median"]
@@ -122,7 +124,7 @@ def test_derived_numbers_of_the_committed_results():
 
 
 def test_both_isas_side_by_side_with_their_ratio():
-    results = copy.deepcopy(COMMITTED)
+    results = copy.deepcopy(FIXTURE)
     results["isa"]["avx2"] = _scaled(results["isa"]["avx512"], 4.0)
     table = [line for line in render.summary(results) if line.startswith("|")]
     assert table[0].count("|") == 5 and "AVX2 / AVX-512 time" in table[0]
@@ -138,7 +140,7 @@ def test_both_isas_side_by_side_with_their_ratio():
 
 
 def test_checks_fail_on_low_headroom_and_high_memory():
-    entry, ref = copy.deepcopy(COMMITTED["isa"]["avx512"]), COMMITTED["reference"]
+    entry, ref = copy.deepcopy(FIXTURE["isa"]["avx512"]), FIXTURE["reference"]
     consume = render.numbers(entry, ref)["consume"]
     entry["tasks"]["epoch"]["pipeline"]["augment_samples_per_s"] = 4.0 * consume
     entry["tasks"]["epoch"]["peak_rss_mib"] = 5000.0
@@ -150,7 +152,7 @@ def test_checks_fail_on_low_headroom_and_high_memory():
 
 
 def test_a_failed_task_is_reported_not_rendered():
-    results = copy.deepcopy(COMMITTED)
+    results = copy.deepcopy(FIXTURE)
     entry, ref = results["isa"]["avx512"], results["reference"]
     entry["tasks"]["epoch"], entry["errors"] = {}, {"epoch": "Traceback\nValueError: boom\n"}
     md = render.results_markdown(results)
@@ -162,13 +164,13 @@ def test_a_failed_task_is_reported_not_rendered():
 def test_update_readme_replaces_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
-    assert render.update_readme(readme, COMMITTED)
+    assert render.update_readme(readme, FIXTURE)
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
-    assert render.update_readme(readme, COMMITTED) and readme.read_text() == text
+    assert render.update_readme(readme, FIXTURE) and readme.read_text() == text
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert not render.update_readme(plain, COMMITTED) and plain.read_text() == "no markers\n"
+    assert not render.update_readme(plain, FIXTURE) and plain.read_text() == "no markers\n"
 
 
 def test_render_only_rewrites_outputs_from_results_json(tmp_path):
@@ -180,7 +182,7 @@ def test_render_only_rewrites_outputs_from_results_json(tmp_path):
 
 
 def test_merge_keeps_the_other_isa_only_from_the_same_cpu():
-    old, machine = COMMITTED, COMMITTED["machine"]
+    old, machine = FIXTURE, FIXTURE["machine"]
     assert set(run.merge(old, machine, tiny=False)) == {"avx512"}
     assert run.merge(old, machine, tiny=True) == {}
     other = {**machine, "cpu": {**machine["cpu"], "flags": ["avx2", "fma"]}}
