@@ -37,9 +37,10 @@ def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> l
     otherwise one seeded case of the other folds, taken out of ``train``.
     """
     ids = sorted(case_ids)
-    if not 2 <= k <= len(ids) // 2:
-        raise LungsegInputError(f"fold_splits: k={k} needs 2 <= k <= {len(ids) // 2} "
-                                f"for {len(ids)} cases.")
+    held = 0 if checkpoint == "last" else 1          # cases of the rest kept for choosing
+    if not 2 <= k <= len(ids) or len(ids) - -(-len(ids) // k) - held < 1:
+        raise LungsegInputError(f"fold_splits: k={k} needs 2 <= k <= {len(ids)} folds, each "
+                                f"leaving a case to train on, for {len(ids)} cases.")
     rng = np.random.default_rng(seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
     splits = []

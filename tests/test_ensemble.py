@@ -27,9 +27,12 @@ def test_fold_splits_cover_every_case_once():
                 assert len(s["val"]) == 1 and not set(s["val"]) & set(s["test"])
     assert ensemble.fold_splits(ids, 3, seed=1) == ensemble.fold_splits(ids, 3, seed=1)
     assert ensemble.fold_splits(ids, 3, seed=1) != ensemble.fold_splits(ids, 3, seed=2)
-    for k in (1, 4):
+    for k in (1, len(ids) + 1):
         with pytest.raises(LungsegInputError, match=f"k={k}"):
             ensemble.fold_splits(ids, k)
+    leave_one_out = ensemble.fold_splits(ids, len(ids))          # K = n: one case a fold
+    assert sorted(c for s in leave_one_out for c in s["test"]) == ids
+    assert all(len(s["test"]) == 1 for s in leave_one_out)
 
 
 def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
