@@ -115,3 +115,20 @@ def test_quiet_keras_import_prints_nothing_on_fd2():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("3.")
     assert out.stderr.strip() == ""
+
+
+def test_onednn_kernels_are_asked_for_before_tensorflow_loads():
+    """config sets TF_ENABLE_ONEDNN_OPTS=1 (TF leaves oneDNN off on AVX2-only CPUs, ~4x slower
+    training), keeps a user's own choice, and TensorFlow then runs with oneDNN on."""
+    code = ("import os; os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None)\n"
+            "from lungseg_utils import config; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])\n"
+            "config.import_keras_quietly()\n"
+            "from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=config.REPO_ROOT, timeout=300)
+    assert out.stdout.split() == ["1", "True"], out.stderr[-2000:]
+    keep = ("import os; os.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'\n"
+            "from lungseg_utils import config; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])\n")
+    out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True,
+                         cwd=config.REPO_ROOT, timeout=60)
+    assert out.stdout.split() == ["0"], out.stderr[-2000:]
