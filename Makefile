@@ -5,10 +5,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NOTEBOOKS := 01_data_exploration 02_preprocessing 03_augmentation_preview 04_training 05_evaluation 06_tta viewer
 
-.PHONY: all setup notebooks report test bench robustness
+.PHONY: all setup notebooks report test bench robustness promote
 
-## all: the main job — environment, every notebook top to bottom, figures, report
-all: setup notebooks report
+#: The run the notebooks and the report work on (config.active_run_dir). `make all` makes a
+#: new folder for notebook 04 to train into; RUN=results/reference skips training and
+#: evaluates the committed reference. Alone, `make notebooks` and `make report` use the reference.
+RUN ?=
+
+## all: the main job — environment, every notebook top to bottom (04 trains a new run,
+##      05/06/viewer/report evaluate it), figures, report; its wall time goes to RUN/job.json
+all:
+	@run="$(RUN)"; run="$${run:-results/models/main_$$(date +%Y%m%d-%H%M%S)}"; t0=$$(date +%s); \
+	$(MAKE) --no-print-directory setup && \
+	$(MAKE) --no-print-directory notebooks RUN="$$run" && \
+	$(PY) -m lungseg_utils.report --results_dir "$$run" --job_started "$$t0"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,18 +29,24 @@ $(VENV)/.installed: pyproject.toml
 ## setup: create .venv and install the package with its dev extra (once)
 setup: $(VENV)/.installed
 
-## notebooks: run each notebook in order (LUNGSEG_PROFILE, default quick), outputs in place
+## notebooks: run each notebook in order (LUNGSEG_PROFILE, default main) on RUN, outputs in place
 notebooks: setup
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb ($${LUNGSEG_PROFILE:-quick})"; \
+	@export LUNGSEG_RUN="$(or $(RUN),results/reference)"; echo "== run: $$LUNGSEG_RUN"; \
+	for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($${LUNGSEG_PROFILE:-main})"; \
 	  $(PY) -m jupytext --quiet --to ipynb --update notebooks/$$nb.py || exit 1; \
 	  $(PY) -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=7200 notebooks/$$nb.ipynb || exit 1; \
 	done
 
-## report: rebuild report/report.pdf from the result files (seconds)
+## report: rebuild report/report.pdf and README's results from RUN's result files (seconds)
 report: setup
-	$(PY) -m lungseg_utils.report
+	$(PY) -m lungseg_utils.report --results_dir "$(or $(RUN),results/reference)"
+
+## promote: make RUN (a finished `make all` run) the committed reference, results/reference
+promote: setup
+	@test -n "$(RUN)" || { echo "usage: make promote RUN=results/models/main_..."; exit 2; }
+	$(PY) -m lungseg_utils.ensemble --promote "$(RUN)"
 
 ## test: the whole suite — unit tests, notebooks under nbval (smoke profile), browser test
 test: setup

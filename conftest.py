@@ -1,4 +1,8 @@
-"""Test-session settings: small profile, figures and runs out of the repository's way."""
+"""Test-session settings: small profile, figures and runs out of the repository's way.
+
+``LUNGSEG_RUN`` names a folder that does not exist yet: notebook 04 (under nbval) trains a
+smoke run into it, and notebooks 05, 06 and the viewer then evaluate that run, as the main
+job does with its own run (the committed reference is never written to)."""
 
 import os
 import tempfile
@@ -10,3 +14,5 @@ if "LUNGSEG_FIGURES_DIR" not in os.environ:
     os.environ["LUNGSEG_FIGURES_DIR"] = tempfile.mkdtemp(prefix="lungseg_figures_")
 if "LUNGSEG_RUNS_DIR" not in os.environ:
     os.environ["LUNGSEG_RUNS_DIR"] = tempfile.mkdtemp(prefix="lungseg_runs_")
+if "LUNGSEG_RUN" not in os.environ:
+    os.environ["LUNGSEG_RUN"] = os.path.join(tempfile.mkdtemp(prefix="lungseg_run_"), "main")

@@ -14,7 +14,13 @@ from pathlib import Path
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 CONTENDED_CORES = 0.15  # a measurement beside other processes using more is flagged
 HEADROOM_MIN, MEMORY_TARGET_MIB = 5.0, 4096.0
-ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only"}
+#: The columns of results.json (run.ISA_ENV), in the order the tables show them.
+ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only",
+             "avx2_eigen": "AVX2 only, oneDNN off (before)", "avx512_eigen": "AVX-512, oneDNN off",
+             "avx2_capped": "AVX2 emulated (oneDNN capped on the AVX-512 CPU)"}
+#: The columns of the summary, and the ratios beside them: (label, slower, faster column).
+SUMMARY_COLUMNS = ("avx512", "avx2", "avx2_eigen")
+RATIOS = (("AVX2 / AVX-512 time", "avx2", "avx512"), ("before / after (AVX2)", "avx2_eigen", "avx2"))
 
 # The formats of a table cell: a time in seconds, a memory in MiB, a share, a check's outcome.
 _t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
@@ -55,6 +61,9 @@ FIGURES = {
     "infer_frac_bf16": lambda n, t, r, b: n["flops"] / n["compiled_bf16"] / 1e9 / n["ceil_bf16"],
     "native": "native stages_s total median", "native_tta": "native tta8_total_s median",
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
+    "cli": "cli wall_s median", "cli_scan": "cli scan median",
+    "cli_load": "cli model_load median",
+    "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in
                                         ("inference_f32", "native") if k in t),
     # time to the original's val Dice: original epochs x its epoch / the reference's
@@ -128,6 +137,10 @@ def _summary_rows(ref: dict) -> list[tuple]:
          "without / with TTA",
          lambda n: f"{_t(n['native'])} / {_t(n['native_tta'])} ({n['native_shape']} voxels)",
          "native"),
+        ("**Inference command** on that scan, a fresh process: in all (start-up before "
+         "the scan, of which loading the model; the scan itself)",
+         lambda n: f"{_t(n['cli'])} ({_t(n['cli_startup'])}, {_t(n['cli_load'])}; "
+                   f"{_t(n['cli_scan'])})", "cli"),
         ("**Peak memory**, training (quick profile) / inference (target < 4 GiB each)",
          lambda n: f"{_mib(n['mem_train'])} {_ok(n['mem_train'] < MEMORY_TARGET_MIB)} / "
                    f"{_mib(n['mem_infer'])} {_ok(n['mem_infer'] < MEMORY_TARGET_MIB)}", None),
@@ -143,32 +156,41 @@ def _summary_rows(ref: dict) -> list[tuple]:
     return rows
 
 
-def _ratio(key: str, a: dict, b: dict) -> str:
-    """How many times as long ``b`` (AVX2) takes as ``a`` (AVX-512); "1/x": x is a speed."""
+def _ratio(key: str, slow: dict, fast: dict) -> str:
+    """How many times as long column ``slow`` takes as ``fast``; "1/x": x is a speed."""
     x = key.removeprefix("1/")
-    return _cell(lambda _: f"{(a[x] / b[x] if key != x else b[x] / a[x]):.2f}×", None)
+    return _cell(lambda _: f"{(fast[x] / slow[x] if key != x else slow[x] / fast[x]):.2f}×", None)
+
+
+def columns(results: dict, keys=tuple(ISA_LABEL)) -> list[str]:
+    """The columns of ``keys`` that results.json holds, in ISA_LABEL's order."""
+    return [k for k in ISA_LABEL if k in results["isa"] and k in keys]
 
 
 def summary(results: dict) -> list[str]:
-    """The summary table (a column per ISA, and their ratio when both exist) and notes."""
-    ref, isas = results["reference"], [k for k in ISA_LABEL if k in results["isa"]]
+    """The summary table (a column per measured variant of SUMMARY_COLUMNS, then the RATIOS
+    whose two columns both exist) and notes."""
+    ref, isas = results["reference"], columns(results, SUMMARY_COLUMNS)
     nums = {k: numbers(results["isa"][k], ref) for k in isas}
-    both = len(isas) == 2
+    ratios = [(label, a, b) for label, a, b in RATIOS if a in nums and b in nums]
     header = ["", *(f"{ISA_LABEL[k]} ({results['isa'][k]['created'][:10]})" for k in isas),
-              *(["AVX2 / AVX-512 time"] if both else [])]
+              *(label for label, *_ in ratios)]
     out = _table(header, [[label, *(_cell(fn, nums[k]) for k in isas),
-                           *([_ratio(key, *nums.values()) if key else ""] if both else [])]
+                           *(_ratio(key, nums[a], nums[b]) if key else "" for _, a, b in ratios)]
                           for label, fn, key in _summary_rows(ref)]) + [""]
     ttd = ref.get("time_to_dice") or {}
     if ttd.get("reach_epoch"):
         out.append(f"- The quick profile then trains on to epoch {ttd['reference_epochs']} "
                    f"({ttd['reference_epochs'] * ttd['reference_steps_per_epoch']} steps) and "
                    f"val Dice {ttd['best_val_dice']:.3f}.")
-    jobs = (results.get("job") or {}).get("jobs") or {}
-    if jobs:  # results["job"]: whole-job wall times, written by whatever timed the job
-        out.append("- **The whole job** (wall time, from a timing wrapper's file): " + ", ".join(
-            f"{k} {v['wall_s'] / 60:.1f} min" for k, v in jobs.items()) + ".")
-    for k in isas:
+    jobs = (results.get("job") or {}).get("make_all") or {}
+    if jobs:  # results["job"]["make_all"][kind]: a run's job.json (run.py --job)
+        out.append("- **`make all` from a fresh clone** (its `job.json`; training within the "
+                   "main profile's budget): " + ", ".join(
+                       f"{v['wall_s'] / 60:.0f} min on {ISA_LABEL[k]} ({v['cpu']['model']}, "
+                       f"{v['cpu']['logical_cpus']} cores, {v['finished'][:10]})"
+                       for k, v in sorted(jobs.items())) + ".")
+    for k in columns(results):
         e = results["isa"][k]
         busy = ", ".join(f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
                          if (v.get("other_load_cores") or 0) > CONTENDED_CORES)
@@ -179,15 +201,22 @@ def summary(results: dict) -> list[str]:
     return out
 
 
-def _machine_line(results: dict) -> str:
-    m, cpu = results["machine"], results["machine"]["cpu"]
+def _machine_line(m: dict) -> str:
+    cpu = m["cpu"]
     return (f"{cpu.get('model') or 'unknown CPU'}, {cpu.get('logical_cpus')} logical CPUs, "
             f"{cpu.get('memory_gib', '?')} GiB, flags {' '.join(cpu.get('flags') or ['?'])}; "
             f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}")
 
 
+def machines(results: dict, keys=tuple(ISA_LABEL)) -> str:
+    """Which machine each column was measured on."""
+    return "; ".join(f"{ISA_LABEL[k]}: {_machine_line(results['isa'][k]['machine'])}"
+                     for k in columns(results, keys))
+
+
 def readme_block(results: dict) -> str:
-    return "\n".join([f"Measured by `make bench` on {_machine_line(results)}:", "",
+    return "\n".join([f"Measured by `make bench` (2 cores, no GPU) on "
+                      f"{machines(results, SUMMARY_COLUMNS)}:", "",
                       *summary(results), "", "Details, spreads, scaling and how each number is "
                       "measured: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
 
@@ -245,6 +274,11 @@ def _details(e: dict, ref: dict) -> dict:
         d.update({"Native scan: total with 8-flip TTA": fmt_s(nat["tta8_total_s"]),
                   "Native scan: peak memory without / with TTA":
                   f"{_mib(nat['peak_rss_mib_no_tta'])} / {_mib(nat['peak_rss_mib'])}"})
+    if "cli" in t:
+        c = t["cli"]
+        d["Inference command (a fresh process, default model): in all"] = fmt_s(c["wall_s"])
+        d.update({f"Inference command: {k.replace('_', ' ')}": fmt_s(c[k])
+                  for k in ("imports", "keras_import", "model_load", "scan") if k in c})
     d.update({f"`{k}`": f"not measured: {v['skipped']}" for k, v in e["tasks"].items()
               if "skipped" in v})
     d.update({f"`{k}`": "failed: " + (v.strip().splitlines() or [""])[-1]
@@ -261,14 +295,15 @@ def _details(e: dict, ref: dict) -> dict:
 
 
 def results_markdown(results: dict) -> str:
-    isas = [k for k in ISA_LABEL if k in results["isa"]]
+    isas = columns(results)
     cols = [_details(results["isa"][k], results["reference"]) for k in isas]
     rows = [[what, *(c.get(what, "–") for c in cols)] for what in dict.fromkeys(
         what for c in cols for what in c)]
     g = results.get("gpu")
     return "\n".join([
         "# Benchmarks", "", "Generated from results.json by `python benchmarks/run.py` "
-        f"(`make bench`; `--isa avx2` for the AVX2 column). Machine: {_machine_line(results)}. "
+        "(`make bench`; `--eigen` for a column with oneDNN off, `--isa avx2` on an AVX-512 CPU "
+        f"for the emulated AVX2 column). Machines: {machines(results)}. "
         "Do not edit: re-run the command. How each number is measured: [README.md](README.md).",
         "", "## Summary", "", *summary(results), "", "## Every measurement", "",
         "Timings: median (min–max, n repetitions) after a warm-up. Training steps: "
@@ -287,7 +322,7 @@ def plot_scaling(results: dict, path) -> Path:
 
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
-    for isa, style in (("avx512", "-"), ("avx2", "--")):
+    for isa, style in (("avx512", "-"), ("avx2", "--"), ("avx2_eigen", ":")):
         t = _measured(results["isa"][isa]) if isa in results["isa"] else {}
         by_size = sorted((v["size"], v["rows"][0]["step_s"]["median"]) for k, v in t.items()
                          if k.startswith(("scale_", "train_f32")) and v["rows"][0]["batch"] == 1)
@@ -303,7 +338,7 @@ def plot_scaling(results: dict, path) -> Path:
         ax.locator_params(axis="x", integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"lungseg training step on {results['machine']['cpu'].get('model')}", fontsize=9)
+    fig.suptitle("lungseg training step, 2 cores (each line: its own machine)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     return Path(path)

@@ -30,13 +30,23 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
 
 import render  # noqa: E402  (benchmarks/render.py: results -> Markdown and plot, no TF)
 
-SCHEMA = "lungseg-bench/2"
-#: Environment of every measuring process, per ISA: oneDNN (TensorFlow's CPU kernels) and
-#: OpenBLAS (NumPy's matrix product) held to AVX2.
-ISA_ENV = {"avx512": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
-#: Measured here: under that cap TensorFlow still picks oneDNN's bfloat16 kernels (it reads
-#: the CPU's own flags), which then fail (a matmul crashes, Conv3D raises).
-BF16_AVX2 = "bfloat16 not measured: with oneDNN held to AVX2 its bfloat16 kernels fail"
+SCHEMA = "lungseg-bench/3"
+#: The columns results.json can hold, each measured on its own machine (``entry["machine"]``):
+#: key -> the environment of every measuring process (labels: render.ISA_LABEL). ``avx2_capped`` holds oneDNN
+#: (TensorFlow's CPU kernels) and OpenBLAS (NumPy's matrix product) to AVX2 on an AVX-512
+#: CPU; ``*_eigen`` turns oneDNN off, which is what TensorFlow itself does on a CPU without
+#: AVX-512 VNNI/BF16 or AMX unless ``lungseg_utils.config`` asks for it (the "before").
+ISA_ENV = {
+    "avx512": {}, "avx2": {},
+    "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    "avx2_capped": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+}
+assert set(ISA_ENV) == set(render.ISA_LABEL)
+#: Measured: under the AVX2 cap TensorFlow still picks oneDNN's bfloat16 kernels (it reads
+#: the CPU's own flags), which then fail (a matmul crashes, Conv3D raises); without AVX-512
+#: BF16 there is no bfloat16 hardware to measure.
+BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16 (or oneDNN held to AVX2)"
+EIGEN_SKIP = "not measured with oneDNN off (the before column measures the main figures only)"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
 #: The original project: 7 training cases at batch 2 (4 steps an epoch), 80-150 epochs,
 #: validation Dice 0.973 after 80 (../shared/GUIDE.md).
@@ -83,20 +93,24 @@ def reference_info() -> dict:
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
-    """(key, task, params) of every measurement; ``tiny``: base 2, depth 2, 2 repetitions."""
+    """(key, task, params) of every measurement of column ``isa`` (a key of VARIANTS);
+    ``tiny``: base 2, depth 2, 2 repetitions. A ``*_eigen`` column measures the main
+    figures only (no scaling, no bfloat16), as its steps are several times slower."""
     from lungseg_utils import config, synthetic
 
     s = {**ref["settings"], **({"base_filters": 2, "depth": 2, "samples_per_epoch": 4}
                                if tiny else {})}
     r = (lambda full: 2 if tiny else full)  # noqa: E731
-    skip = {"skip": BF16_AVX2} if isa == "avx2" else {}
+    eigen = {"skip": EIGEN_SKIP} if isa.endswith("_eigen") and not tiny else {}
+    skip = {"skip": BF16_AVX2} if isa.startswith("avx2") else eigen
     step = {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15}
     infer = {"precision": "f32", "model_path": None if tiny else ref["model_path"], "reps": r(5)}
     tasks = [("ceiling", "ceiling", {"n": 256 if tiny else 3072, "reps": r(5), "bf16": not skip}),
              ("train_f32", "train", {**step, "batches": [1, 2] if tiny else [1, 2, 4]}),
              ("train_bf16", "train", {**step, "precision": "bf16", "batches": [2], **skip}),
              *((f"scale_{n}", "train", {**step, "size": n, "batches": [1], "reps": r(3),
-                                        "max_s": 20}) for n in ((32,) if tiny else (96, 128))),
+                                        "max_s": 20, **eigen})
+               for n in ((32,) if tiny else (96, 128))),
              ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3)}),
              ("inference_f32", "inference", infer),
              ("inference_bf16", "inference", {**infer, "precision": "bf16", **skip})]
@@ -106,6 +120,8 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         tasks.append(("native", "native", {**infer, "case_dir": str(case),
                                            "reps": 1 if tiny else 3}))
+        tasks.append(("cli", "cli", {"case_dir": str(case), "reps": 1 if tiny else 3,
+                                     "model": str(config.REFERENCE_DIR)}))
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
     return [(k, t, {**common, **p}) for k, t, p in tasks]
 
@@ -189,11 +205,12 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
             "tasks": tasks, "errors": errors}
 
 
-def merge(old: dict | None, machine: dict, tiny: bool) -> dict:
-    """The ISA entries of ``old`` worth keeping: same schema, CPU and tiny-ness."""
-    same = (old and old.get("schema") == SCHEMA and old["machine"]["cpu"] == machine["cpu"]
-            and all(e["tiny"] == tiny for e in old["isa"].values()))
-    return dict(old["isa"]) if same else {}
+def merge(old: dict | None, key: str, tiny: bool) -> dict:
+    """The columns of ``old`` to keep beside a new measurement of ``key``: every other
+    column of the same schema and tiny-ness (each names its own machine)."""
+    if not old or old.get("schema") != SCHEMA:
+        return {}
+    return {k: e for k, e in old["isa"].items() if k != key and e["tiny"] == tiny}
 
 
 def main(argv=None) -> int:
@@ -201,31 +218,50 @@ def main(argv=None) -> int:
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=BENCH_DIR,
                     help="folder of results.json, RESULTS.md, scaling.png (default benchmarks/)")
-    ap.add_argument("--isa", choices=sorted(ISA_ENV),
-                    help="CPU instruction set for oneDNN (default: avx512 if the CPU has it)")
+    ap.add_argument("--isa", choices=["avx512", "avx2"],
+                    help="CPU instruction set for oneDNN (default: the CPU's own; avx2 on an "
+                         "AVX-512 CPU caps oneDNN at AVX2: the avx2_capped column)")
+    ap.add_argument("--eigen", action="store_true",
+                    help="with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): TensorFlow's own default "
+                         "on CPUs without AVX-512 VNNI/BF16, the 'before' column")
     ap.add_argument("--tiny", action="store_true", help="base-2 network, two repetitions")
     ap.add_argument("--render", action="store_true", help="measure nothing, re-render")
+    ap.add_argument("--job", type=Path, metavar="JOB_JSON",
+                    help="measure nothing: add a make-all run's job.json (its wall time, by "
+                         "CPU kind) to results.json, then re-render")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
                     help="wait for an idle CPU before each measurement, S seconds in all")
     args = ap.parse_args(argv)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else None
+    if args.job:
+        if results is None or not args.job.is_file():
+            print(f"error: needs {path} and {args.job}.", file=sys.stderr)
+            return 2
+        job = json.loads(args.job.read_text())
+        kind = "avx512" if job["cpu"]["avx512"] else "avx2"
+        old = (results.get("job") or {}).get("make_all") or {}
+        results["job"] = {"make_all": {**old, kind: {**job, "run": args.job.parent.name}}}
+        args.render = True
     if args.render and results is None:
         print(f"error: {path} does not exist; run benchmarks/run.py first.", file=sys.stderr)
         return 2
     if not args.render:
         cpu = cpu_info()
-        isa = args.isa or ("avx512" if "avx512f" in cpu["flags"] else "avx2")
-        if isa == "avx512" and "avx512f" not in cpu["flags"]:
+        has512 = "avx512f" in cpu["flags"]
+        isa = args.isa or ("avx512" if has512 else "avx2")
+        if isa == "avx512" and not has512:
             ap.error("this CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")  # exit status 2
+        isa = "avx2_capped" if isa == "avx2" and has512 else isa
+        isa = f"{isa.removesuffix('_capped')}_eigen" if args.eigen else isa
         machine = {"cpu": cpu, "python": platform.python_version(),
                    **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
         ref = reference_info()
-        entries = merge(results, machine, args.tiny)
+        entries = merge(results, isa, args.tiny)
         entries[isa] = entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref)
-        entry["checks"] = render.checks(entry, ref)
-        results = {"schema": SCHEMA, "machine": machine, "isa": entries,
+        entry["checks"], entry["machine"] = render.checks(entry, ref), machine
+        results = {"schema": SCHEMA, "isa": entries,
                    "reference": {k: v for k, v in ref.items() if k not in ("split", "model_path")},
                    "job": (results or {}).get("job")}
     gpu = BENCH_DIR / "gpu_results.json"

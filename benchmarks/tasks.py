@@ -225,7 +225,35 @@ def task_native(p) -> dict:
             "tta8_total_s": summarise(tta), "peak_rss_mib_no_tta": rss_plain}
 
 
-TASKS = {"ceiling": task_ceiling, "train": task_train, "epoch": task_epoch,
+def task_cli(p) -> dict:
+    """The inference command on one native scan as a user runs it: a fresh process each time
+    (``python -m lungseg_utils.inference --input ct --output_mask m --verbose``), the default
+    model (the reference ensemble). Its own ``--verbose`` lines say what start-up cost
+    (imports, model load) and what the scan itself took (the first, tracing included)."""
+    import re
+    import subprocess
+
+    ct, runs = Path(p["case_dir"]) / "ct.nii.gz", []
+    with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
+        for i in range(int(p["reps"])):
+            cmd = [sys.executable, "-m", "lungseg_utils.inference", "--input", str(ct),
+                   "--output_mask", str(Path(out) / f"m{i}.nii.gz"), "--verbose",
+                   *(["--model", p["model"]] if p.get("model") else [])]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                  cwd=Path(__file__).resolve().parent.parent)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
+            found = dict(re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M))
+            runs.append({"wall_s": wall, **{k: float(v) for k, v in found.items()}})
+    keys = sorted({k for r in runs for k in r})
+    return {"case_id": Path(p["case_dir"]).name, "model": p.get("model"),
+            "command_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            **{f"{k}": summarise([r[k] for r in runs if k in r]) for k in keys}}
+
+
+TASKS = {"ceiling": task_ceiling, "cli": task_cli, "train": task_train, "epoch": task_epoch,
          "inference": task_inference, "native": task_native}
 
 if __name__ == "__main__":

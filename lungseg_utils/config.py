@@ -4,8 +4,14 @@ A *profile* is a named set of training and evaluation settings:
 
 ``smoke``
     seconds: two cases, tiny filters, one epoch. Used by the test suite.
+``main``
+    the main job (``make all``, the default): notebook 04 trains the reference's kind of
+    model, an ensemble of ``folds`` cross-validation members with the quick network, each
+    within a wall-clock budget of ``budget_min`` (10 minutes: 30 for the three members on
+    any CPU; the schedule is planned to fit), keeping its last weights.
 ``quick``
-    the README's main command on a 2-core CPU (at most about 25 minutes of training).
+    one model of the original network in about 25 minutes on two AVX-512 cores (150 epochs
+    of 12 augmented samples, plateau schedule, best validation checkpoint).
 ``budget``
     the quick settings within a wall-clock budget (``budget_min``, 20 minutes): the train
     command times a few steps first and plans as many epochs as fit, with a cosine
@@ -17,9 +23,11 @@ A *profile* is a named set of training and evaluation settings:
 ``full``
     the original student project's settings (150 epochs, base 16), meant for a GPU.
 
+``folds`` is the number of members notebook 04 trains (cross-validation folds over all cases).
 The active profile comes from the ``LUNGSEG_PROFILE`` environment variable (default
-``quick``), so that the same notebook runs in seconds under the tests and for real in the
-main command.
+``main``), so that the same notebook runs in seconds under the tests and for real in the
+main command. The active *run* (:func:`active_run_dir`), the folder notebook 04 trains into
+and notebooks 05, 06, the viewer and the report read, comes from ``LUNGSEG_RUN``.
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ _COMMON = dict(
     checkpoint="best",       # best_model.keras: lowest val_loss, or "last": the final weights
     budget_min=None,         # wall-clock budget of a run; the epochs are planned to fit it
     max_cases=None,
+    folds=3,                 # members of the ensemble notebook 04 trains
 )
 
 #: The augmentation settings (read by :func:`lungseg_utils.augment.augment_pair`).
@@ -105,7 +114,10 @@ AUGMENT_DEFAULTS = {k: _COMMON[k] for k in (
 
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
-              "reduce_lr_patience": 1, "early_stop_patience": 2},
+              "reduce_lr_patience": 1, "early_stop_patience": 2, "folds": 2},
+    "main": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+             "samples_per_epoch": 12, "lr_schedule": "cosine", "checkpoint": "last",
+             "budget_min": 10.0},
     "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
     "budget": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
@@ -119,9 +131,12 @@ PROFILES: dict[str, dict] = {
 }
 
 
+DEFAULT_PROFILE = "main"
+
+
 def profile_name(name: str | None = None) -> str:
-    """Return the active profile's name: ``name`` if given, else ``$LUNGSEG_PROFILE``, else quick."""
-    name = name or os.environ.get("LUNGSEG_PROFILE", "quick")
+    """Return the active profile's name: ``name`` if given, else ``$LUNGSEG_PROFILE``, else main."""
+    name = name or os.environ.get("LUNGSEG_PROFILE", DEFAULT_PROFILE)
     if name not in PROFILES:
         raise LungsegInputError(
             f"Unknown profile {name!r}: choose one of {', '.join(PROFILES)}.")
@@ -137,6 +152,23 @@ def get_profile(name: str | None = None, **overrides) -> dict:
         raise LungsegInputError(f"Unknown setting(s) for profile {name!r}: {sorted(unknown)}.")
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
+
+
+def active_run_dir() -> Path:
+    """The run the main job works on: ``$LUNGSEG_RUN`` if set, else ``results/reference``.
+
+    ``make all`` sets it to a new folder ``results/models/main_YYYYMMDD-HHMMSS``: notebook
+    04 trains the profile's ensemble into it, notebooks 05 and 06 evaluate it and write
+    their result files into it, the viewer shows it and the report describes it. Pointed at a
+    folder that already holds a trained ensemble or model (``make all RUN=results/reference``:
+    the committed reference), 04 trains nothing and shows how that run was trained. A
+    relative path is taken from the repository root. Writes nothing.
+    """
+    env = os.environ.get("LUNGSEG_RUN")
+    if not env:
+        return REFERENCE_DIR
+    path = Path(env).expanduser()
+    return (path if path.is_absolute() else REPO_ROOT / path).resolve()
 
 
 def _has_cases(folder: Path) -> bool:

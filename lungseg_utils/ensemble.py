@@ -142,7 +142,7 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)
-    ids = [p.name for p in io.discover_cases(data_dir)]
+    ids = [p.name for p in io.discover_cases(data_dir)][: settings.get("max_cases") or None]
     rows, runs = [], []
     for i, split in enumerate(fold_splits(ids, k, seed, settings["checkpoint"])):
         run_dir = train.train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile,
@@ -167,6 +167,68 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     return result
 
 
+def member_runs(ensemble_dir) -> list[Path]:
+    """The run folder of each member of an ensemble folder, in the manifest's order."""
+    folder = Path(ensemble_dir)
+    manifest = io.load_json(folder / inference.MANIFEST)
+    return [(folder / m["file"]).parent for m in manifest["members"]]
+
+
+def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides) -> dict:
+    """What notebook 04 trains: the reference's kind of model, into ``run_dir``.
+
+    ``run_dir`` (default :func:`lungseg_utils.config.active_run_dir`) then has the layout of
+    ``results/reference/``: ``cv/fold_i/`` the profile's ``folds`` cross-validation members
+    (:func:`cross_validate`; each within the profile's ``budget_min``), ``manifest.json``
+    listing them (the ensemble the inference command averages), ``cross_validation.json``,
+    and, at the top, the run artifacts of member 0 (``split.json``, ``best_model.keras``,
+    ``training_log.csv`` ...: the single model whose held-out split notebook 05 and the
+    report describe first). A folder that already holds ``manifest.json`` is trained no
+    further: ``{"trained": False}``. A folder with other files is refused (nothing is
+    overwritten). ``overrides`` replace single settings of the profile (as in
+    :func:`cross_validate`). Returns ``{"run_dir", "trained", "manifest", "wall_s"}``.
+    """
+    import time
+
+    run_dir = Path(run_dir) if run_dir else config.active_run_dir()
+    if (run_dir / inference.MANIFEST).exists():
+        return {"run_dir": run_dir, "trained": False, "wall_s": 0.0,
+                "manifest": io.load_json(run_dir / inference.MANIFEST)}
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise LungsegInputError(f"{run_dir}: holds files but no {inference.MANIFEST}; train "
+                                "into a new folder (nothing is overwritten).")
+    settings = config.get_profile(profile, **overrides)
+    t0 = time.perf_counter()
+    overrides.pop("folds", None)
+    result = cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
+                            seed=int(settings["seed"]), verbose=verbose, **overrides)
+    members = member_runs(run_dir / "cv")
+    promote_run(members[0], run_dir)
+    io.save_json(result, run_dir / "cross_validation.json")
+    write_manifest(run_dir, members, int(settings["seed"]))
+    return {"run_dir": run_dir, "trained": True, "wall_s": time.perf_counter() - t0,
+            "manifest": io.load_json(run_dir / inference.MANIFEST)}
+
+
+def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
+    """Copy a run of :func:`train_main` (its manifest, member runs and result files) to
+    ``results/reference/``, which then is the default model. Refuses to replace a reference
+    unless ``overwrite``; with it, the old reference's members (``cv/``) are removed first so
+    that the manifest and the members agree. ``final_model.keras`` files are left out."""
+    src, dest = Path(run_dir), Path(reference_dir or config.REFERENCE_DIR)
+    if not (src / inference.MANIFEST).exists():
+        raise LungsegInputError(f"{src}: not a finished run of the main job (no manifest.json).")
+    if (dest / inference.MANIFEST).exists() and not overwrite:
+        raise LungsegInputError(f"{dest}: holds a reference; pass overwrite=True to replace it.")
+    shutil.rmtree(dest / "cv", ignore_errors=True)
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name != "final_model.keras" and "backup" not in path.parts:
+            with io.atomic_write(dest / path.relative_to(src), overwrite=True) as tmp:
+                shutil.copyfile(path, tmp)
+    io.save_json({"promoted_from": src.name}, dest / "provenance.json", overwrite=True)
+    return dest
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lungseg_utils.ensemble",
@@ -181,11 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", metavar="DIR",
                    help="also copy the ensemble to DIR (e.g. results/reference)")
     p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
+    p.add_argument("--promote", metavar="RUN",
+                   help="train nothing: make RUN (a finished make-all run) results/reference")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.promote:
+        try:
+            print(f"{promote_main(args.promote, overwrite=True)}: now the reference, from {args.promote}")
+        except LungsegInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
                                 seed=args.seed, publish_dir=args.publish)

@@ -81,24 +81,22 @@ def summarise_methods(rows: list[dict], methods, keys=METRICS) -> dict:
     return out
 
 
-def out_of_fold_jobs(reference_dir, max_cases: int | None = None) -> list[tuple]:
+def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
     """Which model may score which case: ``[(case_id, source, model_path), ...]``.
 
-    If ``reference_dir/cv/fold_*/`` holds cross-validation runs (``split.json`` and
-    ``best_model.keras``), every case of a fold's test part is paired with that fold's model
-    (all cases, each scored by the one model that never saw it). Otherwise the reference
-    model is paired with its own split's test cases. Sorted by case id; the first
-    ``max_cases`` if given.
+    If ``run_dir`` holds an ensemble (``manifest.json``), every case of a member's test
+    fold is paired with that member's model (all cases, each scored by the one model that
+    never saw it; source ``"CV fold i"``). Otherwise the run's own model is paired with its
+    split's test cases (source ``"reference"``). Sorted by case id; the first ``max_cases``
+    if given.
     """
-    reference_dir = Path(reference_dir)
-    jobs = []
-    for fold in sorted((reference_dir / "cv").glob("fold_*")):
-        if (fold / "split.json").exists() and (fold / "best_model.keras").exists():
-            jobs += [(cid, f"CV {fold.name.replace('_', ' ')}", fold / "best_model.keras")
-                     for cid in io.load_json(fold / "split.json")["test"]]
-    if not jobs:
-        split = io.load_json(reference_dir / "split.json")
-        jobs = [(cid, "reference", reference_dir / "best_model.keras") for cid in split["test"]]
+    run_dir = Path(run_dir)
+    if (run_dir / inference.MANIFEST).exists():
+        manifest = io.load_json(run_dir / inference.MANIFEST)
+        jobs = [(cid, f"CV fold {m['fold']}", run_dir / m["file"])
+                for m in manifest["members"] for cid in m["test"]]
+    else:
+        jobs = reference_jobs(run_dir)
     jobs.sort(key=lambda j: j[0])
     return jobs[:max_cases] if max_cases else jobs
 
@@ -153,18 +151,61 @@ def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
     return {grid: method_block(rows[grid], grid) for grid in GRIDS}
 
 
-def evaluation_result(model_path, test: dict, cv: dict | None = None) -> dict:
+def rel_path(path) -> str:
+    """``path`` relative to the repository if inside it, else absolute (for messages, text)."""
+    path = Path(path).resolve()
+    return (path.relative_to(config.REPO_ROOT).as_posix() if path.is_relative_to(config.REPO_ROOT)
+            else str(path))
+
+
+def run_identity(run_dir) -> dict:
+    """What a result file says about the run it describes: ``{"run": its folder (relative to
+    the repository where it can be), "model_sha256": of its best_model.keras,
+    "manifest_sha256": of its manifest.json (None without one)}``. The report refuses
+    result files whose identity is not that of the run folder it reads."""
+    run_dir = Path(run_dir)
+    digest = (lambda p: io.file_sha256(p) if p.exists() else None)  # noqa: E731
+    return {"run": rel_path(run_dir), "model_sha256": digest(run_dir / inference.MODEL_FILE),
+            "manifest_sha256": digest(run_dir / inference.MANIFEST)}
+
+
+def check_identity(result: dict, run_dir, name: str, notebook: str) -> None:
+    """Raise unless a result file's ``run`` (if it has one) names the model of ``run_dir``."""
+    said, here = result.get("run"), run_identity(run_dir)
+    if said and any(said.get(k) != here[k] for k in ("model_sha256", "manifest_sha256")):
+        raise LungsegInputError(f"{Path(run_dir) / name}: describes the model of "
+                                f"{said.get('run')}, not the one in {here['run']}; re-run "
+                                f"notebook {notebook} on this run.")
+
+
+def record_job(run_dir, started_unix_s: float) -> Path:
+    """Write ``run_dir/job.json``: the main job's wall time from ``started_unix_s`` until
+    now, this machine's CPU (model, cores, whether it has AVX-512) and the profile."""
+    import os
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.processor() or None)
+    job = {"wall_s": round(time.time() - float(started_unix_s), 1),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "profile": config.profile_name(),
+           "cpu": {"model": model, "logical_cpus": os.cpu_count(),
+                   "avx512": " avx512f" in text, "avx2": " avx2" in text}}
+    return io.save_json(job, Path(run_dir) / "job.json", overwrite=True)
+
+
+def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None) -> dict:
     """The contents of ``evaluation.json``.
 
-    ``test`` and ``cv`` are results of :func:`evaluate_jobs` (the reference model's test
-    cases; the out-of-fold scoring of every case, left out when None or empty). The result
-    passes :func:`check_evaluation` when both grids have rows.
+    ``test`` and ``cv`` are results of :func:`evaluate_jobs` (the run's model on its test
+    cases; the out-of-fold scoring of every case, left out when None or empty). With
+    ``run_dir``, ``run`` records :func:`run_identity`. The result passes
+    :func:`check_evaluation` when both grids have rows.
     """
-    model_path = Path(model_path).resolve()
-    result = {"model": (model_path.relative_to(config.REPO_ROOT).as_posix()
-                        if model_path.is_relative_to(config.REPO_ROOT) else str(model_path)),
+    result = {"model": rel_path(model_path),
               "test_cases": [r["case_id"] for r in test["grid64"]["cases"]],
-              **test}
+              **({"run": run_identity(run_dir)} if run_dir is not None else {}), **test}
     if cv and cv["grid64"]["cases"]:
         folds = {r["model"] for r in cv["grid64"]["cases"]}
         result["cross_validation"] = {"folds": len(folds), **cv}
@@ -220,22 +261,26 @@ def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
     return gains
 
 
-def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str) -> dict:
+def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str,
+               run_dir=None) -> dict:
     """The contents of ``tta.json``: the rows of :func:`tta_rows`, the times of
     :func:`time_inference`, the uncertainty's error-detection AUC on ``focus_case`` and the
-    Dice gains of :func:`tta_gains` (``dice_gain`` on grid64, ``dice_gain_native``)."""
+    Dice gains of :func:`tta_gains` (``dice_gain`` on grid64, ``dice_gain_native``); with
+    ``run_dir``, ``run`` (:func:`run_identity`)."""
     gains = tta_gains(rows)
-    return {"cases": rows, "time_s": time_s, "uncertainty_error_auc": auc,
+    return {**({"run": run_identity(run_dir)} if run_dir is not None else {}), "cases": rows, "time_s": time_s, "uncertainty_error_auc": auc,
             "focus_case": focus_case, "dice_gain": gains.get("grid64", {}),
             "dice_gain_native": gains.get("native", {})}
 
 
-def save_result(result: dict, name: str, reference_dir=None) -> Path:
-    """Write a result file to ``reference_dir`` (default ``results/reference``); under the
-    smoke profile to :data:`lungseg_utils.config.FIGURES_DIR` instead, so that a test run never
-    replaces the committed results."""
-    smoke = config.profile_name() == "smoke"
-    folder = config.FIGURES_DIR if smoke else Path(reference_dir or config.REFERENCE_DIR)
+def save_result(result: dict, name: str, run_dir=None) -> Path:
+    """Write a result file into the run it describes, ``run_dir`` (default
+    :func:`lungseg_utils.config.active_run_dir`). Under the smoke profile a result about the
+    committed reference goes to :data:`lungseg_utils.config.FIGURES_DIR` instead, so that a
+    test run never replaces the committed results."""
+    folder = Path(run_dir or config.active_run_dir()).resolve()
+    if config.profile_name() == "smoke" and folder == config.REFERENCE_DIR.resolve():
+        folder = config.FIGURES_DIR
     return io.save_json(result, folder / name, overwrite=True)
 
 

@@ -7,15 +7,24 @@
 # %% [markdown]
 # # 04 · Training the 3D U-Net
 #
-# A compact 3D U-Net learns to turn a 64³ CT cube into a lung probability per voxel. This
-# notebook trains it with the active profile (`LUNGSEG_PROFILE`: `quick` by default, about
-# 25 minutes on two CPU cores; `smoke` in the tests; `full`, the original project's 150
-# epochs, for a GPU), then shows what happened epoch by epoch. Every run lands in a new
-# folder `results/models/run_YYYYMMDD-HHMMSS/`; nothing is overwritten.
+# A compact 3D U-Net learns to turn a 64³ CT cube into a lung probability per voxel. One
+# network trained on six scans is fragile, so this notebook trains what the project ships:
+# **an ensemble of cross-validation members**. The nine cases are split into folds; each
+# member trains on the other folds, so every case is later scored by a member that never
+# saw it (notebook 05), and the members' averaged probability is the model the inference
+# command uses. The active profile (`LUNGSEG_PROFILE`: `main` by default, `smoke` in the
+# tests) fixes the network, the number of folds and a wall-clock budget per member that
+# holds on any CPU: the train command times a few steps first and plans the epochs that fit.
+#
+# The run goes to the folder `LUNGSEG_RUN` names (`make all` makes a new
+# `results/models/main_YYYYMMDD-HHMMSS/`; nothing is overwritten), and notebooks 05, 06, the
+# viewer and the report then evaluate exactly this run. Pointed at a run that is already
+# trained (`make all RUN=results/reference`, the committed reference), nothing is trained
+# and this notebook shows how that run was trained.
 
 # %% tags=["parameters"]
-PROFILE = None  # None: $LUNGSEG_PROFILE, else "quick"
-PROMOTE_TO_REFERENCE = False  # copy the finished run to results/reference/ (asks nothing twice)
+PROFILE = None  # None: $LUNGSEG_PROFILE, else "main"
+PROMOTE_TO_REFERENCE = False  # copy the finished run to results/reference/ (replaces it)
 
 # %%
 import os
@@ -29,6 +38,7 @@ from lungseg_utils import train
 
 viz.apply_style()
 settings = config.get_profile(PROFILE)
+run = config.active_run_dir()
 PROMOTE_TO_REFERENCE = PROMOTE_TO_REFERENCE or os.environ.get("LUNGSEG_PROMOTE") == "1"
 
 # %% [markdown]
@@ -37,9 +47,9 @@ PROMOTE_TO_REFERENCE = PROMOTE_TO_REFERENCE or os.environ.get("LUNGSEG_PROMOTE")
 # with the package versions and a SHA-256 of every input file.
 
 # %%
-for key in ("profile", "base_filters", "depth", "norm", "use_transpose", "reg_l2", "dropout_enc",
-            "dropout_dec", "dropout_bot", "loss", "learning_rate", "batch_size",
-            "samples_per_epoch", "epochs", "mixed_precision", "seed"):
+for key in ("profile", "folds", "budget_min", "base_filters", "depth", "norm", "use_transpose",
+            "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot", "loss", "learning_rate",
+            "lr_schedule", "batch_size", "samples_per_epoch", "epochs", "checkpoint", "seed"):
     print(f"{key:>18} = {settings[key]}")
 
 # %% [markdown]
@@ -62,88 +72,90 @@ net.summary(line_length=110)
 print(f"{net.count_params():,} parameters, {unet.count_flops(net) / 1e9:.1f} GFLOP per forward pass")
 
 # %% [markdown]
-# ## Train
-# Dice loss, Adam, a patient-level split (`split.json`), the augmentation of notebook 03 on
-# every training sample, validation on untouched cases. Callbacks: ReduceLROnPlateau,
-# EarlyStopping, ModelCheckpoint (the best `val_loss` → `best_model.keras`), CSVLogger, and
-# BackupAndRestore, so that a run killed half-way continues with `--resume`.
+# ## Train the members
+# Dice loss, Adam, K seeded folds (`ensemble.fold_splits`): member *i* is tested on fold *i*,
+# keeps one case of the other folds to choose its checkpoint (the best `val_loss`) and trains
+# on the rest, with the augmentation of notebook 03 on every sample. Before each member the
+# train command times three steps on this machine and says what the profile costs here; with
+# a budget it plans as many epochs as fit, with a cosine learning-rate schedule over them,
+# and stops gracefully when time is up. `ensemble.train_main` writes the run: `cv/fold_i/`
+# (each member a normal run folder: `split.json`, `train_config.json`, `training_log.csv`,
+# `best_model.keras`, `final_model.keras`, `test_metrics.json`), `manifest.json` (the
+# ensemble) and, at the top, member 0's artifacts (its split is the report's test split).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-run_dir = train.train(profile=settings["profile"], verbose=2)
-print("run folder:", run_dir.relative_to(config.REPO_ROOT) if run_dir.is_relative_to(config.REPO_ROOT) else run_dir.name)
+result = ensemble.train_main(run, profile=settings["profile"], verbose=2)
+where = run.relative_to(config.REPO_ROOT) if run.is_relative_to(config.REPO_ROOT) else run.name
+print(f"trained {len(result['manifest']['members'])} members into {where} in "
+      f"{result['wall_s'] / 60:.1f} min" if result["trained"] else
+      f"{where} was already trained: nothing trained, showing how it was trained")
 
 # %% [markdown]
-# Every artifact the run wrote:
+# The run's artifacts (the ensemble's manifest beside member 0's run files):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))
+print(sorted(n for n in (*train.RUN_ARTIFACTS, "manifest.json") if (run / n).exists()))
 
 # %% [markdown]
 # ## Learning curves
-# Loss, Dice and IoU on the training samples (augmented, with dropout active) and on the
-# validation cases (as they are), and the learning rate that ReduceLROnPlateau lowered.
+# Loss and Dice on the training samples (augmented, with dropout active; solid) and on each
+# member's validation case (as it is; dashed), one colour per member, and the learning rate.
 
 # %%
-log = np.genfromtxt(run_dir / train.LOG_NAME, delimiter=",", names=True)
-log = np.atleast_1d(log)
-epoch = log["epoch"] + 1
+members = ensemble.member_runs(run)
+logs = [np.atleast_1d(np.genfromtxt(m / train.LOG_NAME, delimiter=",", names=True))
+        for m in members]
 fig, axes = plt.subplots(1, 4, figsize=(viz.PAGE_IN, 1.9))
-for ax, key in zip(axes[:3], ("loss", "dice", "iou")):
-    ax.plot(epoch, log[key], label="training", color="#0072B2")
-    ax.plot(epoch, log[f"val_{key}"], label="validation", color="#D55E00")
-    ax.set(xlabel="epoch", title=key if key != "loss" else "Dice loss")
-axes[0].set_yscale("log")
-axes[1].set_ylim(max(0.0, min(log["val_dice"].min(), log["dice"].min()) - 0.02), 1.0)
-axes[2].set_ylim(max(0.0, min(log["val_iou"].min(), log["iou"].min()) - 0.02), 1.0)
-axes[1].legend(loc="lower right")
-axes[3].plot(epoch, log["learning_rate"], color="0.3")
-axes[3].set(xlabel="epoch", title="learning rate", yscale="log")
+for i, log in enumerate(logs):
+    epoch, colour = log["epoch"] + 1, f"C{i}"
+    for ax, key in zip(axes[:3], ("loss", "dice", "iou")):
+        ax.plot(epoch, log[key], color=colour, lw=0.9, label=f"member {i}")
+        ax.plot(epoch, log[f"val_{key}"], color=colour, lw=0.9, ls="--")
+    axes[3].plot(epoch, log["learning_rate"], color=colour, lw=0.9)
+low = min(min(log["val_dice"].min(), log["dice"].min()) for log in logs)
+titles = ("Dice loss", "dice", "iou", "learning rate")
+for ax, key, scale in zip(axes, titles, ("log", "linear", "linear", "log")):
+    ax.set(xlabel="epoch", title=key, yscale=scale)
+axes[1].set_ylim(max(0.0, low - 0.02), 1.0)
+axes[2].set_ylim(max(0.0, low - 0.05), 1.0)
+axes[1].legend(loc="lower right", fontsize=6)
 viz.export_figure(fig, "04_training_curves")
 plt.show()
 
 # %% [markdown]
-# What the run cost and where the best epoch was:
+# What each member cost, where its best epoch was, and its Dice on its own test fold (64³
+# grid; notebook 05 adds distances in millimetres, the native grid and the classical baseline):
 
 # %%
-cfg = io.load_json(run_dir / "train_config.json")
-metrics = io.load_json(run_dir / "test_metrics.json")
-best = int(np.argmin(log["val_loss"]))
-wall_s = metrics["training"]["wall_s_this_session"]
-print(f"{len(log)} epochs in {wall_s / 60:.1f} min ({wall_s / len(log):.1f} s an epoch); "
-      f"best epoch {best + 1}: val_loss {log['val_loss'][best]:.4f}, val Dice {log['val_dice'][best]:.4f}")
+for i, (m, log) in enumerate(zip(members, logs)):
+    metrics = io.load_json(m / "test_metrics.json")
+    wall_s, best = metrics["training"]["wall_s_this_session"], int(np.argmin(log["val_loss"]))
+    cases = ", ".join(f"{r['case_id']} {r['dice']:.4f}" for r in metrics["cases"])
+    print(f"member {i}: {len(log)} epochs in {wall_s / 60:.1f} min ({wall_s / len(log):.1f} s "
+          f"an epoch), best epoch {best + 1} (val Dice {log['val_dice'][best]:.4f}); "
+          f"test fold: {cases}")
 
 # %% [markdown]
-# ## Held-out test cases of this run's split
-# `test_metrics.json`: Dice and IoU of `best_model.keras` on the split's test patients,
-# which training and model selection never saw (on the 64³ grid; notebook 05 adds
-# distances in millimetres, the native grid and the classical baseline).
-
-# %%
-split = io.load_json(run_dir / "split.json")
-print({part: split[part] for part in ("train", "val", "test")})
-for row in metrics["cases"]:
-    print(f"  {row['case_id']}: Dice {row['dice']:.4f}, IoU {row['iou']:.4f}")
-print(f"mean Dice {metrics['mean_dice']:.4f}, mean IoU {metrics['mean_iou']:.4f}")
-
-# %% [markdown]
-# ## Why the quick profile looks the way it does
-# On two CPU cores a training step at batch 2 costs about 0.8 s with the original network
-# (base 16, 5.4 M parameters), and the first step another 8 s of graph tracing. The quick
-# profile keeps the original network and spends its budget on *more augmented samples*
-# rather than on a smaller network: 12 augmented samples an epoch (each training case about
-# twice), up to 150 epochs, early stopping after 30 epochs without a better validation loss.
-# Mixed bfloat16 was about 1.2× faster here (this CPU has AVX-512 BF16 but no AMX) but leaves
-# the saved model computing in bfloat16, so float32 stays the default; `make bench` measures
-# both. A model saved by this run holds only standard Keras layers, so
+# ## Why the main profile looks the way it does
+# The plan printed above says what a training step costs on this machine; `make bench`
+# measures it on AVX-512 and AVX2-only CPUs side by side (README). TensorFlow switches its
+# fast oneDNN kernels on by itself only on CPUs with AVX-512 VNNI or newer, so
+# `lungseg_utils.config` asks for them everywhere: on an AVX2 laptop that makes training
+# several times faster (the "before" column of the benchmark). The first step of each member
+# adds some seconds of graph tracing. The main profile keeps the original network and gives each member a wall-clock
+# budget instead of a fixed number of epochs, so that the main job takes about as long on
+# any laptop: a faster CPU buys more epochs, not a longer wait. The members are the
+# ensemble: averaging them removes most of what one unlucky training run gets wrong.
+# A model saved by this run holds only standard Keras layers, so
 # `keras.saving.load_model(path)` opens it with no custom objects.
 #
-# The committed reference model (`results/reference/`) is one such quick run; set
-# `PROMOTE_TO_REFERENCE = True` (or `LUNGSEG_PROMOTE=1`) to make a new run the reference.
+# The committed reference (`results/reference/`) is one such run; set
+# `PROMOTE_TO_REFERENCE = True` (or `LUNGSEG_PROMOTE=1`) to make this run the reference.
 
 # %%
-if PROMOTE_TO_REFERENCE:
-    print("reference now from", ensemble.promote_run(run_dir, overwrite=True).name, "<-", run_dir.name)
+if PROMOTE_TO_REFERENCE and run != config.REFERENCE_DIR:
+    print("reference now from", ensemble.promote_main(run, overwrite=True).name, "<-", run.name)
 else:
     print("results/reference/ left as it is")

@@ -7,9 +7,9 @@
 # %% [markdown]
 # # 05 · Evaluation: how good is the model, honestly?
 #
-# A single mean Dice hides almost everything that matters. This notebook scores the
-# reference model (`results/reference/best_model.keras`) on the patients its training never
-# saw, with four metrics (Dice, IoU, the 95th-percentile Hausdorff distance and the average
+# A single mean Dice hides almost everything that matters. This notebook scores the run
+# that notebook 04 trained (or, with `make all RUN=results/reference`, the committed
+# reference) on the patients its training never saw, with four metrics (Dice, IoU, the 95th-percentile Hausdorff distance and the average
 # symmetric surface distance, both in millimetres) plus the lung volume error; it sets the
 # network beside a classical, non-learning method and beside the best any 64³ model could do;
 # it shows the worst case, not only the mean; and it repeats everything on the scans' native
@@ -22,23 +22,35 @@ import numpy as np
 from lungseg_utils import config, experiments, inference, io, synthetic, viewer, viz
 
 viz.apply_style()
-reference = config.REFERENCE_DIR
-split = io.load_json(reference / "split.json")
+run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
+split = io.load_json(run / "split.json")
 GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
 folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
-model_path = reference / inference.MODEL_FILE
+model_path = run / inference.MODEL_FILE
 forwards = {model_path: inference.compiled_forward(inference.load_model(model_path))}
 LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
           "ceiling": "64³ ceiling", "unet_raw": "U-Net, 5 mm edge"}
 
 # %% [markdown]
-# The held-out test patients of the reference split (the network never trained on them and
-# no setting was chosen by them):
+# The run evaluated here:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print("run:", experiments.run_identity(run)["run"])
+
+# %% [markdown]
+# The held-out test patients of its single model's split (member 0 of the ensemble: the
+# network never trained on them and no setting was chosen by them):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+test_ids = split["test"]
+print("test:", test_ids, "| validation:", split["val"], "| training:", len(split["train"]), "cases")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-test_ids = split["test"]
-print("test:", test_ids, "| validation:", split["val"], "| training:", len(split["train"]), "cases")
+parts = [set(split[k]) for k in ("train", "val", "test")]
+print("training, validation and test cases are disjoint:", sum(map(len, parts)) == len(set.union(*parts)))
 
 # %% [markdown]
 # Every method is scored on every test case, on both grids, by `experiments.evaluate_jobs`;
@@ -64,7 +76,7 @@ def case_table(block, keys=("dice", "hd95_mm")):
 # network's mask and fills enclosed holes.
 
 # %%
-test = experiments.evaluate_jobs(experiments.reference_jobs(reference), folders, forwards)
+test = experiments.evaluate_jobs(experiments.reference_jobs(run), folders, forwards)
 print(case_table(test["grid64"]))
 
 # %% [markdown]
@@ -100,18 +112,19 @@ print(case_table(test["native"]) if folders["native"] else "no native scans foun
 
 # %% [markdown]
 # ## Cross-validation: every case, once unseen
-# Two test cases are too few to trust. The quick configuration was therefore also trained
-# three times (3-fold cross-validation, `python -m lungseg_utils.ensemble --k 3`; the fold
-# models are in `results/reference/cv/`), and each of the nine cases is scored here by the
-# one model that never saw it, on both grids: the broadest honest estimate nine cases allow.
+# A few test cases are too few to trust. Notebook 04 therefore trained the configuration
+# once per fold (K-fold cross-validation; the members, listed in the run's `manifest.json`,
+# are in its `cv/` folder and are also the ensemble the inference command averages), and
+# each of the nine cases is scored here by the one member that never saw it, on both grids:
+# the broadest honest estimate nine cases allow.
 
 # %%
-jobs = experiments.out_of_fold_jobs(reference, max_cases=2 if config.profile_name() == "smoke" else None)
+jobs = experiments.out_of_fold_jobs(run, max_cases=2 if config.profile_name() == "smoke" else None)
 cv = experiments.evaluate_jobs(jobs, folders, forwards) if jobs[0][1] != "reference" else None
 for grid, label in GRIDS.items() if cv else []:
     print(f"Dice on the {label} grid\n{case_table(cv[grid], ('dice',))}\n")
 if not cv:
-    print("no cross-validation models in results/reference/cv/")
+    print("no cross-validation members in this run (no manifest.json)")
 
 # %% [markdown]
 # The out-of-fold summary, per grid and method:
@@ -197,14 +210,15 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
 
 # %% [markdown]
 # ## Results file for the report
-# Everything above goes to `results/reference/evaluation.json` (`experiments.evaluation_result`
-# builds it, `experiments.check_evaluation` is the schema the report checks it against), which
-# the report and the README read: no number in them is typed by hand. The smoke profile of the
-# test suite writes to a temporary folder instead, so tests never change the committed results.
+# Everything above goes to the run's `evaluation.json` (`experiments.evaluation_result`
+# builds it, with the run's identity; `experiments.check_evaluation` is the schema the report
+# checks it against), which the report and the README read: no number in them is typed by
+# hand. The test suite trains and evaluates a smoke run of its own in a temporary folder, so
+# tests never change the committed results.
 
 # %%
-evaluation = experiments.evaluation_result(model_path, test, cv)
-print("wrote", experiments.save_result(evaluation, "evaluation.json", reference).name)
+evaluation = experiments.evaluation_result(model_path, test, cv, run_dir=run)
+print("wrote", experiments.save_result(evaluation, "evaluation.json", run).name)
 
 # %% [markdown]
 # **Reading the numbers.** Dice rewards the bulk of a large organ and barely notices a

@@ -22,19 +22,19 @@ from lungseg_utils import anatomy, config, experiments, geometry, inference, io,
 from lungseg_utils import preprocess, synthetic, viewer, viz
 
 viz.apply_style()
-reference = config.REFERENCE_DIR
+run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
 GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
 folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
 smoke = config.profile_name() == "smoke"
 forwards = {}  # each model compiled once
 
 # %% [markdown]
-# Which models and cases: every case is predicted by a model that never saw it, the
-# cross-validation fold models when they are present (all nine cases), else the reference
+# Which models and cases: every case is predicted by a model of the run that never saw it,
+# the cross-validation members when the run has them (all nine cases), else its single
 # model on its test split.
 
 # %%
-jobs = experiments.out_of_fold_jobs(reference, max_cases=2 if smoke else None)
+jobs = experiments.out_of_fold_jobs(run, max_cases=2 if smoke else None)
 print(f"{len(jobs)} cases:", ", ".join(f"{cid} ({src})" for cid, src, _ in jobs))
 
 # %% [markdown]
@@ -118,12 +118,12 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=res["mask"], un
                    title=f"{focus} with TTA")
 
 # %% [markdown]
-# Results for the report, in `results/reference/tta.json` (`experiments.tta_result`; a
+# Results for the report, in the run's `tta.json` (`experiments.tta_result`; a
 # temporary folder under the smoke profile).
 
 # %%
-tta_result = experiments.tta_result(rows, timings, auc, focus)
-print("wrote", experiments.save_result(tta_result, "tta.json", reference).name)
+tta_result = experiments.tta_result(rows, timings, auc, focus, run_dir=run)
+print("wrote", experiments.save_result(tta_result, "tta.json", run).name)
 
 # %% [markdown]
 # **Conclusion.** TTA costs several times the inference time and gives an uncertainty map for

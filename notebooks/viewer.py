@@ -22,14 +22,15 @@ from lungseg_utils import anatomy, config, geometry, inference, io, synthetic, v
 case = io.load_case(io.discover_cases(synthetic.resolve_data_dir())[0])
 
 # %% [markdown]
-# The prediction comes from the trained network with test-time augmentation when a model is
-# stored in `results/reference/` (only then is TensorFlow imported; the spread of the eight
-# flipped predictions is the uncertainty overlay), otherwise from the classical threshold
-# baseline.
+# The prediction comes from the trained network with test-time augmentation when the active
+# run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`) holds a model
+# (only then is TensorFlow imported; the spread of the eight flipped predictions is the
+# uncertainty overlay), otherwise from the classical threshold baseline.
 
 # %%
-if (config.REFERENCE_DIR / inference.MODEL_FILE).exists():
-    result = inference.predict_case(case, tta=True)
+run = config.active_run_dir()
+if (run / inference.MODEL_FILE).exists():
+    result = inference.predict_case(case, model=inference.load_model(run), tta=True)
     pred, source = result["mask"], "3D U-Net with TTA"
     uncertainty = geometry.from_model_grid(result["std64"], result["grid"])
 else:

@@ -59,11 +59,15 @@ def test_tiny_run_measures_every_task(tiny):
     out, results, wall = tiny
     assert results["schema"] == run.SCHEMA and (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     (isa, entry), = results["isa"].items()
-    assert isa == ("avx512" if "avx512f" in results["machine"]["cpu"]["flags"] else "avx2")
+    assert isa == ("avx512" if "avx512f" in entry["machine"]["cpu"]["flags"] else "avx2")
     assert entry["tiny"] and entry["errors"] == {}
     assert TASK_KEYS <= set(entry["tasks"]) and any(k.startswith("scale_") for k in entry["tasks"])
     measured = render._measured(entry)
-    for key in set(measured) - {"ceiling"}:
+    if "cli" in measured:  # the inference command, a fresh process: its own timing lines
+        c = measured["cli"]
+        assert c["wall_s"]["median"] > c["scan"]["median"] > 0 and c["model_load"]["n"] >= 1
+        assert c["keras_import"]["median"] > 0
+    for key in set(measured) - {"ceiling", "cli"}:
         assert measured[key]["peak_rss_mib"] > 100, key
     for row in measured["train_f32"]["rows"]:
         t = row["step_s"]
@@ -85,7 +89,7 @@ def test_tiny_run_measures_every_task(tiny):
 
 
 def test_isa_switch_reaches_the_measuring_process():
-    r = run.run_task("ceiling", {"n": 64, "reps": 1, "bf16": False}, run.ISA_ENV["avx2"])
+    r = run.run_task("ceiling", {"n": 64, "reps": 1, "bf16": False}, run.ISA_ENV["avx2_capped"])
     assert r["onednn_max_cpu_isa"] == "AVX2" and r["bf16_gflops"] is None
     assert set(r["runs"]) == {"numpy_f32", "tf_f32"} and r["f32_gflops"] > 0
     bad = run.run_task("no_such_task", {}, {})
@@ -93,6 +97,10 @@ def test_isa_switch_reaches_the_measuring_process():
     planned = {k: p for k, _, p in run.plan(run.reference_info(), tiny=True, isa="avx2")}
     assert planned["train_bf16"]["skip"] and planned["inference_bf16"]["skip"]
     assert not planned["train_f32"].get("skip") and planned["ceiling"]["bf16"] is False
+    eigen = {k: p for k, _, p in run.plan(run.reference_info(), tiny=False, isa="avx2_eigen")}
+    assert eigen["scale_96"]["skip"] and eigen["train_bf16"]["skip"] and "cli" in eigen
+    assert not eigen["train_f32"].get("skip") and not eigen["epoch"].get("skip")
+    assert run.ISA_ENV["avx2_eigen"] == {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def test_cpu_flags_match_proc_cpuinfo():
@@ -181,12 +189,29 @@ def test_render_only_rewrites_outputs_from_results_json(tmp_path):
     assert run.main(["--render", "--out", str(tmp_path / "none")]) == 2
 
 
-def test_merge_keeps_the_other_isa_only_from_the_same_cpu():
-    old, machine = FIXTURE, FIXTURE["machine"]
-    assert set(run.merge(old, machine, tiny=False)) == {"avx512"}
-    assert run.merge(old, machine, tiny=True) == {}
-    other = {**machine, "cpu": {**machine["cpu"], "flags": ["avx2", "fma"]}}
-    assert run.merge(old, other, tiny=False) == {} and run.merge(None, machine, False) == {}
+def test_merge_keeps_every_other_column_each_with_its_machine():
+    assert FIXTURE["schema"] == run.SCHEMA and all("machine" in e for e in FIXTURE["isa"].values())
+    assert set(run.merge(FIXTURE, "avx2", tiny=False)) == {"avx512"}
+    assert run.merge(FIXTURE, "avx512", tiny=False) == {}               # its own is replaced
+    assert run.merge(FIXTURE, "avx2", tiny=True) == {} and run.merge(None, "avx2", False) == {}
+
+
+def test_columns_of_other_machines_and_the_before_after_ratio():
+    results = copy.deepcopy(FIXTURE)
+    results["isa"]["avx2"] = _scaled(results["isa"]["avx512"], 2.0)
+    results["isa"]["avx2"]["machine"] = {**FIXTURE["isa"]["avx512"]["machine"],
+                                         "cpu": {"model": "Laptop CPU", "flags": ["avx2", "fma"]}}
+    results["isa"]["avx2_eigen"] = _scaled(results["isa"]["avx512"], 8.0)
+    results["isa"]["avx2_eigen"]["machine"] = results["isa"]["avx2"]["machine"]
+    table = [line for line in render.summary(results) if line.startswith("|")]
+    assert "AVX2 / AVX-512 time" in table[0] and "before / after (AVX2)" in table[0]
+    step_row = next(line for line in table[2:] if "**Training** step" in line)
+    assert step_row.endswith("| 2.00× | 4.00× |")
+    assert "Laptop CPU" in render.readme_block(results)
+    results["job"] = {"make_all": {"avx2": {"wall_s": 2400.0, "finished": "2026-12-03T13:00",
+                                            "cpu": {"model": "Laptop CPU", "logical_cpus": 2}}}}
+    assert any("40 min on AVX2 only (Laptop CPU, 2 cores" in line
+               for line in render.summary(results))
 
 
 def test_wait_until_quiet_waits_for_an_idle_cpu(monkeypatch):

@@ -65,7 +65,7 @@ def test_profiles_and_overrides(monkeypatch):
     quick["epochs"] = 99
     assert config.PROFILES["quick"]["epochs"] == 150                 # a copy
     monkeypatch.delenv("LUNGSEG_PROFILE")
-    assert config.profile_name() == "quick"
+    assert config.profile_name() == "main"
     with pytest.raises(LungsegInputError, match="Unknown profile"):
         config.get_profile("huge")
     with pytest.raises(LungsegInputError, match="Unknown setting"):
@@ -132,3 +132,15 @@ def test_onednn_kernels_are_asked_for_before_tensorflow_loads():
     out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True,
                          cwd=config.REPO_ROOT, timeout=60)
     assert out.stdout.split() == ["0"], out.stderr[-2000:]
+
+
+def test_active_run_is_the_reference_unless_lungseg_run_names_another(monkeypatch, tmp_path):
+    monkeypatch.delenv("LUNGSEG_RUN", raising=False)
+    assert config.active_run_dir() == config.REFERENCE_DIR
+    monkeypatch.setenv("LUNGSEG_RUN", "results/models/main_x")
+    assert config.active_run_dir() == (config.REPO_ROOT / "results/models/main_x").resolve()
+    assert not config.active_run_dir().exists()                   # finding it writes nothing
+    monkeypatch.setenv("LUNGSEG_RUN", str(tmp_path))
+    assert config.active_run_dir() == tmp_path.resolve()
+    main = config.get_profile("main")
+    assert main["folds"] >= 2 and main["budget_min"] and main["base_filters"] == 16

@@ -80,7 +80,7 @@ def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
     assert not list(published.glob("fold_*/final_model.keras"))
     assert len(inference.load_model(published)) == 2
     # and the evaluation pairs every case with its own fold's member
-    jobs = experiments.out_of_fold_jobs(published.parent)
+    jobs = experiments.out_of_fold_jobs(published)
     assert sorted(j[0] for j in jobs) == IDS and all("CV fold" in j[1] for j in jobs)
     with pytest.raises(LungsegInputError, match="holds an ensemble"):
         ensemble.publish(out, published)
@@ -138,3 +138,37 @@ def test_promoted_run_is_the_default_model(smoke_run, tmp_path, monkeypatch):
     assert io.load_json(ref / "split.json") == io.load_json(smoke_run / "split.json")
     jobs = experiments.reference_jobs()
     assert [j[0] for j in jobs] == io.load_json(smoke_run / "split.json")["test"]
+
+
+def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
+    """Notebook 04's training: the folds' members under cv/, the manifest (the ensemble) and
+    member 0's run artifacts at the top; a trained run is not trained again, a folder with
+    other files is refused; promoted, it is a reference the inference command loads."""
+    tiny = dict(profile="smoke", base_filters=2, depth=1)  # conftest.SMOKE
+    run = tmp_path / "main"
+    out = ensemble.train_main(run, demo_data, folds=2, **tiny)
+    assert out["trained"] and out["run_dir"] == run and out["wall_s"] > 0
+    manifest = io.load_json(run / inference.MANIFEST)
+    assert manifest == out["manifest"] and manifest["folds"] == 2
+    assert all(m["file"].startswith("cv/fold_") for m in manifest["members"])
+    assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
+    members = ensemble.member_runs(run)
+    for name in train.RUN_ARTIFACTS:                       # member 0 at the top
+        assert (run / name).read_bytes() == (members[0] / name).read_bytes(), name
+    assert io.load_json(run / "cross_validation.json")["folds"] == 2
+    jobs = experiments.out_of_fold_jobs(run)
+    assert sorted(j[0] for j in jobs) == IDS and all(j[2].is_file() for j in jobs)
+    again = ensemble.train_main(run, demo_data, folds=2, **tiny)
+    assert not again["trained"] and again["manifest"] == manifest
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(LungsegInputError, match="holds files but no manifest"):
+        ensemble.train_main(tmp_path / "junk", demo_data, **tiny)
+    ref = tmp_path / "reference"
+    assert ensemble.promote_main(run, ref) == ref
+    assert len(inference.load_model(ref)) == 2 and not list(ref.rglob("final_model.keras"))
+    assert io.load_json(ref / inference.MANIFEST) == manifest
+    with pytest.raises(LungsegInputError, match="holds a reference"):
+        ensemble.promote_main(run, ref)
+    with pytest.raises(LungsegInputError, match="not a finished run"):
+        ensemble.promote_main(tmp_path / "junk", ref, overwrite=True)

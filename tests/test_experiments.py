@@ -24,21 +24,45 @@ def _write_run(folder, test_ids, model=True):
         (folder / "best_model.keras").write_bytes(b"x")
 
 
-def test_out_of_fold_jobs_prefers_cv_folds(tmp_path):
+def test_out_of_fold_jobs_follow_the_manifest(tmp_path):
     ref = tmp_path / "reference"
     _write_run(ref, ["p3", "p1"])
     jobs = experiments.out_of_fold_jobs(ref)
     assert [(j[0], j[1]) for j in jobs] == [("p1", "reference"), ("p3", "reference")]
     assert experiments.reference_jobs(ref) == jobs
-    _write_run(ref / "cv" / "fold_0", ["p2", "p4"])
-    _write_run(ref / "cv" / "fold_1", ["p1", "p3"])
-    _write_run(ref / "cv" / "fold_2", ["p9"], model=False)  # incomplete fold: ignored
+    _write_run(ref / "cv" / "fold_9", ["p9"])      # a folder the manifest does not list: ignored
+    members = [{"file": "cv/a/best_model.keras", "fold": 0, "test": ["p2", "p4"]},
+               {"file": "cv/b/best_model.keras", "fold": 1, "test": ["p1", "p3"]}]
+    io.save_json({"kind": "ensemble", "members": members}, ref / "manifest.json")
     jobs = experiments.out_of_fold_jobs(ref)
     assert [j[0] for j in jobs] == ["p1", "p2", "p3", "p4"]
     assert dict((j[0], j[1]) for j in jobs)["p2"] == "CV fold 0"
-    assert jobs[0][2] == ref / "cv" / "fold_1" / "best_model.keras"
+    assert jobs[0][2] == ref / "cv" / "b" / "best_model.keras"
     assert len(experiments.out_of_fold_jobs(ref, max_cases=2)) == 2
     assert [j[1] for j in experiments.reference_jobs(ref)] == ["reference"] * 2   # not the folds
+
+
+def test_run_identity_and_its_check(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, ["p1"])
+    ident = experiments.run_identity(run)
+    assert ident["model_sha256"] == io.file_sha256(run / "best_model.keras")
+    assert ident["manifest_sha256"] is None and ident["run"].endswith("run")
+    experiments.check_identity({"run": ident}, run, "evaluation.json", "05")
+    experiments.check_identity({}, run, "evaluation.json", "05")  # older files: no identity
+    (run / "best_model.keras").write_bytes(b"another model")
+    with pytest.raises(LungsegInputError, match="describes the model of .*re-run notebook 05"):
+        experiments.check_identity({"run": ident}, run, "evaluation.json", "05")
+
+
+def test_record_job_writes_the_wall_time_and_the_cpu(tmp_path):
+    import time
+
+    path = experiments.record_job(tmp_path, time.time() - 90)
+    job = io.load_json(path)
+    assert path == tmp_path / "job.json" and 90 <= job["wall_s"] < 150
+    assert job["cpu"]["logical_cpus"] >= 1 and isinstance(job["cpu"]["avx512"], bool)
+    assert job["profile"] == config.profile_name()
 
 
 def test_compare_methods_scores_every_method_on_the_input_grid():
@@ -137,11 +161,16 @@ def test_tta_pipeline_end_to_end(smoke_model_path, smoke_forward, demo_data, nat
     assert experiments.tta_gains(rows[:2]) == {}                 # one case a grid: no interval
 
 
-def test_save_result_never_replaces_committed_results_under_smoke(tmp_path, monkeypatch):
+def test_save_result_writes_into_the_run_and_never_into_the_reference_under_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "FIGURES_DIR", tmp_path / "figures")
+    monkeypatch.setattr(config, "REFERENCE_DIR", tmp_path / "reference")
     monkeypatch.setenv("LUNGSEG_PROFILE", "smoke")
-    path = experiments.save_result({"a": 1}, "tta.json", reference_dir=tmp_path / "reference")
+    path = experiments.save_result({"a": 1}, "tta.json", tmp_path / "reference")
     assert path == tmp_path / "figures" / "tta.json" and load_json(path) == {"a": 1}
+    path = experiments.save_result({"a": 3}, "tta.json", tmp_path / "run")  # a smoke run's own
+    assert path == tmp_path / "run" / "tta.json" and load_json(path) == {"a": 3}
+    monkeypatch.setenv("LUNGSEG_RUN", str(tmp_path / "active"))
+    assert experiments.save_result({"a": 4}, "x.json") == tmp_path / "active" / "x.json"
     monkeypatch.setenv("LUNGSEG_PROFILE", "quick")
-    path = experiments.save_result({"a": 2}, "tta.json", reference_dir=tmp_path / "reference")
+    path = experiments.save_result({"a": 2}, "tta.json", tmp_path / "reference")
     assert path == tmp_path / "reference" / "tta.json" and load_json(path) == {"a": 2}

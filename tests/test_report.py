@@ -237,6 +237,21 @@ def test_tta_rows_name_their_grid_by_key(tmp_path):
         report.read_results(tmp_path / "results")
 
 
+def test_result_files_about_another_run_are_refused(tmp_path):
+    """evaluation.json / tta.json record the run they describe (experiments.run_identity);
+    the report reads them only in a folder holding that very model."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    (results / "best_model.keras").write_bytes(b"model of this run")
+    for name in ("evaluation.json", "tta.json"):
+        data = _load(FIXTURE, name)
+        (results / name).write_text(json.dumps({**data, "run": experiments.run_identity(results)}))
+    assert report.read_results(results)["evaluation"]["run"]["model_sha256"]
+    (results / "best_model.keras").write_bytes(b"a model trained later")
+    with pytest.raises(LungsegInputError, match=r"evaluation\.json: describes the model of"):
+        report.read_results(results)
+
+
 def test_result_files_built_by_experiments_pass_its_own_check():
     """evaluation.json and tta.json as experiments builds them from rows: the schema the
     report reads, and the numbers of the fixture (whose summaries and gains were made so)."""
