@@ -336,8 +336,8 @@ def results_markdown(results_dir=None) -> str:
     worst = ev["native"]["summary"]["unet"]["dice"]
     lines = [
         f"Mean ± SD over the {n['n_cases']['test']} held-out test cases "
-        f"({', '.join(ev['test_cases'])}) of the "
-        f"reference run (profile `{n['training']['profile']}`, {n['training']['epochs_run']} "
+        f"({', '.join(ev['test_cases'])}) of the single model of `{n['results_dir']}/` "
+        f"(profile `{n['training']['profile']}`, {n['training']['epochs_run']} "
         f"epochs). *U-Net* is the inference pipeline, which redraws the network's boundary at "
         f"the scan's resolution (lung below {n['grid']['refine_hu']} HU within one model voxel "
         f"of it); *U-Net, 5 mm edge* is the network's probability carried back and thresholded "

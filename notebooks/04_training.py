@@ -47,10 +47,15 @@ PROMOTE_TO_REFERENCE = PROMOTE_TO_REFERENCE or os.environ.get("LUNGSEG_PROMOTE")
 # with the package versions and a SHA-256 of every input file.
 
 # %%
+trained = (run / "manifest.json").exists()  # an existing run: show its own settings
+if trained:
+    manifest = io.load_json(run / "manifest.json")
+    settings = {"folds": len(manifest["members"]), **manifest["settings"]}
+print("settings of", "the existing run" if trained else "the new run", "in", run.name)
 for key in ("profile", "folds", "budget_min", "base_filters", "depth", "norm", "use_transpose",
             "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot", "loss", "learning_rate",
             "lr_schedule", "batch_size", "samples_per_epoch", "epochs", "checkpoint", "seed"):
-    print(f"{key:>18} = {settings[key]}")
+    print(f"{key:>18} = {settings.get(key, '–')}")
 
 # %% [markdown]
 # ## The network
