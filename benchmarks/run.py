@@ -121,7 +121,7 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         tasks.append(("native", "native", {**infer, "case_dir": str(case),
                                            "reps": 1 if tiny else 3}))
         tasks.append(("cli", "cli", {"case_dir": str(case), "reps": 1 if tiny else 3,
-                                     "model": str(config.REFERENCE_DIR)}))
+                                     "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)}))
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
     return [(k, t, {**common, **p}) for k, t, p in tasks]
 
