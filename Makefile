@@ -60,7 +60,8 @@ bench: setup
 	$(PY) benchmarks/run.py
 
 ## robustness: the robustness suite (controlled shifts of the native scans, scored out of
-##             fold) of the reference ensemble into results/reference/robustness.json
+##             fold) of RUN's ensemble (default the reference) into RUN/robustness.json;
+##             notebook 05 and the report show it
 robustness: setup
-	$(PY) -m lungseg_utils.robustness --ensemble results/reference \
-	  --out results/reference/robustness.json --overwrite
+	$(PY) -m lungseg_utils.robustness --ensemble "$(or $(RUN),results/reference)" \
+	  --out "$(or $(RUN),results/reference)/robustness.json" --overwrite

@@ -274,6 +274,11 @@ def _details(e: dict, ref: dict) -> dict:
         d.update({"Native scan: total with 8-flip TTA": fmt_s(nat["tta8_total_s"]),
                   "Native scan: peak memory without / with TTA":
                   f"{_mib(nat['peak_rss_mib_no_tta'])} / {_mib(nat['peak_rss_mib'])}"})
+        if "ensemble_total_s" in nat:
+            e, one = nat["ensemble_total_s"], nat["stages_s"]["total"]
+            d[f"Native scan: ensemble of {nat['ensemble_members']} (one graph) vs member 0"] = (
+                f"{fmt_s(e)} vs {fmt_s(one)} ({e['median'] / one['median']:.2f}×), Dice "
+                f"{nat['dice_ensemble']:.4f} vs {nat['dice_single']:.4f}")
     if "cli" in t:
         c = t["cli"]
         d["Inference command (a fresh process, default model): in all"] = fmt_s(c["wall_s"])

@@ -196,33 +196,43 @@ def task_inference(p) -> dict:
 
 def task_native(p) -> dict:
     """One native scan end to end as the command line does it: load, predict_volume (model
-    grid, predict, back, refine), save; without and with 8-flip TTA."""
-    from lungseg_utils import inference, io
+    grid, predict, back, refine), save; without and with 8-flip TTA; with ``ensemble`` (a
+    folder) also the whole ensemble in one compiled graph, its time and both Dice."""
+    from lungseg_utils import inference, io, metrics
 
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
     ct_path, reps = Path(p["case_dir"]) / "ct.nii.gz", int(p["reps"])
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_native_") as out:
-        def once(use_tta: bool):
+        def once(use_tta: bool, forward=fwd):
             t = [time.perf_counter()]
             ct, affine, header = io.load_ct(ct_path)
             t.append(time.perf_counter())
-            mask = inference.predict_volume(fwd, ct, affine, tta=use_tta)["mask"]
+            mask = inference.predict_volume(forward, ct, affine, tta=use_tta)["mask"]
             t.append(time.perf_counter())
             io.save_nifti(mask, affine, Path(out) / "lungs.nii.gz", header=header, overwrite=True)
             t.append(time.perf_counter())
-            return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine
+            return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine, mask
 
         once(False)
         plain = [once(False) for _ in range(reps)]
         rss_plain = peak_rss_mib()
         once(True)
         tta = [once(True)[0][-1] for _ in range(reps)]
+        ens = {}
+        if p.get("ensemble"):
+            model = inference.load_model(p["ensemble"])
+            efwd, truth = inference.compiled_forward(model), io.load_case(p["case_dir"]).mask
+            once(False, efwd)
+            runs = [once(False, efwd) for _ in range(reps)]
+            ens = {"ensemble_members": len(model), "ensemble_total_s": summarise(
+                [r[0][-1] for r in runs]), "dice_single": metrics.dice(plain[-1][3], truth),
+                "dice_ensemble": metrics.dice(runs[-1][3], truth)}
     stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
-    _, shape, affine = plain[-1]
+    _, shape, affine, _ = plain[-1]
     return {"case_id": Path(p["case_dir"]).name, "shape": list(shape),
             "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
             "stages_s": {k: summarise(v) for k, v in stages},
-            "tta8_total_s": summarise(tta), "peak_rss_mib_no_tta": rss_plain}
+            "tta8_total_s": summarise(tta), "peak_rss_mib_no_tta": rss_plain, **ens}
 
 
 def task_cli(p) -> dict:

@@ -23,6 +23,8 @@ One job per module, in the order the data flows; imports only go down this list:
 ``robustness``   the robustness suite: controlled shifts of the scans, scored out of fold
 ``viz``          figure style and export, static slice figures
 ``viewer``       the interactive slice viewer
+``formatting``   numbers as printed: fixed decimals by kind of value, minus, n/a
+``numbers``      what the report and README print, read from a run's result files
 ``report``       the PDF report and README results, read from the result files
 
 Importing the package imports no TensorFlow; modules that need Keras import it quietly.

@@ -22,11 +22,12 @@ import argparse
 import datetime as _dt
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import config, inference, io, metrics, synthetic, train
+from . import config, experiments, inference, io, metrics, synthetic, train
 from .errors import LungsegInputError
 
 
@@ -188,8 +189,6 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
     overwritten). ``overrides`` replace single settings of the profile (as in
     :func:`cross_validate`). Returns ``{"run_dir", "trained", "manifest", "wall_s"}``.
     """
-    import time
-
     run_dir = Path(run_dir) if run_dir else config.active_run_dir()
     if (run_dir / inference.MANIFEST).exists():
         return {"run_dir": run_dir, "trained": False, "wall_s": 0.0,
@@ -200,14 +199,24 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
     settings = config.get_profile(profile, **overrides)
     t0 = time.perf_counter()
     overrides.pop("folds", None)
-    result = cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
-                            seed=int(settings["seed"]), verbose=verbose, **overrides)
-    members = member_runs(run_dir / "cv")
-    promote_run(members[0], run_dir)
-    io.save_json(result, run_dir / "cross_validation.json")
-    write_manifest(run_dir, members, int(settings["seed"]))
+    cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
+                   seed=int(settings["seed"]), verbose=verbose, **overrides)
+    assemble_main(run_dir)
     return {"run_dir": run_dir, "trained": True, "wall_s": time.perf_counter() - t0,
             "manifest": io.load_json(run_dir / inference.MANIFEST)}
+
+
+def assemble_main(run_dir) -> Path:
+    """Give a finished cross-validation in ``run_dir/cv`` (:func:`cross_validate`) the layout
+    of ``results/reference/``: member 0's run artifacts, ``cross_validation.json`` and a
+    ``manifest.json`` of the members at the top. Returns the manifest's path."""
+    run_dir = Path(run_dir)
+    cv = io.load_json(run_dir / "cv" / inference.MANIFEST)
+    members = member_runs(run_dir / "cv")
+    promote_run(members[0], run_dir)
+    io.save_json(io.load_json(run_dir / "cv" / "cross_validation.json"),
+                 run_dir / "cross_validation.json")
+    return write_manifest(run_dir, members, int(cv["fold_seed"]))
 
 
 def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
@@ -221,12 +230,39 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
     if (dest / inference.MANIFEST).exists() and not overwrite:
         raise LungsegInputError(f"{dest}: holds a reference; pass overwrite=True to replace it.")
     shutil.rmtree(dest / "cv", ignore_errors=True)
+    (dest / "final_model.keras").unlink(missing_ok=True)     # the old member 0's, if any
     for path in sorted(src.rglob("*")):
         if path.is_file() and path.name != "final_model.keras" and "backup" not in path.parts:
             with io.atomic_write(dest / path.relative_to(src), overwrite=True) as tmp:
                 shutil.copyfile(path, tmp)
     io.save_json({"promoted_from": src.name}, dest / "provenance.json", overwrite=True)
     return dest
+
+
+def train_seeds(ensemble_dir, seeds, fold: int = 0, data_dir=None, out_dir=None,
+                verbose=0) -> dict:
+    """Train member ``fold`` of an ensemble again with other training seeds: the same cases,
+    split and settings, only the seed of the weights, the augmentation and the sample order
+    differ. How far one training run can be trusted is the spread of these runs' Dice on the
+    fold's (unseen) test cases (:func:`lungseg_utils.experiments.seed_spread`).
+
+    The new runs go to ``out_dir`` (default ``ensemble_dir/seeds``)``/seed_S/``; the
+    member itself is the run of its own seed. Returns ``{seed: run folder}``, sorted.
+    """
+    folder = Path(ensemble_dir)
+    member = io.load_json(folder / inference.MANIFEST)["members"][fold]
+    run = (folder / member["file"]).parent
+    cfg = io.load_json(run / "train_config.json")
+    settings = {k: v for k, v in cfg["settings"].items() if k != "profile"}
+    data_dir = Path(data_dir) if data_dir else config.REPO_ROOT / cfg["data_dir"]
+    runs = {int(member["seed"]): run}
+    for seed in seeds:
+        if int(seed) not in runs:
+            runs[int(seed)] = train.train(
+                data_dir, out_dir=Path(out_dir or folder / "seeds") / f"seed_{seed}",
+                profile=cfg["settings"]["profile"], split=run / "split.json", verbose=verbose,
+                **{**settings, "seed": int(seed)})
+    return dict(sorted(runs.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", metavar="DIR",
                    help="also copy the ensemble to DIR (e.g. results/reference)")
     p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="train nothing new but member --fold of the ensemble --from again with "
+                        "these seeds, and write its seed_spread.json")
+    p.add_argument("--fold", type=int, default=0, help="the member --seeds retrains (default 0)")
+    p.add_argument("--from", dest="source", metavar="DIR", help="the ensemble --seeds reads")
     p.add_argument("--promote", metavar="RUN",
                    help="train nothing: make RUN (a finished make-all run) results/reference")
     return p
@@ -257,6 +298,8 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.seeds:
+        return _seeds_main(args)
     try:
         result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
                                 seed=args.seed, publish_dir=args.publish)
@@ -266,6 +309,31 @@ def main(argv=None) -> int:
     s = result["summary"]["dice"]
     print(f"{args.k}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
           f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
+    return 0
+
+
+def _seeds_main(args) -> int:
+    try:
+        if not args.source:
+            raise LungsegInputError("--seeds needs --from DIR, the ensemble whose member to retrain.")
+        runs = train_seeds(args.source, args.seeds, args.fold, args.data_dir, args.out_dir)
+        manifest = io.load_json(Path(args.source) / inference.MANIFEST)
+        test = manifest["members"][args.fold]["test"]
+        native = config.native_data_dir()
+        folders = {"grid64": Path(args.data_dir) if args.data_dir else synthetic.resolve_data_dir(),
+                   "native": native if native and all((native / c).is_dir() for c in test)
+                   else None}
+        result = experiments.seed_spread(runs, test, folders)
+        path = io.save_json({"run": experiments.run_identity(args.source), "fold": args.fold,
+                             **result},
+                            Path(args.source) / "seed_spread.json", overwrite=True)
+    except LungsegInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in result["summary"]:
+        print(f"{row['case_id']} {row['grid']}: Dice {row['min']:.4f}..{row['max']:.4f} "
+              f"over seeds {result['seeds']} (range {row['range']:.4f})")
+    print(f"wrote {path}")
     return 0
 
 

@@ -101,6 +101,24 @@ def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
     return jobs[:max_cases] if max_cases else jobs
 
 
+def jobs_are_out_of_fold(run_dir, jobs) -> bool:
+    """True if no job's case is one its model trained on or was chosen by.
+
+    A model's seen cases are its run's ``split.json`` ``train``, and ``val`` unless the
+    validation cases are its test cases (``checkpoint="last"``: logged, never used). A model
+    outside ``run_dir``'s members and model counts as having seen every case."""
+    run_dir, seen = Path(run_dir), {}
+    manifest = run_dir / inference.MANIFEST
+    files = ([run_dir / m["file"] for m in io.load_json(manifest)["members"]]
+             if manifest.exists() else [run_dir / inference.MODEL_FILE])
+    for f in files:
+        split = io.load_json(Path(f).parent / "split.json")
+        val = [] if sorted(split["val"]) == sorted(split["test"]) else split["val"]
+        seen[Path(f).resolve()] = set(split["train"]) | set(val)
+    return all(Path(p).resolve() in seen and cid not in seen[Path(p).resolve()]
+               for cid, _, p in jobs)
+
+
 def reference_jobs(reference_dir=None) -> list[tuple]:
     """The reference model's held-out test cases as jobs: ``[(case_id, "reference", model)]``
     (the same form as :func:`out_of_fold_jobs`), sorted by case id."""
@@ -151,6 +169,36 @@ def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
     return {grid: method_block(rows[grid], grid) for grid in GRIDS}
 
 
+def seed_spread(runs: dict, case_ids, folders: dict) -> dict:
+    """Dice of runs that differ only in their seed, on cases none of them saw.
+
+    ``runs``: ``{seed: run folder}`` (:func:`lungseg_utils.ensemble.train_seeds`);
+    ``case_ids``: their common test cases; ``folders``: as in :func:`evaluate_jobs`. Each
+    case is segmented by the inference pipeline (probability on the case's own grid, boundary
+    refined) on both grids. Returns ``{"seeds", "runs", "rows": [{"case_id", "grid",
+    "seed", "dice"}], "summary": [{"case_id", "grid", "min", "max", "range", "sd"}]}``.
+    """
+    rows = []
+    for seed, run in runs.items():
+        forward = inference.compiled_forward(inference.load_model(run))
+        for grid in GRIDS:
+            for cid in case_ids if folders.get(grid) is not None else ():
+                case = io.load_case(Path(folders[grid]) / cid)
+                mask = inference.predict_volume(forward, case.ct_hu, case.affine)["mask"]
+                rows.append({"case_id": cid, "grid": grid, "seed": int(seed),
+                             "dice": metrics.dice(mask, case.mask)})
+    summary = []
+    for cid in case_ids:
+        for grid in GRIDS:
+            d = np.array([r["dice"] for r in rows if (r["case_id"], r["grid"]) == (cid, grid)])
+            if d.size:
+                summary.append({"case_id": cid, "grid": grid, "min": float(d.min()),
+                                "max": float(d.max()), "range": float(np.ptp(d)),
+                                "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0})
+    return {"seeds": [int(s) for s in runs], "runs": {str(s): rel_path(r) for s, r in runs.items()},
+            "rows": rows, "summary": summary}
+
+
 def rel_path(path) -> str:
     """``path`` relative to the repository if inside it, else absolute (for messages, text)."""
     path = Path(path).resolve()
@@ -195,15 +243,21 @@ def record_job(run_dir, started_unix_s: float) -> Path:
     return io.save_json(job, Path(run_dir) / "job.json", overwrite=True)
 
 
-def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None) -> dict:
+def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None,
+                      scoring: str = "split") -> dict:
     """The contents of ``evaluation.json``.
 
-    ``test`` and ``cv`` are results of :func:`evaluate_jobs` (the run's model on its test
-    cases; the out-of-fold scoring of every case, left out when None or empty). With
-    ``run_dir``, ``run`` records :func:`run_identity`. The result passes
+    ``test`` and ``cv`` are results of :func:`evaluate_jobs`: ``test`` the cases as scored
+    (``scoring="out_of_fold"``: every case by the ensemble member that never saw it, from
+    :func:`out_of_fold_jobs`; ``"split"``: a single model on its split's test cases), ``cv``
+    an additional out-of-fold block for a split-scored run (left out when None or empty).
+    With ``run_dir``, ``run`` records :func:`run_identity`. The result passes
     :func:`check_evaluation` when both grids have rows.
     """
-    result = {"model": rel_path(model_path),
+    if scoring not in ("split", "out_of_fold"):
+        raise LungsegInputError(f"evaluation_result: scoring {scoring!r} is not 'split' or "
+                                "'out_of_fold'.")
+    result = {"model": rel_path(model_path), "scoring": scoring,
               "test_cases": [r["case_id"] for r in test["grid64"]["cases"]],
               **({"run": run_identity(run_dir)} if run_dir is not None else {}), **test}
     if cv and cv["grid64"]["cases"]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import anatomy, config, geometry, inference, io, metrics, preprocess
+from . import anatomy, config, experiments, geometry, inference, io, metrics, preprocess
 from .errors import LungsegInputError
 from .synthetic import reorient
 
@@ -192,7 +192,8 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
         log(f"{case.case_id}: " + ", ".join(
             f"{r['shift']} " + "/".join(f"{r[m]:.3f}" for m in methods)
             for r in rows[-len(shifts):]))
-    return {"shifts": {k: SHIFTS[k] for k in shifts}, "methods": list(methods), "rows": rows,
+    return {"run": experiments.run_identity(ensemble_dirs[0]),
+            "shifts": {k: SHIFTS[k] for k in shifts}, "methods": list(methods), "rows": rows,
             "summary": summarise(rows, methods),
             "ensembles": [str(Path(d)) for d in ensemble_dirs],
             "seconds": round(time.perf_counter() - t0, 1)}

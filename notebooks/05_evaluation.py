@@ -9,11 +9,15 @@
 #
 # A single mean Dice hides almost everything that matters. This notebook scores the run
 # that notebook 04 trained (or, with `make all RUN=results/reference`, the committed
-# reference) on the patients its training never saw, with four metrics (Dice, IoU, the 95th-percentile Hausdorff distance and the average
-# symmetric surface distance, both in millimetres) plus the lung volume error; it sets the
-# network beside a classical, non-learning method and beside the best any 64³ model could do;
-# it shows the worst case, not only the mean; and it repeats everything on the scans' native
-# grid, where the predictions are carried back from the model grid.
+# reference), an ensemble of cross-validation members, on **every case, each segmented by
+# the member that never saw it** (out of fold). It uses four metrics (Dice, IoU, the
+# 95th-percentile Hausdorff distance and the average symmetric surface distance, both in
+# millimetres) plus the lung volume error; it sets the network beside a classical,
+# non-learning method and beside the best any 64³ model could do; it names the worst case,
+# not only the mean; it repeats everything on the scans' native grid, where the predictions
+# are carried back from the model grid; and it shows how the models hold up when the scans
+# are shifted in controlled ways (the robustness suite) and how far one training run can be
+# trusted (the same member trained with other seeds).
 
 # %%
 import matplotlib.pyplot as plt
@@ -23,11 +27,9 @@ from lungseg_utils import config, experiments, inference, io, synthetic, viewer,
 
 viz.apply_style()
 run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
-split = io.load_json(run / "split.json")
 GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
 folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
-model_path = run / inference.MODEL_FILE
-forwards = {model_path: inference.compiled_forward(inference.load_model(model_path))}
+forwards = {}  # each model compiled once, by path
 LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
           "ceiling": "64³ ceiling", "unet_raw": "U-Net, 5 mm edge"}
 
@@ -39,21 +41,25 @@ LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
 print("run:", experiments.run_identity(run)["run"])
 
 # %% [markdown]
-# The held-out test patients of its single model's split (member 0 of the ensemble: the
-# network never trained on them and no setting was chosen by them):
+# ## Which model scores which case
+# The run's `manifest.json` lists its members; member *i* trained on every fold but fold
+# *i*, whose cases it now scores. (A run without a manifest, a single model, is scored on its
+# split's test cases instead.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-test_ids = split["test"]
-print("test:", test_ids, "| validation:", split["val"], "| training:", len(split["train"]), "cases")
+jobs = experiments.out_of_fold_jobs(run, max_cases=2 if config.profile_name() == "smoke" else None)
+scoring = "split" if jobs[0][1] == "reference" else "out_of_fold"
+for cid, source, path in jobs:
+    print(f"{cid}: {source} ({experiments.rel_path(path)})")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-parts = [set(split[k]) for k in ("train", "val", "test")]
-print("training, validation and test cases are disjoint:", sum(map(len, parts)) == len(set.union(*parts)))
+print("no case is scored by a model that trained on it:",
+      experiments.jobs_are_out_of_fold(run, jobs))
 
 # %% [markdown]
-# Every method is scored on every test case, on both grids, by `experiments.evaluate_jobs`;
+# Every method is scored on every case, on both grids, by `experiments.evaluate_jobs`;
 # this table shows the Dice and HD95 of each (one row per case):
 
 # %%
@@ -76,22 +82,26 @@ def case_table(block, keys=("dice", "hd95_mm")):
 # network's mask and fills enclosed holes.
 
 # %%
-test = experiments.evaluate_jobs(experiments.reference_jobs(run), folders, forwards)
+test = experiments.evaluate_jobs(jobs, folders, forwards)
 print(case_table(test["grid64"]))
 
 # %% [markdown]
-# Summary over the test cases: mean ± SD, median and the worst case for every metric.
+# Summary over the cases, per grid: mean ± SD, median and the worst case for every metric.
 
 # %%
-lines = []
-for m, summary in test["grid64"]["summary"].items():
-    for k, fmt in (("dice", ".4f"), ("iou", ".4f"), ("hd95_mm", ".1f"), ("assd_mm", ".2f"),
-                   ("volume_error_pct", "+.1f")):
-        s = summary[k]
-        lines.append({"method": LABELS[m], "metric": k, "mean": format(s["mean"], fmt),
-                      "sd": format(s["sd"], fmt.lstrip("+")), "median": format(s["median"], fmt),
-                      "worst": f"{format(s['worst_value'], fmt)} ({s['worst_case_id']})"})
-print(io.format_table(lines, dict.fromkeys(lines[0], "")))
+def summary_table(block):
+    lines = []
+    for m, summary in block["summary"].items():
+        for k, fmt in (("dice", ".4f"), ("iou", ".4f"), ("hd95_mm", ".1f"), ("assd_mm", ".2f"),
+                       ("volume_error_pct", "+.1f")):
+            s = summary[k]
+            lines.append({"method": LABELS[m], "metric": k, "mean": format(s["mean"], fmt),
+                          "sd": format(s["sd"], fmt.lstrip("+")), "median": format(s["median"], fmt),
+                          "worst": f"{format(s['worst_value'], fmt)} ({s['worst_case_id']})"})
+    return io.format_table(lines, dict.fromkeys(lines[0], "")) if lines else "no cases"
+
+
+print(summary_table(test["grid64"]))
 
 # %% [markdown]
 # ## On the native grid
@@ -104,55 +114,28 @@ print(io.format_table(lines, dict.fromkeys(lines[0], "")))
 # The network's probability is nearly binary, so carried back it draws a 5 mm staircase
 # ("U-Net, 5 mm edge" below). The inference pipeline therefore redraws the boundary at the
 # scan's own resolution: within one model voxel of it, a voxel is lung if it is darker than
-# -200 HU (`inference.refine_boundary`; the threshold was chosen on the reference model's
-# training cases). The table shows how much of the gap to the ceiling that closes.
+# -200 HU (`inference.refine_boundary`; the threshold was chosen on the first reference
+# model's training cases). The tables show how much of the gap to the ceiling that closes.
 
 # %%
 print(case_table(test["native"]) if folders["native"] else "no native scans found")
 
-# %% [markdown]
-# ## Cross-validation: every case, once unseen
-# A few test cases are too few to trust. Notebook 04 therefore trained the configuration
-# once per fold (K-fold cross-validation; the members, listed in the run's `manifest.json`,
-# are in its `cv/` folder and are also the ensemble the inference command averages), and
-# each of the nine cases is scored here by the one member that never saw it, on both grids:
-# the broadest honest estimate nine cases allow.
-
 # %%
-jobs = experiments.out_of_fold_jobs(run, max_cases=2 if config.profile_name() == "smoke" else None)
-cv = experiments.evaluate_jobs(jobs, folders, forwards) if jobs[0][1] != "reference" else None
-for grid, label in GRIDS.items() if cv else []:
-    print(f"Dice on the {label} grid\n{case_table(cv[grid], ('dice',))}\n")
-if not cv:
-    print("no cross-validation members in this run (no manifest.json)")
-
-# %% [markdown]
-# The out-of-fold summary, per grid and method:
-
-# %%
-for grid, label in GRIDS.items():
-    for m, summary in (cv[grid]["summary"] if cv else {}).items():
-        s = summary["dice"]
-        print(f"{label:>7} {LABELS[m]:>16}: Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
-              f"median {s['median']:.4f}, worst {s['worst_value']:.4f} ({s['worst_case_id']})")
+print(summary_table(test["native"]) if folders["native"] else "no native scans found")
 
 # %% [markdown]
 # ## Box plots
-# Dice and HD95 per method on the reference split's test cases; each dot is one case (grey:
-# the cross-validation's out-of-fold U-Net on all nine cases, when present).
+# Dice and HD95 per method, on both grids; each dot is one case.
 
 # %%
 def boxes(key):
-    """(values, name, position) per box: each method on each grid, then the CV's U-Net."""
+    """(values, name, position) per box: each method on each grid."""
     out, x = [], 0.0
     for grid, label in GRIDS.items():
         for m in test[grid]["methods"] if test[grid]["cases"] else []:
             out.append(([r[m][key] for r in test[grid]["cases"]], f"{LABELS[m]} ({label})", x))
             x += 1
         x += 0.5
-    if cv:
-        grid = "native" if cv["native"]["cases"] else "grid64"
-        out.append(([r["unet"][key] for r in cv[grid]["cases"]], f"U-Net, CV ({GRIDS[grid]})", x))
     return out
 
 
@@ -163,7 +146,7 @@ for ax, key, title in ((axes[0], "dice", "Dice"), (axes[1], "hd95_mm", "HD95 (mm
     ax.boxplot(values, positions=pos, widths=0.6, showfliers=False)
     for p, v, name in zip(pos, values, names):
         ax.scatter(np.full(len(v), p) + np.linspace(-0.12, 0.12, len(v)), v, s=8, zorder=3,
-                   color="0.5" if "CV" in name else "#0072B2")
+                   color="#0072B2")
     ax.set_xticks(pos, names, fontsize=6, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_title(title)
 viz.export_figure(fig, "05_dice_boxplot")
@@ -171,7 +154,7 @@ plt.show()
 
 # %% [markdown]
 # ## Where the errors are: the worst case
-# The test case with the lowest U-Net Dice on the native grid, on the slices with the most
+# The case with the lowest U-Net Dice on the native grid, on the slices with the most
 # error: true positives green, false positives (predicted lung that is not) orange, false
 # negatives (missed lung) blue; U-Net on the left, classical baseline on the right. Its
 # masks are made again here (the evaluation above keeps only the numbers).
@@ -180,7 +163,8 @@ plt.show()
 grid = "native" if test["native"]["cases"] else "grid64"
 worst = min(test[grid]["cases"], key=lambda r: r["unet"]["dice"])
 case = io.load_case(folders[grid] / worst["case_id"])
-masks = experiments.compare_methods(forwards[model_path], case)[1]
+worst_model = next(path for cid, _, path in jobs if cid == worst["case_id"])
+masks = experiments.compare_methods(forwards[worst_model], case)[1]
 
 # %%
 fig, axes = plt.subplots(2, 3, figsize=(viz.PAGE_IN, 4.6))
@@ -209,15 +193,71 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
                    title=worst["case_id"])
 
 # %% [markdown]
-# ## Results file for the report
-# Everything above goes to the run's `evaluation.json` (`experiments.evaluation_result`
-# builds it, with the run's identity; `experiments.check_evaluation` is the schema the report
-# checks it against), which the report and the README read: no number in them is typed by
-# hand. The test suite trains and evaluates a smoke run of its own in a temporary folder, so
-# tests never change the committed results.
+# ## Robustness: the same scans, shifted
+# An independent test set once showed that a model can score well here and still fail on
+# scans framed, calibrated or stored differently. The robustness suite (`make robustness`,
+# `lungseg_utils.robustness`) changes each native scan in one controlled way (the framing
+# moved 2 cm, HU offset and scaled, noise, blur, other axis orders, thicker slices ...) and
+# scores, on the changed scan's own grid, the member that never saw the case, the whole
+# ensemble (most of whose members did see it: optimistic) and the classical method. Dots:
+# the mean over the cases; crosses: the worst case.
 
 # %%
-evaluation = experiments.evaluation_result(model_path, test, cv, run_dir=run)
+robust = io.load_json(run / "robustness.json") if (run / "robustness.json").exists() else None
+if robust:
+    experiments.check_identity(robust, run, "robustness.json", "05 (make robustness)")
+    shifts = list(robust["summary"])
+    fig, ax = plt.subplots(figsize=(viz.PAGE_IN, 3.4))
+    for i, m in enumerate(robust["methods"]):
+        y = np.arange(len(shifts)) + 0.18 * (i - (len(robust["methods"]) - 1) / 2)
+        s = [robust["summary"][k][m] for k in shifts]
+        ax.scatter([v["mean"] for v in s], y, s=14, label=m.replace("_", " "), color=f"C{i}")
+        ax.scatter([v["worst_value"] for v in s], y, s=14, marker="x", color=f"C{i}")
+    ax.set_yticks(np.arange(len(shifts)), shifts, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("Dice (native grid): mean (dot) and worst case (cross)")
+    ax.legend(fontsize=6, loc="lower left")
+    viz.export_figure(fig, "05_robustness")
+    plt.show()
+else:
+    print(f"no robustness.json in {experiments.rel_path(run)}: run make robustness RUN=...")
+
+# %% [markdown]
+# The same as numbers (mean, and the worst case), per shift:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for shift, by_method in (robust["summary"] if robust else {}).items():
+    print(f"{shift:>13}: " + "  ".join(f"{m} {v['mean']:.3f} ({v['worst_value']:.3f} "
+                                        f"{v['worst_case_id']})" for m, v in by_method.items()))
+
+# %% [markdown]
+# ## How far can one training run be trusted?
+# Member 0 trained again with other seeds (same cases, same settings: only the random
+# initialisation, augmentation and sample order differ), each scored on its unseen cases
+# (`python -m lungseg_utils.ensemble --seeds 42 43 44 --from RUN`):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+seeds = io.load_json(run / "seed_spread.json") if (run / "seed_spread.json").exists() else None
+for r in seeds["summary"] if seeds else []:
+    print(f"{r['case_id']} ({GRIDS[r['grid']]}): Dice {r['min']:.4f} to {r['max']:.4f} over "
+          f"seeds {seeds['seeds']}, range {r['range']:.4f}")
+if not seeds:
+    print(f"no seed_spread.json in {experiments.rel_path(run)}")
+
+# %% [markdown]
+# ## Results file for the report
+# Everything above goes to the run's `evaluation.json` (`experiments.evaluation_result`
+# builds it, with the run's identity and how the cases were scored; `experiments.check_evaluation`
+# is the schema the report checks it against), which the report and the README read: no
+# number in them is typed by hand. The test suite trains and evaluates a smoke run of its
+# own in a temporary folder, so tests never change the committed results.
+
+# %%
+evaluation = experiments.evaluation_result(run / inference.MANIFEST if scoring == "out_of_fold"
+                                           else run / inference.MODEL_FILE, test, None,
+                                           run_dir=run, scoring=scoring)
 print("wrote", experiments.save_result(evaluation, "evaluation.json", run).name)
 
 # %% [markdown]

@@ -3,6 +3,9 @@ member that never saw it, the manifest an ensemble loads from, publishing, promo
 and the command line. The cross-validation is the session's shared ``smoke_cv``
 (tests/conftest.py: two one-epoch members on four phantoms)."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -172,3 +175,32 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
         ensemble.promote_main(run, ref)
     with pytest.raises(LungsegInputError, match="not a finished run"):
         ensemble.promote_main(tmp_path / "junk", ref, overwrite=True)
+
+
+# ----------------------------------------------------------------------------- seeds
+def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, tmp_path,
+                                                          capsys):
+    out, _, _ = smoke_cv
+    ens = tmp_path / "ens"
+    shutil.copytree(out, ens)
+    member = io.load_json(ens / inference.MANIFEST)["members"][1]
+    assert ensemble.main(["--seeds", "42", "7", "--fold", "1", "--from", str(ens),
+                          "--data_dir", str(demo_data)]) == 0
+    spread = io.load_json(ens / "seed_spread.json")
+    assert spread["fold"] == 1 and spread["seeds"] == [7, 42]     # 42: the member itself
+    new_run = Path(spread["runs"]["7"])                      # outside the repository: absolute
+    assert new_run.parent == ens / "seeds" / "seed_7"
+    assert io.load_json(new_run / "split.json") == io.load_json(
+        (ens / member["file"]).parent / "split.json")            # the same cases
+    cfg = io.load_json(new_run / "train_config.json")["settings"]
+    old = io.load_json((ens / member["file"]).parent / "train_config.json")["settings"]
+    assert cfg["seed"] == 7 and {k: v for k, v in cfg.items() if k != "seed"} == {
+        k: v for k, v in old.items() if k != "seed"}              # only the seed differs
+    assert {(r["case_id"], r["seed"]) for r in spread["rows"] if r["grid"] == "grid64"} == {
+        (c, s) for c in member["test"] for s in (7, 42)}
+    for row in spread["summary"]:
+        d = [r["dice"] for r in spread["rows"]
+             if (r["case_id"], r["grid"]) == (row["case_id"], row["grid"])]
+        assert row["range"] == pytest.approx(max(d) - min(d)) and 0 <= row["min"] <= row["max"] <= 1
+    assert "over seeds [7, 42]" in capsys.readouterr().out
+    assert ensemble.main(["--seeds", "7"]) == 2 and "--from" in capsys.readouterr().err

@@ -174,3 +174,15 @@ def test_save_result_writes_into_the_run_and_never_into_the_reference_under_smok
     monkeypatch.setenv("LUNGSEG_PROFILE", "quick")
     path = experiments.save_result({"a": 2}, "tta.json", tmp_path / "reference")
     assert path == tmp_path / "reference" / "tta.json" and load_json(path) == {"a": 2}
+
+
+def test_jobs_are_out_of_fold_only_when_no_model_saw_its_case(smoke_cv):
+    out = smoke_cv[0]
+    jobs = experiments.out_of_fold_jobs(out)
+    assert experiments.jobs_are_out_of_fold(out, jobs)
+    models = [j[2] for j in jobs]
+    swapped = [(cid, src, models[-1 - i]) for i, (cid, src, _) in enumerate(jobs)]
+    assert not experiments.jobs_are_out_of_fold(out, swapped)     # each member saw the other's
+    assert not experiments.jobs_are_out_of_fold(out, [(jobs[0][0], "x", out / "elsewhere.keras")])
+    with pytest.raises(LungsegInputError, match="scoring"):
+        experiments.evaluation_result(out, {"grid64": {"cases": []}}, scoring="all")

@@ -64,3 +64,30 @@ def test_committed_reference_ensemble_is_intact():
     held_out = sorted(c for m in members for c in m["test"])
     assert len(held_out) == len(set(held_out))
     assert inference.resolve_model_path() == config.REFERENCE_DIR
+
+
+#: The most all committed model files together may weigh (issue: the reference ensemble).
+MAX_MODEL_MB = 60
+
+
+def test_committed_models_fit_the_size_budget_and_load_with_keras_alone():
+    """Every .keras file under results/ that git tracks: together at most MAX_MODEL_MB, and
+    each member of the reference loads with a plain ``keras.saving.load_model(path)`` (no
+    custom objects, safe mode) and predicts a probability map of the input's shape."""
+    import subprocess
+
+    import numpy as np
+
+    from lungseg_utils import config, inference, io
+
+    tracked = subprocess.run(["git", "ls-files", "*.keras"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked, "no committed model"
+    total_mb = sum((ROOT / f).stat().st_size for f in tracked) / 1e6
+    assert total_mb <= MAX_MODEL_MB, f"committed models weigh {total_mb:.0f} MB"
+    keras = config.import_keras_quietly()
+    x = np.zeros((1, 64, 64, 64, 1), np.float32)
+    for m in io.load_json(config.REFERENCE_DIR / inference.MANIFEST)["members"]:
+        model = keras.saving.load_model(config.REFERENCE_DIR / m["file"])
+        p = np.asarray(model(x))
+        assert p.shape == x.shape and 0.0 <= p.min() <= p.max() <= 1.0, m["file"]

@@ -345,3 +345,38 @@ def test_every_report_figure_is_committed_and_made_by_its_notebook():
 def test_report_figures_are_distinct_and_the_reference_is_where_the_tests_look():
     assert len(set(report.REPORT_FIGURES)) == len(report.REPORT_FIGURES)
     assert config.REFERENCE_DIR == REFERENCE
+
+
+def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
+    from lungseg_utils import robustness
+
+    folder = tmp_path / "run"
+    shutil.copytree(FIXTURE, folder)
+    methods = ("member", "ensemble_all", "baseline")
+    rows = [{"case_id": f"p{c}", "shift": s, **{m: 0.9 + 0.01 * c + 0.001 * k + 0.02 * j
+                                               for j, m in enumerate(methods)}}
+            for c in range(3) for k, s in enumerate(("as stored", "HU +50"))]
+    rows[3]["member"] = 0.8123                      # p1 under HU +50: the hardest case
+    result = {"shifts": {s: robustness.SHIFTS[s] for s in ("as stored", "HU +50")},
+              "methods": list(methods), "rows": rows,
+              "summary": robustness.summarise(rows, methods)}
+    (folder / "robustness.json").write_text(json.dumps(result))
+    spread = {"fold": 0, "seeds": [42, 43, 44], "rows": [],
+              "summary": [{"case_id": "p0", "grid": "native", "min": 0.951, "max": 0.9734,
+                           "range": 0.0224, "sd": 0.01}]}
+    (folder / "seed_spread.json").write_text(json.dumps(spread))
+    numbers = report.report_numbers(folder)
+    assert numbers["robustness"]["facts"]["hardest_shift"] == "HU +50"
+    assert numbers["robustness"]["facts"]["lowest"]["member"] == "0.812"
+    assert numbers["seeds"]["max_range"] == "0.022"
+    pages, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    assert 2 <= pages <= 3
+    assert "Robustness" in text and "HU +50" in text and "0.812" in text
+    mean = report.fmt_number(result["summary"]["HU +50"]["ensemble_all"]["mean"], 3)
+    assert mean in text
+    assert "seeds 42, 43, 44" in text and "0.951" in text
+    # a robustness file about another run is refused
+    result["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
+    (folder / "robustness.json").write_text(json.dumps(result))
+    with pytest.raises(LungsegInputError, match="robustness.json: describes the model"):
+        report.report_numbers(folder)
