@@ -75,6 +75,9 @@ def reference_info() -> dict:
     cfg, split, model, log_csv = (config.REFERENCE_DIR / name for name in (
         "train_config.json", "split.json", "best_model.keras", "training_log.csv"))
     s = io.load_json(cfg)["settings"] if cfg.exists() else config.get_profile("quick")
+    if not model.exists() and (config.REFERENCE_DIR / "manifest.json").exists():  # member 0
+        model = config.REFERENCE_DIR / io.load_json(
+            config.REFERENCE_DIR / "manifest.json")["members"][0]["file"]
     out = {"source": "results/reference/train_config.json" if cfg.exists()
            else "config.get_profile('quick')", "settings": s,
            "split": io.load_json(split) if split.exists() else None,

@@ -79,13 +79,14 @@ def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) ->
 
 
 def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
-                include_final: bool = True) -> Path:
+                include_final: bool = True, models: bool = True) -> Path:
     """Copy a finished run's artifacts to ``results/reference/`` (the default model).
 
     Refuses to replace an existing reference unless ``overwrite``. Records where the
     reference came from in ``provenance.json``. ``include_final=False`` leaves out
-    ``final_model.keras`` (22 MB at base 16) where only the best model is needed. Returns the
-    reference folder.
+    ``final_model.keras`` (22 MB at base 16) where only the best model is needed;
+    ``models=False`` both model files (an ensemble's top, whose members hold them). Returns
+    the reference folder.
     """
     run_dir = Path(run_dir)
     reference_dir = Path(reference_dir or config.REFERENCE_DIR)
@@ -97,7 +98,8 @@ def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
                                 "overwrite=True to replace it.")
     reference_dir.mkdir(parents=True, exist_ok=True)
     for name in train.RUN_ARTIFACTS:
-        if include_final or name != "final_model.keras":
+        if (include_final or name != "final_model.keras") and (models or
+                                                                not name.endswith(".keras")):
             with io.atomic_write(reference_dir / name, overwrite=True) as tmp:
                 shutil.copyfile(run_dir / name, tmp)
     io.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
@@ -128,7 +130,7 @@ def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
 
 
 def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, publish_dir=None, **overrides) -> dict:
+                   verbose=0, publish_dir=None, init_from=None, **overrides) -> dict:
     """Train the K members of one configuration and score every case out of fold.
 
     Each member is a normal run folder under ``out_dir/fold_i/`` (default
@@ -138,16 +140,24 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     ``cross_validation.json``: ``{"folds", "profile", "settings", "cases": [{"case_id",
     "fold", metrics...}], "summary": {metric: summary}}``, each case scored on the 64^3 grid
     by the member that never saw it. With ``publish_dir`` the ensemble is also copied there
-    (:func:`publish`).
+    (:func:`publish`). With ``init_from`` (an ensemble folder of ``k`` members) member i is
+    fine-tuned: it starts from that ensemble's member i, on the same split.
     """
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)
     ids = [p.name for p in io.discover_cases(data_dir)][: settings.get("max_cases") or None]
     rows, runs = [], []
-    for i, split in enumerate(fold_splits(ids, k, seed, settings["checkpoint"])):
+    inits = member_runs(init_from) if init_from else None
+    if inits and len(inits) != k:
+        raise LungsegInputError(f"{init_from}: has {len(inits)} members, not k={k}.")
+    splits = ([io.load_json(r / "split.json") for r in inits] if inits else
+              fold_splits(ids, k, seed, settings["checkpoint"]))
+    for i, split in enumerate(splits):
         run_dir = train.train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile,
-                              split=split, verbose=verbose, **{"seed": seed, **overrides})
+                              split=split, verbose=verbose,
+                              init_weights=inits[i] / inference.MODEL_FILE if inits else None,
+                              **{"seed": seed, **overrides})
         runs.append(run_dir)
         forward = inference.compiled_forward(inference.load_model(run_dir))
         for cid in split["test"]:
@@ -182,7 +192,7 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
     ``results/reference/``: ``cv/fold_i/`` the profile's ``folds`` cross-validation members
     (:func:`cross_validate`; each within the profile's ``budget_min``), ``manifest.json``
     listing them (the ensemble the inference command averages), ``cross_validation.json``,
-    and, at the top, the run artifacts of member 0 (``split.json``, ``best_model.keras``,
+    and, at the top, the run artifacts of member 0 but its model (``split.json``,
     ``training_log.csv`` ...: the single model whose held-out split notebook 05 and the
     report describe first). A folder that already holds ``manifest.json`` is trained no
     further: ``{"trained": False}``. A folder with other files is refused (nothing is
@@ -208,12 +218,13 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
 
 def assemble_main(run_dir) -> Path:
     """Give a finished cross-validation in ``run_dir/cv`` (:func:`cross_validate`) the layout
-    of ``results/reference/``: member 0's run artifacts, ``cross_validation.json`` and a
+    of ``results/reference/``: member 0's run artifacts but its model files (the members
+    under ``cv/`` hold them; no file is committed twice), ``cross_validation.json`` and a
     ``manifest.json`` of the members at the top. Returns the manifest's path."""
     run_dir = Path(run_dir)
     cv = io.load_json(run_dir / "cv" / inference.MANIFEST)
     members = member_runs(run_dir / "cv")
-    promote_run(members[0], run_dir)
+    promote_run(members[0], run_dir, models=False)
     io.save_json(io.load_json(run_dir / "cv" / "cross_validation.json"),
                  run_dir / "cross_validation.json")
     return write_manifest(run_dir, members, int(cv["fold_seed"]))
@@ -230,7 +241,8 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
     if (dest / inference.MANIFEST).exists() and not overwrite:
         raise LungsegInputError(f"{dest}: holds a reference; pass overwrite=True to replace it.")
     shutil.rmtree(dest / "cv", ignore_errors=True)
-    (dest / "final_model.keras").unlink(missing_ok=True)     # the old member 0's, if any
+    for name in ("best_model.keras", "final_model.keras"):  # an old member 0's, if any
+        (dest / name).unlink(missing_ok=True)
     for path in sorted(src.rglob("*")):
         if path.is_file() and path.name != "final_model.keras" and "backup" not in path.parts:
             with io.atomic_write(dest / path.relative_to(src), overwrite=True) as tmp:
@@ -279,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", metavar="DIR",
                    help="also copy the ensemble to DIR (e.g. results/reference)")
     p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
+    p.add_argument("--init_from", metavar="DIR",
+                   help="fine-tune: member i starts from member i of the ensemble DIR, same split")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="train nothing new but member --fold of the ensemble --from again with "
                         "these seeds, and write its seed_spread.json")
@@ -302,7 +316,8 @@ def main(argv=None) -> int:
         return _seeds_main(args)
     try:
         result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
-                                seed=args.seed, publish_dir=args.publish)
+                                seed=args.seed, publish_dir=args.publish,
+                                **({"init_from": args.init_from} if args.init_from else {}))
     except LungsegInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

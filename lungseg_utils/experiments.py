@@ -208,12 +208,16 @@ def rel_path(path) -> str:
 
 def run_identity(run_dir) -> dict:
     """What a result file says about the run it describes: ``{"run": its folder (relative to
-    the repository where it can be), "model_sha256": of its best_model.keras,
+    the repository where it can be), "model_sha256": of its best_model.keras (an
+    ensemble's: member 0's),
     "manifest_sha256": of its manifest.json (None without one)}``. The report refuses
     result files whose identity is not that of the run folder it reads."""
     run_dir = Path(run_dir)
     digest = (lambda p: io.file_sha256(p) if p.exists() else None)  # noqa: E731
-    return {"run": rel_path(run_dir), "model_sha256": digest(run_dir / inference.MODEL_FILE),
+    model = run_dir / inference.MODEL_FILE
+    if not model.exists() and (run_dir / inference.MANIFEST).exists():   # member 0's model
+        model = run_dir / io.load_json(run_dir / inference.MANIFEST)["members"][0]["file"]
+    return {"run": rel_path(run_dir), "model_sha256": digest(model),
             "manifest_sha256": digest(run_dir / inference.MANIFEST)}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import config, experiments, io
 from .errors import LungsegInputError
 from .experiments import GRIDS, check_evaluation, check_tta, rel_path
-from .formatting import _fmt_general, fmt_number, format_tree
+from .formatting import _fmt_general, fmt_number, format_tree, format_value
 from .inference import FLIPS, REFINE_HU
 
 #: The figures the report shows, as exported by the notebooks (``figures/<name>.{png,pdf}``);
@@ -127,7 +127,7 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
     Keys: ``evaluation``, ``tta`` and ``split``, each the file with its numbers formatted;
     ``settings`` (the run's settings, formatted) and ``augment``; ``training`` (from the
     log and ``test_metrics.json``); ``grid`` (the model grid of :mod:`config`); ``facts``
-    (what the prose hangs on); ``compare`` and ``tta_table``; ``labels`` (method names);
+    (what the prose hangs on); ``compare``, ``tta_table`` and ``tta_mean`` (per grid); ``labels`` (method names);
     ``figures`` (see :func:`_figure_info`, only if ``figures_dir`` is given); ``results_dir``.
     """
     raw = read_results(results_dir)
@@ -178,6 +178,9 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
             "has_auc": "uncertainty_error_auc" in tta,
         },
         "tta_table": _tta_table(tta_rows),
+        "tta_mean": {g: {k: format_value(k, sum(r[k] for r in rs) / len(rs)) for k in
+                         ("dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")}
+                     if rs else None for g, rs in tta_rows.items()},
         # U-Net against the classical pipeline, post-processing against the U-Net
         "compare": {"grid64": {"baseline": _compare(s64["unet"], s64["baseline"]),
                                "post": _compare(s64["unet_post"], s64["unet"])},

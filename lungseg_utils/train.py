@@ -182,13 +182,11 @@ def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
                 n_steps: int = 3) -> dict:
     """Time a few training steps on this machine and plan the run's epochs.
 
-    A throwaway model with the run's settings takes one step (which traces the graph) and
-    then ``n_steps`` timed steps on the run's own first batches; the real model is not
-    touched. An epoch is estimated as its steps, the validation cases (a forward pass, about
-    a third of a step each) and 0.6 s of bookkeeping. Without ``settings["budget_min"]`` the
-    profile's epochs stand; with it, as many epochs as fit in the budget (less the time
-    already spent, ``elapsed_s``, the real model's tracing, as long as the probe's, and a
-    reserve for saving and scoring), at least one.
+    A throwaway model with the run's settings takes one step (tracing) and ``n_steps`` timed
+    steps on the run's first batches. An epoch is its steps, the validation cases (a third
+    of a step each) and 0.6 s of bookkeeping. With ``settings["budget_min"]``: as many
+    epochs as fit in the budget (less ``elapsed_s``, the real model's tracing, as long as the
+    probe's, and a reserve for saving and scoring), at least one; else the profile's.
 
     Returns ``{"step_s", "epoch_s", "epochs_profile", "epochs", "budget_min", "reserve_s",
     "message"}`` (seconds; the message says what the profile costs on this machine).
@@ -234,7 +232,7 @@ def _strip_optimizer(path: Path) -> None:
 
 def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
           verbose=None, callbacks=None, deterministic: bool = True, strategy=None,
-          command=None, **overrides) -> Path:
+          command=None, init_weights=None, **overrides) -> Path:
     """Train one model and write its run folder; returns the folder.
 
     Parameters
@@ -265,6 +263,9 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         ``batch_size`` is the global batch, split among the replicas.
     command : list of str, optional
         The command line that started the run, recorded in ``train_config.json``.
+    init_weights : path to a ``.keras`` file, optional
+        Start from this model's weights (same network) instead of a random initialisation:
+        fine-tuning. Its path and SHA-256 are recorded in ``train_config.json``.
     """
     t_start = time.perf_counter()
     if resume is not None:
@@ -287,6 +288,13 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
                                        settings["learning_rate"])
+        if init_weights is not None and resume is None:        # fine-tuning: the same network
+            try:
+                model.set_weights(keras.saving.load_model(init_weights, compile=False).get_weights())
+            except (OSError, ValueError) as exc:
+                raise LungsegInputError(f"{init_weights}: cannot start from it ({exc}).") from None
+            cfg["init_weights"] = {"file": _portable(init_weights),
+                                   "sha256": io.file_sha256(init_weights)}
         batch = int(settings["batch_size"])
         common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
         train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
@@ -384,10 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "value.")
     p.add_argument("--profile", choices=sorted(config.PROFILES),
                    help="settings to start from (default: $LUNGSEG_PROFILE or quick)")
-    p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz (default: found "
-                                      "by lungseg_utils.config.find_data_dir)")
-    p.add_argument("--out_dir", help="folder in which the new run folder is created "
-                                     "(default: results/models)")
+    p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz (default: found)")
+    p.add_argument("--out_dir", help="where the new run folder goes (default: results/models)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run in its own folder, with its settings")
     p.add_argument("--base_filters", type=int, help="filters of the first level (doubling below)")
@@ -397,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout_bot", type=float, help="dropout after the bottleneck")
     p.add_argument("--epochs", type=int, help="maximum number of epochs")
     p.add_argument("--batch_size", type=int, help="volumes per training step")
-    p.add_argument("--samples_per_epoch", type=int,
-                   help="augmented samples per epoch (default: one per training case)")
+    p.add_argument("--samples_per_epoch", type=int, help="augmented samples per epoch")
     p.add_argument("--p_jitter", type=float, help="probability of intensity jitter per sample")
     p.add_argument("--jitter_sigma", type=float, help="std of the jitter on the [0, 1] CT")
     p.add_argument("--seed", type=int, help="seed of the split, the weights and augmentation")
@@ -415,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"],
                    help="best_model.keras: the epoch with the lowest val_loss (with early "
                         "stopping), or the last epoch's weights (validation only logged)")
-    p.add_argument("--mixed_precision", action="store_true", default=None,
-                   help="compute in bfloat16 (mixed_bfloat16 policy; AMX on recent Xeons)")
+    p.add_argument("--mixed_precision", action="store_true", default=None, help="bfloat16")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
                    help="0 silent, 1 progress bar of steps, 2 one line per epoch "
                         "(default: 1 in a terminal, else 2)")

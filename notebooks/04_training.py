@@ -89,7 +89,8 @@ print(f"{net.count_params():,} parameters, {unet.count_flops(net) / 1e9:.1f} GFL
 # `ensemble.train_main` writes the run: `cv/fold_i/` (each member a normal run folder:
 # `split.json`, `train_config.json`, `training_log.csv`, `best_model.keras`,
 # `final_model.keras`, `test_metrics.json`), `manifest.json` (the ensemble) and, at the top,
-# member 0's artifacts.
+# member 0's split, settings, log and test metrics (its model stays in `cv/`: no model file is
+# kept twice).
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -29,7 +29,7 @@ case = io.load_case(io.discover_cases(synthetic.resolve_data_dir())[0])
 
 # %%
 run = config.active_run_dir()
-if (run / inference.MODEL_FILE).exists():
+if (run / inference.MANIFEST).exists() or (run / inference.MODEL_FILE).exists():
     result = inference.predict_case(case, model=inference.load_model(run), tta=True)
     pred, source = result["mask"], "3D U-Net with TTA"
     uncertainty = geometry.from_model_grid(result["std64"], result["grid"])

@@ -156,8 +156,13 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
     assert all(m["file"].startswith("cv/fold_") for m in manifest["members"])
     assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
     members = ensemble.member_runs(run)
-    for name in train.RUN_ARTIFACTS:                       # member 0 at the top
-        assert (run / name).read_bytes() == (members[0] / name).read_bytes(), name
+    for name in train.RUN_ARTIFACTS:                       # member 0 at the top, but its
+        if name.endswith(".keras"):                        # model, kept once, in cv/
+            assert not (run / name).exists(), name
+        else:
+            assert (run / name).read_bytes() == (members[0] / name).read_bytes(), name
+    assert experiments.run_identity(run)["model_sha256"] == io.file_sha256(
+        run / manifest["members"][0]["file"])
     assert io.load_json(run / "cross_validation.json")["folds"] == 2
     jobs = experiments.out_of_fold_jobs(run)
     assert sorted(j[0] for j in jobs) == IDS and all(j[2].is_file() for j in jobs)
@@ -204,3 +209,20 @@ def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, t
         assert row["range"] == pytest.approx(max(d) - min(d)) and 0 <= row["min"] <= row["max"] <= 1
     assert "over seeds [7, 42]" in capsys.readouterr().out
     assert ensemble.main(["--seeds", "7"]) == 2 and "--from" in capsys.readouterr().err
+
+
+def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo_data, tmp_path):
+    from conftest import SMOKE
+
+    src = smoke_cv[0]
+    result = ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=tmp_path / "ft",
+                                     init_from=src, **SMOKE)
+    for i, (old, new) in enumerate(zip(ensemble.member_runs(src),
+                                       ensemble.member_runs(tmp_path / "ft"))):
+        assert io.load_json(new / "split.json") == io.load_json(old / "split.json")
+        init = io.load_json(new / "train_config.json")["init_weights"]
+        assert init["sha256"] == io.file_sha256(old / "best_model.keras")
+    assert sorted(r["case_id"] for r in result["cases"]) == IDS      # still out of fold
+    with pytest.raises(LungsegInputError, match="not k=3"):
+        ensemble.cross_validate(k=3, data_dir=demo_data, out_dir=tmp_path / "x",
+                                init_from=src, **SMOKE)

@@ -380,3 +380,37 @@ def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
     (folder / "robustness.json").write_text(json.dumps(result))
     with pytest.raises(LungsegInputError, match="robustness.json: describes the model"):
         report.report_numbers(folder)
+
+
+def _out_of_fold(folder: Path) -> Path:
+    """A copy of the fixture as an ensemble's run writes it: every case scored out of fold
+    (the fixture's cross-validation block as the main blocks) and a manifest of 3 members."""
+    shutil.copytree(FIXTURE, folder)
+    ev = _load(FIXTURE, "evaluation.json")
+    cv = ev.pop("cross_validation")
+    ev.update(scoring="out_of_fold", grid64=cv["grid64"], native=cv["native"],
+              test_cases=[r["case_id"] for r in cv["grid64"]["cases"]])
+    (folder / "evaluation.json").write_text(json.dumps(ev))
+    ids = ev["test_cases"]
+    members = [{"file": f"cv/fold_{i}/best_model.keras", "fold": i, "test": ids[i::3],
+                "train": [c for c in ids if c not in ids[i::3]], "bytes": 5_400_000}
+               for i in range(3)]
+    (folder / "manifest.json").write_text(json.dumps({"members": members, "folds": 3}))
+    return folder
+
+
+def test_out_of_fold_report_leads_with_every_case(tmp_path, figures_dir):
+    folder = _out_of_fold(tmp_path / "run")
+    numbers = report.report_numbers(folder)
+    assert numbers["facts"]["out_of_fold"] and numbers["n_cases"]["test"] == "9"
+    assert numbers["ensemble"] == {"members": "3", "total_mb": "16", "member_mb": "5.4"}
+    pages, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    assert 2 <= pages <= 3
+    assert "ensemble of 3" in text and "Each of the 9 cases" in text
+    ev = _load(folder, "evaluation.json")
+    for case in ev["native"]["cases"]:                       # every case's row is printed
+        assert report.fmt_number(case["unet"]["dice"], 3) in text
+    block = report.results_markdown(folder)
+    assert block.startswith("**Out of fold:** each of the 9 cases")
+    worst = ev["native"]["summary"]["baseline"]["dice"]
+    assert f"({report.fmt_number(worst['worst_value'], 3)}, {worst['worst_case_id']})" in block

@@ -40,16 +40,20 @@ def test_notebooks_05_06_and_the_report_evaluate_the_run_04_trained(tmp_path, mo
     assert identity["model_sha256"] and identity["manifest_sha256"]
     evaluation, tta = (io.load_json(run / n) for n in ("evaluation.json", "tta.json"))
     assert evaluation["run"] == identity and tta["run"] == identity
-    assert evaluation["model"] == experiments.rel_path(run / inference.MODEL_FILE)
-    oof = {r["case_id"]: r["model"] for r in evaluation["cross_validation"]["grid64"]["cases"]}
+    assert evaluation["model"] == experiments.rel_path(run / inference.MANIFEST)
+    assert evaluation["scoring"] == "out_of_fold" and "cross_validation" not in evaluation
     folds = {c: f"CV fold {m['fold']}" for m in manifest["members"] for c in m["test"]}
-    assert oof and all(folds[c] == m for c, m in oof.items())   # each case by its own member
+    for grid in ("grid64", "native"):                        # each case by its own member
+        oof = {r["case_id"]: r["model"] for r in evaluation[grid]["cases"]}
+        assert oof and all(folds[c] == m for c, m in oof.items())
+    assert evaluation["test_cases"] == sorted(oof)
     for name in report.REPORT_FIGURES[:2]:                  # made by 02 and 03, not run here
         for ext in ("png", "pdf"):
             shutil.copy(ROOT / "figures" / f"{name}.{ext}", figures / f"{name}.{ext}")
     pdf = report.build_report(run, figures, tmp_path / "out" / "report.pdf")
     numbers = json.loads((pdf.parent / report.NUMBERS_NAME).read_text())
     assert numbers["run"] == identity and numbers["results_dir"] == identity["run"]
-    assert numbers["training"]["profile"] == "smoke"
+    assert numbers["training"]["profile"] == "smoke" and numbers["facts"]["out_of_fold"]
+    assert numbers["n_cases"]["test"] == str(len(oof)) and numbers["ensemble"]["members"] == "2"
     after = {p: io.file_sha256(p) for p in config.REFERENCE_DIR.rglob("*") if p.is_file()}
     assert after == reference                                # the reference is untouched
