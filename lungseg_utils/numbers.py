@@ -96,6 +96,7 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
         "lr_reduced": lr is not None and lr0 is not None and lr < lr0,
         "wall_time_min": fmt_number(wall_s / 60.0, 0) if wall_s else "n/a",
         "params_m": fmt_number(params / 1e6, 2) if params else "n/a",
+        "init_from": (cfg.get("init_weights") or {}).get("file"),   # fine-tuned from, or None
         "keras": str(versions.get("keras", "?")),
         "tensorflow": str(versions.get("tensorflow", "?")),
     }

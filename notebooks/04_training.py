@@ -52,6 +52,10 @@ if trained:
     manifest = io.load_json(run / "manifest.json")
     settings = {"folds": len(manifest["members"]), **manifest["settings"]}
 print("settings of", "the existing run" if trained else "the new run", "in", run.name)
+first = ensemble.member_runs(run)[0] if trained else None
+init = io.load_json(first / "train_config.json").get("init_weights") if trained else None
+if init:  # fine-tuned members: trained on from an earlier member's weights
+    print("member 0 was fine-tuned from", init["file"])
 for key in ("profile", "folds", "budget_min", "base_filters", "depth", "norm", "use_transpose",
             "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot", "loss", "learning_rate",
             "lr_schedule", "batch_size", "samples_per_epoch", "epochs", "checkpoint", "seed"):
