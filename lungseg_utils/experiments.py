@@ -230,6 +230,17 @@ def check_identity(result: dict, run_dir, name: str, notebook: str) -> None:
                                 f"notebook {notebook} on this run.")
 
 
+def optional_result(run_dir, name: str, notebook: str) -> dict | None:
+    """A result file a run may have (``robustness.json``, ``seed_spread.json``): its contents,
+    checked to describe this run's model (:func:`check_identity`), or None if it is absent."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    result = io.load_json(path)
+    check_identity(result, run_dir, name, notebook)
+    return result
+
+
 def record_job(run_dir, started_unix_s: float) -> Path:
     """Write ``run_dir/job.json``: the main job's wall time from ``started_unix_s`` until
     now, this machine's CPU (model, cores, whether it has AVX-512) and the profile."""

@@ -203,9 +203,8 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
 # the mean over the cases; crosses: the worst case.
 
 # %%
-robust = io.load_json(run / "robustness.json") if (run / "robustness.json").exists() else None
+robust = experiments.optional_result(run, "robustness.json", "05 (make robustness)")
 if robust:
-    experiments.check_identity(robust, run, "robustness.json", "05 (make robustness)")
     shifts = list(robust["summary"])
     fig, ax = plt.subplots(figsize=(viz.PAGE_IN, 3.4))
     for i, m in enumerate(robust["methods"]):
@@ -239,7 +238,7 @@ for shift, by_method in (robust["summary"] if robust else {}).items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-seeds = io.load_json(run / "seed_spread.json") if (run / "seed_spread.json").exists() else None
+seeds = experiments.optional_result(run, "seed_spread.json", "05 (ensemble --seeds)")
 for r in seeds["summary"] if seeds else []:
     print(f"{r['case_id']} ({GRIDS[r['grid']]}): Dice {r['min']:.4f} to {r['max']:.4f} over "
           f"seeds {seeds['seeds']}, range {r['range']:.4f}")
