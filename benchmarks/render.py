@@ -182,7 +182,10 @@ def summary(results: dict) -> list[str]:
     if ttd.get("reach_epoch"):
         out.append(f"- The quick profile then trains on to epoch {ttd['reference_epochs']} "
                    f"({ttd['reference_epochs'] * ttd['reference_steps_per_epoch']} steps) and "
-                   f"val Dice {ttd['best_val_dice']:.3f}.")
+                   f"val Dice {ttd['best_val_dice']:.3f}" + (
+                       " (the training log of the earlier reference, trained from scratch: the "
+                       "present one's members were fine-tuned from such runs)."
+                       if ttd.get("from_earlier_reference") else "."))
     jobs = (results.get("job") or {}).get("make_all") or {}
     if jobs:  # results["job"]["make_all"][kind]: a run's job.json (run.py --job)
         out.append("- **`make all` from a fresh clone** (its `job.json`; training within the "
@@ -275,9 +278,9 @@ def _details(e: dict, ref: dict) -> dict:
                   "Native scan: peak memory without / with TTA":
                   f"{_mib(nat['peak_rss_mib_no_tta'])} / {_mib(nat['peak_rss_mib'])}"})
         if "ensemble_total_s" in nat:
-            e, one = nat["ensemble_total_s"], nat["stages_s"]["total"]
+            ens, one = nat["ensemble_total_s"], nat["stages_s"]["total"]
             d[f"Native scan: ensemble of {nat['ensemble_members']} (one graph) vs member 0"] = (
-                f"{fmt_s(e)} vs {fmt_s(one)} ({e['median'] / one['median']:.2f}×), Dice "
+                f"{fmt_s(ens)} vs {fmt_s(one)} ({ens['median'] / one['median']:.2f}×), Dice "
                 f"{nat['dice_ensemble']:.4f} vs {nat['dice_single']:.4f}")
     if "cli" in t:
         c = t["cli"]

@@ -67,9 +67,12 @@ def cpu_info() -> dict:
     return info
 
 
-def reference_info() -> dict:
+def reference_info(previous: dict | None = None) -> dict:
     """Settings, split and model of results/reference/ (else the quick profile), and when
-    its training log first reached the original's validation Dice."""
+    its training log first reached the original's validation Dice. A reference fine-tuned
+    from trained members (``init_weights`` in its train_config) has no from-scratch curve:
+    the ``time_to_dice`` of ``previous`` (the last results.json's reference) is kept, with
+    ``"from_earlier_reference": True``, if that one was trained from scratch."""
     from lungseg_utils import config, io
 
     cfg, split, model, log_csv = (config.REFERENCE_DIR / name for name in (
@@ -82,7 +85,11 @@ def reference_info() -> dict:
            else "config.get_profile('quick')", "settings": s,
            "split": io.load_json(split) if split.exists() else None,
            "model_path": str(model) if model.exists() else None}
-    if log_csv.exists():
+    if cfg.exists() and io.load_json(cfg).get("init_weights"):
+        earlier = (previous or {}).get("time_to_dice")
+        if earlier:
+            out["time_to_dice"] = {**earlier, "from_earlier_reference": True}
+    elif log_csv.exists():
         with open(log_csv, newline="") as f:
             log = [float(r["val_dice"]) for r in csv.DictReader(f)]
         out["time_to_dice"] = {
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
         isa = f"{isa.removesuffix('_capped')}_eigen" if args.eigen else isa
         machine = {"cpu": cpu, "python": platform.python_version(),
                    **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
-        ref = reference_info()
+        ref = reference_info((results or {}).get("reference"))
         entries = merge(results, isa, args.tiny)
         entries[isa] = entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref)
         entry["checks"], entry["machine"] = render.checks(entry, ref), machine

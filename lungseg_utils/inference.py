@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from . import anatomy, config, geometry, io, preprocess
+from . import anatomy, config, geometry, io, preprocess, quality
 from .errors import LungsegInputError
 
 #: The 8 flip combinations of the three axes (the first is the identity).
@@ -83,7 +84,7 @@ def load_model(path=None):
     return _load_keras(path)
 
 
-def compiled_forward(model, compile: bool = True):
+def compiled_forward(model, compile: bool = True, members: bool = False):
     """A fast forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> ndarray``.
 
     ``model``: a Keras model or an :class:`Ensemble`, whose members' probabilities are
@@ -95,11 +96,15 @@ def compiled_forward(model, compile: bool = True):
     seconds before the first prediction (3.5 s for the three-member reference on an AVX2
     CPU) but saves a little on every later call, so it pays for a process that predicts
     only a few volumes (the inference command on one scan) and not for a long one.
+
+    ``members=True`` returns each member's probability, stacked: (M, b, 64, 64, 64, 1), at
+    the same cost; :func:`predict_prob64` averages them and can return them too.
     """
     keras = config.import_keras_quietly()
     models = model.members if isinstance(model, Ensemble) else [model]
-    mean = lambda x: keras.ops.mean(keras.ops.stack(  # noqa: E731
-        [m(x, training=False) for m in models]), axis=0)
+    reduce = (lambda t: t) if members else (lambda t: keras.ops.mean(t, axis=0))  # noqa: E731
+    mean = lambda x: reduce(keras.ops.stack(  # noqa: E731
+        [m(x, training=False) for m in models]))
     if not compile:
         return lambda x: np.asarray(mean(np.asarray(x, np.float32)))
     backend = keras.backend.backend()
@@ -115,30 +120,35 @@ def compiled_forward(model, compile: bool = True):
         def fn(states, x):
             outs = [m.stateless_call(tv, ntv, x, training=False)[0]
                     for m, (tv, ntv) in zip(models, states)]
-            return sum(outs) / len(outs)
+            return jax.numpy.stack(outs) if members else sum(outs) / len(outs)
 
         def states():                  # the variables' current arrays, read at call time
             return [([v.value for v in m.trainable_variables],
                      [v.value for v in m.non_trainable_variables]) for m in models]
 
         return lambda x: np.asarray(fn(states(), np.asarray(x, np.float32)))
-    return lambda x: np.mean([np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))
-                              for m in models], axis=0)
+    stack = lambda x: np.stack([np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))  # noqa: E731
+                                for m in models])
+    return stack if members else (lambda x: stack(x).mean(axis=0))
 
 
-def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int = 8):
+def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int = 8,
+                   return_members: bool = False):
     """Network probability on the model grid.
 
     Parameters
     ----------
-    forward : callable from :func:`compiled_forward` (or a Keras model)
+    forward : callable from :func:`compiled_forward` (or a Keras model); with
+        ``members=True`` there, its members' probabilities are averaged here
     x64 : float32 (64, 64, 64) or (64, 64, 64, 1), windowed to [0, 1]
     tta : average over the 8 flip combinations (each prediction flipped back first)
+    return_members : also return each member's probability (TTA-averaged), float32
+        (M, 64, 64, 64); M = 1 for a forward that averages its members itself
 
     Returns
     -------
     prob : float32 (64, 64, 64); std : float32 (64, 64, 64), the voxel-wise standard deviation
-    over the TTA variants (zeros without TTA).
+    over the TTA variants (zeros without TTA); with ``return_members``, the members' probabilities.
     """
     if not callable(forward):
         raise LungsegInputError("predict_prob64: forward must be callable.")
@@ -148,10 +158,15 @@ def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int 
     batch = np.stack([np.flip(x, f) if f else x for f in flips])[..., None]
     outs = []
     for i in range(0, len(batch), batch_size):
-        outs.append(np.asarray(forward(batch[i:i + batch_size]))[..., 0])
-    preds = np.concatenate(outs)
-    preds = np.stack([np.flip(p, f) if f else p for p, f in zip(preds, flips)]).astype(np.float32)
-    return preds.mean(axis=0), preds.std(axis=0)
+        out = np.asarray(forward(batch[i:i + batch_size]))[..., 0]
+        outs.append(out if out.ndim == 5 else out[None])        # (M, b, 64, 64, 64)
+    preds = np.concatenate(outs, axis=1)
+    preds = np.stack([np.flip(p, tuple(a + 1 for a in f)) if f else p  # p: (M, 64, 64, 64)
+                      for p, f in zip(preds.swapaxes(0, 1), flips)],
+                     axis=1).astype(np.float32)                  # (M, variants, 64, 64, 64)
+    per_variant = preds.mean(axis=0)
+    prob, std = per_variant.mean(axis=0), per_variant.std(axis=0)
+    return (prob, std, preds.mean(axis=1)) if return_members else (prob, std)
 
 
 #: HU below which a voxel near the predicted boundary counts as lung (see refine_boundary).
@@ -189,7 +204,7 @@ def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band:
 
 def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = False,
                    threshold: float = 0.5, postprocess: bool = False, refine: bool = True,
-                   hu_window=config.HU_WINDOW, centre_mm=None) -> dict:
+                   hu_window=config.HU_WINDOW, centre_mm=None, members: bool = False) -> dict:
     """Segment the lungs of one CT on its own grid.
 
     With ``refine`` (default) and an input finer than the model grid, the boundary is
@@ -201,12 +216,16 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     Returns a dict: ``prob`` float32 (input shape) the lung probability, ``mask`` uint8 (input
     shape), ``mask_network`` uint8 the thresholded probability before refinement,
     ``prob64`` and ``std64`` float32 (64, 64, 64) on the model grid, ``ct64`` the model-grid
-    CT in HU, ``grid`` the :class:`~lungseg_utils.geometry.ModelGrid`.
+    CT in HU, ``grid`` the :class:`~lungseg_utils.geometry.ModelGrid`; with ``members``
+    (``forward`` from ``compiled_forward(..., members=True)``) also ``members64`` float32
+    (M, 64, 64, 64), each member's probability.
     """
     ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
-    prob64, std64 = predict_prob64(forward, x64, tta=tta)
+    prob64, std64, members64 = predict_prob64(forward, x64, tta=tta, return_members=True)
     out = masks_from_prob64(prob64, grid, ct_hu, threshold, refine)
+    if members:
+        out["members64"] = members64
     if postprocess:
         out["mask"] = anatomy.postprocess_lungs(out["mask"], axis=io.axial_axis(affine))
     return {**out, "prob64": prob64, "std64": std64, "ct64": ct64, "grid": grid}
@@ -238,22 +257,62 @@ def predict_case(case, model=None, forward=None, **kwargs) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def _jobs(input_path: Path, output_mask, output_prob, output_dir) -> list[tuple]:
-    """(name, ct path, mask out, prob out) for a file, a patient folder or a folder of patients."""
+def _is_dicom_scan(folder: Path) -> bool:
+    """A folder (any depth) of DICOM files, and not a folder of NIfTI patient folders."""
+    from .dicom import is_dicom_file
+
+    if any((p / io.CT_NAME).exists() for p in folder.iterdir() if p.is_dir()):
+        return False
+    return any(p.is_file() and is_dicom_file(p) for p in folder.rglob("*"))
+
+
+def _jobs(input_path: Path, output_mask, output_prob, output_dir, output_json=None) -> list[tuple]:
+    """(name, scan path, mask out, prob out, summary out) for a file, a patient folder, a
+    folder of DICOM files (one scan) or a folder of patients."""
     if not input_path.exists():
         raise LungsegInputError(f"{input_path}: input does not exist.")
-    if input_path.is_file() or (input_path / io.CT_NAME).exists():
+    if (input_path.is_file() or (input_path / io.CT_NAME).exists()
+            or _is_dicom_scan(input_path)):
         if not output_mask:
             raise LungsegInputError(f"{input_path}: a single scan needs --output_mask FILE.")
-        ct = input_path if input_path.is_file() else input_path / io.CT_NAME
-        return [(input_path.name, ct, Path(output_mask), Path(output_prob) if output_prob else None)]
+        scan = input_path / io.CT_NAME if (input_path / io.CT_NAME).exists() else input_path
+        return [(input_path.name, scan, Path(output_mask), Path(output_prob) if output_prob else None,
+                 Path(output_json) if output_json else None)]
     out = Path(output_dir or output_mask or "")
     if not str(out) or out.suffix in (".gz", ".nii"):
         raise LungsegInputError(f"{input_path}: a folder of patients needs --output_dir FOLDER.")
     cases = io.discover_cases(input_path, require_mask=False)
     return [(c.name, c / io.CT_NAME, out / c.name / "lung_pred.nii.gz",
-             out / c.name / "lung_prob.nii.gz" if output_prob or output_dir else None)
-            for c in cases]
+             out / c.name / "lung_prob.nii.gz" if output_prob or output_dir else None,
+             out / c.name / "lung_summary.json") for c in cases]
+
+
+SUMMARY_CSV = "lung_summary.csv"
+CSV_COLUMNS = ("case", "lung_volume_ml", "right_lung_ml", "left_lung_ml", "right_fraction",
+               "members_agreement", "baseline_agreement", "flag", "reasons", "seconds", "mask")
+
+
+def _model_info(path) -> dict:
+    """What the summary says about the model: its path and its (manifest's) sha256."""
+    resolved = resolve_model_path(path)
+    file = resolved / MANIFEST if resolved.is_dir() else resolved
+    return {"path": str(resolved), "sha256": io.file_sha256(file),
+            "members": len(io.load_json(file).get("members", [])) if resolved.is_dir() else 1}
+
+
+def write_summary_csv(summaries: list[dict], path: Path, overwrite: bool = False) -> Path:
+    """One row per scan (:data:`CSV_COLUMNS`) of the folder mode's summaries, written atomically."""
+    import csv
+
+    with io.atomic_write(path, overwrite=overwrite, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for s in summaries:
+                row = {k: s.get(k) for k in CSV_COLUMNS}
+                row["flag"], row["reasons"] = s["quality"]["flag"], "; ".join(s["quality"]["reasons"])
+                writer.writerow(row)
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .keras file, an ensemble folder (with manifest.json) or a run folder "
                         "holding best_model.keras (default: results/reference)")
     p.add_argument("--input", required=True,
-                   help="a CT file (.nii/.nii.gz), a patient folder holding ct.nii.gz, or a "
-                        "folder of patient folders")
+                   help="a CT file (.nii/.nii.gz), a patient folder holding ct.nii.gz, a "
+                        "folder of DICOM files (searched at any depth; one CT series is "
+                        "read), or a folder of patient folders")
+    p.add_argument("--series", default=None,
+                   help="DICOM input: the SeriesInstanceUID to read (default: the CT series "
+                        "with most slices)")
     p.add_argument("--output_mask", default=None,
                    help="where to write the lung mask (uint8 NIfTI) for a single scan")
     p.add_argument("--output_prob", default=None,
@@ -279,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None,
                    help="folder mode: write OUTPUT_DIR/<patient>/lung_pred.nii.gz and "
                         "lung_prob.nii.gz")
+    p.add_argument("--output_json", default=None,
+                   help="single scan: write a summary (lung volumes right and left, quality "
+                        "flag with reasons) to this JSON file; folder mode writes "
+                        "OUTPUT_DIR/<patient>/lung_summary.json")
+    p.add_argument("--labels", choices=("lung", "lr"), default="lung",
+                   help="mask labels: 'lung' 1 = lung (default); 'lr' 1 = right lung, "
+                        "2 = left lung (the patient's sides, from the header)")
     p.add_argument("--thr", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--tta", action="store_true",
                    help="average the 8 flip combinations (test-time augmentation)")
@@ -300,11 +370,12 @@ def main(argv=None) -> int:
     try:
         if not 0.0 < args.thr < 1.0:
             raise LungsegInputError(f"--thr {args.thr}: the threshold must lie strictly between 0 and 1.")
-        jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir)
-        for _, _, m, pr in jobs:
-            for out in (m, pr):
-                if out is not None and out.exists() and not args.overwrite:
-                    raise LungsegInputError(f"{out}: file exists; pass --overwrite to replace it.")
+        jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir,
+                     args.output_json)
+        table = [Path(args.output_dir) / SUMMARY_CSV] if args.output_dir else []
+        for out in [o for _, _, m, pr, js in jobs for o in (m, pr, js)] + table:
+            if out is not None and out.exists() and not args.overwrite:
+                raise LungsegInputError(f"{out}: file exists; pass --overwrite to replace it.")
         timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
                                          file=sys.stderr)) if args.verbose else (lambda *a: None)
         t0 = time.perf_counter()
@@ -314,32 +385,51 @@ def main(argv=None) -> int:
         model = load_model(args.model)
         timing("model_load", t0)
         # Tracing the graph costs more than it saves for a few scans (module docstring).
-        forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS)
+        forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS, members=True)
     except LungsegInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from tqdm.auto import tqdm
 
-    failed = []
+    failed, summaries = [], []
+    model_info = _model_info(args.model)
     bar = tqdm(jobs, desc="inference", unit="scan", disable=len(jobs) < 2, file=sys.stderr)
-    for name, ct_path, mask_out, prob_out in bar:
+    for name, scan_path, mask_out, prob_out, json_out in bar:
         t0 = time.perf_counter()
         try:
-            ct, affine, header = io.load_ct(ct_path)
+            ct, affine, header, info = io.load_scan(scan_path, args.series)
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
-                                 postprocess=args.postprocess, refine=not args.no_refine)
-            io.save_nifti(res["mask"], affine, mask_out, header=header, overwrite=args.overwrite)
+                                 postprocess=args.postprocess, refine=not args.no_refine,
+                                 members=True)
+            sides = anatomy.split_left_right(
+                res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(ct, affine))
+            mask = sides if args.labels == "lr" else res["mask"]
+            io.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
             if prob_out is not None:
                 io.save_nifti(res["prob"].astype(np.float32), affine, prob_out, header=header,
                               overwrite=args.overwrite)
+            summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"])
+            summary = {"case": name, "input": {**info, "orientation": "".join(
+                           nib.aff2axcodes(affine))}, "model": model_info,
+                       "threshold": args.thr, "tta": args.tta, "labels": args.labels,
+                       "mask": str(mask_out), **summary,
+                       "seconds": round(time.perf_counter() - t0, 2)}
+            if json_out is not None:
+                io.save_json(summary, json_out, overwrite=args.overwrite)
+            summaries.append(summary)
             timing("scan", t0)
         except LungsegInputError as exc:
             failed.append(name)
             print(f"error: {exc}", file=sys.stderr)
             continue
-        vol_ml = float(res["mask"].sum()) * float(np.prod(io.spacing_from_affine(affine))) / 1000
-        msg = (f"{name}: lung volume {vol_ml:.0f} mL, {time.perf_counter() - t0:.2f} s -> {mask_out}")
+        flag = summary["quality"]
+        msg = (f"{name}: lung volume {summary['lung_volume_ml']:.0f} mL (right "
+               f"{summary['right_lung_ml']:.0f}, left {summary['left_lung_ml']:.0f}), quality "
+               f"{flag['flag']}{': ' + '; '.join(flag['reasons']) if flag['reasons'] else ''}, "
+               f"{time.perf_counter() - t0:.2f} s -> {mask_out}")
         (bar.write(msg) if len(jobs) > 1 else print(msg))
+    if args.output_dir and summaries:
+        write_summary_csv(summaries, Path(args.output_dir) / SUMMARY_CSV, overwrite=args.overwrite)
     if failed:
         if len(jobs) > 1:
             print(f"{len(failed)} of {len(jobs)} scans failed: {', '.join(failed)}", file=sys.stderr)

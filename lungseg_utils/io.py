@@ -189,19 +189,32 @@ def check_hu(ct: np.ndarray, path) -> None:
                       stacklevel=3)
 
 
-def load_ct(path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Load a CT from a file or from a folder holding ``ct.nii.gz``.
+def load_scan(path, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                              nib.Nifti1Header, dict]:
+    """Load a CT from a NIfTI file, a folder holding ``ct.nii.gz``, or a folder of DICOM files.
 
-    Returns (ct_hu float32 (X, Y, Z), affine (4, 4), header); warns if not HU-like.
+    Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header, info); warns if not
+    HU-like. ``info`` is ``{"format": "nifti", "file": ...}`` or, for DICOM, ``"format":
+    "dicom"`` with the series read (:func:`lungseg_utils.dicom.load_dicom_ct`; ``series_uid``
+    picks one, by default the CT series with most slices).
     """
     path = Path(path)
+    if path.is_dir() and not (path / CT_NAME).exists():
+        from . import dicom
+
+        ct, affine, header, info = dicom.load_dicom_ct(path, series_uid)
+        check_hu(ct, path)
+        return ct, affine, header, {"format": "dicom", "folder": str(path), **info}
     if path.is_dir():
-        if not (path / CT_NAME).exists():
-            raise LungsegInputError(f"{path}: folder holds no {CT_NAME}.")
         path = path / CT_NAME
     ct, affine, header = load_nifti(path, "CT")
     check_hu(ct, path)
-    return ct, affine, header
+    return ct, affine, header, {"format": "nifti", "file": str(path)}
+
+
+def load_ct(path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """:func:`load_scan` without the info: (ct_hu float32 (X, Y, Z), affine (4, 4), header)."""
+    return load_scan(path)[:3]
 
 
 def load_case(case_dir, require_mask: bool = True) -> Case:

@@ -97,6 +97,15 @@ def test_folder_mode_keeps_going_after_a_bad_case(tmp_path, smoke_model_path, ca
     assert a.shape == shape and np.allclose(a.affine, aff)
     assert (tmp_path / "preds" / "patient_c" / "lung_prob.nii.gz").exists()
     assert not (tmp_path / "preds" / "patient_b").exists()
+    # one summary per scan and a table over the scans that worked
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "preds" / inference.SUMMARY_CSV)))
+    assert [r["case"] for r in rows] == ["patient_a", "patient_c"]
+    assert set(rows[0]) == set(inference.CSV_COLUMNS) and rows[0]["flag"] in ("ok", "check")
+    summary = json.loads((tmp_path / "preds" / "patient_a" / "lung_summary.json").read_text())
+    assert summary["input"]["orientation"] == "RAS" and summary["model"]["members"] == 1
+    assert float(rows[0]["lung_volume_ml"]) == summary["lung_volume_ml"]
 
 
 def test_help_documents_every_option():
@@ -184,6 +193,17 @@ def test_ensemble_folder_averages_its_members(smoke_model_path, tmp_path):
     assert not np.allclose(singles[0], singles[1])
     np.testing.assert_allclose(inference.compiled_forward(ens)(x), np.mean(singles, axis=0),
                                rtol=1e-5, atol=1e-6)
+    # members=True: each member's probability, in order; predict_prob64 averages them (with
+    # TTA too) to what the averaging forward gives
+    stacked = inference.compiled_forward(ens, members=True)
+    np.testing.assert_allclose(stacked(x), np.stack(singles), rtol=1e-5, atol=1e-6)
+    prob, std, members = inference.predict_prob64(stacked, x[0], tta=True, return_members=True)
+    prob_mean, std_mean = inference.predict_prob64(inference.compiled_forward(ens), x[0], tta=True)
+    assert members.shape == (2, 64, 64, 64)
+    np.testing.assert_allclose(prob, prob_mean, atol=1e-5)
+    np.testing.assert_allclose(std, std_mean, atol=1e-5)
+    np.testing.assert_allclose(members.mean(axis=0), prob, atol=1e-5)
+    assert not np.allclose(members[0], members[1])
     (folder / inference.MANIFEST).write_text(json.dumps({"members": []}))
     with pytest.raises(LungsegInputError, match="no members"):
         inference.load_model(folder)

@@ -69,7 +69,8 @@ def test_committed_reference_ensemble_is_intact():
 def test_committed_models_are_the_members_once_and_load_with_keras_alone():
     """The .keras files git tracks are exactly the reference ensemble's members (no copy of a
     member, no stale model), and each loads with a plain ``keras.saving.load_model(path)``
-    (no custom objects, safe mode) and predicts a probability map of the input's shape."""
+    (no custom objects, safe mode) and predicts a probability map of the input's shape. They
+    are stored as float16 and take at most 60 MB together."""
     import subprocess
 
     import numpy as np
@@ -81,6 +82,13 @@ def test_committed_models_are_the_members_once_and_load_with_keras_alone():
     members = io.load_json(config.REFERENCE_DIR / inference.MANIFEST)["members"]
     ref = config.REFERENCE_DIR.relative_to(ROOT).as_posix()
     assert sorted(tracked) == sorted(f"{ref}/{m['file']}" for m in members)
+    # What a clone downloads: the members stored as float16 (lungseg_utils.storage), 60 MB at most.
+    from lungseg_utils import storage
+
+    total_bytes = sum((config.REFERENCE_DIR / m["file"]).stat().st_size for m in members)
+    assert total_bytes <= 60e6, f"committed models take {total_bytes / 1e6:.1f} MB"
+    assert all(storage.weights_dtype(config.REFERENCE_DIR / m["file"]) == "float16"
+               for m in members)
     keras = config.import_keras_quietly()
     x = np.zeros((1, 64, 64, 64, 1), np.float32)
     for m in members:

@@ -1,0 +1,144 @@
+"""A summary of one segmented scan, with a quality flag a person can act on.
+
+:func:`scan_summary` turns a prediction on the input's grid into the numbers a user wants
+to see (lung volumes, right and left) and a flag, ``"ok"`` or ``"check"``, with the reasons
+in words. The rules are plausibility checks on the image and the result, fixed in advance
+from anatomy and from how the pipeline fails, not tuned to any case:
+
+* total lung volume outside 1-10 L (an adult chest; a child, a cropped scan or a failed
+  segmentation falls outside),
+* one lung under 30 % of both (a collapsed lung, a resection, or a missed lung),
+* lungs touching the scan's in-plane edge (the field of view cuts them off),
+* intensities that do not look like Hounsfield units,
+* the ensemble's members disagreeing: two members' masks (on the 5 mm model grid) with a
+  Dice below 0.95,
+* the prediction disagreeing with the classical baseline
+  (:func:`lungseg_utils.anatomy.classical_lung_mask`): Dice below 0.95.
+
+The two agreement thresholds say the same thing: two methods that each score about 0.98
+on these scans agree at about 0.96 or better, so a pair below 0.95 means at least one of
+them is off by several points. They were set before the flag was measured, not fitted to
+it; how well the agreements find the worst predictions is measured by the robustness suite
+(:func:`lungseg_utils.robustness.flag_power`). A flag says "look at this one", not "this
+is wrong".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from . import anatomy
+
+LUNG_VOLUME_RANGE_ML = (1000.0, 10000.0)
+MIN_SIDE_FRACTION = 0.30
+MAX_EDGE_FRACTION = 0.01        # of the lung's surface on the in-plane border of the scan
+MIN_AGREEMENT_DICE = 0.95       # between two members, or the prediction and the baseline
+
+
+def _spacing(affine) -> np.ndarray:
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def body_midline_x_mm(ct_hu, affine) -> float:
+    """World x (RAS, mm) of the body's centre: the mean x of :func:`anatomy.body_mask`."""
+    affine = np.asarray(affine, float)
+    axial = int(np.argmax(np.abs(affine[2, :3]) / _spacing(affine)))
+    body = anatomy.body_mask(ct_hu, axis=axial)
+    if not body.any():
+        return float("nan")
+    ijk = np.array(np.nonzero(body), float)
+    return float((affine[0, :3] @ ijk).mean() + affine[0, 3])
+
+
+def members_agreement(members64, threshold: float = 0.5) -> float:
+    """The lowest Dice between two members' masks on the model grid (NaN for one member).
+
+    members64: float32 (M, 64, 64, 64), each member's probability
+    (:func:`lungseg_utils.inference.predict_prob64` with ``return_members``)."""
+    from .metrics import dice
+
+    masks = [np.asarray(p) >= threshold for p in members64]
+    pairs = [dice(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
+    return float(min(pairs)) if pairs else float("nan")
+
+
+def baseline_agreement(mask, ct_hu, affine) -> float:
+    """Dice between ``mask`` and the classical baseline on the same grid (X, Y, Z)."""
+    from . import io
+    from .metrics import dice
+
+    base = anatomy.classical_lung_mask(ct_hu, io.spacing_from_affine(affine),
+                                       axis=io.axial_axis(affine))
+    return float(dice(np.asarray(mask) != 0, base))
+
+
+def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True) -> dict:
+    """Volumes and a quality flag for one prediction on the input's grid.
+
+    Parameters
+    ----------
+    mask : ndarray (X, Y, Z), nonzero = lung (the written mask).
+    ct_hu : ndarray float (X, Y, Z), the input CT in HU.
+    affine : ndarray (4, 4) voxel -> world (RAS mm).
+    labels : ndarray uint8 (X, Y, Z) from :func:`lungseg_utils.anatomy.split_left_right`,
+        computed here (split at the body's midline if the lungs do not separate) when not
+        given.
+    members64 : float32 (M, 64, 64, 64), the ensemble members' probabilities, or None
+        (one model: no members' agreement).
+    baseline : compare with the classical baseline (a few seconds on a native scan).
+
+    Returns
+    -------
+    dict of plain numbers: ``shape``, ``spacing_mm``, ``lung_volume_ml``,
+    ``right_lung_ml``, ``left_lung_ml``, ``right_fraction``, ``components``,
+    ``edge_fraction``, ``members_agreement`` and ``baseline_agreement`` (Dice, None where
+    not computed), ``quality`` {``flag``, ``reasons``}.
+    """
+    mask = np.asarray(mask) != 0
+    spacing = _spacing(affine)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    if labels is None:
+        labels = anatomy.split_left_right(mask, affine, midline_x_mm=body_midline_x_mm(ct_hu, affine))
+    right_ml = float((labels == anatomy.RIGHT_LUNG).sum()) * voxel_ml
+    left_ml = float((labels == anatomy.LEFT_LUNG).sum()) * voxel_ml
+    total_ml = float(mask.sum()) * voxel_ml
+    _, n_components = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    surface = anatomy.boundary(mask)
+    axial = int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / spacing))
+    edge = np.zeros(mask.shape, bool)
+    for axis in {0, 1, 2} - {axial}:
+        index = [slice(None)] * 3
+        for end in (0, -1):
+            index[axis] = end
+            edge[tuple(index)] = True
+    edge_fraction = float((surface & edge).sum() / max(int(surface.sum()), 1))
+    right_fraction = right_ml / total_ml if total_ml else float("nan")
+
+    reasons = []
+    lo, hi = LUNG_VOLUME_RANGE_ML
+    if not lo <= total_ml <= hi:
+        reasons.append(f"lung volume {total_ml:.0f} mL lies outside {lo:.0f}-{hi:.0f} mL")
+    if total_ml and min(right_fraction, 1 - right_fraction) < MIN_SIDE_FRACTION:
+        side = "right" if right_fraction < 0.5 else "left"
+        reasons.append(f"the {side} lung holds only "
+                       f"{100 * min(right_fraction, 1 - right_fraction):.0f} % of the lung volume")
+    if edge_fraction > MAX_EDGE_FRACTION:
+        reasons.append(f"{100 * edge_fraction:.1f} % of the lung surface lies on the scan's "
+                       "edge (cut off by the field of view?)")
+    if float(np.percentile(ct_hu, 0.5)) >= -200.0:
+        reasons.append("intensities do not look like HU (no air below -200)")
+    members = members_agreement(members64) if members64 is not None and len(members64) > 1 else None
+    if members is not None and members < MIN_AGREEMENT_DICE:
+        reasons.append(f"the ensemble's members disagree (Dice {members:.3f} between two of them)")
+    base = baseline_agreement(mask, ct_hu, affine) if baseline and mask.any() else None
+    if base is not None and base < MIN_AGREEMENT_DICE:
+        reasons.append(f"the classical baseline disagrees (Dice {base:.3f})")
+    return {"shape": [int(v) for v in mask.shape],
+            "spacing_mm": [round(float(v), 4) for v in spacing],
+            "lung_volume_ml": round(total_ml, 1), "right_lung_ml": round(right_ml, 1),
+            "left_lung_ml": round(left_ml, 1), "right_fraction": round(right_fraction, 4),
+            "components": int(n_components), "edge_fraction": round(edge_fraction, 4),
+            "members_agreement": None if members is None else round(members, 4),
+            "baseline_agreement": None if base is None else round(base, 4),
+            "quality": {"flag": "check" if reasons else "ok", "reasons": reasons}}
