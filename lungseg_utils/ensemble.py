@@ -254,8 +254,8 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
 def train_seeds(ensemble_dir, seeds, fold: int = 0, data_dir=None, out_dir=None,
                 verbose=0) -> dict:
     """Train member ``fold`` of an ensemble again with other training seeds: the same cases,
-    split and settings, only the seed of the weights, the augmentation and the sample order
-    differ. How far one training run can be trusted is the spread of these runs' Dice on the
+    split and settings (and, for a fine-tuned member, the same starting weights), only the
+    seed of the weights, the augmentation and the sample order differ. How far one training run can be trusted is the spread of these runs' Dice on the
     fold's (unseen) test cases (:func:`lungseg_utils.experiments.seed_spread`).
 
     The new runs go to ``out_dir`` (default ``ensemble_dir/seeds``)``/seed_S/``; the
@@ -267,14 +267,32 @@ def train_seeds(ensemble_dir, seeds, fold: int = 0, data_dir=None, out_dir=None,
     cfg = io.load_json(run / "train_config.json")
     settings = {k: v for k, v in cfg["settings"].items() if k != "profile"}
     data_dir = Path(data_dir) if data_dir else config.REPO_ROOT / cfg["data_dir"]
+    init = _initial_weights(cfg, run)
     runs = {int(member["seed"]): run}
     for seed in seeds:
         if int(seed) not in runs:
             runs[int(seed)] = train.train(
                 data_dir, out_dir=Path(out_dir or folder / "seeds") / f"seed_{seed}",
                 profile=cfg["settings"]["profile"], split=run / "split.json", verbose=verbose,
-                **{**settings, "seed": int(seed)})
+                init_weights=init, **{**settings, "seed": int(seed)})
     return dict(sorted(runs.items()))
+
+
+def _initial_weights(cfg: dict, run: Path) -> Path | None:
+    """The weights a fine-tuned member started from (its ``train_config.json``'s
+    ``init_weights``), checked against the recorded sha256, so that its seed runs repeat the
+    fine-tuning and not a training from scratch; None for a member trained from scratch."""
+    init = cfg.get("init_weights")
+    if not init:
+        return None
+    path = Path(init["file"])
+    path = path if path.is_absolute() else config.REPO_ROOT / path
+    if not path.is_file():
+        raise LungsegInputError(f"{run}: was fine-tuned from {init['file']}, which is missing; "
+                                "restore it (git history) to retrain this member with other seeds.")
+    if io.file_sha256(path) != init["sha256"]:
+        raise LungsegInputError(f"{path}: is not the file {run} was fine-tuned from (sha256 differs).")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

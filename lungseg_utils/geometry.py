@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .errors import LungsegInputError
 from .anatomy import body_mask, largest_components
-from .io import axial_axis, spacing_from_affine
+from .io import spacing_from_affine
 
 #: Model-grid axis directions, as nibabel axis codes.
 MODEL_AXCODES = ("L", "P", "S")
@@ -90,39 +91,52 @@ def is_model_sized(shape, affine, tol_mm: float = 1e-3) -> bool:
 
 
 def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = -400.0,
-                   min_volume_ml: float = 50.0, trim_fraction: float = 0.03) -> np.ndarray:
+                   min_volume_ml: float = 50.0, trim_fraction: float = 0.03,
+                   second_fraction: float = 0.2) -> np.ndarray:
     """Estimate the centre of the lungs' bounding box (world mm) from the image alone.
 
-    Low-HU voxels inside the body, components smaller than ``min_volume_ml`` dropped (bowel
-    gas, noise), the two largest kept, axial slices where they are thinner than
-    ``trim_fraction`` of their largest area dropped (the trachea); returns the centre of their
-    bounding box, like the
-    course data's label-centred framing. Falls back to the body's (or the volume's) centre.
-    Works on a copy subsampled to about 4 mm for speed.
+    Low-HU voxels inside the body, components smaller than ``min_volume_ml`` dropped (noise),
+    the largest kept and a second one only if it holds ``second_fraction`` of the largest's
+    volume (the other lung, when the two do not touch; bowel or stomach gas is far smaller
+    than a lung); axial slices where they are thinner than ``trim_fraction`` of their largest
+    area dropped (the trachea). Returns the centre of their bounding box, like the course
+    data's label-centred framing; falls back to the body's (or the volume's) centre.
+
+    The same anatomy gives the same centre however it is stored: the scan is first put in
+    R,A,S axis order (an exact reordering), the components are found on a copy subsampled
+    to about 4 mm, and the bounding box is measured on the full-resolution voxels of those
+    components, so a finer or coarser grid moves it by at most about a voxel.
     """
-    ct_hu = np.asarray(ct_hu)
+    ornt = nib.orientations.io_orientation(affine)
+    affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, np.shape(ct_hu))
+    ct_hu = nib.orientations.apply_orientation(np.asarray(ct_hu), ornt)
     spacing = np.array(spacing_from_affine(affine))
     step = np.maximum(1, np.floor(4.0 / spacing)).astype(int)
     sub = ct_hu[::step[0], ::step[1], ::step[2]]
-    ax = axial_axis(affine)
+    ax = 2                                                       # R,A,S: slices along S
     body = body_mask(sub, threshold_hu, axis=ax)
     low = ndi.binary_opening((sub < threshold_hu) & body, iterations=1)
     voxel_ml = float(np.prod(spacing * step)) / 1000.0
-    region = largest_components(low, 2, min_voxels=int(np.ceil(min_volume_ml / voxel_ml)),
-                                connectivity=1)
-    region = region if region.any() else None
-    if region is None:
+    region = largest_components(low, 2, min_fraction=second_fraction,
+                                min_voxels=int(np.ceil(min_volume_ml / voxel_ml)), connectivity=1)
+    if not region.any():
         region = body if body.any() else np.ones(sub.shape, bool)
-    elif trim_fraction > 0:
-        # The trachea runs up from the lungs into the neck: drop axial slices whose low-HU
-        # area is a small fraction of the largest (lung apices are larger than the trachea).
-        area = region.sum(axis=tuple(i for i in range(3) if i != ax))
-        thin = area < trim_fraction * area.max()
-        region = region & ~np.expand_dims(thin, tuple(i for i in range(3) if i != ax))
-    idx = np.argwhere(region)
-    centre_sub = (idx.min(axis=0) + idx.max(axis=0)) / 2.0
-    centre_vox = centre_sub * step
-    return (np.asarray(affine) @ np.r_[centre_vox, 1.0])[:3]
+        idx = np.argwhere(region) * step
+    else:
+        # back to full resolution: the low-HU voxels of the kept components (dilated by one
+        # subsampled voxel), so that the box does not depend on the subsampling's phase
+        near = ndi.binary_dilation(region, iterations=1)
+        up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
+                           for n, k, m in zip(ct_hu.shape, step, near.shape)))]
+        full = up & (ct_hu < threshold_hu)
+        if trim_fraction > 0:
+            # The trachea runs up from the lungs into the neck: drop axial slices whose
+            # low-HU area is a small fraction of the largest (lung apices are larger).
+            area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
+            full &= (area >= trim_fraction * area.max())[None, None, :]
+        idx = np.argwhere(full)
+    centre_vox = (idx.min(axis=0) + idx.max(axis=0)) / 2.0
+    return (affine @ np.r_[centre_vox, 1.0])[:3]
 
 
 def _resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smooth=False):

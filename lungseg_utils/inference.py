@@ -1,10 +1,11 @@
-"""Prediction on any scan, test-time augmentation (TTA), and the inference command.
+"""Prediction on any scan and test-time augmentation (TTA); the command is in :mod:`.segment`.
 
 The flow for one scan: CT (any grid) -> model grid (64^3, 5 mm, centred from the image) ->
 [0, 1] window -> network (optionally on the 8 flips, averaged) -> 64^3 probability -> back to
 the input's grid -> threshold -> (optional) post-processing -> NIfTI with the input's affine.
 
-Command line (``python -m lungseg_utils.inference --help``)::
+Command line (``python -m lungseg_utils.inference --help``, implemented in
+:mod:`lungseg_utils.segment`, which reads the scan, writes the outputs and the summary)::
 
     python -m lungseg_utils.inference --input patient_001/ --output_mask pred.nii.gz
     python -m lungseg_utils.inference --input ct.nii.gz --output_mask m.nii.gz --output_prob p.nii.gz --tta
@@ -13,17 +14,14 @@ Command line (``python -m lungseg_utils.inference --help``)::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from . import anatomy, config, geometry, io, preprocess, quality
+from . import anatomy, config, geometry, io, preprocess
 from .errors import LungsegInputError
 
 #: The 8 flip combinations of the three axes (the first is the identity).
@@ -62,13 +60,19 @@ class Ensemble:
 
 
 def _load_keras(path: Path):
+    import zipfile
+
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise LungsegInputError(f"{path}: not a Keras model file (a .keras file is a zip "
+                                "archive saved by model.save).")
     keras = config.import_keras_quietly()
     from . import unet  # noqa: F401  (registers the losses and metrics)
 
     try:
         return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
-        raise LungsegInputError(f"{path}: could not be loaded as a Keras model ({exc}).") from None
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, KeyError (no config.json), ...
+        why = " ".join(str(exc).split())
+        raise LungsegInputError(f"{path}: could not be loaded as a Keras model ({why}).") from None
 
 
 def load_model(path=None):
@@ -204,7 +208,8 @@ def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band:
 
 def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = False,
                    threshold: float = 0.5, postprocess: bool = False, refine: bool = True,
-                   hu_window=config.HU_WINDOW, centre_mm=None, members: bool = False) -> dict:
+                   hu_window=config.HU_WINDOW, centre_mm=None, members: bool = False,
+                   body=None) -> dict:
     """Segment the lungs of one CT on its own grid.
 
     With ``refine`` (default) and an input finer than the model grid, the boundary is
@@ -214,7 +219,8 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     model cube at that world point instead of the lungs' centre estimated from the image.
 
     Returns a dict: ``prob`` float32 (input shape) the lung probability, ``mask`` uint8 (input
-    shape), ``mask_network`` uint8 the thresholded probability before refinement,
+    shape; inside the body, see :func:`masks_from_prob64`), ``mask_network`` uint8 the
+    thresholded probability before refinement, ``body`` bool the body mask,
     ``prob64`` and ``std64`` float32 (64, 64, 64) on the model grid, ``ct64`` the model-grid
     CT in HU, ``grid`` the :class:`~lungseg_utils.geometry.ModelGrid`; with ``members``
     (``forward`` from ``compiled_forward(..., members=True)``) also ``members64`` float32
@@ -223,7 +229,7 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
     prob64, std64, members64 = predict_prob64(forward, x64, tta=tta, return_members=True)
-    out = masks_from_prob64(prob64, grid, ct_hu, threshold, refine)
+    out = masks_from_prob64(prob64, grid, ct_hu, threshold, refine, body)
     if members:
         out["members64"] = members64
     if postprocess:
@@ -231,18 +237,36 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     return {**out, "prob64": prob64, "std64": std64, "ct64": ct64, "grid": grid}
 
 
-def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool = True) -> dict:
+#: Predicted lung totalling less than this (mL) is no lung at all: a scan without lungs in
+#: view (the abdomen below them, say) gets an empty mask rather than bowel gas called lung.
+MIN_LUNG_ML = 100.0
+
+
+def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool = True,
+                      body=None) -> dict:
     """The model-grid probability back on the input's grid, thresholded and (with
     ``refine``, on a grid finer than the model's) its boundary redrawn from the image.
 
-    Returns ``{"prob", "mask_network", "mask"}`` with the input's shape (see
+    The mask is then kept to the patient's body (``body``: bool, the input's shape, as
+    :func:`lungseg_utils.anatomy.body_mask` gives it; computed here when None): the network
+    sees only a 64^3 cube and can call the air around a patient, or a scan of air, lung.
+    Less than :data:`MIN_LUNG_ML` left means no lungs in view: an empty mask.
+
+    Returns ``{"prob", "mask_network", "mask", "body"}`` with the input's shape (see
     :func:`predict_volume`)."""
     prob = geometry.from_model_grid(prob64, grid)
     mask_network = (prob >= threshold).astype(np.uint8)
     mask = mask_network
     if refine and not grid.passthrough:
         mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold))
-    return {"prob": prob, "mask_network": mask_network, "mask": mask}
+    affine = grid.source_affine
+    if body is None:
+        body = anatomy.body_mask(ct_hu, axis=io.axial_axis(affine))
+    mask = (mask.astype(bool) & body).astype(np.uint8)
+    voxel_ml = float(np.prod(io.spacing_from_affine(affine))) / 1000.0
+    if mask.sum() * voxel_ml < MIN_LUNG_ML:
+        mask = np.zeros_like(mask)
+    return {"prob": prob, "mask_network": mask_network, "mask": mask, "body": body}
 
 
 def predict_case(case, model=None, forward=None, **kwargs) -> dict:
@@ -255,186 +279,11 @@ def predict_case(case, model=None, forward=None, **kwargs) -> dict:
     return predict_volume(forward, case.ct_hu, case.affine, **kwargs)
 
 
-# ----------------------------------------------------------------------------- command line
-
-def _is_dicom_scan(folder: Path) -> bool:
-    """A folder (any depth) of DICOM files, and not a folder of NIfTI patient folders."""
-    from .dicom import is_dicom_file
-
-    if any((p / io.CT_NAME).exists() for p in folder.iterdir() if p.is_dir()):
-        return False
-    return any(p.is_file() and is_dicom_file(p) for p in folder.rglob("*"))
-
-
-def _jobs(input_path: Path, output_mask, output_prob, output_dir, output_json=None) -> list[tuple]:
-    """(name, scan path, mask out, prob out, summary out) for a file, a patient folder, a
-    folder of DICOM files (one scan) or a folder of patients."""
-    if not input_path.exists():
-        raise LungsegInputError(f"{input_path}: input does not exist.")
-    if (input_path.is_file() or (input_path / io.CT_NAME).exists()
-            or _is_dicom_scan(input_path)):
-        if not output_mask:
-            raise LungsegInputError(f"{input_path}: a single scan needs --output_mask FILE.")
-        scan = input_path / io.CT_NAME if (input_path / io.CT_NAME).exists() else input_path
-        return [(input_path.name, scan, Path(output_mask), Path(output_prob) if output_prob else None,
-                 Path(output_json) if output_json else None)]
-    out = Path(output_dir or output_mask or "")
-    if not str(out) or out.suffix in (".gz", ".nii"):
-        raise LungsegInputError(f"{input_path}: a folder of patients needs --output_dir FOLDER.")
-    cases = io.discover_cases(input_path, require_mask=False)
-    return [(c.name, c / io.CT_NAME, out / c.name / "lung_pred.nii.gz",
-             out / c.name / "lung_prob.nii.gz" if output_prob or output_dir else None,
-             out / c.name / "lung_summary.json") for c in cases]
-
-
-SUMMARY_CSV = "lung_summary.csv"
-CSV_COLUMNS = ("case", "lung_volume_ml", "right_lung_ml", "left_lung_ml", "right_fraction",
-               "members_agreement", "baseline_agreement", "flag", "reasons", "seconds", "mask")
-
-
-def _model_info(path) -> dict:
-    """What the summary says about the model: its path and its (manifest's) sha256."""
-    resolved = resolve_model_path(path)
-    file = resolved / MANIFEST if resolved.is_dir() else resolved
-    return {"path": str(resolved), "sha256": io.file_sha256(file),
-            "members": len(io.load_json(file).get("members", [])) if resolved.is_dir() else 1}
-
-
-def write_summary_csv(summaries: list[dict], path: Path, overwrite: bool = False) -> Path:
-    """One row per scan (:data:`CSV_COLUMNS`) of the folder mode's summaries, written atomically."""
-    import csv
-
-    with io.atomic_write(path, overwrite=overwrite, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for s in summaries:
-                row = {k: s.get(k) for k in CSV_COLUMNS}
-                row["flag"], row["reasons"] = s["quality"]["flag"], "; ".join(s["quality"]["reasons"])
-                writer.writerow(row)
-    return path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lungseg_utils.inference",
-        description="Segment both lungs in chest CT with a trained lungseg 3D U-Net. Any scan "
-                    "works (any size, voxel spacing, orientation): it is taken to the 64^3 "
-                    "model grid centred from the image, predicted, and the probability is "
-                    "brought back to the input's own grid, so the written masks have exactly "
-                    "the input's shape and affine.",
-        epilog="Exit status: 0 all scans done; 1 some scans of a folder failed; 2 bad input.")
-    p.add_argument("--model", default=None,
-                   help="a .keras file, an ensemble folder (with manifest.json) or a run folder "
-                        "holding best_model.keras (default: results/reference)")
-    p.add_argument("--input", required=True,
-                   help="a CT file (.nii/.nii.gz), a patient folder holding ct.nii.gz, a "
-                        "folder of DICOM files (searched at any depth; one CT series is "
-                        "read), or a folder of patient folders")
-    p.add_argument("--series", default=None,
-                   help="DICOM input: the SeriesInstanceUID to read (default: the CT series "
-                        "with most slices)")
-    p.add_argument("--output_mask", default=None,
-                   help="where to write the lung mask (uint8 NIfTI) for a single scan")
-    p.add_argument("--output_prob", default=None,
-                   help="where to write the lung probability (float32 NIfTI) for a single "
-                        "scan; in folder mode, any value turns probability maps on")
-    p.add_argument("--output_dir", default=None,
-                   help="folder mode: write OUTPUT_DIR/<patient>/lung_pred.nii.gz and "
-                        "lung_prob.nii.gz")
-    p.add_argument("--output_json", default=None,
-                   help="single scan: write a summary (lung volumes right and left, quality "
-                        "flag with reasons) to this JSON file; folder mode writes "
-                        "OUTPUT_DIR/<patient>/lung_summary.json")
-    p.add_argument("--labels", choices=("lung", "lr"), default="lung",
-                   help="mask labels: 'lung' 1 = lung (default); 'lr' 1 = right lung, "
-                        "2 = left lung (the patient's sides, from the header)")
-    p.add_argument("--thr", type=float, default=0.5, help="probability threshold (default 0.5)")
-    p.add_argument("--tta", action="store_true",
-                   help="average the 8 flip combinations (test-time augmentation)")
-    p.add_argument("--postprocess", action="store_true",
-                   help="keep the one or two largest components and fill holes")
-    p.add_argument("--no_refine", action="store_true",
-                   help="keep the boundary as the 5 mm model grid drew it (by default, on a "
-                        "scan finer than 5 mm, voxels within 5 mm of the boundary are "
-                        f"redrawn: lung if below {REFINE_HU:.0f} HU)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--verbose", action="store_true",
-                   help="also say on stderr what start-up and each scan cost ('timing NAME "
-                        "SECONDS s' lines: keras_import, model_load, scan)")
-    return p
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if not 0.0 < args.thr < 1.0:
-            raise LungsegInputError(f"--thr {args.thr}: the threshold must lie strictly between 0 and 1.")
-        jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir,
-                     args.output_json)
-        table = [Path(args.output_dir) / SUMMARY_CSV] if args.output_dir else []
-        for out in [o for _, _, m, pr, js in jobs for o in (m, pr, js)] + table:
-            if out is not None and out.exists() and not args.overwrite:
-                raise LungsegInputError(f"{out}: file exists; pass --overwrite to replace it.")
-        timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
-                                         file=sys.stderr)) if args.verbose else (lambda *a: None)
-        t0 = time.perf_counter()
-        config.import_keras_quietly()
-        timing("keras_import", t0)
-        t0 = time.perf_counter()
-        model = load_model(args.model)
-        timing("model_load", t0)
-        # Tracing the graph costs more than it saves for a few scans (module docstring).
-        forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS, members=True)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from tqdm.auto import tqdm
+    """The inference command: :func:`lungseg_utils.segment.main` (imported on call)."""
+    from .segment import main as command
 
-    failed, summaries = [], []
-    model_info = _model_info(args.model)
-    bar = tqdm(jobs, desc="inference", unit="scan", disable=len(jobs) < 2, file=sys.stderr)
-    for name, scan_path, mask_out, prob_out, json_out in bar:
-        t0 = time.perf_counter()
-        try:
-            ct, affine, header, info = io.load_scan(scan_path, args.series)
-            res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
-                                 postprocess=args.postprocess, refine=not args.no_refine,
-                                 members=True)
-            sides = anatomy.split_left_right(
-                res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(ct, affine))
-            mask = sides if args.labels == "lr" else res["mask"]
-            io.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
-            if prob_out is not None:
-                io.save_nifti(res["prob"].astype(np.float32), affine, prob_out, header=header,
-                              overwrite=args.overwrite)
-            summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"])
-            summary = {"case": name, "input": {**info, "orientation": "".join(
-                           nib.aff2axcodes(affine))}, "model": model_info,
-                       "threshold": args.thr, "tta": args.tta, "labels": args.labels,
-                       "mask": str(mask_out), **summary,
-                       "seconds": round(time.perf_counter() - t0, 2)}
-            if json_out is not None:
-                io.save_json(summary, json_out, overwrite=args.overwrite)
-            summaries.append(summary)
-            timing("scan", t0)
-        except LungsegInputError as exc:
-            failed.append(name)
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        flag = summary["quality"]
-        msg = (f"{name}: lung volume {summary['lung_volume_ml']:.0f} mL (right "
-               f"{summary['right_lung_ml']:.0f}, left {summary['left_lung_ml']:.0f}), quality "
-               f"{flag['flag']}{': ' + '; '.join(flag['reasons']) if flag['reasons'] else ''}, "
-               f"{time.perf_counter() - t0:.2f} s -> {mask_out}")
-        (bar.write(msg) if len(jobs) > 1 else print(msg))
-    if args.output_dir and summaries:
-        write_summary_csv(summaries, Path(args.output_dir) / SUMMARY_CSV, overwrite=args.overwrite)
-    if failed:
-        if len(jobs) > 1:
-            print(f"{len(failed)} of {len(jobs)} scans failed: {', '.join(failed)}", file=sys.stderr)
-        return 1 if len(failed) < len(jobs) else 2
-    return 0
+    return command(argv)
 
 
 if __name__ == "__main__":

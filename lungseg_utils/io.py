@@ -136,6 +136,46 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
     return cases
 
 
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _read_nifti(path: Path):
+    """The NIfTI image in ``path``, read in full from memory and verified.
+
+    A ``.gz`` file is decompressed completely first, so a damaged file (its CRC or length
+    does not match) is refused instead of being read half as garbage; a plain NIfTI file
+    named ``.gz`` is read as what it is; other formats nibabel knows (an ``.hdr``/``.img``
+    pair) are left to ``nib.load``. Every error becomes one line naming the file.
+    """
+    if not path.name.endswith((".nii", ".nii.gz", ".gz")):
+        try:
+            return nib.load(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise LungsegInputError(f"{path}: not a NIfTI image ({_one_line(exc)}).") from None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LungsegInputError(f"{path}: cannot be read ({_one_line(exc)}).") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise LungsegInputError(f"{path}: the gzip stream is damaged or truncated "
+                                    f"({_one_line(exc)}); the file must be copied again.") from None
+    sizeof_hdr = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    if sizeof_hdr not in (348, 540):
+        sizeof_hdr = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
+    klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(sizeof_hdr)
+    if klass is None:
+        raise LungsegInputError(f"{path}: not a NIfTI image (no NIfTI-1 or NIfTI-2 header"
+                                f"{', after gzip decompression' if path.suffix == '.gz' else ''}).")
+    try:
+        return klass.from_bytes(raw)
+    except Exception as exc:  # noqa: BLE001 - HeaderDataError, ImageFileError, ValueError, ...
+        raise LungsegInputError(f"{path}: the NIfTI header is invalid ({_one_line(exc)}).") from None
+
+
 def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header).
 
@@ -148,15 +188,11 @@ def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.N
         raise LungsegInputError(f"{path}: {what} file is missing.")
     if path.is_dir():
         raise LungsegInputError(f"{path}: expected a NIfTI file but found a folder.")
+    img = _read_nifti(path)
     try:
-        img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise LungsegInputError(f"{path}: file is truncated or not valid gzip ({exc}).") from None
-    except nib.filebasedimages.ImageFileError:
-        raise LungsegInputError(f"{path}: not a NIfTI image.") from None
-    except (OSError, ValueError) as exc:
-        raise LungsegInputError(f"{path}: could not be read as NIfTI ({exc}).") from None
+    except Exception as exc:  # noqa: BLE001 - nibabel's and NumPy's many errors, one line
+        raise LungsegInputError(f"{path}: voxel data cannot be read ({_one_line(exc)}).") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -175,41 +211,64 @@ def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.N
     return data, affine, img.header
 
 
-def check_hu(ct: np.ndarray, path) -> None:
-    """Warn (LungsegWarning) if intensities do not look like Hounsfield units."""
+def hu_problem(ct: np.ndarray) -> str | None:
+    """Why intensities do not look like Hounsfield units (a chest CT has air near -1000),
+    or None when they do."""
     lo, hi = float(np.percentile(ct, 0.5)), float(np.percentile(ct, 99.5))
-    if lo >= -200.0:
-        if hi <= 1.0 + 1e-6:
-            why = "all in [0, 1] (already normalised?)"
-        elif lo >= 0.0:
-            why = f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values, no rescale?)"
-        else:
-            why = f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
-        warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning,
-                      stacklevel=3)
+    if lo < -200.0:
+        return None
+    if hi <= 1.0 + 1e-6:
+        return ("all in [0, 1] (already normalised?); for this project's window that is "
+                "--rescale 1300 -1000")
+    if lo >= 0.0:
+        return (f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values without "
+                "their intercept?); usually --rescale 1 -1024")
+    return f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
 
 
-def load_scan(path, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                              nib.Nifti1Header, dict]:
+def check_hu(ct: np.ndarray, path, refuse: bool = False) -> None:
+    """Warn (LungsegWarning), or with ``refuse`` raise LungsegInputError, if intensities do
+    not look like Hounsfield units (:func:`hu_problem`)."""
+    why = hu_problem(ct)
+    if why is None:
+        return
+    if refuse:
+        raise LungsegInputError(f"{path}: intensities do not look like HU: {why}; pass "
+                                "--rescale SLOPE INTERCEPT to turn them into HU, or --assume_hu "
+                                "if they are HU.")
+    warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning, stacklevel=3)
+
+
+def load_scan(path, series_uid: str | None = None, rescale=None,
+              assume_hu: bool | None = None) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, dict]:
     """Load a CT from a NIfTI file, a folder holding ``ct.nii.gz``, or a folder of DICOM files.
 
     Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header, info); warns if not
     HU-like. ``info`` is ``{"format": "nifti", "file": ...}`` or, for DICOM, ``"format":
     "dicom"`` with the series read (:func:`lungseg_utils.dicom.load_dicom_ct`; ``series_uid``
     picks one, by default the CT series with most slices).
+
+    ``rescale`` = (slope, intercept) turns stored values into HU (``hu = slope * v +
+    intercept``). ``assume_hu``: None warns on intensities that do not look like HU, False
+    refuses them (the inference command), True accepts them silently.
     """
     path = Path(path)
     if path.is_dir() and not (path / CT_NAME).exists():
         from . import dicom
 
         ct, affine, header, info = dicom.load_dicom_ct(path, series_uid)
-        check_hu(ct, path)
-        return ct, affine, header, {"format": "dicom", "folder": str(path), **info}
-    if path.is_dir():
-        path = path / CT_NAME
-    ct, affine, header = load_nifti(path, "CT")
-    check_hu(ct, path)
-    return ct, affine, header, {"format": "nifti", "file": str(path)}
+        info = {"format": "dicom", "folder": str(path), **info}
+    else:
+        path = path / CT_NAME if path.is_dir() else path
+        ct, affine, header = load_nifti(path, "CT")
+        info = {"format": "nifti", "file": str(path)}
+    if rescale is not None:
+        slope, intercept = (float(v) for v in rescale)
+        ct = (ct * slope + intercept).astype(np.float32)
+        info["rescale"] = [slope, intercept]
+    if assume_hu is not True:
+        check_hu(ct, path, refuse=assume_hu is False)
+    return ct, affine, header, info
 
 
 def load_ct(path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:

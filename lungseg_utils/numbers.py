@@ -247,7 +247,29 @@ def robustness_numbers(result: dict) -> dict:
     return {"methods": methods, "labels": {m: ROBUSTNESS_LABELS[m] for m in methods},
             "rows": rows, "n_cases": str(n_cases), "n_shifts": str(len(summary)),
             "facts": {"hardest_shift": hardest,
-                      "lowest": {m: fmt_number(v, 3) for m, v in lowest.items()}}}
+                      "lowest": {m: fmt_number(v, 3) for m, v in lowest.items()}},
+            "flag": flag_numbers(result.get("flag_power"))}
+
+
+def flag_numbers(power: dict | None) -> dict | None:
+    """The quality flag's measured power (``robustness.json``'s ``flag_power``) as printed:
+    per method, rows, rows below the Dice cut, and per score its AUC and Spearman's rho
+    (None for a file written before the flag was measured)."""
+    if not power:
+        return None
+    out = {}
+    for method, p in power.items():
+        out[method] = {"n": str(p["n"]), "n_below": str(p["n_below"]),
+                       "dice_below": fmt_number(p["dice_below"], 2),
+                       "scores": {k: {"auc": fmt_number(v["auc"], 2),
+                                      "spearman": fmt_number(v["spearman"], 2)}
+                                  for k, v in p["scores"].items()}}
+        if "flag" in p:
+            f = p["flag"]
+            out[method]["flag"] = {"flagged": str(f["flagged"]),
+                                   "sensitivity": fmt_number(100 * f["sensitivity"], 0),
+                                   "specificity": fmt_number(100 * f["specificity"], 0)}
+    return out
 
 
 def seed_numbers(result: dict) -> dict:

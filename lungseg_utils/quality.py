@@ -40,11 +40,12 @@ def _spacing(affine) -> np.ndarray:
     return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
 
 
-def body_midline_x_mm(ct_hu, affine) -> float:
-    """World x (RAS, mm) of the body's centre: the mean x of :func:`anatomy.body_mask`."""
+def body_midline_x_mm(ct_hu, affine, body=None) -> float:
+    """World x (RAS, mm) of the body's centre: the mean x of :func:`anatomy.body_mask`
+    (``body``: that mask when already computed, bool (X, Y, Z))."""
     affine = np.asarray(affine, float)
     axial = int(np.argmax(np.abs(affine[2, :3]) / _spacing(affine)))
-    body = anatomy.body_mask(ct_hu, axis=axial)
+    body = anatomy.body_mask(ct_hu, axis=axial) if body is None else body
     if not body.any():
         return float("nan")
     ijk = np.array(np.nonzero(body), float)
@@ -63,14 +64,21 @@ def members_agreement(members64, threshold: float = 0.5) -> float:
     return float(min(pairs)) if pairs else float("nan")
 
 
-def baseline_agreement(mask, ct_hu, affine) -> float:
-    """Dice between ``mask`` and the classical baseline on the same grid (X, Y, Z)."""
+def baseline_mask(ct_hu, affine) -> np.ndarray:
+    """The classical baseline's lung mask (uint8 (X, Y, Z)) for a CT on its own grid."""
     from . import io
+
+    return anatomy.classical_lung_mask(ct_hu, io.spacing_from_affine(affine),
+                                       axis=io.axial_axis(affine))
+
+
+def baseline_agreement(mask, ct_hu, affine, baseline=None) -> float:
+    """Dice between ``mask`` and the classical baseline (``baseline``: its mask, computed
+    here when None) on the same grid (X, Y, Z)."""
     from .metrics import dice
 
-    base = anatomy.classical_lung_mask(ct_hu, io.spacing_from_affine(affine),
-                                       axis=io.axial_axis(affine))
-    return float(dice(np.asarray(mask) != 0, base))
+    base = baseline_mask(ct_hu, affine) if baseline is None else baseline
+    return float(dice(np.asarray(mask) != 0, np.asarray(base) != 0))
 
 
 def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True) -> dict:
@@ -86,7 +94,8 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
         given.
     members64 : float32 (M, 64, 64, 64), the ensemble members' probabilities, or None
         (one model: no members' agreement).
-    baseline : compare with the classical baseline (a few seconds on a native scan).
+    baseline : compare with the classical baseline (True: computed here, a few seconds on a
+        native scan; or its mask, uint8 (X, Y, Z); False: not compared).
 
     Returns
     -------
@@ -117,7 +126,9 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
 
     reasons = []
     lo, hi = LUNG_VOLUME_RANGE_ML
-    if not lo <= total_ml <= hi:
+    if total_ml == 0:
+        reasons.append("no lungs found")
+    elif not lo <= total_ml <= hi:
         reasons.append(f"lung volume {total_ml:.0f} mL lies outside {lo:.0f}-{hi:.0f} mL")
     if total_ml and min(right_fraction, 1 - right_fraction) < MIN_SIDE_FRACTION:
         side = "right" if right_fraction < 0.5 else "left"
@@ -131,7 +142,9 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     members = members_agreement(members64) if members64 is not None and len(members64) > 1 else None
     if members is not None and members < MIN_AGREEMENT_DICE:
         reasons.append(f"the ensemble's members disagree (Dice {members:.3f} between two of them)")
-    base = baseline_agreement(mask, ct_hu, affine) if baseline and mask.any() else None
+    given = baseline if isinstance(baseline, np.ndarray) else None
+    base = (baseline_agreement(mask, ct_hu, affine, given)
+            if (given is not None or baseline is True) and mask.any() else None)
     if base is not None and base < MIN_AGREEMENT_DICE:
         reasons.append(f"the classical baseline disagrees (Dice {base:.3f})")
     return {"shape": [int(v) for v in mask.shape],

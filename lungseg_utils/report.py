@@ -43,6 +43,29 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # ----------------------------------------------------------------------------- README
+def _flag_sentence(flag: dict) -> str:
+    """One paragraph on the quality flag's measured power (numbers.flag_numbers)."""
+    m, e = flag["member"], flag["ensemble_all"]
+    text = (f"**Quality flag** (how well what it looks at finds the predictions with Dice "
+            f"below {m['dice_below']}, over the suite's {m['n']} scans and shifts; AUC 0.5 is "
+            f"chance): out of fold, one member's agreement with the classical baseline has AUC "
+            f"{m['scores']['vs_baseline']['auc']} for its {m['n_below']} such predictions "
+            f"(Spearman's ρ with Dice {m['scores']['vs_baseline']['spearman']}).")
+    if e["n_below"] != "0":
+        text += (f" For the shipped ensemble ({e['n_below']} such predictions; optimistic, its "
+                 f"members mostly saw the case) the members' agreement has AUC "
+                 f"{e['scores']['members']['auc']} and the baseline's "
+                 f"{e['scores']['vs_baseline']['auc']}.")
+    else:
+        text += (" The shipped ensemble has no prediction below that Dice here (optimistic: its "
+                 "members mostly saw the case), so its flag's power cannot be measured on these "
+                 "scans.")
+    if "flag" in e:
+        text += (f" The flag itself said *check* for {e['flag']['flagged']} of {e['n']} of the "
+                 f"ensemble's predictions.")
+    return text
+
+
 def _pm(summary: dict) -> str:
     """'mean ± sd' of a formatted summary; just the mean when the SD is undefined."""
     sd = summary["sd"]
@@ -104,6 +127,8 @@ def results_markdown(results_dir=None) -> str:
         lines += ["| " + row["shift"] + " | " + " | ".join(
             f"{row[m]['mean']} ({row[m]['worst']})" for m in r["methods"]) + " |"
             for row in r["rows"]]
+        if r["flag"]:
+            lines += ["", _flag_sentence(r["flag"])]
     if n["seeds"]:
         sd = n["seeds"]
         lines += ["", f"**Seed spread:** member {sd['fold']} trained with seeds {sd['seeds']} "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import anatomy, config, experiments, geometry, inference, io, metrics, preprocess
+from . import anatomy, config, experiments, geometry, inference, io, metrics, preprocess, quality
 from .errors import LungsegInputError
 from .synthetic import reorient
 
@@ -117,31 +117,72 @@ def out_of_fold_members(ensemble_dirs, case_id: str) -> list[Path]:
     return found
 
 
-def score_case(case, forwards: dict, shifts=tuple(SHIFTS), seed: int = 0) -> list[dict]:
-    """Dice of each method (``forwards``: name -> compiled forward; plus ``baseline``, the
-    classical method) on each shift of one native case. Returns one row per shift.
+def score_case(case, forwards: dict, shifts=tuple(SHIFTS), seed: int = 0,
+               flagged: str | None = None) -> list[dict]:
+    """Dice of each method (``forwards``: name -> compiled forward with ``members=True``;
+    plus ``baseline``, the classical method) on each shift of one native case, and what the
+    quality flag sees: each method's agreement with the baseline (``<method>_vs_baseline``)
+    and, for the method named ``flagged`` (the inference command's ensemble), its members'
+    agreement and the whole :func:`lungseg_utils.quality.scan_summary` flag
+    (``<flagged>_members``, ``<flagged>_flag``). Returns one row per shift.
 
     Each shifted scan is taken to the model grid once for all networks; the baseline, which
     does not see the model grid, is computed once for the scan as stored and reused for the
     framing shifts."""
-    rows, stored_baseline = [], None
+    rows, stored_base = [], None
     for name in shifts:
         ct, mask, aff, centre = shifted(case, name, seed)
         ct64, grid = geometry.to_model_grid(ct, aff, centre)
         x64 = preprocess.window_normalise(ct64)
-        row = {"case_id": case.case_id, "shift": name}
-        for method, forward in forwards.items():
-            prob64 = inference.predict_prob64(forward, x64)[0]
-            row[method] = metrics.dice(inference.masks_from_prob64(prob64, grid, ct)["mask"], mask)
-        if name.startswith("frame ") and stored_baseline is not None:
-            row["baseline"] = stored_baseline
+        if name.startswith("frame ") and stored_base is not None:
+            base = stored_base                  # the same scan: the same baseline mask
         else:
-            base = anatomy.classical_lung_mask(ct, io.spacing_from_affine(aff),
-                                               axis=io.axial_axis(aff))
-            row["baseline"] = metrics.dice(base, mask)
-            stored_baseline = row["baseline"] if name == "as stored" else stored_baseline
+            base = quality.baseline_mask(ct, aff)
+            stored_base = base if name == "as stored" else stored_base
+        row = {"case_id": case.case_id, "shift": name}
+        body = anatomy.body_mask(ct, axis=io.axial_axis(aff))        # once for all methods
+        for method, forward in forwards.items():
+            prob64, _, members64 = inference.predict_prob64(forward, x64, return_members=True)
+            pred = inference.masks_from_prob64(prob64, grid, ct, body=body)["mask"]
+            row[method] = metrics.dice(pred, mask)
+            row[f"{method}_vs_baseline"] = metrics.dice(pred, base)
+            if method == flagged:
+                summary = quality.scan_summary(pred, ct, aff, members64=members64, baseline=base)
+                row[f"{method}_members"] = summary["members_agreement"]
+                row[f"{method}_flag"] = summary["quality"]["flag"]
+        row["baseline"] = metrics.dice(base, mask)
         rows.append(row)
     return rows
+
+
+def flag_power(rows: list[dict], method: str, dice_below: float = 0.97) -> dict:
+    """How well what the quality flag looks at finds ``method``'s worst predictions.
+
+    For each score (agreement with the baseline; the members' agreement and the flag itself
+    where recorded): Spearman's rank correlation with Dice over all rows, and the area under
+    the ROC curve for finding the rows with Dice below ``dice_below`` (low agreement = more
+    suspect; 0.5 = chance). The flag's own sensitivity and specificity at that Dice.
+    Returns ``{"n", "n_below", "dice_below", "scores": {name: {"spearman", "auc"}}, "flag"}``.
+    """
+    from scipy.stats import spearmanr
+
+    dice = np.array([r[method] for r in rows], float)
+    low = dice < dice_below
+    out = {"n": len(rows), "n_below": int(low.sum()), "dice_below": dice_below, "scores": {}}
+    names = {"vs_baseline": f"{method}_vs_baseline", "members": f"{method}_members"}
+    for label, key in names.items():
+        if not rows or rows[0].get(key) is None:
+            continue
+        score = np.array([r[key] for r in rows], float)
+        rho = spearmanr(score, dice).statistic if len(rows) > 2 else float("nan")
+        out["scores"][label] = {"spearman": float(rho),
+                                "auc": metrics.roc_auc(-score, low)}
+    if rows and f"{method}_flag" in rows[0]:
+        flag = np.array([r[f"{method}_flag"] == "check" for r in rows])
+        out["flag"] = {"flagged": int(flag.sum()),
+                       "sensitivity": float(flag[low].mean()) if low.any() else float("nan"),
+                       "specificity": float((~flag[~low]).mean()) if (~low).any() else float("nan")}
+    return out
 
 
 def summarise(rows: list[dict], methods) -> dict:
@@ -166,7 +207,10 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     cross-validation), ``ensemble_all`` (all members of the first ensemble, as the
     inference command uses them: K - 1 of K members trained on the case, so this column is
     optimistic) and ``baseline`` (the classical method). Returns ``{"shifts", "methods",
-    "rows", "summary", "ensembles", "seconds"}``.
+    "rows", "summary", "flag_power", "ensembles", "seconds"}``; ``flag_power`` is
+    :func:`flag_power` for each network method (for ``member`` the honest, out-of-fold one;
+    the members' agreement and the flag are those of ``ensemble_all``, whose members
+    mostly saw the case).
     """
     t0 = time.perf_counter()
     native_dir = Path(native_dir) if native_dir else config.native_data_dir()
@@ -175,19 +219,19 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     cases = io.discover_cases(native_dir)[:max_cases]
     cache, rows, methods = {}, [], None
     load = lambda p: cache.setdefault(Path(p), inference.load_model(p))  # noqa: E731
-    everyone = inference.compiled_forward(load(ensemble_dirs[0]))
+    everyone = inference.compiled_forward(load(ensemble_dirs[0]), members=True)
     for folder in cases:
         case = io.load_case(folder)
         oof = [out_of_fold_members([d], case.case_id) for d in ensemble_dirs]
         if not oof[0]:
             raise LungsegInputError(f"{ensemble_dirs[0]}: no member left {case.case_id} out.")
         every = [f for group in oof for f in group]
-        forwards = {"member": inference.compiled_forward(load(oof[0][0]))}
+        forwards = {"member": inference.compiled_forward(load(oof[0][0]), members=True)}
         if len(ensemble_dirs) > 1:
             forwards["ensemble_oof"] = inference.compiled_forward(
-                inference.Ensemble([load(f) for f in every], {}, None))
+                inference.Ensemble([load(f) for f in every], {}, None), members=True)
         forwards["ensemble_all"] = everyone
-        rows += score_case(case, forwards, shifts)
+        rows += score_case(case, forwards, shifts, flagged="ensemble_all")
         methods = (*forwards, "baseline")
         log(f"{case.case_id}: " + ", ".join(
             f"{r['shift']} " + "/".join(f"{r[m]:.3f}" for m in methods)
@@ -195,6 +239,7 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     return {"run": experiments.run_identity(ensemble_dirs[0]),
             "shifts": {k: SHIFTS[k] for k in shifts}, "methods": list(methods), "rows": rows,
             "summary": summarise(rows, methods),
+            "flag_power": {m: flag_power(rows, m) for m in methods if m != "baseline"},
             "ensembles": [str(Path(d)) for d in ensemble_dirs],
             "seconds": round(time.perf_counter() - t0, 1)}
 

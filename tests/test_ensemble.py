@@ -226,3 +226,14 @@ def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo
     with pytest.raises(LungsegInputError, match="not k=3"):
         ensemble.cross_validate(k=3, data_dir=demo_data, out_dir=tmp_path / "x",
                                 init_from=src, **SMOKE)
+    # a fine-tuned member's seed runs repeat the fine-tuning: the same starting weights
+    runs = ensemble.train_seeds(tmp_path / "ft", [7], fold=0, data_dir=demo_data)
+    parent = io.load_json(ensemble.member_runs(tmp_path / "ft")[0] / "train_config.json")
+    assert io.load_json(runs[7] / "train_config.json")["init_weights"]["sha256"] == \
+        parent["init_weights"]["sha256"]
+    (ensemble.member_runs(src)[0] / "best_model.keras").rename(tmp_path / "moved.keras")
+    try:
+        with pytest.raises(LungsegInputError, match="which is missing"):
+            ensemble.train_seeds(tmp_path / "ft", [8], fold=0, data_dir=demo_data)
+    finally:
+        (tmp_path / "moved.keras").rename(ensemble.member_runs(src)[0] / "best_model.keras")

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import inference, io
+from lungseg_utils import inference, io, segment
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.synthetic import make_phantom, reorient
@@ -100,9 +100,9 @@ def test_folder_mode_keeps_going_after_a_bad_case(tmp_path, smoke_model_path, ca
     # one summary per scan and a table over the scans that worked
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "preds" / inference.SUMMARY_CSV)))
+    rows = list(csv.DictReader(open(tmp_path / "preds" / segment.SUMMARY_CSV)))
     assert [r["case"] for r in rows] == ["patient_a", "patient_c"]
-    assert set(rows[0]) == set(inference.CSV_COLUMNS) and rows[0]["flag"] in ("ok", "check")
+    assert set(rows[0]) == set(segment.CSV_COLUMNS) and rows[0]["flag"] in ("ok", "check")
     summary = json.loads((tmp_path / "preds" / "patient_a" / "lung_summary.json").read_text())
     assert summary["input"]["orientation"] == "RAS" and summary["model"]["members"] == 1
     assert float(rows[0]["lung_volume_ml"]) == summary["lung_volume_ml"]
@@ -141,9 +141,11 @@ def test_refinement_changes_only_the_band_and_keeps_geometry(smoke_forward):
     res = inference.predict_volume(fwd, ct, affine)
     assert res["mask"].shape == ct.shape and res["mask_network"].shape == ct.shape
     band = inference.boundary_band64(res["prob64"], res["grid"])
-    np.testing.assert_array_equal(res["mask"][~band], res["mask_network"][~band])
+    keep = ~band & res["body"]                      # outside the body the mask is always 0
+    np.testing.assert_array_equal(res["mask"][keep], res["mask_network"][keep])
+    assert not res["mask"][~res["body"]].any()
     plain = inference.predict_volume(fwd, ct, affine, refine=False)
-    np.testing.assert_array_equal(plain["mask"], plain["mask_network"])
+    np.testing.assert_array_equal(plain["mask"], plain["mask_network"] * plain["body"])
 
 
 def test_tta_averages_the_eight_flips():
@@ -171,8 +173,14 @@ def test_model_path_resolution_and_bad_models(smoke_run, tmp_path):
         inference.resolve_model_path(tmp_path)
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(LungsegInputError, match="could not be loaded"):
+    with pytest.raises(LungsegInputError, match="not a Keras model file"):
         inference.load_model(bad)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as z:   # a zip, but not a model
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(LungsegInputError, match="could not be loaded as a Keras model"):
+        inference.load_model(tmp_path / "empty.keras")
     model = inference.load_model(smoke_run)            # a run folder works as --model
     assert model.output_shape == (None, 64, 64, 64, 1)
 

@@ -100,11 +100,35 @@ def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data):
     assert row["ensemble_all"] == pytest.approx(dice_of(inference.load_model(out)))
     base = anatomy.classical_lung_mask(case.ct_hu, case.spacing_mm)
     assert row["baseline"] == pytest.approx(metrics.dice(base, case.mask))
+    # what the quality flag sees: agreement with the baseline, the members' agreement
+    pred = inference.predict_volume(inference.compiled_forward(inference.load_model(out)),
+                                    case.ct_hu, case.affine)["mask"]
+    assert row["ensemble_all_vs_baseline"] == pytest.approx(metrics.dice(pred, base))
+    assert 0.0 <= row["ensemble_all_members"] <= 1.0 and row["ensemble_all_flag"] in ("ok", "check")
+    assert "member_members" not in row and "member_flag" not in row
+    power = result["flag_power"]
+    assert set(power) == {"member", "ensemble_all"} and power["member"]["n"] == 2
+    assert set(power["ensemble_all"]["scores"]) == {"vs_baseline", "members"}
     # two ensembles (say, two repeats of the cross-validation): the out-of-fold average too
     twice = robustness.run_suite([out, out], native_dir=demo_data, max_cases=1,
                                  shifts=("as stored",), log=lines.append)
     assert twice["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
     assert twice["rows"][0]["ensemble_oof"] == pytest.approx(row["member"])   # the same member
+
+
+def test_flag_power_ranks_agreement_against_dice():
+    """Rows where low agreement goes with low Dice: Spearman 1, AUC 1 for Dice < 0.97; the
+    flag's sensitivity and specificity count rows by their Dice."""
+    rows = [{"m": d, "m_vs_baseline": d - 0.01, "m_members": 1.0 - i % 2 * 0.1,
+             "m_flag": "check" if d < 0.96 else "ok"}
+            for i, d in enumerate([0.99, 0.985, 0.98, 0.975, 0.965, 0.95, 0.9])]
+    power = robustness.flag_power(rows, "m")
+    assert power["n"] == 7 and power["n_below"] == 3
+    assert power["scores"]["vs_baseline"] == {"spearman": pytest.approx(1.0), "auc": 1.0}
+    assert 0.0 <= power["scores"]["members"]["auc"] <= 1.0
+    assert power["flag"] == {"flagged": 2, "sensitivity": pytest.approx(2 / 3), "specificity": 1.0}
+    assert robustness.flag_power(rows[:4], "m")["n_below"] == 0      # no low case: AUC undefined
+    assert np.isnan(robustness.flag_power(rows[:4], "m")["scores"]["vs_baseline"]["auc"])
 
 
 def test_command_line_errors(smoke_cv, tmp_path, capsys):

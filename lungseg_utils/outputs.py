@@ -1,0 +1,65 @@
+"""Output paths checked before any work: nothing is overwritten by surprise, least of all an input.
+
+The inference command writes several files per scan (mask, probability, summary, DICOM SEG)
+and, in folder mode, a table over all scans. :func:`check_output_paths` refuses, in one line
+and before the first prediction, whatever would fail or do harm at the end: a wrong suffix,
+a folder where a file should go, an output that is an input or another output, an existing
+file without ``--overwrite``, a folder that cannot be created or written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import LungsegInputError
+from .io import _one_line
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
+    """Check every output path before any work is done; raise LungsegInputError (one line)
+    at the first problem.
+
+    ``outputs``: (path, what, suffixes) triples, e.g. ``(p, "--output_mask",
+    NIFTI_SUFFIXES)``; ``inputs``: the files read. Each output must end in one of its
+    suffixes, must not be a folder, an input or another output, must not exist unless
+    ``overwrite``; its folder must accept a file, or be one that can be created.
+    """
+    inputs = {Path(p).resolve() for p in inputs}
+    seen: dict[Path, str] = {}
+    for path, what, suffixes in outputs:
+        path = Path(path)
+        if not path.name.endswith(tuple(suffixes)) or path.name in suffixes:
+            raise LungsegInputError(f"{path}: {what} must be a file name ending in "
+                                    f"{' or '.join(suffixes)}.")
+        if path.is_dir():
+            raise LungsegInputError(f"{path}: {what} is an existing folder; give a file name.")
+        resolved = path.resolve()
+        if resolved in inputs:
+            raise LungsegInputError(f"{path}: {what} is an input file; writing it would destroy "
+                                    "the input.")
+        if resolved in seen:
+            raise LungsegInputError(f"{path}: given as both {seen[resolved]} and {what}.")
+        seen[resolved] = what
+        if path.exists() and not overwrite:
+            raise LungsegInputError(f"{path}: file exists; pass --overwrite to replace it.")
+        _check_folder(path)
+
+
+def _check_folder(path: Path) -> None:
+    """The folder of ``path`` exists and accepts a file, or can be created (it is created
+    when the file is written, so a scan that fails leaves no empty folder behind)."""
+    folder = path.parent
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        raise LungsegInputError(f"{folder}: output folder cannot be created ({existing} is a file).")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp_probe_", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise LungsegInputError(f"{folder}: output folder cannot be written "
+                                f"({_one_line(exc)}).") from None
