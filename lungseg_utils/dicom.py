@@ -137,7 +137,7 @@ def load_dicom_ct(folder, series_uid: str | None = None) -> tuple[np.ndarray, np
 
     Returns (ct_hu float32 (X, Y, Z), affine float64 (4, 4) RAS mm, a NIfTI header for the
     outputs, info dict: series_uid, n_slices, other_series (UIDs not chosen), patient_id,
-    study_date, series_description). ``series_uid`` picks a series; by default the CT series
+    study_date, series_description, files (the slices' files, in the array's slice order)). ``series_uid`` picks a series; by default the CT series
     with the most slices. Raises LungsegInputError naming the folder and the problem.
     """
     folder = Path(folder)
@@ -169,7 +169,8 @@ def load_dicom_ct(folder, series_uid: str | None = None) -> tuple[np.ndarray, np
             "other_series": sorted(uid for uid in series if uid != series_uid),
             "patient_id": str(first.get("PatientID", "")),
             "study_date": str(first.get("StudyDate", "")),
-            "series_description": str(first.get("SeriesDescription", ""))}
+            "series_description": str(first.get("SeriesDescription", "")),
+            "files": [str(ds.filename) for ds in slices]}
     return ct_hu, affine, header, info
 
 
@@ -208,7 +209,7 @@ def write_ct_series(ct_hu: np.ndarray, affine: np.ndarray, folder, *, series_uid
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientID, ds.PatientName = patient_id, patient_id
+        ds.PatientID, ds.PatientName = patient_id, f"{patient_id}^"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.FrameOfReferenceUID, ds.SeriesNumber, ds.InstanceNumber = frame_uid, 1, k + 1
         ds.ImagePositionPatient = [float(v) for v in (lps @ [0, 0, k, 1])[:3]]

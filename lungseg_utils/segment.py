@@ -63,6 +63,8 @@ def _output_paths(jobs, args) -> list[tuple]:
                   (summary, "--output_json", (".json",))]
     if args.output_dir:
         found.append((Path(args.output_dir) / SUMMARY_CSV, "the summary table", (".csv",)))
+    if args.output_seg:
+        found.append((Path(args.output_seg), "--output_seg", (".dcm",)))
     return [o for o in found if o[0] is not None]
 
 
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assume_hu", action="store_true",
                    help="accept intensities that do not look like HU (by default such a scan "
                         "is refused: the model would see nothing it knows)")
+    p.add_argument("--output_seg", default=None,
+                   help="DICOM input, single scan: also write the mask as a DICOM Segmentation "
+                        "object (.dcm) referencing the series, for 3D Slicer or a PACS")
     p.add_argument("--labels", choices=("lung", "lr"), default="lung",
                    help="mask labels: 'lung' 1 = lung (default); 'lr' 1 = right lung, "
                         "2 = left lung (the patient's sides, from the header)")
@@ -174,6 +179,9 @@ def main(argv=None) -> int:
             raise LungsegInputError(f"--thr {args.thr}: the threshold must lie strictly between 0 and 1.")
         jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir,
                      args.output_json)
+        if args.output_seg and (len(jobs) != 1 or not Path(jobs[0][1]).is_dir()):
+            raise LungsegInputError(f"{args.input}: --output_seg needs one scan given as a "
+                                    "folder of DICOM files (the SEG references its images).")
         outputs.check_output_paths(_output_paths(jobs, args), _input_files(jobs),
                                    overwrite=args.overwrite)
         timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
@@ -215,6 +223,12 @@ def main(argv=None) -> int:
                        "threshold": args.thr, "tta": args.tta, "labels": args.labels,
                        "mask": str(mask_out), **summary,
                        "seconds": round(time.perf_counter() - t0, 2)}
+            if args.output_seg:
+                from .dicom_seg import write_seg
+
+                write_seg(mask, affine, info["files"], args.output_seg, overwrite=args.overwrite,
+                          label_kind=args.labels)
+                summary["seg"] = str(args.output_seg)
             if json_out is not None:
                 io.save_json(summary, json_out, overwrite=args.overwrite)
             summaries.append(summary)
