@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime as _dt
 import os
 import shutil
@@ -41,8 +40,8 @@ from .callbacks import SeedStateBackup, WallClockBudget, cosine_schedule  # noqa
 from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401
 from .metrics import dice, iou  # noqa: E402
 
-BACKUP_DIR = "backup"
-LOG_NAME = "training_log.csv"
+from .runstate import BACKUP_DIR, LOG_NAME, RUN_ARTIFACTS  # noqa: E402,F401  (re-exported)
+from . import runstate  # noqa: E402
 
 
 def _set_determinism(enabled: bool) -> bool:
@@ -57,33 +56,6 @@ def _set_determinism(enabled: bool) -> bool:
 
 def _verbose(verbose):
     return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose)
-
-
-def _resume_state(run_dir: Path) -> tuple[int, float | None]:
-    """Epochs completed by an interrupted run (from its backup) and the best val_loss so far.
-
-    Rows of ``training_log.csv`` beyond the backed-up epoch are dropped, so an epoch that
-    is run again is not logged twice.
-    """
-    meta = run_dir / BACKUP_DIR / "training_metadata.json"
-    done = int(io.load_json(meta)["epoch"]) if meta.exists() else 0
-    log = run_dir / LOG_NAME
-    best = None
-    if log.exists():
-        with open(log, newline="") as f:
-            rows = list(csv.DictReader(f))
-            fields = rows and list(rows[0].keys())
-        kept = [r for r in rows if int(r["epoch"]) < done]
-        if kept:
-            with open(log, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(kept)
-            losses = [float(r["val_loss"]) for r in kept if r.get("val_loss")]
-            best = min(losses) if losses else None
-        else:
-            log.unlink()
-    return done, best
 
 
 def _read_split(split, case_ids) -> dict:
@@ -138,6 +110,7 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, command, override
     split = _read_split(split, list(folders))
     run_dir = config.new_run_dir(Path(out_dir) if out_dir else None)
     io.save_json(split, run_dir / "split.json")
+    runstate.fault("after_split")
     used = split["train"] + split["val"] + split["test"]
     cfg = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -155,9 +128,9 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, command, override
 def _resumed_run(run_dir, data_dir, profile, split, overrides):
     """Settings, split and case folders of an interrupted run, checked for changes."""
     run_dir = Path(run_dir)
+    runstate.check_resumable(run_dir)
+    runstate.clean_temporary(run_dir)
     cfg = io.load_json(run_dir / "train_config.json")
-    if (run_dir / "final_model.keras").exists():
-        raise LungsegInputError(f"{run_dir}: this run has finished; nothing to resume.")
     extra = sorted(k for k, v in overrides.items() if v is not None and k != "epochs")
     extra += ["profile"] * bool(profile) + ["split"] * (split is not None)
     if extra:
@@ -258,10 +231,11 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
     if resume is not None:
         run_dir, settings, split, folders, cfg = _resumed_run(resume, data_dir, profile, split,
                                                               overrides)
-        initial_epoch, best_val_loss = _resume_state(run_dir)
+        initial_epoch, best_val_loss = runstate.resume_state(run_dir)
     else:
         run_dir, settings, split, folders, cfg = _new_run(data_dir, out_dir, profile, split,
                                                           deterministic, command, overrides)
+        io.save_json(cfg, run_dir / "train_config.json")   # resumable from here on
         initial_epoch, best_val_loss = 0, None
 
     seed = int(settings["seed"])
@@ -303,7 +277,7 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             cfg["distribution"] = {
                 "strategy": type(strategy).__name__ if strategy is not None else None,
                 "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}
-            io.save_json(cfg, run_dir / "train_config.json")
+            io.save_json(cfg, run_dir / "train_config.json", overwrite=True)
         budget = None
         if resume is None and settings.get("budget_min"):
             budget = WallClockBudget(t_start + 60.0 * float(settings["budget_min"]),
@@ -332,6 +306,9 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
                                              delete_checkpoint=False),
             *([budget] if budget else []),
             *(callbacks or []),
+            *([keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: runstate.fault(f"epoch_end:{epoch}"))]
+              if os.environ.get("LUNGSEG_FAULT_AT") else []),      # test hook, see runstate
         ]
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
@@ -343,12 +320,14 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             raise
         with io.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
             model.save(tmp)
+            runstate.fault("mid_final_save")
         best_path = run_dir / "best_model.keras"
         if not by_val:                  # checkpoint "last": the final weights are the model
             with io.atomic_write(best_path, overwrite=True) as tmp:
                 shutil.copyfile(run_dir / "final_model.keras", tmp)
         for path in (best_path, run_dir / "final_model.keras"):
             storage.compact_model_file(path)    # no optimizer, float16 weights: 11 MB
+        runstate.fault("before_test_metrics")
         scored = keras.saving.load_model(best_path) if best_path.exists() else model
         metrics = evaluate_cases(scored, [folders[c] for c in split["test"]],
                                  settings.get("hu_window", config.HU_WINDOW))
@@ -363,9 +342,6 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         keras.mixed_precision.set_global_policy(previous_policy)
     return run_dir
 
-
-RUN_ARTIFACTS = ("split.json", "train_config.json", LOG_NAME, "best_model.keras",
-                 "final_model.keras", "test_metrics.json")
 
 
 # --------------------------------------------------------------------------- command line
