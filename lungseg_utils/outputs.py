@@ -26,7 +26,8 @@ def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
     ``outputs``: (path, what, suffixes) triples, e.g. ``(p, "--output_mask",
     NIFTI_SUFFIXES)``; ``inputs``: the files read. Each output must end in one of its
     suffixes, must not be a folder, an input or another output, must not exist unless
-    ``overwrite``; its folder must accept a file, or be one that can be created.
+    ``overwrite``; its folder must accept a file, or be one that can be created. Temporary
+    files an earlier, killed write of the same output left (``.tmp_<name>_*``) are removed.
     """
     inputs = {Path(p).resolve() for p in inputs}
     seen: dict[Path, str] = {}
@@ -47,6 +48,9 @@ def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
         if path.exists() and not overwrite:
             raise LungsegInputError(f"{path}: file exists; pass --overwrite to replace it.")
         _check_folder(path)
+    for path, _, _ in outputs:           # what a killed earlier write of the same file left
+        for stale in Path(path).parent.glob(f".tmp_{Path(path).stem}_*"):
+            stale.unlink()
 
 
 def _check_folder(path: Path) -> None:

@@ -46,6 +46,9 @@ def _jobs(input_path: Path, output_mask, output_prob, output_dir, output_json=No
         scan = input_path / io.CT_NAME if (input_path / io.CT_NAME).exists() else input_path
         return [(input_path.name, scan, Path(output_mask), Path(output_prob) if output_prob else None,
                  Path(output_json) if output_json else None)]
+    if not any((p / io.CT_NAME).exists() for p in input_path.iterdir() if p.is_dir()):
+        raise LungsegInputError(f"{input_path}: holds no ct.nii.gz, no DICOM files and no "
+                                "patient folders with a ct.nii.gz.")
     out = Path(output_dir or output_mask or "")
     if not str(out) or out.suffix in (".gz", ".nii"):
         raise LungsegInputError(f"{input_path}: a folder of patients needs --output_dir FOLDER.")

@@ -181,3 +181,30 @@ def test_keeping_the_mask_in_the_body_never_cuts_real_lung(folder):
         body = anatomy.body_mask(case.ct_hu, axis=io.axial_axis(case.affine))
         lung = case.mask > 0
         assert (lung & ~body).sum() <= 1e-4 * lung.sum(), case.case_id
+
+
+def test_unclear_messages_are_clear_now(tmp_path, scan, smoke_model_path, capsys, monkeypatch):
+    """A folder with nothing to read says so; warnings are one line without source; a
+    temporary file a killed write left beside an output is removed."""
+    (tmp_path / "empty").mkdir()
+    rc, err = _run(capsys, smoke_model_path, "--input", tmp_path / "empty",
+                   "--output_mask", tmp_path / "m.nii.gz")
+    assert rc == 2 and "no ct.nii.gz" in _one_error_line(err) and "--output_dir" not in err
+    import warnings
+
+    from lungseg_utils import segment
+
+    real = io.load_scan
+
+    def warning_load(*args, **kwargs):
+        warnings.warn("something odd about this scan", io.LungsegWarning)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment.io, "load_scan", warning_load)
+    stale = tmp_path / ".tmp_m.nii_abc123.nii.gz"
+    stale.write_bytes(b"half")
+    rc, err = _run(capsys, smoke_model_path, "--input", scan, "--output_mask", tmp_path / "m.nii.gz")
+    assert rc == 0
+    assert "warning: something odd about this scan" in err.splitlines()
+    assert "warnings.warn" not in err                    # no source line
+    assert not stale.exists()
