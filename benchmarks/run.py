@@ -31,20 +31,17 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
 import render  # noqa: E402  (benchmarks/render.py: results -> Markdown and plot, no TF)
 
 SCHEMA = "lungseg-bench/3"
-#: The columns results.json can hold, each measured on its own machine (``entry["machine"]``):
-#: key -> the environment of every measuring process (labels: render.ISA_LABEL). ``avx2_capped`` holds oneDNN
-#: (TensorFlow's CPU kernels) and OpenBLAS (NumPy's matrix product) to AVX2 on an AVX-512
-#: CPU; ``*_eigen`` turns oneDNN off, which is what TensorFlow itself does on a CPU without
-#: AVX-512 VNNI/BF16 or AMX unless ``lungseg_utils.config`` asks for it (the "before").
+#: results.json's columns (labels: render.ISA_LABEL) -> the measuring processes' environment.
+#: ``avx2_capped``: oneDNN and OpenBLAS held to AVX2 on an AVX-512 CPU; ``*_eigen``: oneDNN off,
+#: as TensorFlow has it without AVX-512 VNNI/BF16 or AMX unless config asks (the "before").
 ISA_ENV = {
     "avx512": {}, "avx2": {},
     "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
     "avx2_capped": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
 }
 assert set(ISA_ENV) == set(render.ISA_LABEL)
-#: Measured: under the AVX2 cap TensorFlow still picks oneDNN's bfloat16 kernels (it reads
-#: the CPU's own flags), which then fail (a matmul crashes, Conv3D raises); without AVX-512
-#: BF16 there is no bfloat16 hardware to measure.
+#: Measured: under the AVX2 cap TF still picks oneDNN's bfloat16 kernels (from the CPU's own
+#: flags), which then fail; without AVX-512 BF16 there is no bfloat16 hardware to measure.
 BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16 (or oneDNN held to AVX2)"
 EIGEN_SKIP = "not measured with oneDNN off (the before column measures the main figures only)"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
@@ -68,11 +65,9 @@ def cpu_info() -> dict:
 
 
 def reference_info(previous: dict | None = None) -> dict:
-    """Settings, split and model of results/reference/ (else the quick profile), and when
-    its training log first reached the original's validation Dice. A reference fine-tuned
-    from trained members (``init_weights`` in its train_config) has no from-scratch curve:
-    the ``time_to_dice`` of ``previous`` (the last results.json's reference) is kept, with
-    ``"from_earlier_reference": True``, if that one was trained from scratch."""
+    """Settings, split and model of results/reference/ (else the quick profile), and when its
+    training log first reached the original's validation Dice; a fine-tuned reference
+    (``init_weights``) keeps ``previous``'s figure, marked ``"from_earlier_reference"``."""
     from lungseg_utils import config, io
 
     cfg, split, model, log_csv = (config.REFERENCE_DIR / name for name in (

@@ -36,8 +36,7 @@ def summarise(values) -> dict:
 
 
 def timeit(fn, reps: int, warmup: int = 1, max_s: float = float("inf")) -> dict:
-    """Call ``fn`` ``warmup`` times, then time up to ``reps`` calls (but stop after two once
-    the timed calls have taken ``max_s`` seconds in all)."""
+    """``fn`` called ``warmup`` times, then up to ``reps`` timed calls (two once past ``max_s``)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -78,8 +77,7 @@ def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=
 
 
 def _split(params) -> dict:
-    """Case folders by role: the reference's split, or else train = all but two sorted
-    cases, val and test one each."""
+    """Case folders by role: the reference's split, else all but two sorted cases, val, test."""
     from lungseg_utils import io
 
     folders = {p.name: p for p in io.discover_cases(params["data_dir"])}
@@ -112,8 +110,7 @@ def task_ceiling(p) -> dict:
 
 
 def task_train(p) -> dict:
-    """Seconds per ``train_on_batch`` step at each batch size, one precision and input size.
-    Random volumes and a ball-shaped mask: the content does not change the cost."""
+    """Seconds per ``train_on_batch`` step by batch size (random volumes: content costs nothing)."""
     seeded_keras(p["precision"])
     import tensorflow as tf
 

@@ -15,7 +15,6 @@ Command line (``python -m lungseg_utils.inference --help``, implemented in
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,12 +278,9 @@ def predict_case(case, model=None, forward=None, **kwargs) -> dict:
     return predict_volume(forward, case.ct_hu, case.affine, **kwargs)
 
 
-def main(argv=None) -> int:
-    """The inference command: :func:`lungseg_utils.segment.main` (imported on call)."""
-    from .segment import main as command
-
-    return command(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m lungseg_utils.inference`` runs the command, which lives one level up in
+    # :mod:`.segment` (it imports this module; importing it here would be a cycle).
+    import runpy
+
+    runpy.run_module("lungseg_utils.segment", run_name="__main__", alter_sys=True)

@@ -257,3 +257,7 @@ def main(argv=None) -> int:
         return 1 if len(failed) < len(jobs) else 2
     return 0
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import inference, io
+from lungseg_utils import io, segment
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.synthetic import make_phantom
@@ -31,7 +31,7 @@ def scan(tmp_path):
 
 
 def _run(capsys, model, *args) -> tuple[int, str]:
-    rc = inference.main(["--model", str(model), *map(str, args)])
+    rc = segment.main(["--model", str(model), *map(str, args)])
     err = capsys.readouterr().err
     return rc, err
 
@@ -138,7 +138,7 @@ def test_a_scan_of_air_has_no_lungs(tmp_path, smoke_model_path, capsys):
     nib.save(nib.Nifti1Image(np.full((80, 80, 40), -1000, np.int16),
                              lps_affine((80, 80, 40), (4.0, 4.0, 6.0))), str(air))
     out, js = tmp_path / "m.nii.gz", tmp_path / "m.json"
-    assert inference.main(["--model", str(smoke_model_path), "--input", str(air),
+    assert segment.main(["--model", str(smoke_model_path), "--input", str(air),
                            "--output_mask", str(out), "--output_json", str(js)]) == 0
     assert "no lungs found" in capsys.readouterr().out
     assert not np.asanyarray(nib.load(str(out)).dataobj).any()
@@ -164,7 +164,7 @@ def test_below_the_lungs_the_reference_finds_no_lungs(tmp_path, capsys):
     low = tmp_path / "abdomen.nii.gz"
     io.save_nifti(np.round(case.ct_hu[tuple(cut)]).astype(np.int16), case.affine, low)
     out = tmp_path / "m.nii.gz"
-    assert inference.main(["--input", str(low), "--output_mask", str(out)]) == 0
+    assert segment.main(["--input", str(low), "--output_mask", str(out)]) == 0
     assert "no lungs found" in capsys.readouterr().out
     assert not np.asanyarray(nib.load(str(out)).dataobj).any()
 

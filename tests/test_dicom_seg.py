@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 import lungseg_utils
-from lungseg_utils import dicom, inference
+from lungseg_utils import dicom, segment
 from lungseg_utils.dicom_seg import write_seg
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
@@ -167,7 +167,7 @@ def test_seg_refuses_mismatched_geometry_and_paths(tmp_path):
 def test_command_writes_a_seg_only_for_dicom_input(tmp_path, smoke_model_path, capsys):
     ct, _, affine = _phantom()
     dicom.write_ct_series(ct, affine, tmp_path / "series")
-    rc = inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "series"),
+    rc = segment.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "series"),
                          "--output_mask", str(tmp_path / "m.nii.gz"), "--labels", "lr",
                          "--output_seg", str(tmp_path / "m_seg.dcm"), "--assume_hu"])
     assert rc == 0, capsys.readouterr().err
@@ -176,7 +176,7 @@ def test_command_writes_a_seg_only_for_dicom_input(tmp_path, smoke_model_path, c
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(ct.astype(np.int16), affine), str(nifti))
-    rc = inference.main(["--model", str(smoke_model_path), "--input", str(nifti),
+    rc = segment.main(["--model", str(smoke_model_path), "--input", str(nifti),
                          "--output_mask", str(tmp_path / "n.nii.gz"),
                          "--output_seg", str(tmp_path / "n_seg.dcm")])
     assert rc == 2 and "--output_seg needs" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_tta_undoes_each_flip():
 def test_cli_writes_input_shape_and_affine(tmp_path, smoke_model_path, codes):
     aff, shape = _scan(tmp_path / "p1", codes)
     out, prob = tmp_path / "out" / "mask.nii.gz", tmp_path / "out" / "prob.nii.gz"
-    rc = inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
+    rc = segment.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
                          "--output_mask", str(out), "--output_prob", str(prob), "--tta",
                          "--no_refine"])
     assert rc == 0
@@ -61,25 +61,25 @@ def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, smoke_model_pa
     _scan(tmp_path / "p1")
     out = tmp_path / "mask.nii.gz"
     args = ["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"), "--output_mask", str(out)]
-    assert inference.main(args) == 0
+    assert segment.main(args) == 0
     capsys.readouterr()
-    assert inference.main(args) == 2
+    assert segment.main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert inference.main(args + ["--overwrite"]) == 0
+    assert segment.main(args + ["--overwrite"]) == 0
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("not an image")
-    assert inference.main(["--model", str(smoke_model_path), "--input", str(bad),
+    assert segment.main(["--model", str(smoke_model_path), "--input", str(bad),
                            "--output_mask", str(tmp_path / "x.nii.gz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "bad.nii.gz" in err[-1]
     assert "Traceback" not in "\n".join(err)
-    assert inference.main(["--model", str(tmp_path / "none.keras"), "--input", str(tmp_path / "p1"),
+    assert segment.main(["--model", str(tmp_path / "none.keras"), "--input", str(tmp_path / "p1"),
                            "--output_mask", str(tmp_path / "y.nii.gz")]) == 2
     assert "model file is missing" in capsys.readouterr().err
-    assert inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
+    assert segment.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1"),
                            "--output_mask", str(tmp_path / "z.nii.gz"), "--thr", "1.0"]) == 2
     assert "--thr 1.0" in capsys.readouterr().err
-    assert inference.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1")]) == 2
+    assert segment.main(["--model", str(smoke_model_path), "--input", str(tmp_path / "p1")]) == 2
     assert "needs --output_mask" in capsys.readouterr().err
 
 
@@ -89,7 +89,7 @@ def test_folder_mode_keeps_going_after_a_bad_case(tmp_path, smoke_model_path, ca
     (patients / "patient_b").mkdir()
     (patients / "patient_b" / "ct.nii.gz").write_bytes(b"\x1f\x8b\x08broken")
     _scan(patients / "patient_c", shape=(64, 64, 64), spacing=(5, 5, 5))
-    rc = inference.main(["--model", str(smoke_model_path), "--input", str(patients),
+    rc = segment.main(["--model", str(smoke_model_path), "--input", str(patients),
                          "--output_dir", str(tmp_path / "preds")])
     assert rc == 1
     assert "patient_b" in capsys.readouterr().err

@@ -146,6 +146,8 @@ def test_imports_only_go_down_the_documented_list():
     down this list"."""
     order = documented_order(PACKAGE / "__init__.py")
     assert {"errors", "config", "io", "anatomy", "metrics", "train", "inference"} <= set(order)
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert sorted(modules - set(order)) == [], "modules missing from the package docstring"
     assert not upward_imports(package_imports(PACKAGE), order)
     assert upward_imports({"a": {"b"}, "b": set()}, ["a", "b"]) == ["a -> b"]   # can fail
 

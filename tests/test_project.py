@@ -82,7 +82,7 @@ def test_committed_models_are_the_members_once_and_load_with_keras_alone():
     members = io.load_json(config.REFERENCE_DIR / inference.MANIFEST)["members"]
     ref = config.REFERENCE_DIR.relative_to(ROOT).as_posix()
     assert sorted(tracked) == sorted(f"{ref}/{m['file']}" for m in members)
-    # What a clone downloads: the members stored as float16 (lungseg_utils.storage), 60 MB at most.
+    # What a clone downloads: the members stored as float16 (storage; measured by compact), 60 MB at most.
     from lungseg_utils import storage
 
     total_bytes = sum((config.REFERENCE_DIR / m["file"]).stat().st_size for m in members)

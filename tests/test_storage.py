@@ -1,4 +1,4 @@
-"""lungseg_utils.storage: a model stored without its optimizer and with float16 weights still
+"""lungseg_utils.storage and .compact: a model stored without its optimizer and with float16 weights still
 loads with plain Keras, computes in float32 and predicts what the float32 file predicted;
 an ensemble compacted in place keeps its manifest true and records what changed."""
 
@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from lungseg_utils import config, inference, io, storage, unet
+from lungseg_utils import compact, config, inference, io, storage, unet
 from lungseg_utils.errors import LungsegInputError
 
 
@@ -77,7 +77,7 @@ def test_compact_ensemble_updates_the_manifest_and_records_each_case(smoke_cv, d
     shutil.copytree(smoke_cv[0], folder)
     for m in io.load_json(folder / inference.MANIFEST)["members"]:   # as a float32 run was
         storage.convert_weights(folder / m["file"], "float32")
-    result = storage.compact_ensemble(folder, {"grid64": demo_data, "native": None})
+    result = compact.compact_ensemble(folder, {"grid64": demo_data, "native": None})
     manifest = io.load_json(folder / inference.MANIFEST)
     for m in manifest["members"]:                          # the manifest still tells the truth
         assert io.file_sha256(folder / m["file"]) == m["sha256"]
@@ -91,4 +91,4 @@ def test_compact_ensemble_updates_the_manifest_and_records_each_case(smoke_cv, d
     assert io.load_json(folder / "storage.json")["rows"] == result["rows"]
     inference.load_model(folder)                           # still an ensemble that loads
     with pytest.raises(LungsegInputError, match="already stored as float16"):
-        storage.compact_ensemble(folder, {"grid64": demo_data, "native": None})
+        compact.compact_ensemble(folder, {"grid64": demo_data, "native": None})

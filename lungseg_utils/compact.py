@@ -1,0 +1,110 @@
+"""An ensemble's members stored at half precision, and what that changes, measured.
+
+:func:`compact_ensemble` converts each member's weights (:func:`.storage.convert_weights`)
+and scores every member on its own out-of-fold cases before and after, so the saving comes
+with its cost in Dice beside it::
+
+    python -m lungseg_utils.compact results/reference      # -> results/reference/storage.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import experiments, inference, io, metrics
+from .errors import LungsegInputError
+from .storage import STORAGE_DTYPES, convert_weights, weights_dtype
+
+
+def _member_scores(model_path, case_ids, folders: dict) -> dict:
+    """``{(case_id, grid): (prob64 float32 (64,64,64), mask uint8, Dice)}`` of one model
+    file on its cases, for each grid folder of ``folders`` that is not None."""
+    forward = inference.compiled_forward(inference.load_model(model_path))
+    out = {}
+    for grid, folder in folders.items():
+        for cid in case_ids if folder else ():
+            case = io.load_case(Path(folder) / cid)
+            res = inference.predict_volume(forward, case.ct_hu, case.affine)
+            out[cid, grid] = (res["prob64"], res["mask"], metrics.dice(res["mask"], case.mask))
+    return out
+
+
+def compact_ensemble(folder, folders: dict, dtype: str = "float16") -> dict:
+    """Store every member of the ensemble ``folder`` with its weights as ``dtype`` and
+    measure what that changes, case by case.
+
+    ``folders``: ``{"grid64": dir, "native": dir or None}``; each member predicts its own
+    (out-of-fold) test cases on each grid before and after. Refuses an ensemble whose
+    members are already stored at ``dtype`` (nothing to measure). Updates the members'
+    ``sha256`` and ``bytes`` in ``folder/manifest.json`` and in ``folder/cv/manifest.json``
+    where there is one, and writes ``folder/storage.json``: ``{"dtype", "bytes_before",
+    "bytes_after", "rows": [{"case_id", "grid", "fold", "dice_before", "dice_after",
+    "max_abs_prob64_change", "changed_voxels"}], "max_abs_dice_change"}``. Returns it.
+    """
+    folder = Path(folder)
+    manifest = io.load_json(folder / inference.MANIFEST)
+    files = [folder / m["file"] for m in manifest["members"]]
+    already = [f for f in files if weights_dtype(f) == dtype]
+    if already:
+        raise LungsegInputError(f"{already[0]}: weights already stored as {dtype}.")
+    rows, before_bytes, after_bytes = [], 0, 0
+    for member, path in zip(manifest["members"], files):
+        before = _member_scores(path, member["test"], folders)
+        before_bytes += path.stat().st_size
+        convert_weights(path, dtype)
+        after_bytes += path.stat().st_size
+        after = _member_scores(path, member["test"], folders)
+        for key, (p0, m0, d0) in before.items():
+            p1, m1, d1 = after[key]
+            rows.append({"case_id": key[0], "grid": key[1], "fold": member["fold"],
+                         "dice_before": d0, "dice_after": d1,
+                         "max_abs_prob64_change": float(np.abs(p1 - p0).max()),
+                         "changed_voxels": int((m0 != m1).sum())})
+        member.update(sha256=io.file_sha256(path), bytes=path.stat().st_size)
+    for path in (folder / inference.MANIFEST, folder / "cv" / inference.MANIFEST):
+        if path.exists():
+            m = io.load_json(path)
+            prefix = "" if path.parent == folder else "cv/"
+            for entry in m["members"]:
+                new = next(x for x in manifest["members"] if x["file"] == prefix + entry["file"])
+                entry.update(sha256=new["sha256"], bytes=new["bytes"])
+            io.save_json(m, path, overwrite=True)
+    rows.sort(key=lambda r: (r["grid"], r["case_id"]))
+    result = {"run": experiments.run_identity(folder), "dtype": dtype,
+              "bytes_before": before_bytes, "bytes_after": after_bytes, "rows": rows,
+              "max_abs_dice_change": max(abs(r["dice_after"] - r["dice_before"]) for r in rows)}
+    io.save_json(result, folder / "storage.json", overwrite=True)
+    return result
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from . import config, synthetic
+
+    p = argparse.ArgumentParser(
+        prog="python -m lungseg_utils.compact",
+        description="Store an ensemble's member weights at half precision (half the bytes), "
+                    "measuring on each member's out-of-fold cases what it changes "
+                    "(ENSEMBLE/storage.json).")
+    p.add_argument("ensemble", help="an ensemble folder (holding manifest.json)")
+    p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES)
+    args = p.parse_args(argv)
+    try:
+        result = compact_ensemble(args.ensemble, {"grid64": synthetic.resolve_data_dir(),
+                                                  "native": config.native_data_dir()},
+                                  args.dtype)
+    except LungsegInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['bytes_before'] / 1e6:.1f} MB -> {result['bytes_after'] / 1e6:.1f} MB; "
+          f"largest Dice change {result['max_abs_dice_change']:.2e} over {len(result['rows'])} "
+          f"out-of-fold predictions")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
