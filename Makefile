@@ -30,12 +30,14 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 ## notebooks: run each notebook in order (LUNGSEG_PROFILE, default main) on RUN, outputs in place
+##            (kernel traffic encrypted with CurveZMQ where the kernel supports it: no TCP warning)
 notebooks: setup
 	@export LUNGSEG_RUN="$(or $(RUN),results/reference)"; echo "== run: $$LUNGSEG_RUN"; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($${LUNGSEG_PROFILE:-main})"; \
 	  $(PY) -m jupytext --quiet --to ipynb --update notebooks/$$nb.py || exit 1; \
 	  $(PY) -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
+	    --KernelManager.transport_encryption=auto \
 	    --ExecutePreprocessor.timeout=7200 notebooks/$$nb.ipynb || exit 1; \
 	done
 

@@ -105,9 +105,11 @@ def compiled_forward(model, compile: bool = True, members: bool = False):
     """
     keras = config.import_keras_quietly()
     models = model.members if isinstance(model, Ensemble) else [model]
-    reduce = (lambda t: t) if members else (lambda t: keras.ops.mean(t, axis=0))  # noqa: E731
-    mean = lambda x: reduce(keras.ops.stack(  # noqa: E731
-        [m(x, training=False) for m in models]))
+
+    def mean(x):   # a named function, not lambdas: AutoGraph reads its source without a warning
+        stacked = keras.ops.stack([m(x, training=False) for m in models])
+        return stacked if members else keras.ops.mean(stacked, axis=0)
+
     if not compile:
         return lambda x: np.asarray(mean(np.asarray(x, np.float32)))
     backend = keras.backend.backend()

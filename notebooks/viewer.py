@@ -2,12 +2,16 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
 # # Lung CT slice viewer
 #
-# Scroll through one chest CT in any plane, with the expert lung mask, a prediction and
+# Pick a scan, scroll through it in any plane, with the expert lung mask, a prediction and
 # the error map between them (true positives, false positives, false negatives) drawn over
 # it. Pictures follow the radiological convention (the patient's right on the image's left),
 # read from the file's affine; the line under the picture gives the slice's position in
@@ -17,28 +21,20 @@
 # (Yang et al., 2017, DOI 10.7937/K9/TCIA.2017.3R3FVZ08).
 
 # %%
-from lungseg_utils import anatomy, config, geometry, inference, io, synthetic, viewer
+from lungseg_utils import config, io, synthetic, viewer
 
-case = io.load_case(io.discover_cases(synthetic.resolve_data_dir())[0])
+course = {f"{p.name} (64³)": p for p in io.discover_cases(synthetic.resolve_data_dir())}
+native_dir = config.native_data_dir()
+native = {f"{p.name} (native)": p for p in io.discover_cases(native_dir)} if native_dir else {}
 
 # %% [markdown]
-# The prediction comes from the trained network with test-time augmentation when the active
-# run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`) holds a model
-# (only then is TensorFlow imported; the spread of the eight flipped predictions is the
-# uncertainty overlay), otherwise from the classical threshold baseline.
-
-# %%
-run = config.active_run_dir()
-if (run / inference.MANIFEST).exists() or (run / inference.MODEL_FILE).exists():
-    result = inference.predict_case(case, model=inference.load_model(run), tta=True)
-    pred, source = result["mask"], "3D U-Net with TTA"
-    uncertainty = geometry.from_model_grid(result["std64"], result["grid"])
-else:
-    pred, uncertainty = anatomy.classical_lung_mask(case.ct_hu, case.spacing_mm), None
-    source = "classical baseline"
-print(f"{case.case_id}: {case.ct_hu.shape} voxels, prediction: {source}")
+# Pick a case, or type the path of any NIfTI file or DICOM folder and press *open*: the scan
+# shows at once, with its expert mask where it has one. *segment* runs the model of the
+# active run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`) with
+# test-time augmentation, so the spread of the eight flipped predictions is the uncertainty
+# overlay; TensorFlow and the model load on the first press only. Without a model the
+# classical threshold baseline segments instead.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=pred, uncertainty=uncertainty,
-                   title=f"{case.case_id} (prediction: {source})")
+viewer.CaseBrowser({**course, **native}, predict=viewer.predictor_for(config.active_run_dir()))

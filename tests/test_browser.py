@@ -1,8 +1,8 @@
 """The viewer notebook served by Voila and driven in Debian's Chromium with Playwright.
 
 Checks that the page shows the viewer, that a key press on the slice slider, a click on
-another plane and a new overlay each change the picture, and that no Python error reaches
-the page. Screenshots and timings go to ``tests/artifacts/`` (ignored by git).
+another plane, a new overlay, another case in the picker and the segment button each change
+the picture, and that no Python error reaches the page. Screenshots and timings go to ``tests/artifacts/`` (ignored by git).
 Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``); never ``playwright install``.
 """
 
@@ -27,6 +27,8 @@ CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = REPO / "tests" / "artifacts"
 PYTHON_ERROR = re.compile(r"Traceback|\b[A-Z]\w*Error\b|There was an error")
+SEGMENTED = """() => / in \\d+\\.\\d s$/.test(
+                     document.querySelector('.lungseg-browser-state').innerText.trim())"""
 NEW_PICTURE = """old => { const i = document.querySelector('img.lungseg-image');
                          return i && i.src && i.src !== old && i.complete && i.naturalWidth > 0; }"""
 
@@ -77,7 +79,7 @@ def voila_url(tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(420)
 def test_viewer_notebook_in_voila(voila_url):
     from playwright.sync_api import sync_playwright
 
@@ -97,12 +99,12 @@ def test_viewer_notebook_in_voila(voila_url):
             assert re.search(r"axial slice \d+ / \d+ .* z = -?\d+\.\d mm .* cm²", readout.inner_text())
             page.screenshot(path=ARTIFACTS / "viewer_1_loaded.png", full_page=True)
 
-            def change_and_wait(name, action):
+            def change_and_wait(name, action, timeout_s=30):
                 """Do ``action``; wait until the picture is a new one; return its screenshot."""
                 old_src, old_shot = img.get_attribute("src"), img.screenshot()
                 t = time.monotonic()
                 action()
-                page.wait_for_function(NEW_PICTURE, arg=old_src, timeout=30_000)
+                page.wait_for_function(NEW_PICTURE, arg=old_src, timeout=timeout_s * 1000)
                 timings[f"{name}_s"] = time.monotonic() - t
                 page.wait_for_timeout(100)
                 page.screenshot(path=ARTIFACTS / f"viewer_{name}.png", full_page=True)
@@ -121,6 +123,19 @@ def test_viewer_notebook_in_voila(voila_url):
             overlay = "errors" if "errors" in options else "none"
             change_and_wait("4_overlay_" + overlay,
                             lambda: page.select_option(".lungseg-overlay select", overlay))
+
+            # the case picker: another case at once, then a prediction only when asked for
+            state = page.locator(".lungseg-browser-state")
+            cases = page.locator(".lungseg-browser-case select option").all_inner_texts()
+            assert len(cases) >= 2, cases
+            change_and_wait("5_picker", lambda: page.select_option(".lungseg-browser-case select",
+                                                                    cases[1]))
+            assert cases[1] in state.inner_text() and "press segment" in state.inner_text()
+            change_and_wait("6_segment", lambda: page.click(".lungseg-browser-segment"),
+                            timeout_s=200)
+            page.wait_for_function(SEGMENTED, timeout=30_000)
+            assert "prediction" in page.locator(".lungseg-overlay select option").all_inner_texts()
+            assert state.inner_text().startswith(cases[1])    # the case picked, segmented
 
             body = page.inner_text("body")
             assert not PYTHON_ERROR.search(body), PYTHON_ERROR.search(body).group(0)

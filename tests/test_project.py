@@ -39,6 +39,40 @@ def test_every_notebook_is_a_synced_jupytext_pair():
         assert a == b, f"{py.name} and {nb.name} differ: run jupytext --sync and re-execute"
 
 
+def test_every_notebook_names_its_kernel():
+    """Opening a notebook must not ask for a kernel: the .py twin carries the kernelspec
+    (jupytext.toml keeps it) and the .ipynb has it."""
+    import jupytext
+
+    for py in sorted((ROOT / "notebooks").glob("*.py")):
+        for path in (py, py.with_suffix(".ipynb")):
+            spec = jupytext.read(path).metadata.get("kernelspec", {})
+            assert spec.get("name") == "python3" and spec.get("language") == "python", path.name
+
+
+def test_the_main_jobs_notebook_runs_print_no_jupyter_warning(tmp_path):
+    """The Makefile's nbconvert flags (kernel traffic encrypted with CurveZMQ) on a one-cell
+    notebook: nothing on stderr but what the notebook itself says."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    flags = re.findall(r"--KernelManager\.\S+", (ROOT / "Makefile").read_text())
+    assert flags, "the Makefile's notebook command sets no kernel transport option"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ok')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, tmp_path / "one.ipynb")
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--log-level=WARN",
+                          "--to", "notebook", "--execute", "--inplace", *flags,
+                          str(tmp_path / "one.ipynb")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING" not in run.stderr and "without encryption" not in run.stderr, run.stderr
+    assert nbformat.read(tmp_path / "one.ipynb", 4).cells[0].outputs[0]["text"] == "ok\n"
+
+
 def test_executed_notebooks_have_outputs():
     import nbformat
 

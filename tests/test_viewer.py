@@ -137,3 +137,69 @@ def test_bad_inputs_name_the_array(case):
         SliceViewer(case["ct_hu"], case["affine"], pred=case["pred"][:-1])
     with pytest.raises(LungsegInputError, match="3D"):
         SliceViewer(case["ct_hu"][0], case["affine"])
+
+
+# ----------------------------------------------------------------------------- the case browser
+def test_case_browser_shows_a_case_at_once_and_switches_cases(demo_data):
+    from lungseg_utils import io
+    from lungseg_utils.viewer import CaseBrowser
+
+    folders = io.discover_cases(demo_data)
+    browser = CaseBrowser({p.name: p for p in folders[:2]})   # no model: no segment button
+    assert find(browser, "browser-segment").disabled
+    first = browser.viewer.current_image()
+    assert browser.viewer.mask is not None and browser.viewer.pred is None
+    find(browser, "browser-case").value = folders[1].name     # what the picker does
+    assert browser.scan["label"] == folders[1].name
+    assert not np.array_equal(browser.viewer.current_image(), first)
+    assert folders[1].name in find(browser, "browser-state").value
+
+
+def test_case_browser_opens_a_path_and_says_what_it_cannot_read(demo_data, tmp_path):
+    from lungseg_utils import io
+    from lungseg_utils.viewer import CaseBrowser
+
+    folders = io.discover_cases(demo_data)
+    browser = CaseBrowser({folders[0].name: folders[0]})
+    assert browser.open(str(folders[1] / io.CT_NAME))          # a NIfTI file: no reference
+    assert browser.viewer.mask is None and browser.scan["label"] == io.CT_NAME
+    shown = browser.viewer
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a scan")
+    for bad in (tmp_path / "missing.nii.gz", tmp_path / "bad.nii.gz"):
+        find(browser, "browser-path").value = str(bad)
+        find(browser, "browser-open").click()
+        assert browser.viewer is shown                         # the scan shown before stays
+        state = find(browser, "browser-state").value
+        assert str(bad) in state and "#b00020" in state        # the reason, in red, one line
+
+
+def test_case_browser_segments_on_demand_with_progress(demo_data):
+    from lungseg_utils import io
+    from lungseg_utils.viewer import CaseBrowser, classical_predictor
+
+    folders = io.discover_cases(demo_data)
+    calls = []
+
+    def predict(ct_hu, affine):
+        calls.append(ct_hu.shape)
+        return classical_predictor(ct_hu, affine)
+
+    browser = CaseBrowser({folders[0].name: folders[0]}, predict=predict)
+    assert calls == [] and find(browser, "browser-progress").value == 0   # nothing predicted yet
+    find(browser, "browser-segment").click()
+    assert calls == [(64, 64, 64)]
+    assert find(browser, "browser-progress").value == find(browser, "browser-progress").max
+    assert browser.viewer.pred is not None and browser.viewer._overlay == "errors"
+    assert "classical baseline" in find(browser, "browser-state").value
+
+
+def test_static_render_gets_the_picture():
+    """Beside the widget, the display bundle carries the current picture as PNG: what
+    ``nbconvert --to html`` shows when no widget can run."""
+    import base64
+
+    viewer = SliceViewer(**viewer_case())
+    data = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert base64.b64decode(data["image/png"]) == viewer.png()
+    assert viewer.png().startswith(b"\x89PNG")
