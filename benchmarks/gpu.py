@@ -21,11 +21,9 @@ sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/gpu.py", description=__doc__.split("\n")[0])
-    ap.add_argument("--base_filters", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--size", type=int, default=64, help="input edge (a multiple of 16)")
+    for flag, default in (("--base_filters", 16), ("--batch", 2), ("--size", 64), ("--reps", 10)):
+        ap.add_argument(flag, type=int, default=default)   # --size: a multiple of 16
     ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
-    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "gpu_results.json")
     args = ap.parse_args(argv)
     if importlib.util.find_spec("jax") is None:

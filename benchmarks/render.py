@@ -12,6 +12,7 @@ import operator
 from pathlib import Path
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+JOB_START, JOB_END = "<!-- job:start -->", "<!-- job:end -->"   # beside the two commands
 CONTENDED_CORES = 0.15  # a measurement beside other processes using more is flagged
 HEADROOM_MIN, MEMORY_TARGET_MIB = 5.0, 4096.0
 #: The columns of results.json (run.ISA_ENV), in the order the tables show them.
@@ -186,13 +187,7 @@ def summary(results: dict) -> list[str]:
                        " (the training log of the earlier reference, trained from scratch: the "
                        "present one's members were fine-tuned from such runs)."
                        if ttd.get("from_earlier_reference") else "."))
-    jobs = (results.get("job") or {}).get("make_all") or {}
-    if jobs:  # results["job"]["make_all"][kind]: a run's job.json (run.py --job)
-        out.append("- **`make all` from a fresh clone** (its `job.json`; training within the "
-                   "main profile's budget): " + ", ".join(
-                       f"{v['wall_s'] / 60:.0f} min on {ISA_LABEL[k]} ({v['cpu']['model']}, "
-                       f"{v['cpu']['logical_cpus']} cores, {v['finished'][:10]})"
-                       for k, v in sorted(jobs.items())) + ".")
+    out += [f"- {job_line(results)}"] if job_line(results) else []
     for k in columns(results):
         e = results["isa"][k]
         busy = ", ".join(f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
@@ -224,13 +219,28 @@ def readme_block(results: dict) -> str:
                       "measured: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
 
 
+def job_line(results: dict) -> str:
+    """`make all` from a fresh clone per CPU kind (run.py --job); "" if never measured."""
+    jobs = (results.get("job") or {}).get("make_all") or {}
+    return jobs and ("**`make all` from a fresh clone** (its `job.json`; training within the "
+                     "main profile's budget): " + ", ".join(
+                         f"{v['wall_s'] / 60:.0f} min on {ISA_LABEL[k]} ({v['cpu']['model']}, "
+                         f"{v['cpu']['logical_cpus']} cores, {v['finished'][:10]})"
+                         for k, v in sorted(jobs.items())) + ".")
+
+
 def update_readme(path, results: dict) -> bool:
-    """Replace the text between README's bench markers; False (and no change) without them."""
-    head, start, rest = Path(path).read_text().partition(README_START)
-    if not start or README_END not in rest:
+    """Replace the text between README's bench markers (and its job markers, where there);
+    False (and no change) without the bench markers."""
+    text = Path(path).read_text()
+    if README_START not in text or README_END not in text:
         return False
-    Path(path).write_text(f"{head}{start}\n{readme_block(results)}\n{README_END}"
-                          + rest.split(README_END, 1)[1])
+    for start, end, block in ((README_START, README_END, readme_block(results)),
+                              (JOB_START, JOB_END, job_line(results))):
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = f"{head}{start}\n{block}\n{end}" + rest.split(end, 1)[1]
+    Path(path).write_text(text)
     return True
 
 

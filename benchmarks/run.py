@@ -222,22 +222,18 @@ def merge(old: dict | None, key: str, tiny: bool) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/run.py",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=BENCH_DIR,
-                    help="folder of results.json, RESULTS.md, scaling.png (default benchmarks/)")
+    ap.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder (benchmarks/)")
     ap.add_argument("--isa", choices=["avx512", "avx2"],
-                    help="CPU instruction set for oneDNN (default: the CPU's own; avx2 on an "
-                         "AVX-512 CPU caps oneDNN at AVX2: the avx2_capped column)")
+                    help="oneDNN's ISA (default the CPU's; avx2 on AVX-512: avx2_capped)")
     ap.add_argument("--eigen", action="store_true",
-                    help="with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): TensorFlow's own default "
-                         "on CPUs without AVX-512 VNNI/BF16, the 'before' column")
+                    help="oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): the 'before' column")
     ap.add_argument("--tiny", action="store_true", help="base-2 network, two repetitions")
     ap.add_argument("--render", action="store_true", help="measure nothing, re-render")
     ap.add_argument("--job", type=Path, metavar="JOB_JSON",
-                    help="measure nothing: add a make-all run's job.json (its wall time, by "
-                         "CPU kind) to results.json, then re-render")
+                    help="measure nothing: add a make-all run's job.json, re-render")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
-                    help="wait for an idle CPU before each measurement, S seconds in all")
+                    help="wait up to S s in all for an idle CPU")
     args = ap.parse_args(argv)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else None

@@ -1,8 +1,7 @@
 """The measurements of ``run.py``: ``python benchmarks/tasks.py TASK PARAMS_JSON OUT_JSON``.
 
-One process per measurement, so that its peak resident memory (``ru_maxrss``) is its own and
-the mixed-precision policy of one does not leak into the next. Every timing is a list of
-repetitions after a warm-up call (tracing included), summarised by :func:`summarise`.
+One process per measurement: its peak memory (``ru_maxrss``) is its own, no precision policy
+leaks into the next. Every timing: repetitions after a warm-up call, :func:`summarise`d.
 """
 
 from __future__ import annotations
@@ -192,9 +191,8 @@ def task_inference(p) -> dict:
 
 
 def task_native(p) -> dict:
-    """One native scan end to end as the command line does it: load, predict_volume (model
-    grid, predict, back, refine), save; without and with 8-flip TTA; with ``ensemble`` (a
-    folder) also the whole ensemble in one compiled graph, its time and both Dice."""
+    """One native scan end to end as the command does it (load, predict_volume, save), without
+    and with TTA; with ``ensemble`` also the whole ensemble in one graph, time and Dice."""
     from lungseg_utils import inference, io, metrics
 
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
@@ -233,10 +231,8 @@ def task_native(p) -> dict:
 
 
 def task_cli(p) -> dict:
-    """The inference command on one native scan as a user runs it: a fresh process each time
-    (``python -m lungseg_utils.inference --input ct --output_mask m --verbose``), the default
-    model (the reference ensemble). Its own ``--verbose`` lines say what start-up cost
-    (imports, model load) and what the scan itself took (the first, tracing included)."""
+    """The inference command on one native scan in a fresh process each time, default model;
+    its ``--verbose`` lines split start-up (imports, model load) from the scan itself."""
     import re
     import subprocess
 

@@ -88,6 +88,30 @@ class WallClockBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochSummary(keras.callbacks.Callback):
+    """A compact training log: one line every ``every`` epochs and at the last one (loss,
+    Dice and their validation values, seconds an epoch) instead of a line or a progress bar
+    per epoch; what a notebook shows in a handful of lines."""
+
+    def __init__(self, epochs: int, every: int):
+        super().__init__()
+        self.epochs, self.every, self._t0 = int(epochs), max(1, int(every)), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._t0 is None:
+            self._t0, self._first = time.perf_counter(), epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return
+        per_epoch = (time.perf_counter() - self._t0) / (epoch + 1 - self._first)
+        values = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
+                           if k in logs)
+        print(f"epoch {epoch + 1:>3}/{self.epochs}  {values}  ({per_epoch:.1f} s an epoch)",
+              flush=True)
+
+
 def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01):
     """``f(epoch) -> rate`` for ``keras.callbacks.LearningRateScheduler``: half a cosine from
     ``learning_rate`` at epoch 0 down to ``floor * learning_rate`` at epoch ``epochs - 1``."""

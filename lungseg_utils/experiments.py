@@ -316,6 +316,18 @@ def time_inference(forward, x64, repeats: int = 5) -> dict:
     return times
 
 
+def method_difference(result: dict, grid: str, a: str = "baseline", b: str = "unet",
+                      ci: float = 0.95, seed: int = 0) -> dict:
+    """Method ``b`` against method ``a`` on the cases of ``evaluation.json``'s ``grid``,
+    paired by case: ``{"mean_diff", "lo", "hi"}`` of Dice ``b - a`` (a paired bootstrap
+    interval, :func:`lungseg_utils.metrics.paired_bootstrap_ci`), ``ci``, ``n`` cases and
+    ``n_better``, the cases where ``b`` scores higher."""
+    cases = result[grid]["cases"]
+    da, db = [c[a]["dice"] for c in cases], [c[b]["dice"] for c in cases]
+    return {**metrics.paired_bootstrap_ci(da, db, ci=ci, seed=seed), "ci": ci, "n": len(cases),
+            "n_better": int(sum(y > x for x, y in zip(da, db)))}
+
+
 def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
     """Per grid, TTA's Dice gain over the single pass as a paired bootstrap interval
     (:func:`lungseg_utils.metrics.paired_bootstrap_ci` plus ``ci``); grids with fewer than
@@ -328,6 +340,20 @@ def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
                                                          [r["dice_tta"] for r in sub],
                                                          ci=ci, seed=seed), "ci": ci}
     return gains
+
+
+def tta_recommendation(tta: dict) -> dict:
+    """Whether to run TTA by default, from ``tta.json``: only if its Dice gain on the native
+    grid (what the inference command delivers) has a paired interval above zero.
+    ``{"default": bool, "text": one sentence with the numbers}``."""
+    g, slow = tta["dice_gain_native"], tta["time_s"]["tta"] / tta["time_s"]["single"]
+    gain = f"{g['mean_diff']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]"
+    if g["lo"] > 0:
+        return {"default": True, "text": f"TTA raises native-grid Dice by {gain} at {slow:.1f}x "
+                                         "the time: worth running by default (--tta)."}
+    return {"default": False, "text": f"TTA's native-grid Dice gain {gain} is not above zero, "
+                                      f"at {slow:.1f}x the time: leave it off by default and "
+                                      "use --tta when the uncertainty map is wanted."}
 
 
 def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str,

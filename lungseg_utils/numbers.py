@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 from . import config, experiments, io
@@ -22,8 +23,8 @@ from .inference import FLIPS, REFINE_HU
 
 #: The figures the report shows, as exported by the notebooks (``figures/<name>.{png,pdf}``);
 #: the two-digit prefix names the notebook that makes each one.
-REPORT_FIGURES = ("02_model_grid_round_trip", "03_augmentation_grid", "04_training_curves",
-                  "05_dice_boxplot", "05_worst_cases", "06_tta_uncertainty")
+REPORT_FIGURES = ("02_model_grid_round_trip", "04_training_curves", "05_dice_paired",
+                  "05_worst_cases", "06_tta_uncertainty")
 #: The result files of a run that the report reads.
 RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_metrics.json",
                 "evaluation.json", "tta.json")
@@ -103,9 +104,12 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
 
 
 def _figure_info(figures_dir: Path) -> dict:
-    """``{name: {"path", "width_in", "aspect", "wide"}}`` for :data:`REPORT_FIGURES`: where
-    Typst finds the PDF, the exported width in inches, width / height, and whether it spans
-    both columns. Raises naming the first figure missing as PNG or PDF."""
+    """``{name: {"path", "width_in", "aspect", "wide", "min_font_pt"}}`` for
+    :data:`REPORT_FIGURES`: where Typst finds the PDF, the exported width in inches, width /
+    height, whether it spans both columns, and its smallest text in pt at the exported size
+    (:func:`lungseg_utils.viz.smallest_text_pt`; None for a figure exported before it was
+    recorded). Raises naming the first figure missing as PNG or PDF."""
+    from .viz import MIN_FONT_KEY
     from PIL import Image
 
     info = {}
@@ -117,8 +121,10 @@ def _figure_info(figures_dir: Path) -> dict:
         with Image.open(figures_dir / f"{name}.png") as im:
             w_px, h_px = im.size
             dpi = float((im.info.get("dpi") or (300, 300))[0]) or 300.0
-        info[name] = {"path": f"/figures/{name}.pdf", "width_in": round(w_px / dpi, 2),
-                      "aspect": round(w_px / h_px, 4), "wide": w_px / dpi > WIDE_FIGURE_IN}
+            font = im.info.get(MIN_FONT_KEY)
+        info[name] = {"path": f"/figures/{name}.pdf", "width_in": round(w_px / dpi, 3),
+                      "aspect": round(w_px / h_px, 4), "wide": w_px / dpi > WIDE_FIGURE_IN,
+                      "min_font_pt": float(font) if font else None}
     return info
 
 
@@ -199,6 +205,10 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
         numbers["compare"]["cv"] = {
             "grid64": {"baseline": _compare(c64["unet"], c64["baseline"])},
             "native": {"baseline": _compare(cnat["unet"], cnat["baseline"])}}
+    numbers["versus"] = {key: difference_numbers(experiments.method_difference(ev, grid, b=b))
+                         for key, (grid, b) in VERSUS.items() if ev[grid]["cases"]}
+    numbers["worst"] = worst_case_numbers(ev)
+    numbers["tta_default"] = experiments.tta_recommendation(tta)["default"]
     for stem in ("evaluation", "tta", "split"):
         numbers[stem] = format_tree(raw[stem])
     numbers["ensemble"] = ensemble_numbers(raw["results_dir"])
@@ -281,6 +291,40 @@ def seed_numbers(result: dict) -> dict:
     return {"fold": str(result["fold"]), "seeds": ", ".join(map(str, result["seeds"])),
             "n_seeds": str(len(result["seeds"])), "rows": rows,
             "max_range": fmt_number(max(r["range"] for r in result["summary"]), 3)}
+
+
+#: The paired comparisons the report prints: key -> (grid, method set against the baseline).
+VERSUS = {"grid64": ("grid64", "unet"), "native": ("native", "unet"),
+          "native_raw": ("native", "unet_raw")}
+
+
+def difference_numbers(d: dict) -> dict:
+    """:func:`lungseg_utils.experiments.method_difference` as printed (signed, 4 decimals),
+    with ``excludes_zero``: whether the interval lies on one side of zero."""
+    return {"mean_diff": fmt_number(d["mean_diff"], 4, signed=True),
+            "lo": fmt_number(d["lo"], 4, signed=True), "hi": fmt_number(d["hi"], 4, signed=True),
+            "ci": fmt_number(100 * d["ci"], 0), "n": str(d["n"]), "n_better": str(d["n_better"]),
+            "excludes_zero": d["lo"] > 0 or d["hi"] < 0}
+
+
+def worst_case_numbers(ev: dict) -> dict:
+    """The U-Net's worst case (native grid, else 64^3) as printed: its Dice and HD95, its
+    reference lung volume (L) and rank by volume among the cases, the U-Net's volume error,
+    and whether the classical pipeline did better on it."""
+    grid = "native" if ev["native"]["cases"] else "grid64"
+    cases = ev[grid]["cases"]
+    w = min(cases, key=lambda c: c["unet"]["dice"])
+    volumes = sorted((c["unet"]["volume_ref_ml"] for c in cases), reverse=True)
+    rank = volumes.index(w["unet"]["volume_ref_ml"]) + 1
+    median_l = statistics.median(volumes) / 1000
+    return {"grid": grid, "case_id": w["case_id"], "dice": fmt_number(w["unet"]["dice"], 3),
+            "hd95_mm": fmt_number(w["unet"]["hd95_mm"], 1),
+            "volume_l": fmt_number(w["unet"]["volume_ref_ml"] / 1000, 1),
+            "median_volume_l": fmt_number(median_l, 1), "volume_rank": str(rank),
+            "largest": rank == 1, "n_cases": str(len(cases)),
+            "volume_error_pct": fmt_number(w["unet"]["volume_error_pct"], 1, signed=True),
+            "baseline_dice": fmt_number(w["baseline"]["dice"], 3),
+            "baseline_better": w["baseline"]["dice"] > w["unet"]["dice"]}
 
 
 def _compare(a: dict, b: dict) -> dict:

@@ -22,6 +22,7 @@ block in a few seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -166,6 +167,20 @@ def update_readme(readme_path=None, results_dir=None) -> Path:
 
 
 # ----------------------------------------------------------------------------- the PDF
+@contextlib.contextmanager
+def _staged(numbers: str, figures_dir: Path):
+    """A temporary Typst root holding ``report/report.typ``, its numbers and the figures."""
+    with tempfile.TemporaryDirectory(prefix="lungseg_report_") as tmp:
+        stage = Path(tmp)
+        (stage / "report").mkdir()
+        (stage / "figures").mkdir()
+        shutil.copy(REPORT_TYP, stage / "report" / "report.typ")
+        (stage / "report" / NUMBERS_NAME).write_text(numbers, encoding="utf-8")
+        for name in REPORT_FIGURES:
+            shutil.copy(figures_dir / f"{name}.pdf", stage / "figures" / f"{name}.pdf")
+        yield stage
+
+
 def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
     """Compile ``report/report.typ`` into ``out_pdf`` (default ``report/report.pdf``) from
     the result files in ``results_dir`` (default ``results/reference``, see
@@ -180,14 +195,7 @@ def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
     figures_dir = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
     out_pdf = Path(out_pdf) if out_pdf is not None else REPORT_PDF
     numbers = json.dumps(report_numbers(results_dir, figures_dir), indent=1, ensure_ascii=False)
-    with tempfile.TemporaryDirectory(prefix="lungseg_report_") as tmp:
-        stage = Path(tmp)
-        (stage / "report").mkdir()
-        (stage / "figures").mkdir()
-        shutil.copy(REPORT_TYP, stage / "report" / "report.typ")
-        (stage / "report" / NUMBERS_NAME).write_text(numbers, encoding="utf-8")
-        for name in REPORT_FIGURES:
-            shutil.copy(figures_dir / f"{name}.pdf", stage / "figures" / f"{name}.pdf")
+    with _staged(numbers, figures_dir) as stage:
         try:
             pdf = typst.compile(str(stage / "report" / "report.typ"), root=str(stage),
                                 sys_inputs={"numbers": NUMBERS_NAME})
@@ -198,6 +206,24 @@ def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
     with io.atomic_write(out_pdf.parent / NUMBERS_NAME, overwrite=True) as tmp_json:
         tmp_json.write_text(numbers, encoding="utf-8")
     return out_pdf
+
+
+def printed_figures(results_dir=None, figures_dir=None) -> list[dict]:
+    """Each figure as the report prints it: ``{"name", "width_pt" (printed), "exported_in",
+    "min_font_pt" (at the exported size, or None if not recorded), "printed_min_font_pt"}``,
+    read back from the compiled document (its ``<printed-figure>`` metadata)."""
+    import typst
+
+    figures_dir = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
+    numbers = json.dumps(report_numbers(results_dir, figures_dir), ensure_ascii=False)
+    with _staged(numbers, figures_dir) as stage:
+        found = json.loads(typst.query(str(stage / "report" / "report.typ"), "<printed-figure>",
+                                       field="value", root=str(stage),
+                                       sys_inputs={"numbers": NUMBERS_NAME}))
+    for f in found:
+        scale = f["width_pt"] / (72.0 * f["exported_in"])
+        f["printed_min_font_pt"] = None if f["min_font_pt"] is None else f["min_font_pt"] * scale
+    return found
 
 
 def main(argv=None) -> int:

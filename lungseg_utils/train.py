@@ -36,7 +36,7 @@ from .errors import LungsegInputError, LungsegWarning
 keras = import_keras_quietly()
 # The modules below use Keras: imported after it, quietly.
 from . import dataset, storage, synthetic, unet  # noqa: E402
-from .callbacks import SeedStateBackup, WallClockBudget, cosine_schedule  # noqa: E402
+from .callbacks import EpochSummary, SeedStateBackup, WallClockBudget, cosine_schedule  # noqa: E402
 from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401
 from .metrics import dice, iou  # noqa: E402
 
@@ -55,6 +55,10 @@ def _set_determinism(enabled: bool) -> bool:
 
 
 def _verbose(verbose):
+    """Keras's verbosity for ``verbose``: None/"auto" a bar on a terminal, else a line an
+    epoch; "compact" none (:class:`EpochSummary` prints a few lines instead)."""
+    if verbose == "compact":
+        return 0
     return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose)
 
 
@@ -210,9 +214,9 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         own settings, split and data folder. Only ``epochs`` may be overridden.
     split : dict or path to a split.json, optional
         Use this split instead of a new seeded one (``io.make_split``).
-    verbose : 0, 1, 2 or None
+    verbose : 0, 1, 2, "compact" or None
         Keras progress output; None: a bar of steps in a terminal (1), one line per epoch
-        otherwise (2, for notebooks and logs).
+        otherwise (2, for logs); "compact": about six lines a run (notebooks).
     callbacks : list of keras.callbacks.Callback, optional
         Extra callbacks, called after the run's own.
     deterministic : bool
@@ -267,7 +271,7 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                      seed=seed, augment=False, **val_batches)
         if resume is None:
-            if settings.get("budget_min") or _verbose(verbose):
+            if settings.get("budget_min") or _verbose(verbose) or verbose == "compact":
                 cfg["plan"] = plan_epochs(settings, train_ds, len(split["val"]),
                                           time.perf_counter() - t_start)
                 settings["epochs"] = cfg["settings"]["epochs"] = cfg["plan"]["epochs"]
@@ -305,6 +309,8 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
             keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, double_checkpoint=True,
                                              delete_checkpoint=False),
             *([budget] if budget else []),
+            *([EpochSummary(settings["epochs"], max(1, int(settings["epochs"]) // 6))]
+              if verbose == "compact" else []),
             *(callbacks or []),
             *([keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda epoch, logs: runstate.fault(f"epoch_end:{epoch}"))]

@@ -127,6 +127,23 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
     return keras.Model(inputs, outputs, name=name)
 
 
+def level_table(model) -> list[dict]:
+    """The network level by level, as a reader wants it instead of Keras's layer-by-layer
+    summary: one row per block of layers that share a name prefix (``enc0`` ... ``bottleneck``
+    ... ``dec0``, ``lung_prob``), in order, with ``{"block", "layers", "output" (its last
+    layer's shape without the batch axis), "params"}``. The input layer is left out."""
+    rows = {}
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        block = layer.name.split("_")[0] if layer.name != "lung_prob" else layer.name
+        row = rows.setdefault(block, {"block": block, "layers": 0, "output": None, "params": 0})
+        row["layers"] += 1
+        row["output"] = tuple(layer.output.shape[1:])
+        row["params"] += layer.count_params()
+    return list(rows.values())
+
+
 def count_flops(model) -> int:
     """Forward-pass floating-point operations of ``model`` for one sample (batch 1).
 

@@ -81,12 +81,60 @@ def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path
                                 "such as '05_dice_boxplot' (no folder, no extension).")
     folder = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
     written = []
+    text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}   # read back by the report's test
     for fmt in ("png", "pdf"):
         with io.atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.02,
-                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+                        metadata={"CreationDate": None} if fmt == "pdf" else text)
         written.append(folder / f"{name}.{fmt}")
     return written
+
+
+#: The PNG text chunk in which :func:`export_figure` records :func:`smallest_text_pt`.
+MIN_FONT_KEY = "lungseg_min_font_pt"
+
+
+def smallest_text_pt(fig) -> float:
+    """The smallest font size (pt, at the figure's own size) of any visible, non-empty text
+    in ``fig``: titles, labels, tick labels, legends, annotations. A figure printed at
+    ``w`` inches that was drawn ``W`` inches wide shows it at ``size * w / W`` pt."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()           # tick labels exist only once drawn
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and _on_figure(t)]
+    return float(min(sizes)) if sizes else float("inf")
+
+
+def _on_figure(text) -> bool:
+    """Whether ``text`` is drawn: its axes (if any) visible, its position not clipped away."""
+    ax = text.axes
+    if ax is not None and not ax.get_visible():
+        return False
+    return text.get_window_extent().width > 0
+
+
+def paired_plot(ax, values: dict, highlight=None, ylabel="Dice"):
+    """One dot per case and method, a line per case across the methods.
+
+    ``values``: ``{method label: {case_id: value}}`` in plotting order (same cases in each);
+    ``highlight``: a case_id drawn in colour and named. Returns ``ax``."""
+    labels = list(values)
+    cases = list(values[labels[0]])
+    x = np.arange(len(labels))
+    for cid in cases:
+        y = [values[m][cid] for m in labels]
+        hot = cid == highlight
+        ax.plot(x, y, "-o", color="#D55E00" if hot else "0.55", lw=1.1 if hot else 0.7,
+                ms=3.2 if hot else 2.4, zorder=3 if hot else 2,
+                label=cid if hot else None)
+    ax.set_xticks(x, labels, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.35, len(labels) - 0.65)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", lw=0.4, color="0.85")
+    if highlight is not None:
+        ax.legend(loc="lower right", frameon=False)
+    return ax
 
 
 def window_limits(window) -> tuple[float, float]:
@@ -258,7 +306,8 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mas
 
 def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lung",
                          pred=None, overlay="contour", width_in=PAGE_IN):
-    """Axial, coronal and sagittal slices through the centre of ``mask``; returns the Figure.
+    """Axial and coronal slices through the centre of ``mask`` and the sagittal slice with
+    the most of it (through a lung, not the mediastinum between them); returns the Figure.
 
     Panel widths follow each slice's size in mm, so that the three share one height.
     """
@@ -267,6 +316,10 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
     index = {p: int(centre[slicing_axis(affine, p)]) for p in _PLANES}
+    if has_mask:
+        k = slicing_axis(affine, "sagittal")
+        index["sagittal"] = int(np.argmax((np.asarray(mask) > 0).sum(
+            axis=tuple(a for a in range(3) if a != k))))
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
     ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, _PLANES)]
     fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),

@@ -57,9 +57,9 @@ print(io.format_table(rows, {"case_id": "", "shape": "", "spacing_mm": "", "axco
                              "touches_border": ""}))
 
 # %% [markdown]
-# The lungs fill between a tenth and a quarter of the cube, and in several cases they touch
-# a face of the volume: the 320 mm cube cuts the body's sides. Any method that assumes the
-# lungs are surrounded by tissue on every side will fail on those cases.
+# How large the lungs are, and how many masks reach a face of the 320 mm cube (where the
+# cube cuts the body's sides, a method that assumes the lungs are surrounded by tissue on
+# every side fails):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -80,7 +80,8 @@ bins = np.arange(-1100, 1510, 20)
 fig, ax = plt.subplots(figsize=(viz.COL_IN, 2.2))
 ax.hist(outside, bins=bins, density=True, alpha=0.6, label="outside the lungs", color="#0072B2")
 ax.hist(inside, bins=bins, density=True, alpha=0.6, label="inside the lungs", color="#D55E00")
-ax.axvspan(*config.HU_WINDOW, color="0.9", zorder=-1, label="HU window")
+ax.axvspan(*config.HU_WINDOW, facecolor="#F0E442", alpha=0.35, edgecolor="0.3", lw=0.8,
+           zorder=-1, label="HU window")
 ax.set(xlabel="HU", ylabel="density", yscale="log", xlim=(-1100, 1500))
 ax.legend()
 viz.export_figure(fig, "01_hu_histograms")
@@ -131,7 +132,8 @@ plt.show()
 viewer.SliceViewer(cases[0].ct_hu, cases[0].affine, mask=cases[0].mask, title=cases[0].case_id)
 
 # %% [markdown]
-# **What we learned.** Nine scans on one 5 mm grid in L-P-S order; HU values from -1000 to
-# well above 1000; 85-95 % of lung voxels below -500 HU, so a window of [-1000, 300] keeps
-# all the contrast the task needs; lungs that often touch the volume's border. Notebook 02
+# **What we learned.** All cases share one 5 mm grid and one axis order (the table's
+# `axcodes`); HU values run from about -1000 to well above 1000; most lung voxels are below
+# -500 HU (the fraction printed above), so a window of [-1000, 300] keeps all the contrast the
+# task needs; lung volumes differ widely between patients (the range above). Notebook 02
 # turns these volumes into network inputs.

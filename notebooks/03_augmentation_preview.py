@@ -145,6 +145,6 @@ print(f"pipeline {pipeline_sps:.1f} samples/s, network {model_sps:.2f} samples/s
       f"the pipeline is {pipeline_sps / model_sps:.0f}x faster")
 
 # %% [markdown]
-# **Summary.** Every transform keeps CT and mask aligned and the mask binary; a single
+# **What we learned.** Every transform keeps CT and mask aligned and the mask binary; a single
 # thread of NumPy produces augmented samples many times faster than two cores can train on
 # them, so no worker processes are needed (on a GPU, `workers=` in the profile adds threads).

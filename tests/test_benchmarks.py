@@ -114,6 +114,8 @@ def test_the_readme_block_is_rendered_from_results_json():
     text = (REPO / "README.md").read_text()
     block = text.split(render.README_START)[1].split(render.README_END)[0].strip()
     assert block == render.readme_block(COMMITTED)
+    job = text.split(render.JOB_START)[1].split(render.JOB_END)[0].strip()   # beside the commands
+    assert job == render.job_line(COMMITTED) and "min on" in job
 
 
 def test_derived_numbers_of_a_results_file():
@@ -176,6 +178,15 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
     assert render.update_readme(readme, FIXTURE) and readme.read_text() == text
+    both = tmp_path / "both.md"
+    both.write_text(f"{render.JOB_START}\nold job\n{render.JOB_END}\n{render.README_START}\n"
+                    f"{render.README_END}\n")
+    results = {**FIXTURE, "job": {"make_all": {"avx2": {
+        "wall_s": 600.0, "finished": "2026-12-01T10:00:00",
+        "cpu": {"model": "Some CPU", "logical_cpus": 2, "avx512": False}}}}}
+    assert render.update_readme(both, results)
+    assert "old job" not in both.read_text()
+    assert "10 min on AVX2 only (Some CPU, 2 cores, 2026-12-01)" in both.read_text()
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not render.update_readme(plain, FIXTURE) and plain.read_text() == "no markers\n"

@@ -52,3 +52,16 @@ def test_wall_clock_budget_stops_before_the_deadline(monkeypatch, deadline, stop
     assert cb.stopped_epoch == stops_after
     assert cb.model.stop_training == (stops_after is not None)
     assert clock.now + 5.0 <= deadline                     # the reserve is left
+
+
+def test_epoch_summary_prints_a_few_lines_a_run(capsys):
+    from lungseg_utils.callbacks import EpochSummary
+
+    cb = EpochSummary(epochs=5, every=2)
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        cb.on_epoch_end(epoch, {"loss": 0.5 / (epoch + 1), "dice": 0.9, "val_dice": 0.8})
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in lines] == ["2/5", "4/5", "5/5"]   # every 2nd and the last
+    assert "loss 0.2500" in lines[0] and "val_dice 0.8000" in lines[0] and "s an epoch" in lines[0]
+    assert "val_loss" not in lines[0]                                   # only what was logged

@@ -342,6 +342,45 @@ def test_every_report_figure_is_committed_and_made_by_its_notebook():
                    for nb in notebooks), f"no notebook {name[:2]}_* exports {name!r}"
 
 
+@needs_reference
+def test_every_report_figure_prints_its_text_at_7_pt_or_more():
+    """The smallest text of each figure (recorded at export) at the width the report prints
+    it (read back from the compiled document), in pt."""
+    printed = report.printed_figures(REFERENCE, ROOT / "figures")
+    assert sorted(f["name"] for f in printed) == sorted(report.REPORT_FIGURES)
+    for f in printed:
+        assert f["min_font_pt"] is not None, f"{f['name']}: exported without its text size"
+        assert f["printed_min_font_pt"] >= 7.0 - 1e-6, (
+            f"{f['name']}: smallest text {f['min_font_pt']:.1f} pt drawn at "
+            f"{f['exported_in']:.2f} in, printed {f['width_pt'] / 72:.2f} in wide: "
+            f"{f['printed_min_font_pt']:.1f} pt")
+
+
+def test_smallest_text_is_measured_where_it_is_drawn(tmp_path):
+    """viz.smallest_text_pt finds a small tick label; a hidden one does not count; the PNG
+    carries it and the report's figure table reads it back."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from lungseg_utils import numbers, viz
+
+    matplotlib.use("Agg")
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("title", fontsize=9)
+    ax.tick_params(labelsize=6)
+    assert viz.smallest_text_pt(fig) == 6.0
+    ax.text(0.5, 0.5, "hidden", fontsize=4, visible=False)
+    assert viz.smallest_text_pt(fig) == 6.0
+    ax.tick_params(labelsize=8)
+    assert viz.smallest_text_pt(fig) == 8.0
+    for name in report.REPORT_FIGURES:
+        viz.export_figure(fig, name, tmp_path)
+    plt.close(fig)
+    info = numbers._figure_info(tmp_path)
+    assert {v["min_font_pt"] for v in info.values()} == {8.0}
+
+
 def test_report_figures_are_distinct_and_the_reference_is_where_the_tests_look():
     assert len(set(report.REPORT_FIGURES)) == len(report.REPORT_FIGURES)
     assert config.REFERENCE_DIR == REFERENCE
