@@ -323,6 +323,7 @@ def worst_case_numbers(ev: dict) -> dict:
             "median_volume_l": fmt_number(median_l, 1), "volume_rank": str(rank),
             "largest": rank == 1, "n_cases": str(len(cases)),
             "volume_error_pct": fmt_number(w["unet"]["volume_error_pct"], 1, signed=True),
+            "under": w["unet"]["volume_error_pct"] < 0,
             "baseline_dice": fmt_number(w["baseline"]["dice"], 3),
             "baseline_better": w["baseline"]["dice"] > w["unet"]["dice"]}
 

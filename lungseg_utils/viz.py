@@ -264,13 +264,14 @@ def _legend(ax_or_fig, colours: dict, **kw):
 
 
 def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mask=None,
-               pred=None, overlay="contour", alpha=0.4, labels=True):
+               pred=None, overlay="contour", alpha=0.4, labels=True, pred_name="prediction"):
     """Draw one CT slice on ``ax`` in the radiological convention, with an optional overlay.
 
     ``overlay``: 'contour' (outlines of ``mask`` and ``pred``), 'fill' (translucent areas),
     'errors' (true positive / false positive / false negative in three colours, with a
     legend; needs both) or 'none'. ``window``: a (low, high) HU pair or a preset name.
-    ``spacing_mm`` may be None (read from ``affine``). Returns ``ax``.
+    ``spacing_mm`` may be None (read from ``affine``); ``pred_name`` names ``pred`` in the
+    legend (e.g. "round trip" when it is not a prediction). Returns ``ax``.
     """
     affine = np.asarray(affine, dtype=float)
     spacing_mm = spacing_from_affine(affine) if spacing_mm is None else spacing_mm
@@ -279,7 +280,7 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mas
     lo, hi = window_limits(window)
     ax.imshow(cut(ct_hu), cmap="gray", vmin=lo, vmax=hi, **kw)
     layers = {n: (m, c) for n, m, c in (("reference", mask, REF_COLOUR),
-                                        ("prediction", pred, PRED_COLOUR)) if m is not None}
+                                        (pred_name, pred, PRED_COLOUR)) if m is not None}
     below = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0))
     if overlay == "errors":
         if len(layers) < 2:

@@ -46,8 +46,8 @@ print("label ", y.shape, y.dtype, "values", np.unique(y))
 
 # %%
 z = int(np.argmax(case.mask.sum(axis=(0, 1))))
-fig, axes = plt.subplots(1, 4, figsize=(viz.PAGE_IN, 1.9),
-                         gridspec_kw=dict(width_ratios=[1, 1.25, 1, 1.25]))
+fig, axes = plt.subplots(1, 4, figsize=(viz.PAGE_IN, 1.9), layout="constrained",
+                         gridspec_kw=dict(width_ratios=[1, 1.25, 1, 1.25]))  # no overlaps
 viz.show_slice(axes[0], case.ct_hu, "axial", z, case.spacing_mm, case.affine,
                window=(-1024, 1500), labels=False)
 axes[0].set_title("raw HU")
@@ -125,7 +125,7 @@ viz.show_slice(axes[1], ct64, "axial", k_64, (5, 5, 5), grid.affine, window="lun
                mask=geometry.mask_to_model_grid(nat.mask, grid) >= 0.5)
 axes[1].set_title("model grid, 5 mm", fontsize=8)
 viz.show_slice(axes[2], nat.ct_hu, "axial", k_nat, nat.spacing_mm, nat.affine, window="lung",
-               mask=nat.mask, pred=back)
+               mask=nat.mask, pred=back, pred_name="round trip")
 axes[2].set_title("round trip", fontsize=8)
 axes[2].get_legend().set_bbox_to_anchor((-0.6, 0.0))    # under the middle of the figure
 fig.subplots_adjust(wspace=0.05)

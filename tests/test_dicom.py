@@ -217,3 +217,6 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
     voxel_ml = float(np.prod(io.spacing_from_affine(b.affine))) / 1000
     right = (np.asanyarray(b.dataobj) == 1).sum() * voxel_ml
     assert summary["right_lung_ml"] == pytest.approx(right, abs=0.1)
+    labels = np.asanyarray(b.dataobj)            # 1 is the patient's right: larger world x (RAS)
+    x_world = {k: (b.affine @ [*np.argwhere(labels == k).mean(axis=0), 1.0])[0] for k in (1, 2)}
+    assert x_world[1] > x_world[2]
