@@ -71,14 +71,14 @@ def apply_style() -> None:
 def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path]:
     """Write ``fig`` to ``<figures_dir>/<name>.png`` (``dpi``) and ``<name>.pdf``; return both.
 
-    ``name`` is a bare stem such as ``05_dice_boxplot``; ``figures_dir`` defaults to
+    ``name`` is a bare stem such as ``05_dice_paired``; ``figures_dir`` defaults to
     ``config.FIGURES_DIR``. Each file goes to a temporary name in the same folder and is then
     renamed (a crash never leaves half a figure); the PDF carries no creation date, so a
     re-run gives byte-identical files.
     """
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith((".png", ".pdf")):
         raise LungsegInputError(f"export_figure: name {name!r} must be a bare file stem "
-                                "such as '05_dice_boxplot' (no folder, no extension).")
+                                "such as '05_dice_paired' (no folder, no extension).")
     folder = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
     written = []
     text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}   # read back by the report's test
@@ -114,11 +114,12 @@ def _on_figure(text) -> bool:
     return text.get_window_extent().width > 0
 
 
-def paired_plot(ax, values: dict, highlight=None, ylabel="Dice"):
+def paired_plot(ax, values: dict, highlight=None, ylabel="Dice", legend: bool = False):
     """One dot per case and method, a line per case across the methods.
 
     ``values``: ``{method label: {case_id: value}}`` in plotting order (same cases in each);
-    ``highlight``: a case_id drawn in colour and named. Returns ``ax``."""
+    ``highlight``: a case_id drawn in colour (named in a legend with ``legend``). Returns
+    ``ax``."""
     labels = list(values)
     cases = list(values[labels[0]])
     x = np.arange(len(labels))
@@ -132,7 +133,7 @@ def paired_plot(ax, values: dict, highlight=None, ylabel="Dice"):
     ax.set_xlim(-0.35, len(labels) - 0.65)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", lw=0.4, color="0.85")
-    if highlight is not None:
+    if highlight is not None and legend:
         ax.legend(loc="lower right", frameon=False)
     return ax
 

@@ -120,13 +120,13 @@ k_64 = int(np.round(np.linalg.solve(grid.affine, nat.affine @ [0, 0, k_nat, 1])[
 fig, axes = plt.subplots(1, 3, figsize=(viz.COL_IN, 1.75))   # printed one column wide
 viz.show_slice(axes[0], nat.ct_hu, "axial", k_nat, nat.spacing_mm, nat.affine, window="lung",
                mask=nat.mask)
-axes[0].set_title(f"native, {nat.spacing_mm[0]:.2f} mm", fontsize=8)
+axes[0].set_title(f"native {nat.spacing_mm[0]:.2f} mm", fontsize=7)
 viz.show_slice(axes[1], ct64, "axial", k_64, (5, 5, 5), grid.affine, window="lung",
                mask=geometry.mask_to_model_grid(nat.mask, grid) >= 0.5)
-axes[1].set_title("model grid, 5 mm", fontsize=8)
+axes[1].set_title("64³ grid, 5 mm", fontsize=7)
 viz.show_slice(axes[2], nat.ct_hu, "axial", k_nat, nat.spacing_mm, nat.affine, window="lung",
                mask=nat.mask, pred=back, pred_name="round trip")
-axes[2].set_title("round trip", fontsize=8)
+axes[2].set_title("round trip", fontsize=7)
 axes[2].get_legend().set_bbox_to_anchor((-0.6, 0.0))    # under the middle of the figure
 fig.subplots_adjust(wspace=0.05)
 viz.export_figure(fig, "02_model_grid_round_trip")

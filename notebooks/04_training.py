@@ -139,8 +139,9 @@ for i, (log, k) in enumerate(zip(logs, kept)):
 low = np.percentile(np.concatenate([log["val_dice"] for log in logs]), 5)
 axes[0].set(xlabel="epoch", ylabel="Dice loss", yscale="log")
 axes[1].set(xlabel="epoch", ylabel="Dice", ylim=(max(0.0, low - 0.01), 1.0))
-axes[1].legend(loc="lower right", handlelength=1.2)
-fig.tight_layout(w_pad=0.8)
+fig.tight_layout(w_pad=0.8, rect=(0, 0.1, 1, 1))          # room for the legend below
+fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=len(logs),
+           frameon=False, handlelength=1.2)
 viz.export_figure(fig, "04_training_curves")
 plt.show()
 

@@ -196,8 +196,8 @@ def test_missing_result_file_or_figure_is_named(tmp_path):
         report.build_report(results, tmp_path / "figures", tmp_path / "r.pdf")
     shutil.copy(FIXTURE / "tta.json", results / "tta.json")
     figures = _placeholder_figures(tmp_path / "figures")
-    (figures / "05_dice_boxplot.pdf").unlink()
-    with pytest.raises(LungsegInputError, match="05_dice_boxplot.pdf"):
+    (figures / "05_dice_paired.pdf").unlink()
+    with pytest.raises(LungsegInputError, match="05_dice_paired.pdf"):
         report.build_report(results, figures, tmp_path / "r.pdf")
     assert not (tmp_path / "r.pdf").exists()
 
