@@ -318,10 +318,11 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
     index = {p: int(centre[slicing_axis(affine, p)]) for p in _PLANES}
-    if has_mask:
+    if has_mask:   # the most lung; of equal ones, the nearest to the centre
         k = slicing_axis(affine, "sagittal")
-        index["sagittal"] = int(np.argmax((np.asarray(mask) > 0).sum(
-            axis=tuple(a for a in range(3) if a != k))))
+        area = (np.asarray(mask) > 0).sum(axis=tuple(a for a in range(3) if a != k))
+        best = np.flatnonzero(area == area.max())
+        index["sagittal"] = int(best[np.argmin(np.abs(best - centre[k]))])
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
     ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, _PLANES)]
     fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),

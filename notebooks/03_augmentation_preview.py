@@ -75,6 +75,9 @@ field = augment.elastic_field(x.shape, rng, settings["elastic_sigma_mm"],
 warped_x, warped_y = augment.elastic_deform(x, y, rng, field=field)
 length_mm = 5.0 * np.sqrt((field ** 2).sum(axis=0))
 gx, gy = np.meshgrid(np.arange(0, 64, 4), np.arange(0, 64, 4), indexing="ij")
+diff = viz.display_slice(warped_x - x, case.affine, "axial", 32)   # what the field moved
+
+# %%
 fig, axes = plt.subplots(1, 3, figsize=(viz.PAGE_IN, 2.4))
 im = axes[0].imshow(length_mm[:, :, 32].T, cmap="viridis")
 axes[0].quiver(gx, gy, field[0, ::4, ::4, 32] * 10, field[1, ::4, ::4, 32] * 10,
@@ -83,7 +86,6 @@ fig.colorbar(im, ax=axes[0], label="displacement (mm)", shrink=0.8)
 axes[0].set(title="field, axial slice 32", xticks=[], yticks=[])
 viz.show_slice(axes[1], x, "axial", 32, (5, 5, 5), case.affine, window=(0, 1), mask=y)
 axes[1].set_title("before")
-diff = viz.display_slice(warped_x - x, case.affine, "axial", 32)
 lim = float(np.abs(diff).max()) or 1.0
 im2 = axes[2].imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim)
 fig.colorbar(im2, ax=axes[2], label="after − before", shrink=0.8)

@@ -129,3 +129,15 @@ def test_committed_models_are_the_members_once_and_load_with_keras_alone():
         model = keras.saving.load_model(config.REFERENCE_DIR / m["file"])
         p = np.asarray(model(x))
         assert p.shape == x.shape and 0.0 <= p.min() <= p.max() <= 1.0, m["file"]
+
+
+def test_a_static_render_of_the_viewer_shows_its_first_picture():
+    """nbconvert --to html (no live widgets, no widget state needed) shows the committed
+    viewer notebook's first view as an image, not an empty widget placeholder."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ROOT / "notebooks" / "viewer.ipynb", as_version=4)
+    nb.metadata.pop("widgets", None)                      # as a viewer without widget state
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert html.count('src="data:image/png;base64,') >= 1

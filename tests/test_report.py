@@ -81,7 +81,8 @@ def _without_cv(folder: Path) -> Path:
 
 
 def _placeholder_figures(folder: Path) -> Path:
-    """Tiny PNG + PDF stand-ins for every figure the report uses (one of them page-wide)."""
+    """Tiny PNG + PDF stand-ins for every figure the report uses, at about the size the
+    notebooks export them (one column wide), one of them page-wide."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +90,7 @@ def _placeholder_figures(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(report.REPORT_FIGURES):
-        fig, ax = plt.subplots(figsize=(6.5, 2.4) if i % 3 == 0 else (3.3, 2.4))
+        fig, ax = plt.subplots(figsize=(6.5, 1.6) if i == 0 else (3.3, 1.9))
         ax.plot([0, 1, 2], [0, i, 1])
         ax.set_title(f"placeholder {name}")
         for ext in ("png", "pdf"):
@@ -445,7 +446,8 @@ def test_out_of_fold_report_leads_with_every_case(tmp_path, figures_dir):
     assert numbers["ensemble"] == {"members": "3", "total_mb": "16", "member_mb": "5.4"}
     pages, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert 2 <= pages <= 3
-    assert "ensemble of 3" in text and "Each of the 9 cases" in text
+    assert "ensemble of 3" in text and "Scored on every case by the member" in text
+    assert "The 9 cases were split" in text
     ev = _load(folder, "evaluation.json")
     for case in ev["native"]["cases"]:                       # every case's row is printed
         assert report.fmt_number(case["unet"]["dice"], 3) in text

@@ -203,3 +203,20 @@ def test_static_render_gets_the_picture():
     assert "application/vnd.jupyter.widget-view+json" in data
     assert base64.b64decode(data["image/png"]) == viewer.png()
     assert viewer.png().startswith(b"\x89PNG")
+
+
+def test_the_runs_model_segments_on_demand_with_its_uncertainty(smoke_run, demo_data):
+    """predictor_for picks the run's U-Net when the run holds a model (else the classical
+    baseline); the prediction has the scan's shape, with the TTA spread beside it."""
+    from lungseg_utils import io
+    from lungseg_utils.viewer import CaseBrowser, classical_predictor, predictor_for
+
+    assert predictor_for(smoke_run.parent / "no_such_run") is classical_predictor
+    predict = predictor_for(smoke_run)
+    assert predict is not classical_predictor
+    folder = io.discover_cases(demo_data)[0]
+    browser = CaseBrowser({folder.name: folder}, predict=predict)
+    assert browser.segment()
+    assert browser.viewer.pred.shape == browser.scan["ct_hu"].shape
+    assert browser.viewer.uncertainty is not None and "uncertainty" in browser.viewer.overlays
+    assert "3D U-Net with TTA" in find(browser, "browser-state").value
