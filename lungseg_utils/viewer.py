@@ -19,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from . import io
 from .errors import LungsegInputError
 from .io import spacing_from_affine
 from .viz import (ERROR_COLOURS, OVERLAYS, PRED_COLOUR, REF_COLOUR, STYLE, WINDOWS, _PLANES, _legend, _plan, _side_labels,
@@ -257,18 +258,13 @@ class SliceViewer:
 def _with_picture(bundle, png: bytes):
     """A widget's display bundle plus the current picture as ``image/png``: a front end with
     live widgets shows the widget, a static render (``nbconvert --to html``) the picture."""
-    picture = {"image/png": base64.b64encode(png).decode("ascii")}
-    if isinstance(bundle, tuple):      # (data, metadata)
-        return {**bundle[0], **picture}, bundle[1]
-    return {**(bundle or {}), **picture}
+    return {**(bundle or {}), "image/png": base64.b64encode(png).decode("ascii")}
 
 
 def load_for_viewing(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(ct_hu float32 (X, Y, Z), affine (4, 4), reference mask uint8 or None) of a case
     folder (its ``lung.nii.gz`` is the reference, if there), a NIfTI file or a DICOM folder.
     Raises :class:`LungsegInputError` naming the path."""
-    from . import io
-
     path = Path(path).expanduser()
     if path.is_dir() and (path / io.CT_NAME).exists() and (path / io.MASK_NAME).exists():
         case = io.load_case(path)

@@ -175,6 +175,16 @@ def slicing_axis(affine, axis) -> int:
     return _plan(affine, axis)[0]
 
 
+def busiest_slice(volume: np.ndarray, affine, axis, near: int | None = None) -> int:
+    """Index of the slice of plane ``axis`` (a name or array axis, found from ``affine``)
+    holding the most non-zero voxels of ``volume`` (X, Y, Z): the most lung of a mask, the
+    most error of an error map. Of equal ones, the nearest to ``near`` (else the first)."""
+    k = slicing_axis(affine, axis)
+    counts = (np.asarray(volume) != 0).sum(axis=tuple(a for a in range(3) if a != k))
+    best = np.flatnonzero(counts == counts.max())
+    return int(best[np.argmin(np.abs(best - near))] if near is not None else best[0])
+
+
 def display_slice(volume: np.ndarray, affine, axis, index: int) -> np.ndarray:
     """Slice ``index`` (array index) of ``volume`` (X, Y, Z) in display order.
 
@@ -318,11 +328,9 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
     index = {p: int(centre[slicing_axis(affine, p)]) for p in _PLANES}
-    if has_mask:   # the most lung; of equal ones, the nearest to the centre
-        k = slicing_axis(affine, "sagittal")
-        area = (np.asarray(mask) > 0).sum(axis=tuple(a for a in range(3) if a != k))
-        best = np.flatnonzero(area == area.max())
-        index["sagittal"] = int(best[np.argmin(np.abs(best - centre[k]))])
+    if has_mask:
+        index["sagittal"] = busiest_slice(mask, affine, "sagittal",
+                                          near=centre[slicing_axis(affine, "sagittal")])
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
     ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, _PLANES)]
     fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),

@@ -113,7 +113,7 @@ ncol = 5
 nrow = int(np.ceil(len(cases) / ncol))
 fig, axes = plt.subplots(nrow, ncol, figsize=(viz.PAGE_IN, 1.45 * nrow + 0.2))
 for ax, case in zip(axes.ravel(), cases):
-    z = int(np.argmax(case.mask.sum(axis=(0, 1))))  # the axial slice with most lung
+    z = viz.busiest_slice(case.mask, case.affine, "axial")  # the axial slice with most lung
     viz.show_slice(ax, case.ct_hu, "axial", z, case.spacing_mm, case.affine, window="lung",
                    mask=case.mask, labels=False)
     ax.set_title(case.case_id, fontsize=7)

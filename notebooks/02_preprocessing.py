@@ -45,7 +45,7 @@ print("label ", y.shape, y.dtype, "values", np.unique(y))
 # Before and after, on the axial slice with the most lung, with their histograms.
 
 # %%
-z = int(np.argmax(case.mask.sum(axis=(0, 1))))
+z = viz.busiest_slice(case.mask, case.affine, "axial")
 fig, axes = plt.subplots(1, 4, figsize=(viz.PAGE_IN, 1.9), layout="constrained",
                          gridspec_kw=dict(width_ratios=[1, 1.25, 1, 1.25]))  # no overlaps
 viz.show_slice(axes[0], case.ct_hu, "axial", z, case.spacing_mm, case.affine,
@@ -115,7 +115,7 @@ print(f"\nround trip Dice {dice_rt.min():.4f} to {dice_rt.max():.4f}; binarising
 nat = io.load_case(io.discover_cases(native_dir)[0]) if native_dir else case
 ct64, grid = geometry.to_model_grid(nat.ct_hu, nat.affine)
 back = geometry.round_trip_mask(nat.mask, nat.affine, ct_hu=nat.ct_hu)
-k_nat = int(np.argmax(nat.mask.sum(axis=(0, 1))))
+k_nat = viz.busiest_slice(nat.mask, nat.affine, "axial")
 k_64 = int(np.round(np.linalg.solve(grid.affine, nat.affine @ [0, 0, k_nat, 1])[2]))
 fig, axes = plt.subplots(1, 3, figsize=(viz.COL_IN, 1.75))   # printed one column wide
 viz.show_slice(axes[0], nat.ct_hu, "axial", k_nat, nat.spacing_mm, nat.affine, window="lung",

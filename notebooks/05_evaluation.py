@@ -164,9 +164,8 @@ masks = experiments.compare_methods(forwards[worst_model], case)[1]
 
 # %%
 wrong = {m: (masks[m] > 0) != (case.mask > 0) for m in ("unet", "baseline")}
-both = wrong["unet"].astype(int) + wrong["baseline"]
-index = {axis: int(np.argmax(both.sum(axis=tuple(a for a in range(3)
-                                                   if a != viz.slicing_axis(case.affine, axis)))))
+both = wrong["unet"].astype(int) + wrong["baseline"]     # the same slices for both methods
+index = {axis: viz.busiest_slice(both, case.affine, axis)
          for axis in ("axial", "coronal", "sagittal")}
 fig, axes = plt.subplots(2, 3, figsize=(viz.COL_IN, 2.75))   # printed one column wide
 for i, method in enumerate(("unet", "baseline")):

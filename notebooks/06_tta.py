@@ -89,7 +89,7 @@ case = io.load_case(folders[grid] / focus)
 res = inference.predict_volume(forwards[model_path], case.ct_hu, case.affine, tta=True)
 std = geometry.from_model_grid(res["std64"], res["grid"])
 wrong = (res["mask"] > 0) != (case.mask > 0)
-z = int(np.argmax(wrong.sum(axis=(0, 1))))  # the axial slice with the most error
+z = viz.busiest_slice(wrong, case.affine, "axial")  # the axial slice with the most error
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(viz.COL_IN, 1.95))   # printed one column wide

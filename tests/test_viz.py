@@ -179,3 +179,26 @@ def test_montage_three_planes_goes_through_the_mask_centre(case):
     # y = 50 - 2 * 10, z = -200 + 3 * 10.
     assert titles == ["axial, z = -170 mm", "coronal, y = 30 mm", "sagittal, x = 79 mm"]
     plt.close(fig)
+
+
+def test_busiest_slice_follows_the_anatomy_not_the_storage_order():
+    """The axial slice with the most mask is found in any axis order (the same world z),
+    and of equal slices the one nearest ``near``."""
+    from lungseg_utils.synthetic import reorient
+
+    mask = np.zeros((12, 10, 8), np.uint8)
+    mask[2:9, 3:7, 5] = 1                       # axial slice 5 holds the most
+    mask[4:6, 4:6, 1:5] = 1
+    aff = lps_affine()
+    z_world = (aff @ [0, 0, viz.busiest_slice(mask, aff, "axial"), 1])[2]
+    assert viz.busiest_slice(mask, aff, "axial") == 5
+    for codes in ("RAS", "SLA", "IPR"):
+        m2, a2 = reorient(mask, aff, codes)
+        k = viz.busiest_slice(m2, a2, "axial")
+        voxel = [0, 0, 0]
+        voxel[viz.slicing_axis(a2, "axial")] = k
+        assert (a2 @ [*voxel, 1])[2] == pytest.approx(z_world), codes
+    box = np.zeros((6, 6, 6), np.uint8)
+    box[1:5, 1:5, 1:5] = 1                      # four equal axial slices: 1..4
+    assert viz.busiest_slice(box, lps_affine(), "axial") == 1
+    assert viz.busiest_slice(box, lps_affine(), "axial", near=4) == 4
