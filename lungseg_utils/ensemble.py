@@ -54,6 +54,35 @@ def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> l
     return splits
 
 
+def nested_splits(parent_tests, k: int, seed: int = 42) -> list[tuple[int, dict]]:
+    """K folds nested in an ensemble's folds: ``[(parent member, split)]``, one per member.
+
+    ``parent_tests`` is each parent member's unseen cases. Every new fold lies inside one
+    parent fold (the k folds are shared out over the parent folds as evenly as their sizes
+    allow, the cases of each dealt round a seeded order), so a member that starts from that
+    parent's weights and trains on every other case (``val`` = its fold, logged only) has
+    still never seen its fold: out of fold, though fine-tuned.
+    """
+    groups = [sorted(t) for t in parent_tests]
+    if not len(groups) <= k <= sum(map(len, groups)):
+        raise LungsegInputError(f"nested_splits: k={k} needs {len(groups)} <= k <= "
+                                f"{sum(map(len, groups))} (the parent's folds and cases).")
+    rng = np.random.default_rng(seed)
+    counts = [1] * len(groups)
+    for g in [int(i) for i in rng.permutation(len(groups))] * k:
+        if sum(counts) < k and counts[g] < len(groups[g]):
+            counts[g] += 1
+    ids = sorted(c for g in groups for c in g)
+    splits = []
+    for g, (cases, n) in enumerate(zip(groups, counts)):
+        order = [cases[i] for i in rng.permutation(len(cases))]
+        for j in range(n):
+            test = sorted(order[j::n])
+            splits.append((g, {"seed": seed, "train": [c for c in ids if c not in test],
+                               "val": test, "test": test}))
+    return splits
+
+
 def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) -> Path:
     """``folder/manifest.json`` for member runs (paths, inside ``folder``, in fold order)."""
     folder = Path(folder)
@@ -130,7 +159,8 @@ def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
 
 
 def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, publish_dir=None, init_from=None, **overrides) -> dict:
+                   verbose=0, publish_dir=None, init_from=None, nested: bool = False,
+                   **overrides) -> dict:
     """Train the K members of one configuration and score every case out of fold.
 
     Each member is a normal run folder under ``out_dir/fold_i/`` (default
@@ -141,7 +171,9 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     "fold", metrics...}], "summary": {metric: summary}}``, each case scored on the 64^3 grid
     by the member that never saw it. With ``publish_dir`` the ensemble is also copied there
     (:func:`publish`). With ``init_from`` (an ensemble folder of ``k`` members) member i is
-    fine-tuned: it starts from that ensemble's member i, on the same split.
+    fine-tuned: it starts from that ensemble's member i, on the same split; with ``nested``
+    as well, the K folds are :func:`nested_splits` of that ensemble's folds, each member
+    starting from the member whose unseen cases hold its fold (so any K, e.g. to measure K).
     """
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
@@ -149,10 +181,15 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     ids = [p.name for p in io.discover_cases(data_dir)][: settings.get("max_cases") or None]
     rows, runs = [], []
     inits = member_runs(init_from) if init_from else None
-    if inits and len(inits) != k:
-        raise LungsegInputError(f"{init_from}: has {len(inits)} members, not k={k}.")
-    splits = ([io.load_json(r / "split.json") for r in inits] if inits else
-              fold_splits(ids, k, seed, settings["checkpoint"]))
+    if nested and inits:
+        pairs = nested_splits([io.load_json(r / "split.json")["test"] for r in inits], k, seed)
+        inits, splits = [inits[g] for g, _ in pairs], [split for _, split in pairs]
+    elif inits:
+        if len(inits) != k:
+            raise LungsegInputError(f"{init_from}: has {len(inits)} members, not k={k}.")
+        splits = [io.load_json(r / "split.json") for r in inits]
+    else:
+        splits = fold_splits(ids, k, seed, settings["checkpoint"])
     for i, split in enumerate(splits):
         run_dir = train.train(data_dir, out_dir=out_root / f"fold_{i}", profile=profile,
                               split=split, verbose=verbose,
@@ -311,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
     p.add_argument("--init_from", metavar="DIR",
                    help="fine-tune: member i starts from member i of the ensemble DIR, same split")
+    p.add_argument("--nested", action="store_true",
+                   help="with --init_from: K folds inside DIR's folds, each member fine-tuned "
+                        "from the DIR member that never saw its fold, on all other cases")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="train nothing new but member --fold of the ensemble --from again with "
                         "these seeds, and write its seed_spread.json")
@@ -335,7 +375,8 @@ def main(argv=None) -> int:
     try:
         result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
                                 seed=args.seed, publish_dir=args.publish,
-                                **({"init_from": args.init_from} if args.init_from else {}))
+                                **({"init_from": args.init_from, "nested": args.nested}
+                                   if args.init_from else {}))
     except LungsegInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,43 @@ def test_fold_splits_cover_every_case_once():
     assert all(len(s["test"]) == 1 for s in leave_one_out)
 
 
+def test_nested_folds_lie_inside_the_parents_folds():
+    parent = [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6", "p7", "p8"]]
+    ids = sorted(c for t in parent for c in t)
+    for k in (3, 5, 9):
+        pairs = ensemble.nested_splits(parent, k, seed=1)
+        assert len(pairs) == k
+        assert sorted(c for _, s in pairs for c in s["test"]) == ids       # each case once
+        for g, s in pairs:
+            assert set(s["test"]) <= set(parent[g])      # the parent never saw the fold
+            assert s["val"] == s["test"] and sorted(s["train"] + s["test"]) == ids
+        sizes = sorted(len(s["test"]) for _, s in pairs)
+        assert sizes[-1] - sizes[0] <= 2                  # as even as the parents allow
+    assert ensemble.nested_splits(parent, 3, seed=1) == [
+        (g, {"seed": 1, "train": [c for c in ids if c not in t], "val": t, "test": t})
+        for g, t in enumerate(parent)]                    # K = the parent's: its own folds
+    assert ensemble.nested_splits(parent, 5, seed=1) == ensemble.nested_splits(parent, 5, 1)
+    for k in (2, 10):
+        with pytest.raises(LungsegInputError, match=f"k={k}"):
+            ensemble.nested_splits(parent, k)
+
+
+def test_nested_members_start_from_the_parent_that_never_saw_their_fold(smoke_cv, demo_data,
+                                                                          tmp_path):
+    from conftest import SMOKE
+
+    out, _, _ = smoke_cv
+    result = ensemble.cross_validate(3, demo_data, tmp_path / "nested", seed=5, init_from=out,
+                                     nested=True, **SMOKE)
+    assert sorted(r["case_id"] for r in result["cases"]) == IDS and result["folds"] == 3
+    parents = {io.file_sha256(out / m["file"]): m["test"]
+               for m in io.load_json(out / inference.MANIFEST)["members"]}
+    for m in io.load_json(tmp_path / "nested" / inference.MANIFEST)["members"]:
+        cfg = io.load_json(tmp_path / "nested" / Path(m["file"]).parent / "train_config.json")
+        assert set(m["test"]) <= set(parents[cfg["init_weights"]["sha256"]])
+        assert not set(m["train"]) & set(m["test"])
+
+
 def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
     out, published, result = smoke_cv
     assert io.load_json(out / "cross_validation.json") == result
