@@ -30,6 +30,7 @@ One job per module, in the order the data flows; imports only go down this list:
 ``ensemble``     cross-validation: K fold members, their manifest, publishing the reference
 ``compact``      an ensemble stored at half precision, what it changes measured
 ``robustness``   the robustness suite: controlled shifts of the scans, scored out of fold
+``ensemble_size`` K, the number of members, chosen by measurement (out of fold, suite)
 ``data``         the whole LCTSC from TCIA, converted into this project's layouts
 ``viz``          figure style and export, static slice figures
 ``viewer``       the interactive slice viewer

@@ -204,7 +204,8 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     Methods: ``member`` (the first listed ensemble's member that never saw the case: out
     of fold), ``ensemble_oof`` (the average of every member, over all listed ensembles, that
     never saw the case; only with several ensembles, e.g. two repeats of the
-    cross-validation), ``ensemble_all`` (all members of the first ensemble, as the
+    cross-validation), ``member_2``, ``member_3`` ... (the unseen member of the second,
+    third ... listed ensemble, to compare ensembles member for member), ``ensemble_all`` (all members of the first ensemble, as the
     inference command uses them: K - 1 of K members trained on the case, so this column is
     optimistic) and ``baseline`` (the classical method). Returns ``{"shifts", "methods",
     "rows", "summary", "flag_power", "ensembles", "seconds"}``; ``flag_power`` is
@@ -223,10 +224,13 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     for folder in cases:
         case = io.load_case(folder)
         oof = [out_of_fold_members([d], case.case_id) for d in ensemble_dirs]
-        if not oof[0]:
-            raise LungsegInputError(f"{ensemble_dirs[0]}: no member left {case.case_id} out.")
+        for folder_i, group in zip(ensemble_dirs, oof):
+            if not group:
+                raise LungsegInputError(f"{folder_i}: no member left {case.case_id} out.")
         every = [f for group in oof for f in group]
         forwards = {"member": inference.compiled_forward(load(oof[0][0]), members=True)}
+        for i, group in enumerate(oof[1:], start=2):       # the other ensembles' members
+            forwards[f"member_{i}"] = inference.compiled_forward(load(group[0]), members=True)
         if len(ensemble_dirs) > 1:
             forwards["ensemble_oof"] = inference.compiled_forward(
                 inference.Ensemble([load(f) for f in every], {}, None), members=True)

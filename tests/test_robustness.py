@@ -2,6 +2,8 @@
 way it says and keeps them aligned in the world; members are picked out of fold; the suite
 scores a case under shifts with the session's shared cross-validation ensemble."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -78,7 +80,7 @@ def test_out_of_fold_members(smoke_cv):
     assert robustness.out_of_fold_members([out], "nobody") == []
 
 
-def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data):
+def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data, tmp_path):
     out = smoke_cv[0]
     lines = []
     result = robustness.run_suite([out], native_dir=demo_data, max_cases=1,
@@ -112,8 +114,22 @@ def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data):
     # two ensembles (say, two repeats of the cross-validation): the out-of-fold average too
     twice = robustness.run_suite([out, out], native_dir=demo_data, max_cases=1,
                                  shifts=("as stored",), log=lines.append)
-    assert twice["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
+    assert twice["methods"] == ["member", "member_2", "ensemble_oof", "ensemble_all", "baseline"]
     assert twice["rows"][0]["ensemble_oof"] == pytest.approx(row["member"])   # the same member
+    assert twice["rows"][0]["member_2"] == pytest.approx(row["member"])       # member for member
+    with pytest.raises(LungsegInputError, match="no member left synth_000 out"):
+        robustness.run_suite([out, smoke_run_manifest_without(out, "synth_000", tmp_path)],
+                             native_dir=demo_data, max_cases=1, shifts=("as stored",))
+
+
+def smoke_run_manifest_without(ensemble, case_id: str, tmp_path) -> Path:
+    """A copy of ``ensemble``'s manifest in which no member left ``case_id`` out."""
+    manifest = io.load_json(Path(ensemble) / inference.MANIFEST)
+    for m in manifest["members"]:
+        m["file"] = str((Path(ensemble) / m["file"]).resolve())
+        m["test"] = [c for c in m["test"] if c != case_id]
+    io.save_json(manifest, tmp_path / "partial" / inference.MANIFEST)
+    return tmp_path / "partial"
 
 
 def test_flag_power_ranks_agreement_against_dice():
