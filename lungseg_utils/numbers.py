@@ -223,6 +223,7 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
 #: Optional result files of a run, shown when present: the robustness suite (``make
 #: robustness``) and the seed spread (``python -m lungseg_utils.ensemble --seeds ...``).
 OPTIONAL_FILES = {"robustness": "robustness.json", "seeds": "seed_spread.json"}
+_COUNT_WORDS = {3: "three", 4: "four", 5: "five", 6: "six"}
 #: How the robustness suite's methods are named in the report.
 ROBUSTNESS_LABELS = {"member": "one member", "ensemble_oof": "two unseen members",
                      "ensemble_all": "shipped ensemble", "baseline": "classical"}
@@ -254,7 +255,11 @@ def robustness_numbers(result: dict) -> dict:
     hardest = min(summary, key=lambda k: summary[k]["member"]["worst_value"])
     n_cases = len({r["case_id"] for r in result["rows"]})
     lowest = {m: min(v[m]["worst_value"] for v in summary.values()) for m in methods}
-    return {"methods": methods, "labels": {m: ROBUSTNESS_LABELS[m] for m in methods},
+    labels = {m: ROBUSTNESS_LABELS[m] for m in methods}
+    n_unseen = len(result.get("ensembles", []))
+    if "ensemble_oof" in labels and n_unseen > 2:     # one unseen member per listed ensemble
+        labels["ensemble_oof"] = f"{_COUNT_WORDS.get(n_unseen, n_unseen)} unseen members"
+    return {"methods": methods, "labels": labels, "n_unseen": str(n_unseen),
             "rows": rows, "n_cases": str(n_cases), "n_shifts": str(len(summary)),
             "facts": {"hardest_shift": hardest,
                       "lowest": {m: fmt_number(v, 3) for m, v in lowest.items()}},

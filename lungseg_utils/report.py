@@ -120,8 +120,9 @@ def results_markdown(results_dir=None) -> str:
                   "scans under controlled shifts, Dice mean (worst case). *One member* is the "
                   "model that never saw the case; the *shipped ensemble*'s other members did "
                   "see it, so its column is optimistic"
-                  + ("; *two unseen members* averages one member with the unseen member of an "
-                     "earlier, independent cross-validation" if "ensemble_oof" in r["methods"]
+                  + (f"; *{r['labels'].get('ensemble_oof')}* averages, for each case, the "
+                     f"member of each of {r['n_unseen']} cross-validations (listed in "
+                     "`robustness.json`) that never saw it" if "ensemble_oof" in r["methods"]
                      else "") + ".", "",
                   "| Shift | " + " | ".join(r["labels"][m] for m in r["methods"]) + " |",
                   "|---" * (1 + len(r["methods"])) + "|"]

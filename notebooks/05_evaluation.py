@@ -27,7 +27,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, experiments, inference, io, synthetic, viewer, viz
+from lungseg_utils import config, experiments, inference, io, numbers, synthetic, viewer, viz
 
 viz.apply_style()
 run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
@@ -203,12 +203,12 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
 # %%
 robust = experiments.optional_result(run, "robustness.json", "05 (make robustness)")
 if robust:
-    shifts = list(robust["summary"])
+    shifts, shown = list(robust["summary"]), numbers.robustness_numbers(robust)
     fig, ax = plt.subplots(figsize=(viz.PAGE_IN, 3.4))
-    for i, m in enumerate(robust["methods"]):
-        y = np.arange(len(shifts)) + 0.18 * (i - (len(robust["methods"]) - 1) / 2)
+    for i, m in enumerate(shown["methods"]):
+        y = np.arange(len(shifts)) + 0.18 * (i - (len(shown["methods"]) - 1) / 2)
         s = [robust["summary"][k][m] for k in shifts]
-        ax.scatter([v["mean"] for v in s], y, s=14, label=m.replace("_", " "), color=f"C{i}")
+        ax.scatter([v["mean"] for v in s], y, s=14, label=shown["labels"][m], color=f"C{i}")
         ax.scatter([v["worst_value"] for v in s], y, s=14, marker="x", color=f"C{i}")
     ax.set_yticks(np.arange(len(shifts)), shifts, fontsize=6)
     ax.invert_yaxis()
@@ -227,6 +227,29 @@ else:
 for shift, by_method in (robust["summary"] if robust else {}).items():
     print(f"{shift:>13}: " + "  ".join(f"{m} {v['mean']:.3f} ({v['worst_value']:.3f} "
                                         f"{v['worst_case_id']})" for m, v in by_method.items()))
+
+# %% [markdown]
+# ## How many members?
+# More folds give each member more cases to learn from and the ensemble more members to
+# average, but cost bytes and time per scan. The reference's K was chosen by measurement
+# (`lungseg_utils.ensemble_size`): candidate ensembles of the same recipe with different K,
+# each member scored out of fold on both grids and under the robustness suite, and a rule
+# fixed before the results came in (the larger K only if it is better out of fold *and* no
+# less sturdy under the shifts):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+size_path = run / "ensemble_size.json"
+sizes = io.load_json(size_path) if size_path.is_file() else None
+for c in sizes["candidates"] if sizes else []:
+    rob = c["robustness"]
+    print(f"K={c['k']}: members trained on {'/'.join(map(str, c['train_cases']))} cases, "
+          f"{c['bytes'] / 1e6:.0f} MB; out-of-fold Dice " + ", ".join(
+              f"{GRIDS[g]} {d['mean']:.4f} (worst {d['worst_value']:.4f})"
+              for g, d in c["dice"].items())
+          + f"; robustness worst case, mean over shifts {rob['mean_of_worst']:.4f}")
+print(f"chosen: K={sizes['chosen']['k']}" if sizes else f"no ensemble_size.json in "
+      f"{experiments.rel_path(run)}: K was not measured for this run")
 
 # %% [markdown]
 # ## How far can one training run be trusted?

@@ -422,6 +422,21 @@ def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
         report.report_numbers(folder)
 
 
+def test_robustness_numbers_name_the_honest_ensemble_by_its_size():
+    from lungseg_utils import numbers, robustness
+
+    methods = ("member", "member_2", "ensemble_oof", "ensemble_all", "baseline")
+    rows = [{"case_id": "p0", "shift": "as stored", **{m: 0.95 for m in methods}}]
+    result = {"methods": list(methods), "rows": rows, "ensembles": ["a", "b", "c"],
+              "summary": robustness.summarise(rows, methods)}
+    shown = numbers.robustness_numbers(result)
+    assert shown["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
+    assert shown["labels"]["ensemble_oof"] == "three unseen members"
+    assert shown["n_unseen"] == "3"
+    two = numbers.robustness_numbers({**result, "ensembles": ["a", "b"]})
+    assert two["labels"]["ensemble_oof"] == "two unseen members"
+
+
 def _out_of_fold(folder: Path) -> Path:
     """A copy of the fixture as an ensemble's run writes it: every case scored out of fold
     (the fixture's cross-validation block as the main blocks) and a manifest of 3 members."""
