@@ -23,7 +23,6 @@ ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only",
 SUMMARY_COLUMNS = ("avx512", "avx2", "avx2_eigen")
 RATIOS = (("AVX2 / AVX-512 time", "avx2", "avx512"), ("before / after (AVX2)", "avx2_eigen", "avx2"))
 
-# The formats of a table cell: a time in seconds, a memory in MiB, a share, a check's outcome.
 _t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
 _mib = lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"  # noqa: E731
 _pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
@@ -292,6 +291,9 @@ def _details(e: dict, ref: dict) -> dict:
             d[f"Native scan: ensemble of {nat['ensemble_members']} (one graph) vs member 0"] = (
                 f"{fmt_s(ens)} vs {fmt_s(one)} ({ens['median'] / one['median']:.2f}×), Dice "
                 f"{nat['dice_ensemble']:.4f} vs {nat['dice_single']:.4f}")
+        if "ensemble_bf16_total_s" in nat:
+            d["Native scan: the ensemble in bfloat16"] = (
+                f"{fmt_s(nat['ensemble_bf16_total_s'])}, Dice {nat['dice_ensemble_bf16']:.4f}")
     if "cli" in t:
         c = t["cli"]
         d["Inference command (a fresh process, default model): in all"] = fmt_s(c["wall_s"])

@@ -124,7 +124,7 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         tasks.append(("native", "native", {**infer, "case_dir": str(case),
-                                           "reps": 1 if tiny else 3,
+                                           "reps": 1 if tiny else 3, "bf16": not skip,
                                            "ensemble": None if tiny else str(config.REFERENCE_DIR)}))
         tasks.append(("cli", "cli", {"case_dir": str(case), "reps": 1 if tiny else 3,
                                      "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)}))

@@ -18,8 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-#: A training step costs about three forward passes: the forward pass, then the gradients
-#: with respect to each layer's input and to its weights.
+#: A training step costs about three forward passes (forward, input and weight gradients).
 TRAIN_STEP_FORWARDS = 3
 NET_KEYS = ("base_filters", "depth", "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot",
             "use_transpose", "norm")
@@ -192,7 +191,7 @@ def task_inference(p) -> dict:
 
 def task_native(p) -> dict:
     """One native scan end to end as the command does it (load, predict_volume, save), without
-    and with TTA; with ``ensemble`` also the whole ensemble in one graph, time and Dice."""
+    and with TTA; the ``ensemble`` in one graph (``bf16``: also in bfloat16), time and Dice."""
     from lungseg_utils import inference, io, metrics
 
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
@@ -208,20 +207,18 @@ def task_native(p) -> dict:
             t.append(time.perf_counter())
             return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine, mask
 
-        once(False)
-        plain = [once(False) for _ in range(reps)]
+        plain = [once(False) for _ in range(reps + 1)][1:]             # the first: warm-up
         rss_plain = peak_rss_mib()
-        once(True)
-        tta = [once(True)[0][-1] for _ in range(reps)]
-        ens = {}
-        if p.get("ensemble"):
-            model = inference.load_model(p["ensemble"])
-            efwd, truth = inference.compiled_forward(model), io.load_case(p["case_dir"]).mask
-            once(False, efwd)
-            runs = [once(False, efwd) for _ in range(reps)]
-            ens = {"ensemble_members": len(model), "ensemble_total_s": summarise(
+        tta = [once(True)[0][-1] for _ in range(reps + 1)][1:]
+        ens, model = {}, p.get("ensemble") and inference.load_model(p["ensemble"])
+        bf16 = p.get("bf16") and model and inference.Ensemble([_network(p["settings"], "bf16",
+            model_path=model.folder / m["file"]) for m in model.manifest["members"]], {}, None)
+        for tag, m in filter(lambda pair: pair[1], (("", model), ("_bf16", bf16))):
+            efwd, truth = inference.compiled_forward(m), io.load_case(p["case_dir"]).mask
+            runs = [once(False, efwd) for _ in range(reps + 1)][1:]
+            ens.update({"ensemble_members": len(model), f"ensemble{tag}_total_s": summarise(
                 [r[0][-1] for r in runs]), "dice_single": metrics.dice(plain[-1][3], truth),
-                "dice_ensemble": metrics.dice(runs[-1][3], truth)}
+                f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})
     stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
     _, shape, affine, _ = plain[-1]
     return {"case_id": Path(p["case_dir"]).name, "shape": list(shape),
