@@ -24,7 +24,7 @@ A *profile* is a named set of training and evaluation settings:
 ``finetune``
     a quick-profile model trained on for 25 more epochs at a fifth of the learning rate,
     with the small profile's augmentation along the axes real scans differ
-    (``python -m lungseg_utils.ensemble --k 3 --profile finetune --init_from DIR``).
+    (``python -m lungseg_utils.ensemble --k K --profile finetune --init_from DIR [--nested]``).
 ``full``
     the original student project's settings (150 epochs, base 16), meant for a GPU.
 

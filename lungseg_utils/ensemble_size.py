@@ -102,13 +102,17 @@ def choose(candidates: list[dict]) -> dict:
 
 
 def compare(folders_by_k, data: dict, robustness_path=None) -> dict:
-    """Measure every candidate (:func:`candidate`) and choose (:func:`choose`)."""
+    """Measure every candidate (:func:`candidate`) and choose (:func:`choose`); the result
+    names the chosen ensemble as its ``run`` (:func:`lungseg_utils.experiments.run_identity`),
+    so that a report of another model refuses it."""
     robustness = io.load_json(robustness_path) if robustness_path else None
     cands = [candidate(f, data, robustness) for f in folders_by_k]
     ks = [c["k"] for c in cands]
     if len(set(ks)) != len(ks):
         raise LungsegInputError(f"ensemble_size: two candidates with the same K ({ks}).")
-    return {"candidates": cands, "chosen": choose(cands),
+    chosen = choose(cands)
+    folder = folders_by_k[[c["folder"] for c in cands].index(chosen["folder"])]
+    return {"run": experiments.run_identity(folder), "candidates": cands, "chosen": chosen,
             "robustness": experiments.rel_path(robustness_path) if robustness_path else None}
 
 

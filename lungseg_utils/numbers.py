@@ -214,7 +214,8 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
     numbers["ensemble"] = ensemble_numbers(raw["results_dir"])
     for key, name in OPTIONAL_FILES.items():
         found = experiments.optional_result(raw["results_dir"], name, "05")
-        numbers[key] = found and (robustness_numbers if key == "robustness" else seed_numbers)(found)
+        numbers[key] = found and {"robustness": robustness_numbers, "seeds": seed_numbers,
+                                  "ksize": ensemble_size_numbers}[key](found)
     if figures_dir is not None:
         numbers["figures"] = _figure_info(Path(figures_dir))
     return numbers
@@ -222,7 +223,8 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
 
 #: Optional result files of a run, shown when present: the robustness suite (``make
 #: robustness``) and the seed spread (``python -m lungseg_utils.ensemble --seeds ...``).
-OPTIONAL_FILES = {"robustness": "robustness.json", "seeds": "seed_spread.json"}
+OPTIONAL_FILES = {"robustness": "robustness.json", "seeds": "seed_spread.json",
+                  "ksize": "ensemble_size.json"}
 _COUNT_WORDS = {3: "three", 4: "four", 5: "five", 6: "six"}
 #: How the robustness suite's methods are named in the report.
 ROBUSTNESS_LABELS = {"member": "one member", "ensemble_oof": "two unseen members",
@@ -239,6 +241,22 @@ def ensemble_numbers(folder) -> dict | None:
     sizes = [m.get("bytes") or (Path(folder) / m["file"]).stat().st_size for m in members]
     return {"members": str(len(members)), "total_mb": fmt_number(sum(sizes) / 1e6, 0),
             "member_mb": fmt_number(max(sizes) / 1e6, 1)}
+
+
+def ensemble_size_numbers(result: dict) -> dict:
+    """``ensemble_size.json`` (K chosen by measurement) as printed: the chosen K and, per
+    candidate, cases a member trained on, MB, out-of-fold Dice (mean and worst) on both
+    grids and the robustness worst case averaged over the shifts."""
+    rows = []
+    for c in sorted(result["candidates"], key=lambda c: c["k"]):
+        trained = c["train_cases"]
+        rows.append({"k": str(c["k"]), "mb": fmt_number(c["bytes"] / 1e6, 0),
+                     "train_cases": "–".join(str(v) for v in sorted({min(trained), max(trained)})),
+                     **{f"{key}_{g}": fmt_number(c["dice"][g][field], 3)
+                        for g in c["dice"] for key, field in (("dice", "mean"),
+                                                               ("worst", "worst_value"))},
+                     "rob_worst": fmt_number(c["robustness"]["mean_of_worst"], 3)})
+    return {"chosen": str(result["chosen"]["k"]), "rows": rows}
 
 
 def robustness_numbers(result: dict) -> dict:

@@ -131,6 +131,17 @@ def results_markdown(results_dir=None) -> str:
             for row in r["rows"]]
         if r["flag"]:
             lines += ["", _flag_sentence(r["flag"])]
+    if n["ksize"]:
+        ks = n["ksize"]
+        lines += ["", f"**How many members** (`ensemble_size.json`): K = {ks['chosen']}, chosen "
+                  "by measurement; the larger K only if its members are better out of fold and "
+                  "no less sturdy under the shifts.", "",
+                  f"| K | cases a member trained on | MB | member Dice out of fold, {cube} "
+                  "(worst) | native (worst) | robustness worst, mean over shifts |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['k']} | {r['train_cases']} | {r['mb']} | {r['dice_grid64']} "
+                  f"({r['worst_grid64']}) | {r['dice_native']} ({r['worst_native']}) | "
+                  f"{r['rob_worst']} |" for r in ks["rows"]]
     if n["seeds"]:
         sd = n["seeds"]
         lines += ["", f"**Seed spread:** member {sd['fold']} trained with seeds {sd['seeds']} "

@@ -422,6 +422,34 @@ def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
         report.report_numbers(folder)
 
 
+def test_report_and_readme_say_how_k_was_chosen(tmp_path, figures_dir):
+    folder = tmp_path / "run"
+    shutil.copytree(FIXTURE, folder)
+
+    def cand(k, dice, worst, rob):
+        return {"k": k, "train_cases": [9 - k // 2 - 1, 9 - k // 2], "bytes": k * 11.2e6,
+                "dice": {g: {"mean": dice, "worst_value": worst, "worst_case_id": "p1"}
+                         for g in ("grid64", "native")},
+                "robustness": {"mean_of_worst": rob}}
+
+    sizes = {"candidates": [cand(5, 0.9858, 0.9812, 0.9634), cand(3, 0.9848, 0.9765, 0.9581)],
+             "chosen": {"k": 5, "folder": "k5", "why": []}}
+    (folder / "ensemble_size.json").write_text(json.dumps(sizes))
+    shown = report.report_numbers(folder)["ksize"]
+    assert shown["chosen"] == "5" and [r["k"] for r in shown["rows"]] == ["3", "5"]
+    expected = {"mb": "56", "train_cases": "6–7", "dice_grid64": "0.986",
+                "worst_native": "0.981", "rob_worst": "0.963"}
+    assert {k: shown["rows"][1][k] for k in expected} == expected
+    block = report.results_markdown(folder)
+    assert "K = 5, chosen by measurement" in block and "| 5 | 6–7 | 56 | 0.986 (0.981)" in block
+    _, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    assert "K = 5 was chosen by measurement" in " ".join(text.split())
+    sizes["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
+    (folder / "ensemble_size.json").write_text(json.dumps(sizes))
+    with pytest.raises(LungsegInputError, match="ensemble_size.json: describes the model"):
+        report.report_numbers(folder)
+
+
 def test_robustness_numbers_name_the_honest_ensemble_by_its_size():
     from lungseg_utils import numbers, robustness
 
