@@ -271,7 +271,8 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
     """Copy a run of :func:`train_main` (its manifest, member runs and result files) to
     ``results/reference/``, which then is the default model. Refuses to replace a reference
     unless ``overwrite``; with it, the old reference's members (``cv/``) are removed first so
-    that the manifest and the members agree. ``final_model.keras`` files are left out."""
+    that the manifest and the members agree. ``final_model.keras`` files, training backups
+    and the runs of a seed spread (``seeds/``: its ``seed_spread.json`` is kept) are left out."""
     src, dest = Path(run_dir), Path(reference_dir or config.REFERENCE_DIR)
     if not (src / inference.MANIFEST).exists():
         raise LungsegInputError(f"{src}: not a finished run of the main job (no manifest.json).")
@@ -281,7 +282,8 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
     for name in ("best_model.keras", "final_model.keras"):  # an old member 0's, if any
         (dest / name).unlink(missing_ok=True)
     for path in sorted(src.rglob("*")):
-        if path.is_file() and path.name != "final_model.keras" and "backup" not in path.parts:
+        if (path.is_file() and path.name != "final_model.keras"
+                and not {"backup", "seeds"} & set(path.relative_to(src).parts)):
             with io.atomic_write(dest / path.relative_to(src), overwrite=True) as tmp:
                 shutil.copyfile(path, tmp)
     io.save_json({"promoted_from": src.name}, dest / "provenance.json", overwrite=True)

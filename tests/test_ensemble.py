@@ -210,8 +210,10 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
     with pytest.raises(LungsegInputError, match="holds files but no manifest"):
         ensemble.train_main(tmp_path / "junk", demo_data, **tiny)
     ref = tmp_path / "reference"
+    shutil.copytree(members[0], run / "seeds" / "seed_7" / members[0].name)   # a seed run
     assert ensemble.promote_main(run, ref) == ref
     assert len(inference.load_model(ref)) == 2 and not list(ref.rglob("final_model.keras"))
+    assert not (ref / "seeds").exists()
     assert io.load_json(ref / inference.MANIFEST) == manifest
     with pytest.raises(LungsegInputError, match="holds a reference"):
         ensemble.promote_main(run, ref)
