@@ -213,7 +213,7 @@ if robust:
     ax.set_yticks(np.arange(len(shifts)), shifts, fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel("Dice (native grid): mean (dot) and worst case (cross)")
-    ax.legend(fontsize=6, loc="lower left")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
     viz.export_figure(fig, "05_robustness")
     plt.show()
 else:
