@@ -18,9 +18,10 @@ from .errors import LungsegInputError
 from .storage import STORAGE_DTYPES, convert_weights, weights_dtype
 
 
-def _member_scores(model_path, case_ids, folders: dict) -> dict:
+def member_scores(model_path, case_ids, folders: dict) -> dict:
     """``{(case_id, grid): (prob64 float32 (64,64,64), mask uint8, Dice)}`` of one model
-    file on its cases, for each grid folder of ``folders`` that is not None."""
+    file on its cases, for each grid folder of ``folders`` that is not None (here before and
+    after storage; :mod:`lungseg_utils.ensemble_size` scores the members of candidates)."""
     forward = inference.compiled_forward(inference.load_model(model_path))
     out = {}
     for grid, folder in folders.items():
@@ -51,11 +52,11 @@ def compact_ensemble(folder, folders: dict, dtype: str = "float16") -> dict:
         raise LungsegInputError(f"{already[0]}: weights already stored as {dtype}.")
     rows, before_bytes, after_bytes = [], 0, 0
     for member, path in zip(manifest["members"], files):
-        before = _member_scores(path, member["test"], folders)
+        before = member_scores(path, member["test"], folders)
         before_bytes += path.stat().st_size
         convert_weights(path, dtype)
         after_bytes += path.stat().st_size
-        after = _member_scores(path, member["test"], folders)
+        after = member_scores(path, member["test"], folders)
         for key, (p0, m0, d0) in before.items():
             p1, m1, d1 = after[key]
             rows.append({"case_id": key[0], "grid": key[1], "fold": member["fold"],

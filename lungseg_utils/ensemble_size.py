@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import experiments, inference, io, metrics
+from . import compact, experiments, inference, io, metrics, outputs
 from .errors import LungsegInputError
 
 
@@ -33,16 +33,11 @@ def out_of_fold_dice(folder, folders: dict) -> list[dict]:
     """Every case of ``folder``'s members scored by the member that never saw it, on each
     grid of ``folders`` (``{"grid64": dir, "native": dir or None}``): ``[{"case_id",
     "grid", "fold", "dice"}]``, sorted by grid and case."""
-    rows, forwards = [], {}
-    for cid, label, path in experiments.out_of_fold_jobs(folder):
-        if path not in forwards:
-            forwards[path] = inference.compiled_forward(inference.load_model(path))
-        for grid, data in folders.items():
-            if data is not None:
-                case = io.load_case(Path(data) / cid)
-                mask = inference.predict_volume(forwards[path], case.ct_hu, case.affine)["mask"]
-                rows.append({"case_id": cid, "grid": grid, "fold": label,
-                             "dice": metrics.dice(mask, case.mask)})
+    rows = []
+    for m in io.load_json(Path(folder) / inference.MANIFEST)["members"]:
+        scores = compact.member_scores(Path(folder) / m["file"], m["test"], folders)
+        rows += [{"case_id": cid, "grid": grid, "fold": m["fold"], "dice": dice}
+                 for (cid, grid), (_, _, dice) in scores.items()]
     return sorted(rows, key=lambda r: (r["grid"], r["case_id"]))
 
 
@@ -132,8 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     try:
-        if Path(args.out).exists() and not args.overwrite:
-            raise LungsegInputError(f"{args.out}: file exists; pass --overwrite to replace it.")
+        outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
         result = compare(args.candidate, {"grid64": synthetic.resolve_data_dir(),
                                           "native": config.native_data_dir()}, args.robustness)
         io.save_json(result, args.out, overwrite=args.overwrite)

@@ -222,7 +222,8 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
 
 
 #: Optional result files of a run, shown when present: the robustness suite (``make
-#: robustness``) and the seed spread (``python -m lungseg_utils.ensemble --seeds ...``).
+#: robustness``), the seed spread (``python -m lungseg_utils.ensemble --seeds ...``) and
+#: how K was chosen (``python -m lungseg_utils.ensemble_size``).
 OPTIONAL_FILES = {"robustness": "robustness.json", "seeds": "seed_spread.json",
                   "ksize": "ensemble_size.json"}
 _COUNT_WORDS = {3: "three", 4: "four", 5: "five", 6: "six"}

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import anatomy, config, experiments, geometry, inference, io, metrics, preprocess, quality
+from . import (anatomy, config, experiments, geometry, inference, io, metrics, outputs,
+               preprocess, quality)
 from .errors import LungsegInputError
 from .synthetic import reorient
 
@@ -259,8 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     try:
-        if Path(args.out).exists() and not args.overwrite:
-            raise LungsegInputError(f"{args.out}: file exists; pass --overwrite to replace it.")
+        outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
         result = run_suite(args.ensemble, max_cases=args.max_cases)
         io.save_json(result, args.out, overwrite=args.overwrite)
     except LungsegInputError as exc:

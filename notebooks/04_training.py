@@ -133,7 +133,7 @@ fig, axes = plt.subplots(1, 2, figsize=(viz.COL_IN, 1.9))   # printed one column
 for i, (log, k) in enumerate(zip(logs, kept)):
     epoch, colour = log["epoch"] + 1, f"C{i}"
     for ax, key in zip(axes, ("loss", "dice")):
-        ax.plot(epoch, log[key], color=colour, lw=0.9, label=f"member {i}" if i == 0 else i)
+        ax.plot(epoch, log[key], color=colour, lw=0.9, label=f"member {i}" if i == 0 else str(i))
         ax.plot(epoch, log[f"val_{key}"], color=colour, lw=0.9, ls="--")
         ax.plot(epoch[k], log[f"val_{key}"][k], "o", color=colour, ms=3.5)
 low = np.percentile(np.concatenate([log["val_dice"] for log in logs]), 5)

@@ -239,21 +239,18 @@ for shift, by_method in (robust["summary"] if robust else {}).items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-size_path = run / "ensemble_size.json"
-sizes = io.load_json(size_path) if size_path.is_file() else None
-for c in sizes["candidates"] if sizes else []:
-    rob = c["robustness"]
-    print(f"K={c['k']}: members trained on {'/'.join(map(str, c['train_cases']))} cases, "
-          f"{c['bytes'] / 1e6:.0f} MB; out-of-fold Dice " + ", ".join(
-              f"{GRIDS[g]} {d['mean']:.4f} (worst {d['worst_value']:.4f})"
-              for g, d in c["dice"].items())
-          + f"; robustness worst case, mean over shifts {rob['mean_of_worst']:.4f}")
+sizes = experiments.optional_result(run, "ensemble_size.json", "05 (ensemble_size)")
+for r in numbers.ensemble_size_numbers(sizes)["rows"] if sizes else []:
+    print(f"K={r['k']}: members trained on {r['train_cases']} cases, {r['mb']} MB; out of "
+          f"fold Dice 64³ {r['dice_grid64']} (worst {r['worst_grid64']}), native "
+          f"{r['dice_native']} (worst {r['worst_native']}); robustness worst case, mean over "
+          f"shifts {r['rob_worst']}")
 print(f"chosen: K={sizes['chosen']['k']}" if sizes else f"no ensemble_size.json in "
       f"{experiments.rel_path(run)}: K was not measured for this run")
 
 # %% [markdown]
 # ## How far can one training run be trusted?
-# Member 0 trained again with other seeds (same cases, same settings: only the random
+# One member trained again with other seeds (same cases, same settings: only the random
 # initialisation, augmentation and sample order differ), each scored on its unseen cases
 # (`python -m lungseg_utils.ensemble --seeds 42 43 44 --from RUN`):
 
@@ -261,8 +258,8 @@ print(f"chosen: K={sizes['chosen']['k']}" if sizes else f"no ensemble_size.json 
 # NBVAL_IGNORE_OUTPUT
 seeds = experiments.optional_result(run, "seed_spread.json", "05 (ensemble --seeds)")
 for r in seeds["summary"] if seeds else []:
-    print(f"{r['case_id']} ({GRIDS[r['grid']]}): Dice {r['min']:.4f} to {r['max']:.4f} over "
-          f"seeds {seeds['seeds']}, range {r['range']:.4f}")
+    print(f"member {seeds['fold']}, {r['case_id']} ({GRIDS[r['grid']]}): Dice {r['min']:.4f} "
+          f"to {r['max']:.4f} over seeds {seeds['seeds']}, range {r['range']:.4f}")
 if not seeds:
     print(f"no seed_spread.json in {experiments.rel_path(run)}")
 
