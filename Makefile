@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NOTEBOOKS := 01_data_exploration 02_preprocessing 03_augmentation_preview 04_training 05_evaluation 06_tta viewer
 
-.PHONY: all setup notebooks report test bench robustness promote
+.PHONY: all setup notebooks report test bench robustness promote reference
 
 #: The run the notebooks and the report work on (config.active_run_dir). `make all` makes a
 #: new folder for notebook 04 to train into; RUN=results/reference skips training and
@@ -18,7 +18,7 @@ all:
 	@run="$(RUN)"; run="$${run:-results/models/main_$$(date +%Y%m%d-%H%M%S)}"; t0=$$(date +%s); \
 	$(MAKE) --no-print-directory setup && \
 	$(MAKE) --no-print-directory notebooks RUN="$$run" && \
-	$(PY) -m lungseg_utils.report --results_dir "$$run" --job_started "$$t0"
+	$(PY) -m lungseg_utils.report.build --results_dir "$$run" --job_started "$$t0"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,12 +43,20 @@ notebooks: setup
 
 ## report: rebuild report/report.pdf and README's results from RUN's result files (seconds)
 report: setup
-	$(PY) -m lungseg_utils.report --results_dir "$(or $(RUN),results/reference)"
+	$(PY) -m lungseg_utils.report.build --results_dir "$(or $(RUN),results/reference)"
+
+## reference: rebuild the committed reference from random weights — the main job (the `main`
+##            recipe, a fixed number of epochs: the same model on a busy or an idle machine)
+##            into a new run, then that run promoted to results/reference
+reference:
+	@run="results/models/main_$$(date +%Y%m%d-%H%M%S)"; \
+	$(MAKE) --no-print-directory all RUN="$$run" && \
+	$(MAKE) --no-print-directory promote RUN="$$run"
 
 ## promote: make RUN (a finished `make all` run) the committed reference, results/reference
 promote: setup
 	@test -n "$(RUN)" || { echo "usage: make promote RUN=results/models/main_..."; exit 2; }
-	$(PY) -m lungseg_utils.ensemble --promote "$(RUN)"
+	$(PY) -m lungseg_utils.study.reference "$(RUN)"
 
 ## test: the whole suite — unit tests, notebooks under nbval (smoke profile), browser test
 test: setup
@@ -65,5 +73,5 @@ bench: setup
 ##             fold) of RUN's ensemble (default the reference) into RUN/robustness.json;
 ##             notebook 05 and the report show it
 robustness: setup
-	$(PY) -m lungseg_utils.robustness --ensemble "$(or $(RUN),results/reference)" \
+	$(PY) -m lungseg_utils.study.robustness --ensemble "$(or $(RUN),results/reference)" \
 	  --out "$(or $(RUN),results/reference)/robustness.json" --overwrite

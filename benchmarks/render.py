@@ -21,7 +21,8 @@ ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only",
              "avx2_capped": "AVX2 emulated (oneDNN capped on the AVX-512 CPU)"}
 #: The columns of the summary, and the ratios beside them: (label, slower, faster column).
 SUMMARY_COLUMNS = ("avx512", "avx2", "avx2_eigen")
-RATIOS = (("AVX2 / AVX-512 time", "avx2", "avx512"), ("before / after (AVX2)", "avx2_eigen", "avx2"))
+RATIOS = (("AVX2 / AVX-512 time", "avx2", "avx512"),
+          ("before / after (AVX2)", "avx2_eigen", "avx2"))
 
 _t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
 _mib = lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"  # noqa: E731
@@ -61,8 +62,7 @@ FIGURES = {
     "infer_frac_bf16": lambda n, t, r, b: n["flops"] / n["compiled_bf16"] / 1e9 / n["ceil_bf16"],
     "native": "native stages_s total median", "native_tta": "native tta8_total_s median",
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
-    "cli": "cli wall_s median", "cli_scan": "cli scan median",
-    "cli_load": "cli model_load median",
+    "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
     "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in
                                         ("inference_f32", "native") if k in t),
@@ -103,9 +103,9 @@ def _table(header, rows) -> list[str]:
             *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
-def _cell(fn, n) -> str:
+def _cell(fn, *args) -> str:
     try:
-        return fn(n)
+        return fn(*args)
     except (KeyError, IndexError, TypeError, ZeroDivisionError):
         return "–"
 
@@ -159,7 +159,7 @@ def _summary_rows(ref: dict) -> list[tuple]:
 def _ratio(key: str, slow: dict, fast: dict) -> str:
     """How many times as long column ``slow`` takes as ``fast``; "1/x": x is a speed."""
     x = key.removeprefix("1/")
-    return _cell(lambda _: f"{(fast[x] / slow[x] if key != x else slow[x] / fast[x]):.2f}×", None)
+    return _cell(lambda: f"{(fast[x] / slow[x] if key != x else slow[x] / fast[x]):.2f}×")
 
 
 def columns(results: dict, keys=tuple(ISA_LABEL)) -> list[str]:
@@ -249,11 +249,10 @@ def _details(e: dict, ref: dict) -> dict:
     for k, v in t.get("ceiling", {}).get("runs", {}).items():
         d[f"Ceiling: {k}, n = {v['n']} (best, median)"] = (
             f"{v['gflops_best']:.0f}, {v['gflops_median']:.0f} GFLOP/s")
-    for key in ("train_f32", "train_bf16", *sorted((k for k in t if k.startswith("scale_")),
-                                                   key=lambda k: int(k[6:]))):
-        for r in t.get(key, {}).get("rows", []):
-            s, g = t[key], r["gflop_per_step"] / r["step_s"]["median"]
-            ceil = n.get(f"ceil_{s['precision']}")
+    scales = sorted((k for k in t if k.startswith("scale_")), key=lambda k: int(k[6:]))
+    for s in (t[k] for k in ("train_f32", "train_bf16", *scales) if k in t):
+        for r in s["rows"]:
+            g, ceil = r["gflop_per_step"] / r["step_s"]["median"], n.get(f"ceil_{s['precision']}")
             d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"] = (
                 f"{fmt_s(r['step_s'])}; {g:.0f} GFLOP/s" + (f" ({_pct(g / ceil)})" if ceil else "")
                 + f"; {_mib(r['peak_rss_mib'])}")

@@ -9,8 +9,6 @@ own ISA's entry and keeps the other's if measured on the same CPU), ``RESULTS.md
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
 import json
 import math
 import os
@@ -68,25 +66,24 @@ def reference_info(previous: dict | None = None) -> dict:
     """Settings, split and model of results/reference/ (else the quick profile), and when its
     training log first reached the original's validation Dice; a fine-tuned reference
     (``init_weights``) keeps ``previous``'s figure, marked ``"from_earlier_reference"``."""
-    from lungseg_utils import config, io
+    from lungseg_utils import config, dataio
+    from lungseg_utils.report import values
 
-    cfg, split, model, log_csv = (config.REFERENCE_DIR / name for name in (
-        "train_config.json", "split.json", "best_model.keras", "training_log.csv"))
-    s = io.load_json(cfg)["settings"] if cfg.exists() else config.get_profile("quick")
-    if not model.exists() and (config.REFERENCE_DIR / "manifest.json").exists():  # member 0
-        model = config.REFERENCE_DIR / io.load_json(
-            config.REFERENCE_DIR / "manifest.json")["members"][0]["file"]
-    out = {"source": "results/reference/train_config.json" if cfg.exists()
-           else "config.get_profile('quick')", "settings": s,
-           "split": io.load_json(split) if split.exists() else None,
+    folder, log_csv = config.REFERENCE_DIR, config.REFERENCE_DIR / "training_log.csv"
+    cfg, split, manifest = (dataio.load_json(folder / f) if (folder / f).exists() else None
+                            for f in ("train_config.json", "split.json", "manifest.json"))
+    s = cfg["settings"] if cfg else config.get_profile("quick")
+    model = folder / "best_model.keras"
+    if not model.exists() and manifest:  # member 0
+        model = folder / manifest["members"][0]["file"]
+    out = {"source": "results/reference/train_config.json" if cfg
+           else "config.get_profile('quick')", "settings": s, "split": split,
            "model_path": str(model) if model.exists() else None}
-    if cfg.exists() and io.load_json(cfg).get("init_weights"):
-        earlier = (previous or {}).get("time_to_dice")
-        if earlier:
-            out["time_to_dice"] = {**earlier, "from_earlier_reference": True}
+    if cfg and cfg.get("init_weights"):
+        if (previous or {}).get("time_to_dice"):
+            out["time_to_dice"] = {**previous["time_to_dice"], "from_earlier_reference": True}
     elif log_csv.exists():
-        with open(log_csv, newline="") as f:
-            log = [float(r["val_dice"]) for r in csv.DictReader(f)]
+        log = [row["val_dice"] for row in values.read_training_log(log_csv)]
         out["time_to_dice"] = {
             **ORIGINAL, "reference_epochs": len(log), "best_val_dice": max(log),
             "reach_epoch": next((i + 1 for i, d in enumerate(log) if d >= ORIGINAL["val_dice"]),
@@ -98,24 +95,23 @@ def reference_info(previous: dict | None = None) -> dict:
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
-    """(key, task, params) of every measurement of column ``isa`` (a key of VARIANTS);
+    """(key, task, params) of every measurement of column ``isa`` (a key of ISA_ENV);
     ``tiny``: base 2, depth 2, 2 repetitions. A ``*_eigen`` column measures the main
     figures only (no scaling, no bfloat16), as its steps are several times slower."""
     from lungseg_utils import config, synthetic
 
     s = {**ref["settings"], **({"base_filters": 2, "depth": 2, "samples_per_epoch": 4}
                                if tiny else {})}
-    r = (lambda full: 2 if tiny else full)  # noqa: E731
+    r = (lambda full, few=2: few if tiny else full)  # noqa: E731  (a full run's, a tiny run's)
     eigen = {"skip": EIGEN_SKIP} if isa.endswith("_eigen") and not tiny else {}
     skip = {"skip": BF16_AVX2} if isa.startswith("avx2") else eigen
     step = {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15}
-    infer = {"precision": "f32", "model_path": None if tiny else ref["model_path"], "reps": r(5)}
-    tasks = [("ceiling", "ceiling", {"n": 256 if tiny else 3072, "reps": r(5), "bf16": not skip}),
-             ("train_f32", "train", {**step, "batches": [1, 2] if tiny else [1, 2, 4]}),
+    infer = {"precision": "f32", "model_path": r(ref["model_path"], None), "reps": r(5)}
+    tasks = [("ceiling", "ceiling", {"n": r(3072, 256), "reps": r(5), "bf16": not skip}),
+             ("train_f32", "train", {**step, "batches": r([1, 2, 4], [1, 2])}),
              ("train_bf16", "train", {**step, "precision": "bf16", "batches": [2], **skip}),
              *((f"scale_{n}", "train", {**step, "size": n, "batches": [1], "reps": r(3),
-                                        "max_s": 20, **eigen})
-               for n in ((32,) if tiny else (96, 128))),
+                                        "max_s": 20, **eigen}) for n in r((96, 128), (32,))),
              ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3)}),
              ("inference_f32", "inference", infer),
              ("inference_bf16", "inference", {**infer, "precision": "bf16", **skip})]
@@ -123,11 +119,11 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
     if native is not None:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
-        tasks.append(("native", "native", {**infer, "case_dir": str(case),
-                                           "reps": 1 if tiny else 3, "bf16": not skip,
-                                           "ensemble": None if tiny else str(config.REFERENCE_DIR)}))
-        tasks.append(("cli", "cli", {"case_dir": str(case), "reps": 1 if tiny else 3,
-                                     "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)}))
+        tasks += [("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 1),
+                                        "bf16": not skip,
+                                        "ensemble": r(str(config.REFERENCE_DIR), None)}),
+                  ("cli", "cli", {"case_dir": str(case), "reps": r(3, 1),
+                                  "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)})]
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
     return [(k, t, {**common, **p}) for k, t, p in tasks]
 
@@ -201,14 +197,14 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
     if tiny:  # two at a time
         with ThreadPoolExecutor(2) as pool:
             tasks = dict(zip([k for k, *_ in todo], pool.map(lambda a: one(*a), todo)))
-    else:
+    else:  # in the main thread, so that Ctrl-C stops the whole run
         tasks = {key: one(key, task, params) for key, task, params in todo}
     errors = {k: v.pop("error") for k, v in tasks.items() if "error" in v}
     for key, text in errors.items():
         print(f"[bench {isa}] {key} FAILED: {text}", file=sys.stderr)
-    return {"created": _dt.datetime.now().isoformat(timespec="seconds"), "tiny": tiny,
-            "env": env, "wall_s": time.perf_counter() - t0, "waited_s": waited,
-            "tasks": tasks, "errors": errors}
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tiny": tiny, "env": env,
+            "wall_s": time.perf_counter() - t0, "waited_s": waited, "tasks": tasks,
+            "errors": errors}
 
 
 def merge(old: dict | None, key: str, tiny: bool) -> dict:
@@ -237,18 +233,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else None
+    if ((args.render or args.job) and results is None) or (args.job and not args.job.is_file()):
+        print(f"error: needs {path}" + (f" and {args.job}" if args.job else "")
+              + "; a run of benchmarks/run.py that measures writes the former.", file=sys.stderr)
+        return 2
     if args.job:
-        if results is None or not args.job.is_file():
-            print(f"error: needs {path} and {args.job}.", file=sys.stderr)
-            return 2
-        job = json.loads(args.job.read_text())
+        job, args.render = json.loads(args.job.read_text()), True
         kind = "avx512" if job["cpu"]["avx512"] else "avx2"
         old = (results.get("job") or {}).get("make_all") or {}
         results["job"] = {"make_all": {**old, kind: {**job, "run": args.job.parent.name}}}
-        args.render = True
-    if args.render and results is None:
-        print(f"error: {path} does not exist; run benchmarks/run.py first.", file=sys.stderr)
-        return 2
     if not args.render:
         cpu = cpu_info()
         has512 = "avx512f" in cpu["flags"]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
 
 #: A training step costs about three forward passes (forward, input and weight gradients).
 TRAIN_STEP_FORWARDS = 3
@@ -45,9 +46,10 @@ def timeit(fn, reps: int, warmup: int = 1, max_s: float = float("inf")) -> dict:
     return summarise(times)
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (Linux: ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_rss_mib(who=resource.RUSAGE_SELF) -> float:
+    """Peak resident memory so far, MiB (Linux: ``ru_maxrss`` in KiB) of this process, or
+    with ``RUSAGE_CHILDREN`` of the largest of its finished children."""
+    return resource.getrusage(who).ru_maxrss / 1024.0
 
 
 def seeded_keras(precision: str = "f32"):
@@ -76,9 +78,9 @@ def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=
 
 def _split(params) -> dict:
     """Case folders by role: the reference's split, else all but two sorted cases, val, test."""
-    from lungseg_utils import io
+    from lungseg_utils import dataio
 
-    folders = {p.name: p for p in io.discover_cases(params["data_dir"])}
+    folders = {p.name: p for p in dataio.discover_cases(params["data_dir"])}
     split, ids = params.get("split") or {}, sorted(folders)
     if not split or not set(split.get("train", [])) <= set(folders):
         split = {"train": ids[:-2] or ids, "val": ids[-2:-1], "test": ids[-1:]}
@@ -91,13 +93,12 @@ def task_ceiling(p) -> dict:
     seeded_keras()
     import tensorflow as tf
 
-    n, reps = int(p["n"]), int(p["reps"])
+    n, reps, runs = int(p["n"]), int(p["reps"]), {}
     a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in (0, 1))
     fns = {"numpy_f32": ("float32", lambda: a @ b)}
     for name, dtype in [("tf_f32", tf.float32)] + [("tf_bf16", tf.bfloat16)] * p["bf16"]:
         ta, tb = tf.cast(a, dtype), tf.cast(b, dtype)
         fns[name] = (dtype.name, lambda ta=ta, tb=tb: tf.linalg.matmul(ta, tb).numpy())
-    runs = {}
     for name, (dtype, fn) in fns.items():
         t = timeit(fn, reps)
         runs[name] = {"n": n, "dtype": dtype, "gflops_best": 2 * n ** 3 / t["min"] / 1e9,
@@ -115,15 +116,13 @@ def task_train(p) -> dict:
     from lungseg_utils import unet
 
     tf.config.experimental.enable_op_determinism()  # as lungseg_utils.train does
-    size, s = int(p["size"]), p["settings"]
+    size, s, b_max = int(p["size"]), p["settings"], max(p["batches"])
     model = unet.compile_model(_network(s, p["precision"], size), s.get("loss", "dice"),
                                s.get("learning_rate", 1e-3))
-    b_max = max(p["batches"])
     x = np.random.default_rng(0).random((b_max, size, size, size, 1), dtype=np.float32)
     g = np.indices((size,) * 3) - size / 2
     y = np.repeat(((g ** 2).sum(0) < (size / 3) ** 2)[None, ..., None], b_max, 0).astype("float32")
-    flops = unet.count_flops(model)
-    rows = []
+    flops, rows = unet.count_flops(model), []
     for b in p["batches"]:  # ascending: the peak so far is this batch's peak
         t = timeit(lambda: model.train_on_batch(x[:b], y[:b]), int(p["reps"]), max_s=p["max_s"])
         rows.append({"batch": b, "step_s": t, "peak_rss_mib": peak_rss_mib(),
@@ -143,8 +142,6 @@ def task_epoch(p) -> dict:
     ds = dataset.LungDataset((x, y), int(s["batch_size"]), s, seed=0, augment=True,
                              samples_per_epoch=samples)
     aug = timeit(lambda: ([ds[i] for i in range(len(ds))], ds.on_epoch_end()), int(p["aug_reps"]))
-    pipeline = {"samples_per_epoch": samples, "augment_epoch_s": aug,
-                "augment_samples_per_s": samples / aug["median"]}
     # per epoch: its start and each step's end ("steps"), validation's start and end, its end
     now, eps = time.perf_counter, []
     timer = keras.callbacks.LambdaCallback(
@@ -155,14 +152,15 @@ def task_epoch(p) -> dict:
         on_epoch_end=lambda *a, **kw: eps[-1].update(end=now()))
     known = config.get_profile(s.get("profile") or "quick")
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
-    names = {k: [f.name for f in v] for k, v in split.items()}
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as out:
-        train.train(data_dir=p["data_dir"], out_dir=out, profile=s.get("profile"),
-                    split={"seed": 0, **names}, verbose=0, callbacks=[timer],
-                    epochs=int(p["epochs"]), **overrides)
+        train.train(data_dir=p["data_dir"], out_dir=out, profile=s.get("profile"), verbose=0,
+                    split={"seed": 0, **{k: [f.name for f in v] for k, v in split.items()}},
+                    callbacks=[timer], epochs=int(p["epochs"]), **overrides)
     w, spans = int(p["warmup_epochs"]), [e["end"] - e["steps"][0] for e in eps]
     steps = [b - a for e in eps[w:] for a, b in zip(e["steps"], e["steps"][1:])]
-    return {"pipeline": pipeline, "epochs_run": len(eps), "warmup_epochs_s": spans[:w],
+    return {"pipeline": {"samples_per_epoch": samples, "augment_epoch_s": aug,
+                         "augment_samples_per_s": samples / aug["median"]},
+            "epochs_run": len(eps), "warmup_epochs_s": spans[:w],
             "epoch_s": summarise(spans[w:]), "fit_step_s": summarise(steps),
             "val_s": summarise([e["val"][-1] - e["val"][0] for e in eps[w:] if e["val"]] or [0.0]),
             "overhead_s": summarise([e["end"] - e["steps"][-1] for e in eps[w:]]),
@@ -192,18 +190,18 @@ def task_inference(p) -> dict:
 def task_native(p) -> dict:
     """One native scan end to end as the command does it (load, predict_volume, save), without
     and with TTA; the ``ensemble`` in one graph (``bf16``: also in bfloat16), time and Dice."""
-    from lungseg_utils import inference, io, metrics
+    from lungseg_utils import dataio, inference, metrics
 
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
-    ct_path, reps = Path(p["case_dir"]) / "ct.nii.gz", int(p["reps"])
+    case, reps = Path(p["case_dir"]), int(p["reps"])
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_native_") as out:
         def once(use_tta: bool, forward=fwd):
             t = [time.perf_counter()]
-            ct, affine, header = io.load_ct(ct_path)
+            ct, affine, header = dataio.load_ct(case / "ct.nii.gz")
             t.append(time.perf_counter())
             mask = inference.predict_volume(forward, ct, affine, tta=use_tta)["mask"]
             t.append(time.perf_counter())
-            io.save_nifti(mask, affine, Path(out) / "lungs.nii.gz", header=header, overwrite=True)
+            dataio.save_nifti(mask, affine, f"{out}/lungs.nii.gz", header=header, overwrite=True)
             t.append(time.perf_counter())
             return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine, mask
 
@@ -214,14 +212,14 @@ def task_native(p) -> dict:
         bf16 = p.get("bf16") and model and inference.Ensemble([_network(p["settings"], "bf16",
             model_path=model.folder / m["file"]) for m in model.manifest["members"]], {}, None)
         for tag, m in filter(lambda pair: pair[1], (("", model), ("_bf16", bf16))):
-            efwd, truth = inference.compiled_forward(m), io.load_case(p["case_dir"]).mask
+            efwd, truth = inference.compiled_forward(m), dataio.load_case(case).mask
             runs = [once(False, efwd) for _ in range(reps + 1)][1:]
             ens.update({"ensemble_members": len(model), f"ensemble{tag}_total_s": summarise(
                 [r[0][-1] for r in runs]), "dice_single": metrics.dice(plain[-1][3], truth),
                 f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})
     stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
     _, shape, affine, _ = plain[-1]
-    return {"case_id": Path(p["case_dir"]).name, "shape": list(shape),
+    return {"case_id": case.name, "shape": list(shape),
             "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
             "stages_s": {k: summarise(v) for k, v in stages},
             "tta8_total_s": summarise(tta), "peak_rss_mib_no_tta": rss_plain, **ens}
@@ -237,20 +235,19 @@ def task_cli(p) -> dict:
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
         for i in range(int(p["reps"])):
             cmd = [sys.executable, "-m", "lungseg_utils.inference", "--input", str(ct),
-                   "--output_mask", str(Path(out) / f"m{i}.nii.gz"), "--verbose",
+                   "--output_mask", f"{out}/m{i}.nii.gz", "--verbose",
                    *(["--model", p["model"]] if p.get("model") else [])]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                                  cwd=Path(__file__).resolve().parent.parent)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
-            found = dict(re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M))
-            runs.append({"wall_s": wall, **{k: float(v) for k, v in found.items()}})
+            found = re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)
+            runs.append({"wall_s": wall, **{k: float(v) for k, v in found}})
     keys = sorted({k for r in runs for k in r})
-    return {"case_id": Path(p["case_dir"]).name, "model": p.get("model"),
-            "command_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-            **{f"{k}": summarise([r[k] for r in runs if k in r]) for k in keys}}
+    return {"case_id": ct.parent.name, "model": p.get("model"),
+            "command_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
+            **{k: summarise([r[k] for r in runs if k in r]) for k in keys}}
 
 
 TASKS = {"ceiling": task_ceiling, "cli": task_cli, "train": task_train, "epoch": task_epoch,

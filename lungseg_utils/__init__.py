@@ -1,18 +1,16 @@
-"""lungseg_utils: the shared module of the lungseg notebooks.
+"""lungseg_utils: the course core that the lungseg notebooks import.
 
 One job per module, in the order the data flows; imports only go down this list:
 
-``errors``       the project's exception and warning types
+``errors``       the project's exception and warning types, the one command-line error handler
 ``config``       profiles, paths, seeds, quiet Keras import (finding data writes nothing)
-``dicom``        a CT series from a folder of DICOM files -> (HU, affine)
-``rtstruct``     expert contours from a DICOM RTSTRUCT, filled into a mask
-``io``           Case; NIfTI and JSON read/write through one atomic writer; discover; split
-``outputs``      output paths checked before any work: suffix, folder, not an input
-``preprocess``   HU window <-> [0, 1], masks to tensors
 ``anatomy``      body, airways, components, holes, boundaries: post-processing and the
                  classical baseline, one algorithm each
+``geometry``     affine helpers (spacing, axes, LPS/RAS); the 64^3 model grid there and
+                 back, with the input's shape and affine
+``dataio``       Case; NIfTI and JSON read/write through one atomic writer; discover; split
+``preprocess``   HU window <-> [0, 1], masks to tensors
 ``metrics``      Dice, IoU, HD95, ASSD, volumes, summaries, bootstrap, AUC
-``geometry``     the 64^3 model grid: there and back, with the input's shape and affine
 ``synthetic``    analytic chest phantoms; the demo data set when no real data is found
 ``augment``      pure NumPy transforms of (CT, mask) pairs
 ``dataset``      the Keras ``PyDataset`` that feeds training
@@ -21,24 +19,17 @@ One job per module, in the order the data flows; imports only go down this list:
 ``callbacks``    Keras callbacks of a run: dropout state backup, wall-clock budget, schedule
 ``distribute``   the ``tf.distribute`` strategy training runs under
 ``runstate``     a training run's folder: finished, resumable, or what is missing
-``train``        ``train()``, resume, ``python -m lungseg_utils.train``
-``inference``    load, forward, predict, refine, TTA, ``python -m lungseg_utils.inference``
-``quality``      a segmented scan's volumes, right/left and quality flag
-``dicom_seg``    the mask as a DICOM Segmentation object (highdicom)
-``segment``      the inference command: a scan in; masks, summary, flag out
+``train``        ``train()``: one model from random weights into a new run folder
+``inference``    load, forward, predict, refine, TTA on any grid and back
 ``experiments``  method comparison, out-of-fold scoring; builds and checks the result JSONs
-``ensemble``     cross-validation: K fold members, their manifest, publishing the reference
-``compact``      an ensemble stored at half precision, what it changes measured
-``robustness``   the robustness suite: controlled shifts of the scans, scored out of fold
-``ensemble_size`` K, the number of members, chosen by measurement (out of fold, suite)
-``data``         the whole LCTSC from TCIA, converted into this project's layouts
+``ensemble``     cross-validation: K fold members and their manifest
 ``viz``          figure style and export, static slice figures
 ``viewer``       the interactive slice viewer
-``formatting``   numbers as printed: fixed decimals by kind of value, minus, n/a
-``numbers``      what the report and README print, read from a run's result files
-``report``       the PDF report and README results, read from the result files
 
-Importing the package imports no TensorFlow; modules that need Keras import it quietly.
+Beside the core, three wings import it (never the other way): ``scan/`` (people's own
+scans: DICOM in, SEG out, the ``segment`` command), ``study/`` (studies the report cites)
+and ``report/`` (numbers and the PDF); ``cli`` is the one ``lungseg`` command over all of
+them. Importing the package imports no TensorFlow; modules that need Keras import it quietly.
 """
 
 __version__ = "1.0.0"

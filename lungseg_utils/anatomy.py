@@ -5,8 +5,8 @@ One algorithm for each idea, shared by everything that needs it: the model grid'
 (non-learning) baseline, the metrics' surfaces and the viewer's outlines.
 
 Conventions: a mask is any array, nonzero is foreground. The head-foot (axial) axis is an
-argument (``axis``, default 2, the head at high indices as :mod:`lungseg_utils.io` delivers
-L,P,S / R,A,S volumes; :func:`lungseg_utils.io.axial_axis` finds it from an affine).
+argument (``axis``, default 2, the head at high indices as :mod:`lungseg_utils.dataio` delivers
+L,P,S / R,A,S volumes; :func:`lungseg_utils.geometry.axial_axis` finds it from an affine).
 """
 
 from __future__ import annotations

@@ -3,16 +3,26 @@
 Every transform takes the CT (float32 (X, Y, Z) in [0, 1], from
 :func:`~lungseg_utils.preprocess.window_normalise`) and its mask (uint8 or float (X, Y, Z),
 {0, 1}) and returns both transformed *the same way*: shapes kept, the mask still binary,
-CT and mask still aligned. Randomness comes from an explicit ``numpy.random.Generator``.
+CT and mask still aligned. Randomness comes from an explicit ``numpy.random.Generator``;
+each transform applies itself with probability ``p``. :data:`PIPELINE` lists the steps that
+:func:`augment_pair` (the training data's augmentation) applies, in order.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SPACING_MM
 from .errors import LungsegInputError
+
+
+def _chance(rng, p: float) -> bool:
+    """True with probability ``p``; draws no random number when ``p`` is 0 (see
+    :func:`augment_pair`)."""
+    return p > 0 and rng.random() < p
 
 
 def _check_pair(ct, mask):
@@ -50,7 +60,7 @@ def random_rot90(ct, mask, rng, p: float = 1.0):
             np.ascontiguousarray(np.rot90(mask, k, plane)))
 
 
-def intensity_jitter(ct, rng, p: float = 0.5, sigma: float = 0.03):
+def intensity_jitter(ct, rng, sigma: float = 0.03, p: float = 0.5):
     """With probability ``p``, add Gaussian noise (std ``sigma``) to the [0, 1] CT, clip to [0, 1]."""
     ct = np.asarray(ct, dtype=np.float32)
     if rng.random() >= p or sigma <= 0:
@@ -81,14 +91,17 @@ def elastic_field(shape, rng, sigma_mm: float = 3.0, smooth_mm: float = 40.0,
 
 
 def elastic_deform(ct, mask, rng, sigma_mm: float = 3.0, smooth_mm: float = 40.0,
-                   spacing_mm: float = 5.0, field=None):
-    """Warp CT and mask by one smooth displacement field (see :func:`elastic_field`).
+                   spacing_mm: float = MODEL_SPACING_MM, field=None, p: float = 1.0):
+    """With probability ``p``, warp CT and mask by one smooth displacement field (see
+    :func:`elastic_field`).
 
     CT: trilinear, outside the volume = 0 (air). Mask: trilinear then thresholded at 0.5, so
     it stays binary. ``field`` (3, X, Y, Z), if given, is used instead of a random one.
     Returns (ct float32, mask of the input's dtype).
     """
     ct, mask = _check_pair(ct, mask)
+    if rng.random() >= p:
+        return ct, mask
     if field is None:
         field = elastic_field(ct.shape, rng, sigma_mm, smooth_mm, spacing_mm)
     grid = np.indices(ct.shape, dtype=np.float32)
@@ -108,6 +121,7 @@ def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
     ct, mask = _check_pair(ct, mask)
     if rng.random() >= p or max_shift_vox <= 0:
         return ct, mask
+    max_shift_vox = int(max_shift_vox)
     shift = rng.integers(-max_shift_vox, max_shift_vox + 1, size=3)
     out_ct, out_mask = np.zeros_like(ct), np.zeros_like(mask)
     src = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shift, ct.shape))
@@ -116,13 +130,17 @@ def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
     return out_ct, out_mask
 
 
-def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1):
-    """Rotate about each axis by up to ``max_rot_deg`` and scale by 1 ± ``max_scale``, about
-    the volume's centre (different scanners, patient positions and body sizes).
+def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1,
+                  p: float = 1.0):
+    """With probability ``p``, rotate about each axis by up to ``max_rot_deg`` and scale by
+    1 ± ``max_scale``, about the volume's centre (different scanners, patient positions and
+    body sizes).
 
     CT: trilinear, air (0.0) outside; mask: trilinear then >= 0.5. Returns (ct, mask).
     """
     ct, mask = _check_pair(ct, mask)
+    if not _chance(rng, p):
+        return ct, mask
     angles = np.deg2rad(rng.uniform(-max_rot_deg, max_rot_deg, size=3))
     scale = rng.uniform(1.0 - max_scale, 1.0 + max_scale)
     matrix = np.eye(3)
@@ -141,9 +159,12 @@ def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0
 
 
 def random_intensity(ct, rng, hu_offset: float = 50.0, hu_scale: float = 0.1,
-                     gamma: float = 0.2, hu_window=HU_WINDOW):
-    """Another scanner's calibration: HU' = s * HU + o (s in 1 ± ``hu_scale``, o in
-    ± ``hu_offset``), then a gamma in [1 / (1 + ``gamma``), 1 + ``gamma``] on the [0, 1] CT."""
+                     gamma: float = 0.2, hu_window=HU_WINDOW, p: float = 1.0):
+    """With probability ``p``, another scanner's calibration: HU' = s * HU + o (s in
+    1 ± ``hu_scale``, o in ± ``hu_offset``), then a gamma in [1 / (1 + ``gamma``),
+    1 + ``gamma``] on the [0, 1] CT."""
+    if not _chance(rng, p):
+        return np.asarray(ct, np.float32)
     lo, hi = float(hu_window[0]), float(hu_window[1])
     hu = np.asarray(ct, np.float32) * (hi - lo) + lo
     hu = hu * rng.uniform(1.0 - hu_scale, 1.0 + hu_scale) + rng.uniform(-hu_offset, hu_offset)
@@ -152,11 +173,14 @@ def random_intensity(ct, rng, hu_offset: float = 50.0, hu_scale: float = 0.1,
     return (x ** g).astype(np.float32)
 
 
-def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3):
-    """A softer reconstruction kernel (Gaussian blur, sigma up to ``max_sigma_vox`` along
-    each axis) and, half the time, thicker slices (a box average of 2..``max_thick`` voxels
-    along the head-foot axis 2)."""
+def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3, p: float = 1.0):
+    """With probability ``p``, a softer reconstruction kernel (Gaussian blur, sigma up to
+    ``max_sigma_vox`` along each axis) and, half the time, thicker slices (a box average of
+    2..``max_thick`` voxels along the head-foot axis 2)."""
     ct = np.asarray(ct, np.float32)
+    if not _chance(rng, p):
+        return ct
+    max_thick = int(max_thick)
     out = ndi.gaussian_filter(ct, rng.uniform(0.0, max_sigma_vox, size=3), mode="nearest")
     if max_thick >= 2 and rng.random() < 0.5:
         out = ndi.uniform_filter1d(out, int(rng.integers(2, max_thick + 1)), axis=2,
@@ -164,11 +188,14 @@ def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3):
     return out.astype(np.float32)
 
 
-def random_z_crop(ct, mask, rng, max_margin_vox: int = 4):
-    """A scan framed tightly around the lungs: everything more than 0..``max_margin_vox``
-    voxels above the lungs' top or below their base (axis 2) becomes air, as in a scan whose
-    field of view ends there. Returns (ct, mask)."""
+def random_z_crop(ct, mask, rng, max_margin_vox: int = 4, p: float = 1.0):
+    """With probability ``p``, a scan framed tightly around the lungs: everything more than
+    0..``max_margin_vox`` voxels above the lungs' top or below their base (axis 2) becomes
+    air, as in a scan whose field of view ends there. Returns (ct, mask)."""
     ct, mask = _check_pair(ct, mask)
+    if not _chance(rng, p):
+        return ct, mask
+    max_margin_vox = int(max_margin_vox)
     zs = np.flatnonzero(np.asarray(mask).any(axis=(0, 1)))
     if zs.size == 0:
         return ct, mask
@@ -180,39 +207,66 @@ def random_z_crop(ct, mask, rng, max_margin_vox: int = 4):
     return ct, mask
 
 
-def augment_pair(x, y, rng, settings: dict | None = None):
-    """Apply the same random transform to CT ``x`` and mask ``y``.
+class Step(NamedTuple):
+    """One step of :data:`PIPELINE`: ``transform(ct, mask, rng, *settings[keys], p=settings[p])``
+    on CT and mask, or with ``ct_only`` ``transform(ct, rng, ...)`` on the CT alone."""
 
-    Order: elastic (``p_elastic``), rotation and scaling (``p_affine``), shift (``p_shift``),
-    tight z-crop (``p_zcrop``), flips (``p_flip``), rot90 (``p_rot90``), then on the CT only
-    calibration (``p_intensity``), blur and thick slices (``p_blur``) and noise
-    (``p_jitter``). A transform whose probability is 0 draws no random number, so the
-    original project's settings give the same samples as before these were added. ``settings``
-    overrides :data:`lungseg_utils.config.AUGMENT_DEFAULTS` (extra keys are ignored, so a
-    whole profile can be passed). x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's dtype), same shapes.
+    name: str
+    transform: Callable
+    p: str                         # the settings key of its probability
+    keys: tuple[str, ...] = ()     # the settings keys of its other arguments, in order
+    ct_only: bool = False
+
+
+#: The augmentation pipeline, in the order :func:`augment_pair` applies it. A new
+#: augmentation is a transform above, one entry here and its defaults in config._COMMON.
+PIPELINE = [
+    Step("elastic", elastic_deform, "p_elastic", ("elastic_sigma_mm", "elastic_smooth_mm")),
+    Step("rotate and scale", random_affine, "p_affine", ("max_rot_deg", "max_scale")),
+    Step("shift", random_shift, "p_shift", ("max_shift_vox",)),
+    Step("tight z-crop", random_z_crop, "p_zcrop", ("zcrop_margin_vox",)),
+    Step("flip each axis", random_flip, "p_flip"),
+    Step("rot90", random_rot90, "p_rot90"),
+    Step("HU calibration", random_intensity, "p_intensity", ("hu_offset", "hu_scale", "gamma"),
+         ct_only=True),
+    Step("blur, thick slices", random_blur, "p_blur", ("max_blur_vox", "max_thick"),
+         ct_only=True),
+    Step("noise", intensity_jitter, "p_jitter", ("jitter_sigma",), ct_only=True),
+]
+
+
+def augment_pair(x, y, rng, settings: dict | None = None):
+    """Apply the same random transform to CT ``x`` and mask ``y``: the steps of
+    :data:`PIPELINE` in order, each with its probability.
+
+    ``settings`` overrides :data:`lungseg_utils.config.AUGMENT_DEFAULTS` (extra keys are
+    ignored, so a whole profile can be passed). The original project's five steps (elastic,
+    shift, flips, rot90, noise) draw their random number even at probability 0; the four
+    added later draw none at 0, so that the original's settings give the same samples as
+    before those were added. x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's
+    dtype), same shapes.
     """
     s = {**AUGMENT_DEFAULTS, **(settings or {})}
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y)
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
     channel = x.ndim == 4
     if channel:
         x, y = x[..., 0], y[..., 0]
-    drawn = lambda key: s[key] > 0 and rng.random() < s[key]  # noqa: E731
-    if rng.random() < s["p_elastic"]:
-        x, y = elastic_deform(x, y, rng, s["elastic_sigma_mm"], s["elastic_smooth_mm"],
-                              MODEL_SPACING_MM)
-    if drawn("p_affine"):
-        x, y = random_affine(x, y, rng, s["max_rot_deg"], s["max_scale"])
-    x, y = random_shift(x, y, rng, int(s["max_shift_vox"]), p=s["p_shift"])
-    if drawn("p_zcrop"):
-        x, y = random_z_crop(x, y, rng, int(s["zcrop_margin_vox"]))
-    x, y = random_flip(x, y, rng, s["p_flip"])
-    x, y = random_rot90(x, y, rng, s["p_rot90"])
-    if drawn("p_intensity"):
-        x = random_intensity(x, rng, s["hu_offset"], s["hu_scale"], s["gamma"])
-    if drawn("p_blur"):
-        x = random_blur(x, rng, s["max_blur_vox"], int(s["max_thick"]))
-    x = intensity_jitter(x, rng, s["p_jitter"], s["jitter_sigma"])
+    for step in PIPELINE:
+        args = [s[key] for key in step.keys]
+        if step.ct_only:
+            x = step.transform(x, rng, *args, p=s[step.p])
+        else:
+            x, y = step.transform(x, y, rng, *args, p=s[step.p])
     if channel:
         x, y = x[..., None], y[..., None]
     return x, y
+
+
+def pipeline_rows(settings: dict | None = None) -> list[dict]:
+    """:data:`PIPELINE` with its values from ``settings`` (over the defaults), one dict a step:
+    ``{"step", "transform", "probability", "settings", "applies to"}`` (for a table)."""
+    s = {**AUGMENT_DEFAULTS, **(settings or {})}
+    return [{"step": step.name, "transform": step.transform.__name__,
+             "probability": f"{step.p}={s[step.p]}",
+             "settings": ", ".join(f"{key}={s[key]}" for key in step.keys) or "-",
+             "applies to": "CT" if step.ct_only else "CT and mask"} for step in PIPELINE]

@@ -3,7 +3,8 @@
 ``SeedStateBackup``   the dropout layers' random state, saved beside BackupAndRestore's
                       files, so that a resumed run is bit-identical to an uninterrupted one
 ``WallClockBudget``   stops training gracefully before a wall-clock deadline
-``cosine_schedule``   a learning rate that decays to nearly zero at the planned last epoch
+``cosine_schedule``   a warm-up, then a learning rate that decays to nearly zero at the last epoch
+``plan_epochs``       a few steps timed: what the profile costs here, the epochs a budget allows
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import dataio, unet
 from .config import import_keras_quietly
 from .errors import LungsegWarning
 
@@ -45,7 +46,7 @@ class SeedStateBackup(keras.callbacks.Callback):
             return
         saved = np.load(self.path)
         generators = self._generators()
-        if int(saved["epoch"]) == int(io.load_json(self.meta)["epoch"]) and \
+        if int(saved["epoch"]) == int(dataio.load_json(self.meta)["epoch"]) and \
                 len(generators) == len(saved.files) - 1:
             for i, sg in enumerate(generators):
                 sg.state.assign(saved[f"s{i}"])
@@ -56,7 +57,7 @@ class SeedStateBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(self._generators())}
-        with io.atomic_write(self.path, overwrite=True) as tmp:
+        with dataio.atomic_write(self.path, overwrite=True) as tmp:
             np.savez(tmp, epoch=epoch + 1, **states)
 
 
@@ -112,13 +113,72 @@ class EpochSummary(keras.callbacks.Callback):
               flush=True)
 
 
-def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01):
-    """``f(epoch) -> rate`` for ``keras.callbacks.LearningRateScheduler``: half a cosine from
-    ``learning_rate`` at epoch 0 down to ``floor * learning_rate`` at epoch ``epochs - 1``."""
-    span = max(int(epochs) - 1, 1)
+def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01,
+                    warmup_epochs: int = 0):
+    """``f(epoch) -> rate`` for ``keras.callbacks.LearningRateScheduler``: a linear warm-up
+    over the first ``warmup_epochs`` (from ``learning_rate / (warmup_epochs + 1)``), then half
+    a cosine from ``learning_rate`` down to ``floor * learning_rate`` at epoch ``epochs - 1``."""
+    warm = max(int(warmup_epochs), 0)
+    span = max(int(epochs) - 1 - warm, 1)
 
     def rate(epoch, _current=None):
-        t = min(int(epoch), span) / span
+        if int(epoch) < warm:
+            return float(learning_rate * (int(epoch) + 1) / (warm + 1))
+        t = min(int(epoch) - warm, span) / span
         return float(learning_rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))))
 
     return rate
+
+
+def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
+                n_steps: int = 3) -> dict:
+    """Time a few training steps on this machine and plan the run's epochs.
+
+    A throwaway model with the run's settings takes one step (tracing) and ``n_steps`` timed
+    steps on the run's first batches. An epoch is its steps, the validation cases (a third
+    of a step each) and 0.6 s of bookkeeping. With ``settings["budget_min"]``: as many
+    epochs as fit in the budget (less ``elapsed_s``, the real model's tracing, as long as the
+    probe's, and a reserve for saving and scoring), at least one; else the profile's.
+
+    Returns ``{"step_s", "epoch_s", "epochs_profile", "epochs", "budget_min", "reserve_s",
+    "message"}`` (seconds; the message says what the profile costs on this machine).
+    """
+    probe = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
+                               settings["learning_rate"])
+    times = []
+    for i in range(n_steps + 1):
+        x, y = train_ds[i]
+        t0 = time.perf_counter()
+        probe.train_on_batch(x, y)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:]))
+    epoch_s = len(train_ds) * step_s + n_val * step_s / 3.0 + 0.6
+    wanted, budget = int(settings["epochs"]), settings.get("budget_min")
+    reserve_s = 15.0 + 2.0 * step_s
+    epochs = wanted
+    if budget:
+        trace_s = max(times[0] - step_s, 0.0)
+        epochs = int((60.0 * float(budget) - elapsed_s - trace_s - reserve_s) // epoch_s)
+        epochs = max(1, min(wanted, epochs))
+    message = (f"This machine: {step_s:.2f} s a training step (batch {train_ds.batch_size}), "
+               f"about {epoch_s:.1f} s an epoch; the profile's {wanted} epochs take about "
+               f"{wanted * epoch_s / 60.0:.0f} min.")
+    if budget:
+        message += f" Budget {float(budget):g} min: {epochs} epochs planned."
+    return {"step_s": step_s, "epoch_s": epoch_s, "epochs_profile": wanted, "epochs": epochs,
+            "budget_min": budget, "reserve_s": reserve_s, "message": message}
+
+
+def plan_budget(settings: dict, cfg: dict, train_ds, n_val: int, announce: bool,
+                t_start: float):
+    """Time a few steps and say what the run costs here (and, with ``budget_min``, plan the
+    epochs that fit: the run then says so in ``cfg["plan"]``); returns the budget callback."""
+    if not (settings.get("budget_min") or announce):
+        return None
+    cfg["plan"] = plan_epochs(settings, train_ds, n_val, time.perf_counter() - t_start)
+    settings["epochs"] = cfg["settings"]["epochs"] = cfg["plan"]["epochs"]
+    print(cfg["plan"]["message"])
+    if not settings.get("budget_min"):
+        return None
+    return WallClockBudget(t_start + 60.0 * float(settings["budget_min"]),
+                           cfg["plan"]["reserve_s"], cfg["plan"]["epoch_s"])

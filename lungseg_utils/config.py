@@ -2,32 +2,23 @@
 
 A *profile* is a named set of training and evaluation settings:
 
-``smoke``
-    seconds: two cases, tiny filters, one epoch. Used by the test suite.
 ``main``
-    the main job (``make all``, the default): notebook 04 trains the reference's kind of
-    model, an ensemble of ``folds`` cross-validation members with the quick network, each
-    within a wall-clock budget of ``budget_min`` (10 minutes: 30 for the three members on
-    any CPU; the schedule is planned to fit), keeping its last weights.
+    the recipe (``make all``, ``make reference``, the default): an ensemble of ``folds``
+    cross-validation members trained from random weights for a fixed number of epochs
+    (the same model on a busy or an idle machine; a timing before training says how long it
+    will take), bfloat16 where the CPU computes it natively, warm-up then cosine schedule,
+    the augmentation along the axes real scans differ, the last weights of each member.
+``smoke``
+    seconds: four cases, tiny filters, one epoch. Used by the test suite.
 ``quick``
-    one model of the original network in about 25 minutes on two AVX-512 cores (150 epochs
-    of 12 augmented samples, plateau schedule, best validation checkpoint).
-``budget``
-    the quick settings within a wall-clock budget (``budget_min``, 20 minutes): the train
-    command times a few steps first and plans as many epochs as fit, with a cosine
-    learning-rate schedule over them.
-``small``
-    a member at half the filters (base 8: 5.4 MB instead of 22), augmentation along the
-    axes real scans differ, 100 epochs of a cosine schedule and the last weights (about 21
-    minutes a member on two AVX2 cores). It scored 0.005-0.012 lower Dice than a quick
-    member on every unseen case it was tried on, so the reference does not use it.
-``finetune``
-    a quick-profile model trained on for 25 more epochs at a fifth of the learning rate,
-    with the small profile's augmentation along the axes real scans differ
-    (``python -m lungseg_utils.ensemble --k K --profile finetune --init_from DIR [--nested]``).
+    one model of the original student project's network and schedule (150 epochs of 12
+    augmented samples, plateau schedule, best validation checkpoint).
 ``full``
     the original student project's settings (150 epochs, base 16), meant for a GPU.
 
+Any profile takes ``budget_min`` (``--budget_min``): a wall-clock budget for students in a
+hurry; the train command times a few steps first and plans as many epochs as fit. A run
+trained under it records so in ``train_config.json`` (``plan``) and is not the recipe.
 ``folds`` is the number of members notebook 04 trains (cross-validation folds over all cases).
 The active profile comes from the ``LUNGSEG_PROFILE`` environment variable (default
 ``main``), so that the same notebook runs in seconds under the tests and for real in the
@@ -98,7 +89,8 @@ _COMMON = dict(
     p_zcrop=0.0, zcrop_margin_vox=4,
     p_intensity=0.0, hu_offset=50.0, hu_scale=0.1, gamma=0.2,
     p_blur=0.0, max_blur_vox=1.0, max_thick=3,
-    mixed_precision=False,
+    mixed_precision=False,   # True: bfloat16; "auto": bfloat16 where the CPU has it
+    warmup_epochs=0,         # linear warm-up before the cosine schedule
     samples_per_epoch=None,
     workers=1,
     reduce_lr_patience=10,
@@ -117,27 +109,22 @@ AUGMENT_DEFAULTS = {k: _COMMON[k] for k in (
     "zcrop_margin_vox", "p_intensity", "hu_offset", "hu_scale", "gamma", "p_blur",
     "max_blur_vox", "max_thick")}
 
-#: The small member: the original network with half its filters (base 8: 1.36 M parameters,
-#: 5.4 MB; a training step 3x faster than base 16 on an AVX2 CPU), augmentation along the
-#: axes real scans differ, a cosine schedule, the last weights. Measured (2026-12-03, two
-#: folds): 0.005-0.012 lower Dice than a quick-profile member on each of its 4 unseen cases.
-_SMALL = dict(base_filters=8, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
-              lr_schedule="cosine", checkpoint="last", max_shift_vox=6, p_affine=0.3,
-              p_zcrop=0.2, p_intensity=0.5, p_blur=0.3)
+#: The recipe that trains the reference from random weights (issue #26): a fixed number of
+#: epochs (the same model on a busy or an idle machine), a warm-up then a cosine schedule,
+#: bfloat16 where the CPU computes it natively, and from the first epoch the augmentation
+#: along the axes real scans differ (rotation and scaling, z-crop, HU recalibration, blur,
+#: thick slices), the last weights of each of ``folds`` cross-validation members.
+_RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
+               learning_rate=2e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
+               mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,
+               p_intensity=0.5, p_blur=0.3, folds=3)
 
 PROFILES: dict[str, dict] = {
     "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
               "reduce_lr_patience": 1, "early_stop_patience": 2, "folds": 2},
-    "main": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
-             "samples_per_epoch": 12, "lr_schedule": "cosine", "checkpoint": "last",
-             "budget_min": 10.0},
+    "main": {**_COMMON, **_RECIPE},
     "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
-    "budget": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
-               "samples_per_epoch": 12, "lr_schedule": "cosine", "budget_min": 20.0},
-    "small": {**_COMMON, **_SMALL, "folds": 5},
-    "finetune": {**_COMMON, **_SMALL, "base_filters": 16, "epochs": 25,
-                 "learning_rate": 2e-4},
     "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }
@@ -237,6 +224,23 @@ def package_versions() -> dict:
     versions["tensorflow"] = versions["tensorflow"] or version("tensorflow-cpu")
     versions["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     return versions
+
+
+def cpu_has_bfloat16() -> bool:
+    """True where the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16, Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_precision(setting) -> str:
+    """Keras dtype policy of a run: ``"mixed_bfloat16"`` for ``True``, or for ``"auto"`` on a
+    CPU with native bfloat16 (:func:`cpu_has_bfloat16`); ``"float32"`` otherwise."""
+    if setting == "auto":
+        return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    return "mixed_bfloat16" if setting else "float32"
 
 
 def set_seeds(seed: int = DEFAULT_SEED) -> None:

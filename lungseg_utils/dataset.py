@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, preprocess
+from . import dataio, preprocess
 from .augment import augment_pair
 from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SHAPE, import_keras_quietly
 from .errors import LungsegInputError
@@ -24,7 +24,7 @@ def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
     """Load case folders into float32 arrays X (n, 64, 64, 64, 1) in [0, 1] and Y in {0, 1}."""
     xs, ys = [], []
     for folder in case_dirs:
-        case = io.load_case(folder)
+        case = dataio.load_case(folder)
         if case.shape != MODEL_SHAPE:
             raise LungsegInputError(
                 f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
@@ -41,7 +41,7 @@ class LungDataset(keras.utils.PyDataset):
     Parameters
     ----------
     cases : list of case folders, or a tuple (X, Y) of preloaded arrays
-        X, Y: float32 (n, 64, 64, 64, 1). Folders are loaded once (``io.load_case`` +
+        X, Y: float32 (n, 64, 64, 64, 1). Folders are loaded once (``dataio.load_case`` +
         ``preprocess.preprocess_case``) and kept in memory.
     batch_size : int
     settings : dict, optional

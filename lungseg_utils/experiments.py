@@ -4,7 +4,7 @@ Everything here combines the pipeline's steps (inference, anatomy, metrics, trai
 the results that notebooks 05 and 06 show and the report prints. The result files
 ``evaluation.json`` and ``tta.json`` are built here (:func:`evaluation_result`,
 :func:`tta_result`) and checked here (:func:`check_evaluation`, :func:`check_tta`): one
-schema, in one place, which :mod:`lungseg_utils.report` relies on when it reads them.
+schema, in one place, which :mod:`lungseg_utils.report.build` relies on when it reads them.
 
 The two grids every result is given on are named by :data:`GRIDS`: ``grid64`` (the 64^3
 model grid, shown as "64³") and ``native`` (the scan's own grid).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import anatomy, config, geometry, inference, io, metrics
+from . import anatomy, config, geometry, inference, dataio, metrics
 from .errors import LungsegInputError
 
 #: The grids results are given on: key in the result files -> label in tables and figures.
@@ -30,8 +30,16 @@ GRIDS = {"grid64": "64³", "native": "native"}
 #: reference only off the model grid, so they are reported on the native grid alone.
 GRID_METHODS = {"grid64": ("unet", "unet_post", "baseline"),
                 "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
+#: How the methods are named in tables and figures (notebook 05, the report, the README).
+METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
+                 "unet_post": "U-Net + post-processing", "baseline": "Classical baseline",
+                 "ceiling": "Resolution ceiling",
+                 # the robustness suite's U-Net columns (lungseg_utils.study.robustness):
+                 "member": "U-Net, the member that never saw the case",
+                 "ensemble_oof": "U-Net, members that never saw the case, averaged",
+                 "ensemble_all": "U-Net, all members averaged (some trained on the case)"}
 #: The metrics summarised for every method (:func:`lungseg_utils.metrics.evaluate_masks`).
-METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "volume_error_pct")
+METRICS = tuple(metrics.METRICS)   # the registry's keys, in its order
 #: The keys of every row of ``tta.json``'s ``cases``.
 TTA_ROW_KEYS = ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")
 
@@ -49,7 +57,7 @@ def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False
     Parameters
     ----------
     forward : callable from :func:`lungseg_utils.inference.compiled_forward`
-    case : :class:`lungseg_utils.io.Case` with a mask
+    case : :class:`lungseg_utils.dataio.Case` with a mask
 
     Returns
     -------
@@ -59,7 +67,7 @@ def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False
     """
     if case.mask is None:
         raise LungsegInputError(f"{case.path}: compare_methods needs a case with a lung mask.")
-    axis = io.axial_axis(case.affine)
+    axis = geometry.axial_axis(case.affine)
     pred = inference.predict_volume(forward, case.ct_hu, case.affine, tta=tta)
     masks = {"unet": pred["mask"],
              "unet_post": anatomy.postprocess_lungs(pred["mask"], axis=axis),
@@ -92,7 +100,7 @@ def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
     """
     run_dir = Path(run_dir)
     if (run_dir / inference.MANIFEST).exists():
-        manifest = io.load_json(run_dir / inference.MANIFEST)
+        manifest = dataio.load_json(run_dir / inference.MANIFEST)
         jobs = [(cid, f"CV fold {m['fold']}", run_dir / m["file"])
                 for m in manifest["members"] for cid in m["test"]]
     else:
@@ -109,10 +117,10 @@ def jobs_are_out_of_fold(run_dir, jobs) -> bool:
     outside ``run_dir``'s members and model counts as having seen every case."""
     run_dir, seen = Path(run_dir), {}
     manifest = run_dir / inference.MANIFEST
-    files = ([run_dir / m["file"] for m in io.load_json(manifest)["members"]]
+    files = ([run_dir / m["file"] for m in dataio.load_json(manifest)["members"]]
              if manifest.exists() else [run_dir / inference.MODEL_FILE])
     for f in files:
-        split = io.load_json(Path(f).parent / "split.json")
+        split = dataio.load_json(Path(f).parent / "split.json")
         val = [] if sorted(split["val"]) == sorted(split["test"]) else split["val"]
         seen[Path(f).resolve()] = set(split["train"]) | set(val)
     return all(Path(p).resolve() in seen and cid not in seen[Path(p).resolve()]
@@ -123,7 +131,7 @@ def reference_jobs(reference_dir=None) -> list[tuple]:
     """The reference model's held-out test cases as jobs: ``[(case_id, "reference", model)]``
     (the same form as :func:`out_of_fold_jobs`), sorted by case id."""
     reference_dir = Path(reference_dir or config.REFERENCE_DIR)
-    split = io.load_json(reference_dir / "split.json")
+    split = dataio.load_json(reference_dir / "split.json")
     return [(cid, "reference", reference_dir / inference.MODEL_FILE) for cid in sorted(split["test"])]
 
 
@@ -163,47 +171,10 @@ def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
         fwd = _forward(model_path, forwards)
         for grid in GRIDS:
             if folders.get(grid) is not None:
-                case = io.load_case(Path(folders[grid]) / cid)
+                case = dataio.load_case(Path(folders[grid]) / cid)
                 row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
                 rows[grid].append({**row, "model": label})
     return {grid: method_block(rows[grid], grid) for grid in GRIDS}
-
-
-def seed_spread(runs: dict, case_ids, folders: dict) -> dict:
-    """Dice of runs that differ only in their seed, on cases none of them saw.
-
-    ``runs``: ``{seed: run folder}`` (:func:`lungseg_utils.ensemble.train_seeds`);
-    ``case_ids``: their common test cases; ``folders``: as in :func:`evaluate_jobs`. Each
-    case is segmented by the inference pipeline (probability on the case's own grid, boundary
-    refined) on both grids. Returns ``{"seeds", "runs", "rows": [{"case_id", "grid",
-    "seed", "dice"}], "summary": [{"case_id", "grid", "min", "max", "range", "sd"}]}``.
-    """
-    rows = []
-    for seed, run in runs.items():
-        forward = inference.compiled_forward(inference.load_model(run))
-        for grid in GRIDS:
-            for cid in case_ids if folders.get(grid) is not None else ():
-                case = io.load_case(Path(folders[grid]) / cid)
-                mask = inference.predict_volume(forward, case.ct_hu, case.affine)["mask"]
-                rows.append({"case_id": cid, "grid": grid, "seed": int(seed),
-                             "dice": metrics.dice(mask, case.mask)})
-    summary = []
-    for cid in case_ids:
-        for grid in GRIDS:
-            d = np.array([r["dice"] for r in rows if (r["case_id"], r["grid"]) == (cid, grid)])
-            if d.size:
-                summary.append({"case_id": cid, "grid": grid, "min": float(d.min()),
-                                "max": float(d.max()), "range": float(np.ptp(d)),
-                                "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0})
-    return {"seeds": [int(s) for s in runs], "runs": {str(s): rel_path(r) for s, r in runs.items()},
-            "rows": rows, "summary": summary}
-
-
-def rel_path(path) -> str:
-    """``path`` relative to the repository if inside it, else absolute (for messages, text)."""
-    path = Path(path).resolve()
-    return (path.relative_to(config.REPO_ROOT).as_posix() if path.is_relative_to(config.REPO_ROOT)
-            else str(path))
 
 
 def run_identity(run_dir) -> dict:
@@ -213,11 +184,11 @@ def run_identity(run_dir) -> dict:
     "manifest_sha256": of its manifest.json (None without one)}``. The report refuses
     result files whose identity is not that of the run folder it reads."""
     run_dir = Path(run_dir)
-    digest = (lambda p: io.file_sha256(p) if p.exists() else None)  # noqa: E731
+    digest = (lambda p: dataio.file_sha256(p) if p.exists() else None)  # noqa: E731
     model = run_dir / inference.MODEL_FILE
     if not model.exists() and (run_dir / inference.MANIFEST).exists():   # member 0's model
-        model = run_dir / io.load_json(run_dir / inference.MANIFEST)["members"][0]["file"]
-    return {"run": rel_path(run_dir), "model_sha256": digest(model),
+        model = run_dir / dataio.load_json(run_dir / inference.MANIFEST)["members"][0]["file"]
+    return {"run": dataio.portable_path(run_dir), "model_sha256": digest(model),
             "manifest_sha256": digest(run_dir / inference.MANIFEST)}
 
 
@@ -236,7 +207,7 @@ def optional_result(run_dir, name: str, notebook: str) -> dict | None:
     path = Path(run_dir) / name
     if not path.is_file():
         return None
-    result = io.load_json(path)
+    result = dataio.load_json(path)
     check_identity(result, run_dir, name, notebook)
     return result
 
@@ -255,7 +226,7 @@ def record_job(run_dir, started_unix_s: float) -> Path:
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "profile": config.profile_name(),
            "cpu": {"model": model, "logical_cpus": os.cpu_count(),
                    "avx512": " avx512f" in text, "avx2": " avx2" in text}}
-    return io.save_json(job, Path(run_dir) / "job.json", overwrite=True)
+    return dataio.save_json(job, Path(run_dir) / "job.json", overwrite=True)
 
 
 def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None,
@@ -272,7 +243,7 @@ def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=No
     if scoring not in ("split", "out_of_fold"):
         raise LungsegInputError(f"evaluation_result: scoring {scoring!r} is not 'split' or "
                                 "'out_of_fold'.")
-    result = {"model": rel_path(model_path), "scoring": scoring,
+    result = {"model": dataio.portable_path(model_path), "scoring": scoring,
               "test_cases": [r["case_id"] for r in test["grid64"]["cases"]],
               **({"run": run_identity(run_dir)} if run_dir is not None else {}), **test}
     if cv and cv["grid64"]["cases"]:
@@ -291,7 +262,7 @@ def tta_rows(jobs, folders: dict, forwards: dict | None = None) -> list[dict]:
         for grid in GRIDS:
             if folders.get(grid) is None:
                 continue
-            case = io.load_case(Path(folders[grid]) / cid)
+            case = dataio.load_case(Path(folders[grid]) / cid)
             row = {"case_id": cid, "grid": grid}
             for name, flag in (("single", False), ("tta", True)):
                 mask = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=flag)["mask"]
@@ -376,7 +347,7 @@ def save_result(result: dict, name: str, run_dir=None) -> Path:
     folder = Path(run_dir or config.active_run_dir()).resolve()
     if config.profile_name() == "smoke" and folder == config.REFERENCE_DIR.resolve():
         folder = config.FIGURES_DIR
-    return io.save_json(result, folder / name, overwrite=True)
+    return dataio.save_json(result, folder / name, overwrite=True)
 
 
 # ----------------------------------------------------------------------------- the schema

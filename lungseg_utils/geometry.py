@@ -1,4 +1,4 @@
-"""The model grid, and the way there and back.
+"""The model grid, and the way there and back; the affine helpers everything else uses.
 
 The network sees a 64 x 64 x 64 cube of 5 mm voxels (320 mm) in the axis order of the
 course data: array axis 0 points to the patient's Left, axis 1 Posterior, axis 2 Superior
@@ -14,6 +14,10 @@ All resampling is one affine map per direction (``scipy.ndimage.affine_transform
 model voxel to world mm (the grid's affine) to input voxel (the inverse of the input's
 affine). Going down in resolution, the input is first smoothed (anti-aliasing), as the course
 data was made.
+
+This module is also the one home of the small helpers that read an affine (voxel -> world
+mm, RAS): :func:`spacing_from_affine`, :func:`axial_axis`, :func:`bbox_centre_mm` and
+:data:`LPS_TO_RAS` (DICOM's patient coordinates to NIfTI's).
 """
 
 from __future__ import annotations
@@ -27,11 +31,37 @@ from scipy import ndimage as ndi
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .errors import LungsegInputError
 from .anatomy import body_mask, largest_components
-from .io import spacing_from_affine
 
 #: Model-grid axis directions, as nibabel axis codes.
 MODEL_AXCODES = ("L", "P", "S")
 AIR_HU = -1000.0
+#: DICOM's patient coordinates (L, P, S mm) -> NIfTI's world (R, A, S mm), and back (its own
+#: inverse); homogeneous 4 x 4 (``LPS_TO_RAS[:3, :3]`` for points).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- affines
+def spacing_from_affine(affine: np.ndarray) -> tuple:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3x3 part."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The array axis closest to the world's head-foot (z) direction."""
+    a = np.asarray(affine)[:3, :3]
+    return int(np.argmax(np.abs(a[2]) / np.linalg.norm(a, axis=0)))
+
+
+def bbox_centre_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World position (mm, float64 (3,)) of the centre of the bounding box of ``mask``'s
+    nonzero voxels on the grid of ``affine``. Raises LungsegInputError for an empty mask."""
+    idx = np.argwhere(np.asarray(mask))
+    if idx.size == 0:
+        raise LungsegInputError("the mask is empty: it has no bounding box to centre on.")
+    return (np.asarray(affine, dtype=np.float64) @ np.r_[(idx.min(0) + idx.max(0)) / 2.0, 1.0])[:3]
+
+
+# ----------------------------------------------------------------------------- the model grid
 
 
 @dataclass(frozen=True)
@@ -121,25 +151,22 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
                                 min_voxels=int(np.ceil(min_volume_ml / voxel_ml)), connectivity=1)
     if not region.any():
         region = body if body.any() else np.ones(sub.shape, bool)
-        idx = np.argwhere(region) * step
-    else:
-        # back to full resolution: the low-HU voxels of the kept components (dilated by one
-        # subsampled voxel), so that the box does not depend on the subsampling's phase
-        near = ndi.binary_dilation(region, iterations=1)
-        up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
-                           for n, k, m in zip(ct_hu.shape, step, near.shape)))]
-        full = up & (ct_hu < threshold_hu)
-        if trim_fraction > 0:
-            # The trachea runs up from the lungs into the neck: drop axial slices whose
-            # low-HU area is a small fraction of the largest (lung apices are larger).
-            area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
-            full &= (area >= trim_fraction * area.max())[None, None, :]
-        idx = np.argwhere(full)
-    centre_vox = (idx.min(axis=0) + idx.max(axis=0)) / 2.0
-    return (affine @ np.r_[centre_vox, 1.0])[:3]
+        return bbox_centre_mm(region, affine @ np.diag([*step, 1]))   # the subsampled grid
+    # back to full resolution: the low-HU voxels of the kept components (dilated by one
+    # subsampled voxel), so that the box does not depend on the subsampling's phase
+    near = ndi.binary_dilation(region, iterations=1)
+    up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
+                       for n, k, m in zip(ct_hu.shape, step, near.shape)))]
+    full = up & (ct_hu < threshold_hu)
+    if trim_fraction > 0:
+        # The trachea runs up from the lungs into the neck: drop axial slices whose
+        # low-HU area is a small fraction of the largest (lung apices are larger).
+        area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
+        full &= (area >= trim_fraction * area.max())[None, None, :]
+    return bbox_centre_mm(full, affine)
 
 
-def _resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smooth=False):
+def resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smooth=False):
     """Sample ``volume`` (on ``src_affine``) at the voxels of a ``dst`` grid (float32).
 
     With ``smooth``, a Gaussian anti-aliasing filter of sigma (factor - 1) / 2 input voxels is
@@ -196,7 +223,7 @@ def to_model_grid(ct_hu: np.ndarray, affine: np.ndarray, centre_mm=None):
     """
     ct_hu = np.asarray(ct_hu)
     grid = make_model_grid(ct_hu, affine, centre_mm)
-    ct64 = _resample(ct_hu, grid.source_affine, grid.affine, MODEL_SHAPE, order=1,
+    ct64 = resample(ct_hu, grid.source_affine, grid.affine, MODEL_SHAPE, order=1,
                      cval=AIR_HU, smooth=not grid.passthrough)
     return ct64, grid
 
@@ -211,7 +238,7 @@ def mask_to_model_grid(mask: np.ndarray, grid: ModelGrid) -> np.ndarray:
     if mask.shape != tuple(grid.source_shape):
         raise LungsegInputError(
             f"mask_to_model_grid: mask shape {mask.shape} differs from the CT's {grid.source_shape}.")
-    out = _resample((mask > 0).astype(np.float32), grid.source_affine, grid.affine, MODEL_SHAPE,
+    out = resample((mask > 0).astype(np.float32), grid.source_affine, grid.affine, MODEL_SHAPE,
                     order=1, cval=0.0, smooth=not grid.passthrough)
     return np.clip(out, 0.0, 1.0)
 
@@ -228,7 +255,7 @@ def from_model_grid(volume64: np.ndarray, grid: ModelGrid, order: int = 1) -> np
         volume64 = volume64[..., 0]
     if volume64.shape != MODEL_SHAPE:
         raise LungsegInputError(f"from_model_grid: expected a {MODEL_SHAPE} volume, got {volume64.shape}.")
-    return _resample(volume64, grid.affine, grid.source_affine, grid.source_shape,
+    return resample(volume64, grid.affine, grid.source_affine, grid.source_shape,
                      order=order, cval=0.0, smooth=False)
 
 
@@ -242,9 +269,6 @@ def round_trip_mask(mask: np.ndarray, affine: np.ndarray, ct_hu: np.ndarray | No
     if ct_hu is not None:
         grid = make_model_grid(np.asarray(ct_hu), affine)
     else:
-        idx = np.argwhere(mask > 0)
-        centre_vox = (idx.min(0) + idx.max(0)) / 2.0
-        grid = make_model_grid(np.asarray(mask), affine,
-                               centre_mm=(np.asarray(affine) @ np.r_[centre_vox, 1.0])[:3])
+        grid = make_model_grid(np.asarray(mask), affine, centre_mm=bbox_centre_mm(mask > 0, affine))
     prob64 = mask_to_model_grid(mask, grid)
     return (from_model_grid(prob64, grid) >= threshold).astype(np.uint8)

@@ -5,7 +5,7 @@ The flow for one scan: CT (any grid) -> model grid (64^3, 5 mm, centred from the
 the input's grid -> threshold -> (optional) post-processing -> NIfTI with the input's affine.
 
 Command line (``python -m lungseg_utils.inference --help``, implemented in
-:mod:`lungseg_utils.segment`, which reads the scan, writes the outputs and the summary)::
+:mod:`lungseg_utils.scan.segment`, which reads the scan, writes the outputs and the summary)::
 
     python -m lungseg_utils.inference --input patient_001/ --output_mask pred.nii.gz
     python -m lungseg_utils.inference --input ct.nii.gz --output_mask m.nii.gz --output_prob p.nii.gz --tta
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import anatomy, config, geometry, io, preprocess
+from . import anatomy, config, geometry, dataio, preprocess
 from .errors import LungsegInputError
 
 #: The 8 flip combinations of the three axes (the first is the identity).
@@ -79,7 +79,7 @@ def load_model(path=None):
     :class:`Ensemble`, its members loaded in the manifest's order); default: the reference."""
     path = resolve_model_path(path)
     if path.is_dir():
-        manifest = io.load_json(path / MANIFEST)
+        manifest = dataio.load_json(path / MANIFEST)
         files = [path / m["file"] for m in manifest.get("members", [])]
         if not files:
             raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
@@ -137,6 +137,24 @@ def compiled_forward(model, compile: bool = True, members: bool = False):
     return stack if members else (lambda x: stack(x).mean(axis=0))
 
 
+def flip_tta(forward, x64: np.ndarray, flips=FLIPS, batch_size: int = 8) -> np.ndarray:
+    """Test-time augmentation by flips: flip the input, predict, flip the prediction back.
+
+    ``forward``: batch float32 (b, 64, 64, 64, 1) -> probabilities (b, 64, 64, 64, 1), or
+    (M, b, 64, 64, 64, 1) for the M members of an ensemble (``compiled_forward(...,
+    members=True)``). ``x64``: float32 (64, 64, 64). ``flips``: axes to flip, one tuple per
+    variant (:data:`FLIPS`: all 8). The flipped inputs go through ``forward`` ``batch_size``
+    at a time. Returns float32 (variants, M, 64, 64, 64), M = 1 for a forward that returns
+    one probability; :func:`predict_prob64` averages it.
+    """
+    inputs = np.stack([np.flip(x64, f) for f in flips])[..., None]          # every flip
+    outputs = [np.asarray(forward(inputs[i:i + batch_size]))[..., 0]       # predict
+               for i in range(0, len(inputs), batch_size)]
+    preds = np.concatenate([o if o.ndim == 5 else o[None] for o in outputs], axis=1)
+    back = [np.flip(preds[:, v], [a + 1 for a in f]) for v, f in enumerate(flips)]  # flip back
+    return np.stack(back).astype(np.float32)
+
+
 def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int = 8,
                    return_members: bool = False):
     """Network probability on the model grid.
@@ -146,7 +164,7 @@ def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int 
     forward : callable from :func:`compiled_forward` (or a Keras model); with
         ``members=True`` there, its members' probabilities are averaged here
     x64 : float32 (64, 64, 64) or (64, 64, 64, 1), windowed to [0, 1]
-    tta : average over the 8 flip combinations (each prediction flipped back first)
+    tta : average over the 8 flip combinations (:func:`flip_tta`)
     return_members : also return each member's probability (TTA-averaged), float32
         (M, 64, 64, 64); M = 1 for a forward that averages its members itself
 
@@ -159,19 +177,10 @@ def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int 
         raise LungsegInputError("predict_prob64: forward must be callable.")
     x = np.asarray(x64, np.float32)
     x = x[..., 0] if x.ndim == 4 else x
-    flips = FLIPS if tta else [()]
-    batch = np.stack([np.flip(x, f) if f else x for f in flips])[..., None]
-    outs = []
-    for i in range(0, len(batch), batch_size):
-        out = np.asarray(forward(batch[i:i + batch_size]))[..., 0]
-        outs.append(out if out.ndim == 5 else out[None])        # (M, b, 64, 64, 64)
-    preds = np.concatenate(outs, axis=1)
-    preds = np.stack([np.flip(p, tuple(a + 1 for a in f)) if f else p  # p: (M, 64, 64, 64)
-                      for p, f in zip(preds.swapaxes(0, 1), flips)],
-                     axis=1).astype(np.float32)                  # (M, variants, 64, 64, 64)
-    per_variant = preds.mean(axis=0)
-    prob, std = per_variant.mean(axis=0), per_variant.std(axis=0)
-    return (prob, std, preds.mean(axis=1)) if return_members else (prob, std)
+    preds = flip_tta(forward, x, FLIPS if tta else [()], batch_size)  # (variants, M, 64, 64, 64)
+    ensemble = preds.mean(axis=1)                   # the members' mean, one per variant
+    prob, std = ensemble.mean(axis=0), ensemble.std(axis=0)
+    return (prob, std, preds.mean(axis=0)) if return_members else (prob, std)
 
 
 #: HU below which a voxel near the predicted boundary counts as lung (see refine_boundary).
@@ -234,7 +243,7 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     if members:
         out["members64"] = members64
     if postprocess:
-        out["mask"] = anatomy.postprocess_lungs(out["mask"], axis=io.axial_axis(affine))
+        out["mask"] = anatomy.postprocess_lungs(out["mask"], axis=geometry.axial_axis(affine))
     return {**out, "prob64": prob64, "std64": std64, "ct64": ct64, "grid": grid}
 
 
@@ -262,19 +271,19 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
         mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold))
     affine = grid.source_affine
     if body is None:
-        body = anatomy.body_mask(ct_hu, axis=io.axial_axis(affine))
+        body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine))
     mask = (mask.astype(bool) & body).astype(np.uint8)
-    voxel_ml = float(np.prod(io.spacing_from_affine(affine))) / 1000.0
+    voxel_ml = float(np.prod(geometry.spacing_from_affine(affine))) / 1000.0
     if mask.sum() * voxel_ml < MIN_LUNG_ML:
         mask = np.zeros_like(mask)
     return {"prob": prob, "mask_network": mask_network, "mask": mask, "body": body}
 
 
 def predict_case(case, model=None, forward=None, **kwargs) -> dict:
-    """:func:`predict_volume` for a :class:`~lungseg_utils.io.Case` or a path (file or folder)."""
-    if not isinstance(case, io.Case):
-        ct, affine, header = io.load_ct(case)
-        case = io.Case(Path(case).name, ct, None, affine, io.spacing_from_affine(affine), Path(case), header)
+    """:func:`predict_volume` for a :class:`~lungseg_utils.dataio.Case` or a path (file or folder)."""
+    if not isinstance(case, dataio.Case):
+        ct, affine, header = dataio.load_ct(case)
+        case = dataio.Case(Path(case).name, ct, None, affine, geometry.spacing_from_affine(affine), Path(case), header)
     if forward is None:
         forward = compiled_forward(model if model is not None else load_model())
     return predict_volume(forward, case.ct_hu, case.affine, **kwargs)
@@ -285,4 +294,4 @@ if __name__ == "__main__":
     # :mod:`.segment` (it imports this module; importing it here would be a cycle).
     import runpy
 
-    runpy.run_module("lungseg_utils.segment", run_name="__main__", alter_sys=True)
+    runpy.run_module("lungseg_utils.scan.segment", run_name="__main__", alter_sys=True)

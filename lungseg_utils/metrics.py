@@ -20,6 +20,9 @@ Conventions (each one is tested in ``tests/test_metrics.py``)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.stats import rankdata
@@ -156,8 +159,37 @@ def relative_volume_error(pred, ref) -> float:
     return float("nan") if n_ref == 0 else (int(pred.sum()) - n_ref) / n_ref
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation metric: how it is computed, printed and which of its values is worse.
+
+    ``compute(pred, ref, spacing_mm, distances)`` returns a float; ``distances()`` gives
+    (HD95, ASSD) in mm, computed once per pair however many metrics ask. ``worst`` is
+    ``"min"`` (lower is worse), ``"max"`` or ``"absmax"`` (farther from 0 is worse).
+    """
+
+    label: str
+    unit: str
+    worst: str
+    decimals: int
+    compute: Callable
+
+
+#: The registry of evaluation metrics: :func:`evaluate_masks` computes each, :func:`summarise`
+#: finds each one's worst case, notebook 05 and the report print each with its label, unit
+#: and decimals. Adding a metric is one entry here.
+METRICS: dict[str, Metric] = {
+    "dice": Metric("Dice", "", "min", 3, lambda p, r, s, d: dice(p, r)),
+    "iou": Metric("IoU", "", "min", 3, lambda p, r, s, d: iou(p, r)),
+    "hd95_mm": Metric("HD95", "mm", "max", 1, lambda p, r, s, d: d()[0]),
+    "assd_mm": Metric("ASSD", "mm", "max", 1, lambda p, r, s, d: d()[1]),
+    "volume_error_pct": Metric("volume error", "%", "absmax", 1,
+                               lambda p, r, s, d: 100.0 * relative_volume_error(p, r)),
+}
+
+
 def evaluate_masks(pred, ref, spacing_mm) -> dict:
-    """All metrics of one prediction against its reference.
+    """Every metric of :data:`METRICS` of one prediction against its reference, and volumes.
 
     Parameters
     ----------
@@ -166,14 +198,21 @@ def evaluate_masks(pred, ref, spacing_mm) -> dict:
 
     Returns
     -------
-    dict of floats: ``dice``, ``iou``, ``hd95_mm``, ``assd_mm`` (mm), ``volume_pred_ml``,
-    ``volume_ref_ml`` (ml), ``volume_error_pct`` (100 x :func:`relative_volume_error`).
+    dict of floats: one per :data:`METRICS` key (``dice``, ``iou``, ``hd95_mm``, ``assd_mm``
+    in mm, ``volume_error_pct`` = 100 x :func:`relative_volume_error`), and
+    ``volume_pred_ml``, ``volume_ref_ml`` (ml).
     """
     pred, ref = _pair(pred, ref)
-    hd95, assd = _distances_mm(pred, ref, spacing_mm)
-    return dict(dice=dice(pred, ref), iou=iou(pred, ref), hd95_mm=hd95, assd_mm=assd,
-                volume_pred_ml=volume_ml(pred, spacing_mm), volume_ref_ml=volume_ml(ref, spacing_mm),
-                volume_error_pct=100.0 * relative_volume_error(pred, ref))
+    cache = []
+
+    def distances():
+        if not cache:
+            cache.append(_distances_mm(pred, ref, spacing_mm))
+        return cache[0]
+
+    out = {key: float(m.compute(pred, ref, spacing_mm, distances)) for key, m in METRICS.items()}
+    return dict(out, volume_pred_ml=volume_ml(pred, spacing_mm),
+                volume_ref_ml=volume_ml(ref, spacing_mm))
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -185,8 +224,8 @@ def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
     rows : list of dict, each with a ``case_id`` and a number under ``key``.
     key : str, e.g. ``"dice"``.
     worst : ``"min"`` (lower is worse), ``"max"`` (higher is worse), ``"absmax"`` (farther
-        from 0 is worse) or ``"auto"``: min for dice/iou, absmax for keys holding ``error``,
-        max otherwise.
+        from 0 is worse) or ``"auto"``: the metric's own (:data:`METRICS`); for other keys
+        min for dice/iou, absmax for keys holding ``error``, max otherwise.
 
     Returns
     -------
@@ -202,7 +241,9 @@ def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
     if worst not in ("auto", "min", "max", "absmax"):
         raise LungsegInputError(f"summarise: worst={worst!r} must be auto, min, max or absmax.")
     if worst == "auto":
-        worst = "min" if key in ("dice", "iou") else "absmax" if "error" in key else "max"
+        worst = (METRICS[key].worst if key in METRICS else
+                 "min" if key.startswith(("dice", "iou")) else
+                 "absmax" if "error" in key else "max")
     ids = [r["case_id"] for r in rows]
     vals = np.array([float(r[key]) for r in rows])
     keep = ~np.isnan(vals)

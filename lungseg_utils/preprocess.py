@@ -20,9 +20,10 @@ def window_normalise(ct_hu: np.ndarray, hu_window=HU_WINDOW) -> np.ndarray:
     """
     lo, hi = float(hu_window[0]), float(hu_window[1])
     if not hi > lo:
-        raise LungsegInputError(f"HU window {hu_window} is empty: its high bound must exceed its low bound.")
-    out = (np.clip(np.asarray(ct_hu, dtype=np.float32), lo, hi) - lo) / (hi - lo)
-    return out.astype(np.float32, copy=False)
+        raise LungsegInputError(f"HU window {hu_window} is empty: its high bound must exceed "
+                                "its low bound.")
+    ct_hu = np.asarray(ct_hu, dtype=np.float32)
+    return (np.clip(ct_hu, lo, hi) - lo) / (hi - lo)     # float32: lo, hi are Python floats
 
 
 def denormalise(x01: np.ndarray, hu_window=HU_WINDOW) -> np.ndarray:

@@ -3,7 +3,7 @@
 A run writes its artifacts in this order: ``split.json`` and ``train_config.json`` (before
 the first epoch), one ``training_log.csv`` row and a backup (``backup/``) per epoch,
 ``final_model.keras`` and ``best_model.keras``, and last ``test_metrics.json``; each file
-appears whole or not at all (:func:`lungseg_utils.io.atomic_write`). So a run is *finished*
+appears whole or not at all (:func:`lungseg_utils.dataio.atomic_write`). So a run is *finished*
 when ``test_metrics.json`` is there and both models are valid; anything short of that can
 be resumed (``--resume RUN_DIR``) from its last backed-up epoch, or, if it was killed
 before its settings were saved, is said to be empty in one line.
@@ -21,7 +21,7 @@ import signal
 import zipfile
 from pathlib import Path
 
-from . import io
+from . import dataio
 from .errors import LungsegInputError
 
 BACKUP_DIR = "backup"
@@ -49,7 +49,7 @@ def is_finished(run_dir) -> bool:
     if not all((run_dir / name).is_file() for name in RUN_ARTIFACTS):
         return False
     try:
-        io.load_json(run_dir / "test_metrics.json")
+        dataio.load_json(run_dir / "test_metrics.json")
     except LungsegInputError:
         return False
     return all(is_valid_model(run_dir / m) for m in MODELS)
@@ -89,7 +89,7 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
     dropped, atomically, so an epoch that is run again is not logged twice.
     """
     meta = run_dir / BACKUP_DIR / "training_metadata.json"
-    done = int(io.load_json(meta)["epoch"]) if meta.exists() else 0
+    done = int(dataio.load_json(meta)["epoch"]) if meta.exists() else 0
     log = run_dir / LOG_NAME
     best = None
     if log.exists():
@@ -99,7 +99,7 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
         kept = [r for r in rows if None not in r.values() and r["epoch"].isdigit()
                 and int(r["epoch"]) < done]
         if kept:
-            with io.atomic_write(log, overwrite=True) as tmp:
+            with dataio.atomic_write(log, overwrite=True) as tmp:
                 with open(tmp, "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=fields)
                     writer.writeheader()

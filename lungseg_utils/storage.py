@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import dataio
 from .errors import LungsegInputError
 
 WEIGHTS_ENTRY = "model.weights.h5"
@@ -84,7 +84,7 @@ def convert_weights(path, dtype: str = "float16") -> int:
     if WEIGHTS_ENTRY not in {info.filename for info, _ in entries}:
         raise LungsegInputError(f"{path}: a .keras archive without {WEIGHTS_ENTRY}.")
     converted = 0
-    with io.atomic_write(path, overwrite=True) as tmp, zipfile.ZipFile(tmp, "w") as out:
+    with dataio.atomic_write(path, overwrite=True) as tmp, zipfile.ZipFile(tmp, "w") as out:
         for info, data in entries:
             if info.filename == WEIGHTS_ENTRY:
                 buffer = _bytes_io.BytesIO()
@@ -110,6 +110,6 @@ def compact_model_file(path, dtype: str = "float16") -> None:
 
     keras = import_keras_quietly()
     model = keras.saving.load_model(path, compile=False)
-    with io.atomic_write(path, overwrite=True) as tmp:
+    with dataio.atomic_write(path, overwrite=True) as tmp:
         model.save(tmp)
         convert_weights(tmp, dtype)

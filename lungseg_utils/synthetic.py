@@ -17,7 +17,7 @@ import numpy as np
 from . import config
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .geometry import lps_affine
-from .io import CT_NAME, MASK_NAME, save_nifti
+from .dataio import CT_NAME, MASK_NAME, save_nifti
 
 
 def reorient(volume: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:

@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, io
+from . import config, dataio
 from .config import import_keras_quietly
-from .errors import LungsegInputError, LungsegWarning
+from .errors import LungsegInputError, LungsegWarning, run_command
 
 keras = import_keras_quietly()
 # The modules below use Keras: imported after it, quietly.
 from . import dataset, storage, synthetic, unet  # noqa: E402
-from .callbacks import EpochSummary, SeedStateBackup, WallClockBudget, cosine_schedule  # noqa: E402
+from .callbacks import (  # noqa: E402
+    EpochSummary, SeedStateBackup, cosine_schedule, plan_budget, plan_epochs)
 from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401
 from .metrics import dice, iou  # noqa: E402
 
@@ -64,7 +65,7 @@ def _verbose(verbose):
 
 def _read_split(split, case_ids) -> dict:
     if isinstance(split, (str, Path)):
-        split = io.load_json(split)
+        split = dataio.load_json(split)
     missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
     if missing:
         raise LungsegInputError(f"split: case(s) {missing} are not in the data folder.")
@@ -91,39 +92,30 @@ def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float 
 # --------------------------------------------------------------------------- training
 
 
-def _portable(path) -> str:
-    """A path relative to the repository when it can be (so run folders travel), else absolute."""
-    path = Path(path).resolve()
-    try:
-        return os.path.relpath(path, config.REPO_ROOT)
-    except ValueError:
-        return str(path)
-
-
 def _new_run(data_dir, out_dir, profile, split, deterministic, command, overrides):
     """Settings, split and a new run folder (with split.json) for a fresh run."""
     settings = config.get_profile(profile, **overrides)
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
-    found = io.discover_cases(data_dir)
+    found = dataio.discover_cases(data_dir)
     if settings.get("max_cases"):
         found = found[: int(settings["max_cases"])]
     folders = {p.name: p for p in found}
     if split is None:
-        split = io.make_split(list(folders), settings["val_fraction"],
+        split = dataio.make_split(list(folders), settings["val_fraction"],
                               settings["test_fraction"], settings["seed"])
     split = _read_split(split, list(folders))
     run_dir = config.new_run_dir(Path(out_dir) if out_dir else None)
-    io.save_json(split, run_dir / "split.json")
+    dataio.save_json(split, run_dir / "split.json")
     runstate.fault("after_split")
     used = split["train"] + split["val"] + split["test"]
     cfg = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "run_dir": _portable(run_dir), "data_dir": _portable(data_dir),
+        "run_dir": dataio.portable_path(run_dir), "data_dir": dataio.portable_path(data_dir),
         "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
         "augment": {k: settings[k] for k in config.AUGMENT_DEFAULTS},
         "versions": config.package_versions(), "split": split,
-        "input_files": {f"{cid}/{name}": io.file_sha256(folders[cid] / name)
-                        for cid in used for name in (io.CT_NAME, io.MASK_NAME)},
+        "input_files": {f"{cid}/{name}": dataio.file_sha256(folders[cid] / name)
+                        for cid in used for name in (dataio.CT_NAME, dataio.MASK_NAME)},
         "command": command,
     }
     return run_dir, settings, split, folders, cfg
@@ -134,7 +126,7 @@ def _resumed_run(run_dir, data_dir, profile, split, overrides):
     run_dir = Path(run_dir)
     runstate.check_resumable(run_dir)
     runstate.clean_temporary(run_dir)
-    cfg = io.load_json(run_dir / "train_config.json")
+    cfg = dataio.load_json(run_dir / "train_config.json")
     extra = sorted(k for k, v in overrides.items() if v is not None and k != "epochs")
     extra += ["profile"] * bool(profile) + ["split"] * (split is not None)
     if extra:
@@ -145,53 +137,109 @@ def _resumed_run(run_dir, data_dir, profile, split, overrides):
     if overrides.get("epochs"):
         settings["epochs"] = int(overrides["epochs"])
     data_dir = Path(data_dir) if data_dir else config.REPO_ROOT / cfg["data_dir"]
-    folders = {p.name: p for p in io.discover_cases(data_dir)}
+    folders = {p.name: p for p in dataio.discover_cases(data_dir)}
     for rel, digest in cfg.get("input_files", {}).items():
         path = data_dir / rel
-        if not path.exists() or io.file_sha256(path) != digest:
+        if not path.exists() or dataio.file_sha256(path) != digest:
             warnings.warn(f"{path}: differs from the file this run started with.",
                           LungsegWarning, stacklevel=3)
-    return run_dir, settings, io.load_json(run_dir / "split.json"), folders, cfg
+    return run_dir, settings, dataio.load_json(run_dir / "split.json"), folders, cfg
 
 
 
-def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
-                n_steps: int = 3) -> dict:
-    """Time a few training steps on this machine and plan the run's epochs.
+def make_datasets(settings: dict, split: dict, folders: dict, strategy=None,
+                  initial_epoch: int = 0):
+    """The training and validation ``PyDataset`` s of a run (:mod:`lungseg_utils.dataset`):
+    augmented, seeded samples of the training cases; the validation cases as they are."""
+    seed, batch = int(settings["seed"]), int(settings["batch_size"])
+    common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
+    train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
+                                   seed=seed, augment=True, epoch=initial_epoch,
+                                   samples_per_epoch=settings.get("samples_per_epoch"),
+                                   endless=True, **common)
+    val_batches = replica_batches(strategy, batch, train_ds.samples_per_epoch,
+                                  len(split["val"]))
+    val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
+                                 seed=seed, augment=False, **val_batches)
+    return train_ds, val_ds
 
-    A throwaway model with the run's settings takes one step (tracing) and ``n_steps`` timed
-    steps on the run's first batches. An epoch is its steps, the validation cases (a third
-    of a step each) and 0.6 s of bookkeeping. With ``settings["budget_min"]``: as many
-    epochs as fit in the budget (less ``elapsed_s``, the real model's tracing, as long as the
-    probe's, and a reserve for saving and scoring), at least one; else the profile's.
 
-    Returns ``{"step_s", "epoch_s", "epochs_profile", "epochs", "budget_min", "reserve_s",
-    "message"}`` (seconds; the message says what the profile costs on this machine).
-    """
-    probe = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
-                               settings["learning_rate"])
-    times = []
-    for i in range(n_steps + 1):
-        x, y = train_ds[i]
-        t0 = time.perf_counter()
-        probe.train_on_batch(x, y)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times[1:]))
-    epoch_s = len(train_ds) * step_s + n_val * step_s / 3.0 + 0.6
-    wanted, budget = int(settings["epochs"]), settings.get("budget_min")
-    reserve_s = 15.0 + 2.0 * step_s
-    epochs = wanted
-    if budget:
-        trace_s = max(times[0] - step_s, 0.0)
-        epochs = int((60.0 * float(budget) - elapsed_s - trace_s - reserve_s) // epoch_s)
-        epochs = max(1, min(wanted, epochs))
-    message = (f"This machine: {step_s:.2f} s a training step (batch {train_ds.batch_size}), "
-               f"about {epoch_s:.1f} s an epoch; the profile's {wanted} epochs take about "
-               f"{wanted * epoch_s / 60.0:.0f} min.")
-    if budget:
-        message += f" Budget {float(budget):g} min: {epochs} epochs planned."
-    return {"step_s": step_s, "epoch_s": epoch_s, "epochs_profile": wanted, "epochs": epochs,
-            "budget_min": budget, "reserve_s": reserve_s, "message": message}
+def build_model(settings: dict, strategy=None):
+    """The network of ``settings`` (:func:`lungseg_utils.unet.build_from_settings`),
+    compiled with its loss and learning rate (:func:`lungseg_utils.unet.compile_model`)."""
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return unet.compile_model(unet.build_from_settings(settings), settings["loss"],
+                                  settings["learning_rate"])
+
+
+def make_callbacks(settings: dict, run_dir: Path, best_val_loss=None, budget=None,
+                   extra=()) -> list:
+    """The callbacks of a run, as a plain list: the learning-rate schedule, the checkpoint
+    and early stopping (``checkpoint="best"`` only), the CSV log, the backups that make a
+    killed run resumable, the wall-clock budget (if any) and ``extra``."""
+    if settings.get("lr_schedule") == "cosine":
+        schedule = keras.callbacks.LearningRateScheduler(cosine_schedule(
+            settings["learning_rate"], settings["epochs"],
+            warmup_epochs=int(settings.get("warmup_epochs") or 0)))
+    else:
+        schedule = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, min_lr=1e-6,
+            patience=int(settings["reduce_lr_patience"]))
+    callbacks = [schedule]
+    if settings.get("checkpoint", "best") == "best":
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
+                                            save_best_only=True,
+                                            initial_value_threshold=best_val_loss),
+            keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=False,
+                                          patience=int(settings["early_stop_patience"]))]
+    callbacks += [
+        keras.callbacks.CSVLogger(run_dir / LOG_NAME, append=True),
+        # Last of the run's own: once it records an epoch, the epoch's log row and
+        # checkpoint are on disk.
+        SeedStateBackup(run_dir / BACKUP_DIR),
+        keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, double_checkpoint=True,
+                                         delete_checkpoint=False)]
+    if budget is not None:
+        callbacks.append(budget)
+    return callbacks + list(extra)
+
+
+def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2):
+    """``model.fit`` over the run's epochs: one pass of ``train_ds`` an epoch, ``val_ds``
+    scored after each, ``callbacks`` called at every step of the way. Returns the History."""
+    return model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
+                     steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=verbose,
+                     shuffle=False)
+
+
+def save_models(model, run_dir: Path, settings: dict) -> Path:
+    """Write ``final_model.keras`` (and, for ``checkpoint="last"``, ``best_model.keras``: the
+    same weights), each without its optimizer and with float16 weights; returns the model
+    file the run is scored and used by."""
+    with dataio.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
+        model.save(tmp)
+        runstate.fault("mid_final_save")
+    best_path = run_dir / "best_model.keras"
+    if settings.get("checkpoint", "best") != "best":   # "last": the final weights are the model
+        with dataio.atomic_write(best_path, overwrite=True) as tmp:
+            shutil.copyfile(run_dir / "final_model.keras", tmp)
+    for path in (best_path, run_dir / "final_model.keras"):
+        storage.compact_model_file(path)    # no optimizer, float16 weights: 11 MB
+    return best_path if best_path.exists() else run_dir / "final_model.keras"
+
+
+def _open_run(data_dir, out_dir, profile, resume, split, deterministic, command, overrides):
+    """A new run folder (settings, split, ``train_config.json``) or an interrupted one to
+    resume: ``(run_dir, settings, split, folders, cfg, initial_epoch, best_val_loss)``."""
+    if resume is not None:
+        run_dir, settings, split, folders, cfg = _resumed_run(resume, data_dir, profile, split,
+                                                              overrides)
+        return (run_dir, settings, split, folders, cfg, *runstate.resume_state(run_dir))
+    run_dir, settings, split, folders, cfg = _new_run(data_dir, out_dir, profile, split,
+                                                      deterministic, command, overrides)
+    dataio.save_json(cfg, run_dir / "train_config.json")   # resumable from here on
+    return run_dir, settings, split, folders, cfg, 0, None
 
 
 def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
@@ -207,13 +255,13 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
     out_dir : path, optional
         Where the new ``run_YYYYMMDD-HHMMSS`` folder goes (default ``results/models``).
     profile : {'smoke', 'quick', 'full'}, optional
-        Settings to start from (default ``$LUNGSEG_PROFILE`` or quick); ``overrides`` (any
+        Settings to start from (default ``$LUNGSEG_PROFILE`` or main); ``overrides`` (any
         profile key, e.g. ``epochs=3, base_filters=8``) replace single values.
     resume : path, optional
         The folder of an interrupted run: continue it from its last completed epoch with its
         own settings, split and data folder. Only ``epochs`` may be overridden.
     split : dict or path to a split.json, optional
-        Use this split instead of a new seeded one (``io.make_split``).
+        Use this split instead of a new seeded one (``dataio.make_split``).
     verbose : 0, 1, 2, "compact" or None
         Keras progress output; None: a bar of steps in a terminal (1), one line per epoch
         otherwise (2, for logs); "compact": about six lines a run (notebooks).
@@ -232,135 +280,86 @@ def train(data_dir=None, out_dir=None, profile=None, resume=None, split=None, *,
         fine-tuning. Its path and SHA-256 are recorded in ``train_config.json``.
     """
     t_start = time.perf_counter()
-    if resume is not None:
-        run_dir, settings, split, folders, cfg = _resumed_run(resume, data_dir, profile, split,
-                                                              overrides)
-        initial_epoch, best_val_loss = runstate.resume_state(run_dir)
-    else:
-        run_dir, settings, split, folders, cfg = _new_run(data_dir, out_dir, profile, split,
-                                                          deterministic, command, overrides)
-        io.save_json(cfg, run_dir / "train_config.json")   # resumable from here on
-        initial_epoch, best_val_loss = 0, None
-
-    seed = int(settings["seed"])
+    run_dir, settings, split, folders, cfg, initial_epoch, best_val_loss = _open_run(
+        data_dir, out_dir, profile, resume, split, deterministic, command, overrides)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        config.set_seeds(seed)
+        config.set_seeds(int(settings["seed"]))
         _set_determinism(deterministic)
-        if settings.get("mixed_precision"):
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        cfg["precision"] = config.training_precision(settings.get("mixed_precision"))
+        keras.mixed_precision.set_global_policy(cfg["precision"])
         strategy = distribution_strategy() if strategy is None else strategy
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            model = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
-                                       settings["learning_rate"])
-        if init_weights is not None and resume is None:        # fine-tuning: the same network
-            try:
-                model.set_weights(keras.saving.load_model(init_weights, compile=False).get_weights())
-            except (OSError, ValueError) as exc:
-                raise LungsegInputError(f"{init_weights}: cannot start from it ({exc}).") from None
-            cfg["init_weights"] = {"file": _portable(init_weights),
-                                   "sha256": io.file_sha256(init_weights)}
-        batch = int(settings["batch_size"])
-        common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
-        train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
-                                       seed=seed, augment=True, epoch=initial_epoch,
-                                       samples_per_epoch=settings.get("samples_per_epoch"),
-                                       endless=True, **common)
-        val_batches = replica_batches(strategy, batch, train_ds.samples_per_epoch,
-                                       len(split["val"]))
-        val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
-                                     seed=seed, augment=False, **val_batches)
+        model = build_model(settings, strategy)                                # 1. build
+        if init_weights is not None and resume is None:
+            _start_from(model, init_weights, cfg)
+        train_ds, val_ds = make_datasets(settings, split, folders, strategy, initial_epoch)
+        budget = None
         if resume is None:
-            if settings.get("budget_min") or _verbose(verbose) or verbose == "compact":
-                cfg["plan"] = plan_epochs(settings, train_ds, len(split["val"]),
-                                          time.perf_counter() - t_start)
-                settings["epochs"] = cfg["settings"]["epochs"] = cfg["plan"]["epochs"]
-                print(cfg["plan"]["message"])
+            budget = plan_budget(settings, cfg, train_ds, len(split["val"]),
+                                 verbose not in (0, "0"), t_start)
             cfg["model"] = {"name": model.name, "params": int(model.count_params()),
                             "forward_flops": unet.count_flops(model)}
             cfg["distribution"] = {
                 "strategy": type(strategy).__name__ if strategy is not None else None,
                 "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}
-            io.save_json(cfg, run_dir / "train_config.json", overwrite=True)
-        budget = None
-        if resume is None and settings.get("budget_min"):
-            budget = WallClockBudget(t_start + 60.0 * float(settings["budget_min"]),
-                                     cfg["plan"]["reserve_s"], cfg["plan"]["epoch_s"])
-        if settings.get("lr_schedule") == "cosine":
-            lr_callback = keras.callbacks.LearningRateScheduler(
-                cosine_schedule(settings["learning_rate"], settings["epochs"]))
-        else:
-            lr_callback = keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, min_lr=1e-6,
-                patience=int(settings["reduce_lr_patience"]))
-        by_val = settings.get("checkpoint", "best") == "best"
-        run_callbacks = [
-            lr_callback,
-            *([keras.callbacks.ModelCheckpoint(run_dir / "best_model.keras", monitor="val_loss",
-                                               save_best_only=True,
-                                               initial_value_threshold=best_val_loss),
-               keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=False,
-                                             patience=int(settings["early_stop_patience"]))]
-              if by_val else []),
-            keras.callbacks.CSVLogger(run_dir / LOG_NAME, append=True),
-            # Last of the run's own: once it records an epoch, the epoch's log row and
-            # checkpoint are on disk.
-            SeedStateBackup(run_dir / BACKUP_DIR),
-            keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, double_checkpoint=True,
-                                             delete_checkpoint=False),
-            *([budget] if budget else []),
-            *([EpochSummary(settings["epochs"], max(1, int(settings["epochs"]) // 6))]
-              if verbose == "compact" else []),
-            *(callbacks or []),
-            *([keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: runstate.fault(f"epoch_end:{epoch}"))]
-              if os.environ.get("LUNGSEG_FAULT_AT") else []),      # test hook, see runstate
-        ]
-        try:
-            model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
-                      steps_per_epoch=len(train_ds),
-                      callbacks=run_callbacks, verbose=_verbose(verbose), shuffle=False)
+            dataio.save_json(cfg, run_dir / "train_config.json", overwrite=True)
+        extra = [*([EpochSummary(settings["epochs"], max(1, int(settings["epochs"]) // 6))]
+                   if verbose == "compact" else []), *(callbacks or []), *_fault_hook()]
+        run_callbacks = make_callbacks(settings, run_dir, best_val_loss, budget, extra)
+        try:                                                                   # 2. fit
+            fit_model(model, train_ds, val_ds, settings, run_callbacks, _verbose(verbose))
         except BaseException:
             print(f"\nTraining stopped early; continue it with:\n  python -m lungseg_utils.train "
                   f"--resume {run_dir}", file=sys.stderr)
             raise
-        with io.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
-            model.save(tmp)
-            runstate.fault("mid_final_save")
-        best_path = run_dir / "best_model.keras"
-        if not by_val:                  # checkpoint "last": the final weights are the model
-            with io.atomic_write(best_path, overwrite=True) as tmp:
-                shutil.copyfile(run_dir / "final_model.keras", tmp)
-        for path in (best_path, run_dir / "final_model.keras"):
-            storage.compact_model_file(path)    # no optimizer, float16 weights: 11 MB
+        model_path = save_models(model, run_dir, settings)                     # 3. save
         runstate.fault("before_test_metrics")
-        scored = keras.saving.load_model(best_path) if best_path.exists() else model
-        metrics = evaluate_cases(scored, [folders[c] for c in split["test"]],
+        metrics = evaluate_cases(keras.saving.load_model(model_path),          # 4. score
+                                 [folders[c] for c in split["test"]],
                                  settings.get("hu_window", config.HU_WINDOW))
-        metrics["model"] = best_path.name if best_path.exists() else "final_model.keras"
+        metrics["model"] = model_path.name
         metrics["training"] = {"wall_s_this_session": round(time.perf_counter() - t_start, 1),
                                "resumed_at_epoch": initial_epoch if resume else None,
                                "epochs_planned": int(settings["epochs"]),
                                "stopped_by_budget_after_epoch": budget and budget.stopped_epoch}
-        io.save_json(metrics, run_dir / "test_metrics.json", overwrite=True)
+        dataio.save_json(metrics, run_dir / "test_metrics.json", overwrite=True)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return run_dir
 
 
+def _start_from(model, init_weights, cfg: dict) -> None:
+    """Fine-tuning: set the weights of ``init_weights`` (the same network); recorded in cfg."""
+    try:
+        model.set_weights(keras.saving.load_model(init_weights, compile=False).get_weights())
+    except (OSError, ValueError) as exc:
+        raise LungsegInputError(f"{init_weights}: cannot start from it ({exc}).") from None
+    cfg["init_weights"] = {"file": dataio.portable_path(init_weights),
+                           "sha256": dataio.file_sha256(init_weights)}
+
+
+def _fault_hook() -> list:
+    """A callback that kills the process at an epoch's end when the tests ask (runstate)."""
+    if not os.environ.get("LUNGSEG_FAULT_AT"):
+        return []
+    return [keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: runstate.fault(f"epoch_end:{epoch}"))]
+
+
 
 # --------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lungseg_utils.train",
-        description="Train the 3D U-Net on 64^3 lung CT cases and write a new run folder "
-                    "(results/models/run_YYYYMMDD-HHMMSS/). Unset options take the profile's "
-                    "value.")
+        prog=prog or "python -m lungseg_utils.train",
+        description="Train the 3D U-Net on 64^3 lung CT cases, one model. It writes a new run "
+                    "folder (results/models/run_YYYYMMDD-HHMMSS/); unset options take the "
+                    "profile's value.")
     p.add_argument("--profile", choices=sorted(config.PROFILES),
-                   help="settings to start from (default: $LUNGSEG_PROFILE or quick)")
+                   help="settings to start from (default: $LUNGSEG_PROFILE or "
+                        f"{config.DEFAULT_PROFILE})")
     p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz (default: found)")
     p.add_argument("--out_dir", help="where the new run folder goes (default: results/models)")
     p.add_argument("--resume", metavar="RUN_DIR",
@@ -378,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the split, the weights and augmentation")
     p.add_argument("--use_transpose", action="store_true", default=None,
                    help="up-sample with Conv3DTranspose instead of UpSampling3D + 1x1 conv")
-    p.add_argument("--loss", choices=["dice", "hybrid"],
+    p.add_argument("--loss", choices=sorted(unet.LOSSES),
                    help="soft Dice, or 0.5 Dice + 0.5 binary cross-entropy")
     p.add_argument("--budget_min", type=float,
                    help="wall-clock budget in minutes: time a few steps, plan the epochs that fit, "
@@ -396,23 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = vars(build_parser().parse_args(argv))
-    fixed = {k: args.pop(k) for k in ("data_dir", "out_dir", "profile", "resume", "verbose")}
+def run(args) -> int:
+    """The train command on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    args = dict(vars(args))
+    fixed = {k: args.pop(k, None) for k in ("data_dir", "out_dir", "profile", "resume",
+                                            "verbose", "command")}
     overrides = {k: v for k, v in args.items() if v is not None}
-    try:
-        run_dir = train(**fixed, command=["python", "-m", "lungseg_utils.train", *argv],
-                        **overrides)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    metrics = io.load_json(run_dir / "test_metrics.json")
+    run_dir = train(**fixed, **overrides)
+    metrics = dataio.load_json(run_dir / "test_metrics.json")
     print(f"Run folder: {run_dir}")
     if metrics["mean_dice"] is not None:
         print(f"Test Dice {metrics['mean_dice']:.4f}, IoU {metrics['mean_iou']:.4f} "
               f"over {metrics['n_cases']} case(s) ({metrics['model']}).")
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m lungseg_utils.train`` (``lungseg train``): 0 done, 2 bad input."""
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def _conv(filters, kernel, reg, name):
                          kernel_regularizer=reg, name=name)
 
 
-def _res_block(x, filters, reg, norm, name):
-    """conv-norm-relu, conv-norm, + shortcut (1x1 projection if channels differ), relu."""
+def residual_block(x, filters, reg, norm, name):
+    """One block of the U-Net: conv-norm-relu, conv-norm, + shortcut (a 1x1x1 projection
+    where the number of channels changes), relu. ``x``: a (b, X, Y, Z, C) Keras tensor;
+    returns (b, X, Y, Z, ``filters``)."""
     shortcut = x
     if x.shape[-1] != filters:
         shortcut = _conv(filters, 1, reg, f"{name}_proj")(x)
@@ -102,12 +104,12 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
     x, skips = inputs, []
     for level in range(depth):
         f = base_filters * 2 ** level
-        x = _res_block(x, f, reg, norm, f"enc{level}")
+        x = residual_block(x, f, reg, norm, f"enc{level}")
         if dropout_enc:
             x = layers.Dropout(dropout_enc, name=f"enc{level}_drop")(x)
         skips.append(x)
         x = layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
-    x = _res_block(x, base_filters * 2 ** depth, reg, norm, "bottleneck")
+    x = residual_block(x, base_filters * 2 ** depth, reg, norm, "bottleneck")
     if dropout_bot:
         x = layers.Dropout(dropout_bot, name="bottleneck_drop")(x)
     for level in reversed(range(depth)):
@@ -119,7 +121,7 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
             x = layers.UpSampling3D(2, name=f"dec{level}_up")(x)
             x = _conv(f, 1, reg, f"dec{level}_upconv")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = _res_block(x, f, reg, norm, f"dec{level}")
+        x = residual_block(x, f, reg, norm, f"dec{level}")
         if dropout_dec:
             x = layers.Dropout(dropout_dec, name=f"dec{level}_drop")(x)
     outputs = layers.Conv3D(1, 1, activation="sigmoid", kernel_regularizer=reg,
@@ -234,12 +236,16 @@ class HybridLoss(keras.losses.Loss):
         return {**super().get_config(), "smooth": self.smooth, "dice_weight": self.dice_weight}
 
 
+#: The registry of training losses (profile key ``loss``, ``--loss`` of the train command):
+#: adding a loss is its class above and one entry here.
+LOSSES = {"dice": DiceLoss, "hybrid": HybridLoss}
+
+
 def get_loss(name: str):
-    """'dice' -> DiceLoss(), 'hybrid' -> HybridLoss()."""
-    losses = {"dice": DiceLoss, "hybrid": HybridLoss}
-    if name not in losses:
-        raise ValueError(f"loss={name!r} must be one of {sorted(losses)}.")
-    return losses[name]()
+    """The loss registered as ``name`` in :data:`LOSSES`: 'dice' -> DiceLoss(), ..."""
+    if name not in LOSSES:
+        raise ValueError(f"loss={name!r} must be one of {sorted(LOSSES)}.")
+    return LOSSES[name]()
 
 
 # --------------------------------------------------------------------------- metrics

@@ -19,13 +19,32 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import io
+from . import dataio
 from .errors import LungsegInputError
-from .io import spacing_from_affine
-from .viz import (ERROR_COLOURS, OVERLAYS, PRED_COLOUR, REF_COLOUR, STYLE, WINDOWS, _PLANES, _legend, _plan, _side_labels,
-                  display_slice, error_rgba, export_figure, heat_rgba, mask_rgba,
-                  orientation_labels, plane_name, slice_aspect, slice_position_mm,
-                  slicing_axis, window_limits)
+from .geometry import spacing_from_affine
+from .viz import (
+    ERROR_COLOURS,
+    OVERLAYS,
+    PLANES,
+    PRED_COLOUR,
+    REF_COLOUR,
+    STYLE,
+    WINDOWS,
+    colour_legend,
+    display_slice,
+    error_rgba,
+    export_figure,
+    heat_rgba,
+    mask_rgba,
+    orientation_labels,
+    plane_name,
+    side_labels,
+    slice_aspect,
+    slice_plan,
+    slice_position_mm,
+    slicing_axis,
+    window_limits,
+)
 
 
 def _redraws(method):
@@ -66,7 +85,7 @@ class SliceViewer:
         self.title, self.figures_dir = title, figures_dir
         self.redraw_seconds, self._holding = float("nan"), 0
         self._u_max = max(float(np.max(uncertainty)), 1e-6) if uncertainty is not None else 1.0
-        self._index = {p: self._n_slices(p) // 2 for p in _PLANES}
+        self._index = {p: self._n_slices(p) // 2 for p in PLANES}
         self._axis, self._window, self._alpha, self._side = "axial", WINDOWS["lung"], 0.4, False
         given = dict(reference=mask, prediction=pred, uncertainty=uncertainty,
                      errors=None if mask is None else pred)
@@ -77,7 +96,7 @@ class SliceViewer:
         self._log = w.Output()
         self._w_image = w.Image(format="png", layout=w.Layout(align_self="flex-start"))
         self._w_readout, self._w_status = w.HTML(), w.HTML()
-        self._w_axis = w.ToggleButtons(options=list(_PLANES), description="plane")
+        self._w_axis = w.ToggleButtons(options=list(PLANES), description="plane")
         self._w_slice = w.IntSlider(value=self._index["axial"], max=self._n_slices("axial") - 1,
                                     description="slice", layout=w.Layout(width="480px"))
         self._w_overlay = w.Dropdown(options=self.overlays, value=self._overlay,
@@ -125,11 +144,11 @@ class SliceViewer:
                            for ax in self.axes]
             self._ov_im = [ax.imshow(np.zeros((2, 2, 4)), interpolation="nearest")
                            for ax in self.axes]
-            self._labels = [_side_labels(ax, dict.fromkeys(("left", "right", "top", "bottom"), ""))
+            self._labels = [side_labels(ax, dict.fromkeys(("left", "right", "top", "bottom"), ""))
                             for ax in self.axes]
             for ax in self.axes:
                 ax.set_axis_off()
-            self._legend = _legend(self._fig, ERROR_COLOURS, loc="lower center",
+            self._legend = colour_legend(self._fig, ERROR_COLOURS, loc="lower center",
                                    bbox_to_anchor=(0.5, 0.01))
             self._cax = self._fig.add_axes((0.35, 0.05, 0.4, 0.025))
             self._fig.colorbar(mpl.cm.ScalarMappable(Normalize(0, self._u_max), "inferno"),
@@ -183,11 +202,11 @@ class SliceViewer:
     def readout(self) -> str:
         """HTML: the slice, its world position in mm and the lung area on it in cm^2."""
         plane, index = self._axis, self._index[self._axis]
-        _, r, c, _, _ = _plan(self.affine, plane)
+        _, r, c, _, _ = slice_plan(self.affine, plane)
         pixel_cm2 = self.spacing_mm[r] * self.spacing_mm[c] / 100.0
         pos = slice_position_mm(self.affine, self.ct_hu.shape, plane, index)
         text = (f"{plane} slice {index} / {self._n_slices(plane) - 1} &middot; "
-                f"{'xyz'[_PLANES[plane][0]]} = {pos:.1f} mm")
+                f"{'xyz'[PLANES[plane][0]]} = {pos:.1f} mm")
         areas = []
         for name, m in (("reference", self.mask), ("prediction", self.pred)):
             if m is not None:
@@ -261,17 +280,19 @@ def _with_picture(bundle, png: bytes):
     return {**(bundle or {}), "image/png": base64.b64encode(png).decode("ascii")}
 
 
-def load_for_viewing(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def load_for_viewing(path, load_scan=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(ct_hu float32 (X, Y, Z), affine (4, 4), reference mask uint8 or None) of a case
-    folder (its ``lung.nii.gz`` is the reference, if there), a NIfTI file or a DICOM folder.
-    Raises :class:`LungsegInputError` naming the path."""
+    folder (its ``lung.nii.gz`` is the reference, if there) or any other scan, read by
+    ``load_scan(path) -> (ct_hu, affine, ...)`` (default :func:`lungseg_utils.dataio.load_ct`,
+    NIfTI; the viewer app passes :func:`lungseg_utils.scan.reader.load_scan`, which adds
+    DICOM folders). Raises :class:`LungsegInputError` naming the path."""
     path = Path(path).expanduser()
-    if path.is_dir() and (path / io.CT_NAME).exists() and (path / io.MASK_NAME).exists():
-        case = io.load_case(path)
+    if path.is_dir() and (path / dataio.CT_NAME).exists() and (path / dataio.MASK_NAME).exists():
+        case = dataio.load_case(path)
         return case.ct_hu, case.affine, case.mask
     if not path.exists():
         raise LungsegInputError(f"{path}: no such file or folder.")
-    ct_hu, affine = io.load_scan(path)[:2]
+    ct_hu, affine = (load_scan or dataio.load_ct)(path)[:2]
     return ct_hu, affine, None
 
 
@@ -283,14 +304,16 @@ class CaseBrowser:
     ``(ct_hu, affine) -> {"mask", "uncertainty" (or None), "source"}`` (e.g. the run's
     U-Net, which imports TensorFlow on first use), runs only when "segment" is pressed, with a
     progress bar and a status line; errors are shown in the status line, never raised.
+    ``load_scan`` reads a path that is not a case folder (:func:`load_for_viewing`).
     """
 
-    def __init__(self, sources: dict, predict=None, figures_dir=None):
+    def __init__(self, sources: dict, predict=None, figures_dir=None, load_scan=None):
         import ipywidgets as w
 
         if not sources:
             raise LungsegInputError("CaseBrowser: no scans to show.")
         self.sources, self.predict, self.figures_dir = dict(sources), predict, figures_dir
+        self.load_scan = load_scan
         self.viewer, self.scan = None, None
         self._w_case = w.Dropdown(options=list(self.sources), description="case")
         self._w_path = w.Text(placeholder="a NIfTI file or a DICOM folder", description="or path")
@@ -321,7 +344,7 @@ class CaseBrowser:
         label = str(label_or_path).strip()
         path = self.sources.get(label, label)
         try:
-            ct_hu, affine, mask = load_for_viewing(path)
+            ct_hu, affine, mask = load_for_viewing(path, self.load_scan)
         except LungsegInputError as exc:
             self._say(str(exc), error=True)
             return False

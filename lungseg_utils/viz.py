@@ -31,11 +31,11 @@ from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 from scipy import ndimage as ndi
 
-from . import config, io
+from . import config, dataio
 from .config import HU_WINDOW
 from .errors import LungsegInputError
 from .anatomy import boundary
-from .io import spacing_from_affine
+from .geometry import spacing_from_affine
 
 #: Figure widths in inches: one column and a full page of a two-column report.
 COL_IN, PAGE_IN = 3.4, 7.0
@@ -56,8 +56,8 @@ STYLE = {
     "axes.prop_cycle": mpl.cycler(color=["#0072B2", "#D55E00", "#009E73", "#CC79A7",
                                          "#E69F00", "#56B4E9", "#F0E442", "#000000"])}
 
-# Plane -> (world axis of its normal, code the columns run toward, code the rows run down to).
-_PLANES = {"axial": (2, "L", "P"), "coronal": (1, "L", "I"), "sagittal": (0, "P", "I")}
+#: Plane -> (world axis of its normal, code the columns run toward, code the rows run down to).
+PLANES = {"axial": (2, "L", "P"), "coronal": (1, "L", "I"), "sagittal": (0, "P", "I")}
 _CODE_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 _OPPOSITE = dict(R="L", L="R", A="P", P="A", S="I", I="S")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -83,7 +83,7 @@ def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path
     written = []
     text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}   # read back by the report's test
     for fmt in ("png", "pdf"):
-        with io.atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
+        with dataio.atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.02,
                         metadata={"CreationDate": None} if fmt == "pdf" else text)
         written.append(folder / f"{name}.{fmt}")
@@ -129,7 +129,7 @@ def paired_plot(ax, values: dict, highlight=None, ylabel="Dice", legend: bool = 
         ax.plot(x, y, "-o", color="#D55E00" if hot else "0.55", lw=1.1 if hot else 0.7,
                 ms=3.2 if hot else 2.4, zorder=3 if hot else 2,
                 label=cid if hot else None)
-    ax.set_xticks(x, labels, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_xticks(x, labels, rotation=45, ha="right", rotation_mode="anchor")   # long names
     ax.set_xlim(-0.35, len(labels) - 0.65)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", lw=0.4, color="0.85")
@@ -154,17 +154,17 @@ def _codes(affine) -> tuple:
 
 def plane_name(affine, axis) -> str:
     """'axial', 'coronal' or 'sagittal' for a plane name or an array axis (0, 1, 2)."""
-    if axis not in (*_PLANES, 0, 1, 2):
-        raise LungsegInputError(f"axis {axis!r} is not one of {', '.join(_PLANES)} or 0-2.")
+    if axis not in (*PLANES, 0, 1, 2):
+        raise LungsegInputError(f"axis {axis!r} is not one of {', '.join(PLANES)} or 0-2.")
     if isinstance(axis, str):
         return axis
     return {0: "sagittal", 1: "coronal", 2: "axial"}[_CODE_AXIS[_codes(affine)[int(axis)]]]
 
 
-def _plan(affine, axis) -> tuple:
+def slice_plan(affine, axis) -> tuple:
     """(sliced array axis, row array axis, column array axis, flip rows, flip columns)."""
     codes = _codes(affine)
-    normal, col_code, row_code = _PLANES[plane_name(affine, axis)]
+    normal, col_code, row_code = PLANES[plane_name(affine, axis)]
     world = [_CODE_AXIS[c] for c in codes]
     r, c = world.index(_CODE_AXIS[row_code]), world.index(_CODE_AXIS[col_code])
     return world.index(normal), r, c, codes[r] != row_code, codes[c] != col_code
@@ -172,7 +172,7 @@ def _plan(affine, axis) -> tuple:
 
 def slicing_axis(affine, axis) -> int:
     """The array axis along which a plane (or array axis) is sliced."""
-    return _plan(affine, axis)[0]
+    return slice_plan(affine, axis)[0]
 
 
 def busiest_slice(volume: np.ndarray, affine, axis, near: int | None = None) -> int:
@@ -192,7 +192,7 @@ def display_slice(volume: np.ndarray, affine, axis, index: int) -> np.ndarray:
     radiological convention, whatever the orientation of ``affine``.
     """
     volume = np.asarray(volume)
-    k, r, c, flip_r, flip_c = _plan(affine, axis)
+    k, r, c, flip_r, flip_c = slice_plan(affine, axis)
     if not 0 <= int(index) < volume.shape[k]:
         raise LungsegInputError(f"slice index {index} is outside 0..{volume.shape[k] - 1}.")
     sl = volume[(slice(None),) * k + (int(index),)]     # a view: no copy
@@ -207,7 +207,7 @@ def orientation_labels(affine, axis) -> dict:
     ``{'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}``.
     """
     codes = _codes(affine)
-    _, r, c, flip_r, flip_c = _plan(affine, axis)
+    _, r, c, flip_r, flip_c = slice_plan(affine, axis)
     right = _OPPOSITE[codes[c]] if flip_c else codes[c]
     bottom = _OPPOSITE[codes[r]] if flip_r else codes[r]
     return dict(left=_OPPOSITE[right], right=right, top=_OPPOSITE[bottom], bottom=bottom)
@@ -219,7 +219,7 @@ def slice_aspect(spacing_mm, axis, affine=None) -> float:
     Without ``affine`` the array axes are taken to be in x, y, z order (as in L, P, S data).
     """
     affine = np.diag([*(float(s) for s in spacing_mm), 1.0]) if affine is None else affine
-    _, r, c, _, _ = _plan(affine, axis)
+    _, r, c, _, _ = slice_plan(affine, axis)
     return float(spacing_mm[r]) / float(spacing_mm[c])
 
 
@@ -228,7 +228,7 @@ def slice_position_mm(affine, shape, axis, index: int) -> float:
     centre = (np.asarray(shape, dtype=float) - 1.0) / 2.0
     centre[slicing_axis(affine, axis)] = index
     world = np.asarray(affine, dtype=float) @ np.append(centre, 1.0)
-    return float(world[_PLANES[plane_name(affine, axis)][0]])
+    return float(world[PLANES[plane_name(affine, axis)][0]])
 
 
 def mask_rgba(mask2d: np.ndarray, colour, alpha: float, outline: bool = True) -> np.ndarray:
@@ -258,7 +258,7 @@ def heat_rgba(values2d: np.ndarray, alpha: float, vmax: float, cmap: str = "infe
     return out
 
 
-def _side_labels(ax, labels: dict) -> dict:
+def side_labels(ax, labels: dict) -> dict:
     """Write the orientation letters inside the four edges of ``ax``; return the Texts."""
     spots = dict(left=(0.015, 0.5, "left", "center"), right=(0.985, 0.5, "right", "center"),
                  top=(0.5, 0.985, "center", "top"), bottom=(0.5, 0.015, "center", "bottom"))
@@ -268,7 +268,9 @@ def _side_labels(ax, labels: dict) -> dict:
             for side, (x, y, ha, va) in spots.items()}
 
 
-def _legend(ax_or_fig, colours: dict, **kw):
+def colour_legend(ax_or_fig, colours: dict, **kw):
+    """A one-row legend of coloured patches, ``colours`` = {name: colour}, on an Axes or a
+    Figure (``kw``: placement, passed to ``legend``); returns the Legend."""
     handles = [Patch(color=c, label=name) for name, c in colours.items()]
     return ax_or_fig.legend(handles=handles, ncol=len(handles), frameon=False,
                             handlelength=1.0, columnspacing=0.8, **kw)
@@ -297,7 +299,7 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mas
         if len(layers) < 2:
             raise LungsegInputError("show_slice: overlay='errors' needs both mask and pred.")
         ax.imshow(error_rgba(cut(mask), cut(pred), alpha), **kw)
-        _legend(ax, ERROR_COLOURS, **below)
+        colour_legend(ax, ERROR_COLOURS, **below)
     elif overlay in ("contour", "fill"):
         for m, colour in layers.values():
             m2d = cut(m) > 0
@@ -306,12 +308,12 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mas
             elif m2d.any() and not m2d.all():
                 ax.contour(m2d.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.8)
         if len(layers) == 2:
-            _legend(ax, {n: c for n, (_, c) in layers.items()}, **below)
+            colour_legend(ax, {n: c for n, (_, c) in layers.items()}, **below)
     elif overlay not in (None, "none"):
         raise LungsegInputError(f"show_slice: overlay {overlay!r} is not one of "
                                 "'contour', 'fill', 'errors', 'none'.")
     if labels:
-        _side_labels(ax, orientation_labels(affine, axis))
+        side_labels(ax, orientation_labels(affine, axis))
     ax.set_axis_off()
     return ax
 
@@ -327,22 +329,47 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
     has_mask = mask is not None and np.any(mask)
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
-    index = {p: int(centre[slicing_axis(affine, p)]) for p in _PLANES}
+    index = {p: int(centre[slicing_axis(affine, p)]) for p in PLANES}
     if has_mask:
         index["sagittal"] = busiest_slice(mask, affine, "sagittal",
                                           near=centre[slicing_axis(affine, "sagittal")])
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
-    ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, _PLANES)]
+    ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, PLANES)]
     fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),
                              gridspec_kw=dict(width_ratios=ratios, wspace=0.04))
     for ax, (plane, i) in zip(axes, index.items()):
         show_slice(ax, ct_hu, plane, i, spacing_mm, affine, window=window, mask=mask, pred=pred,
                    overlay=overlay)
         pos = slice_position_mm(affine, shape, plane, i)
-        ax.set_title(f"{plane}, {'xyz'[_PLANES[plane][0]]} = {pos:.0f} mm")
+        ax.set_title(f"{plane}, {'xyz'[PLANES[plane][0]]} = {pos:.0f} mm")
     for ax in (axes[0], axes[2]):   # one legend, under the middle panel
         if ax.get_legend():
             ax.get_legend().remove()
     if title:
         fig.suptitle(title)
     return fig
+
+
+def show_code(obj, docstring: bool = False):
+    """The source of a function or class, as a Python code block a notebook displays
+    (``IPython.display.Markdown``), headed by a comment naming where it lives: a notebook
+    shows the module's own code rather than a copy of it. The docstring is left out unless
+    ``docstring``; every other line is the source as it is (``inspect.getsource``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from IPython.display import Markdown
+
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+    except (TypeError, OSError) as exc:
+        raise LungsegInputError(f"show_code: no source to show for {obj!r} ({exc}).") from None
+    body = ast.parse(source).body[0].body
+    if not docstring and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str) and len(body) > 1:
+        lines = source.splitlines()
+        after = body[0].end_lineno + (not lines[body[0].end_lineno].strip())  # and its blank line
+        source = "\n".join(lines[:body[0].lineno - 1] + lines[after:])
+    where = f"# {obj.__module__}.{obj.__qualname__}"
+    return Markdown(f"```python\n{where}\n{source.rstrip()}\n```")

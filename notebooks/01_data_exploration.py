@@ -28,11 +28,11 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, io, synthetic, viewer, viz
+from lungseg_utils import config, dataio, synthetic, viewer, viz
 
 viz.apply_style()
 data_dir = synthetic.resolve_data_dir()
-cases = io.load_cases(data_dir)
+cases = dataio.load_cases(data_dir)
 
 # %% [markdown]
 # Where the data came from and how many cases there are (the resolver tries
@@ -50,8 +50,8 @@ print(f"{len(cases)} cases from {data_dir.parent.name}/{data_dir.name}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = [io.describe_case(c) for c in cases]
-print(io.format_table(rows, {"case_id": "", "shape": "", "spacing_mm": "", "axcodes": "",
+rows = [dataio.describe_case(c) for c in cases]
+print(dataio.format_table(rows, {"case_id": "", "shape": "", "spacing_mm": "", "axcodes": "",
                              "hu_min": ".0f", "hu_max": ".0f", "lung_volume_ml": ".0f",
                              "lung_fraction": ".3f", "lung_mean_hu": ".0f",
                              "touches_border": ""}))

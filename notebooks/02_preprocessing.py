@@ -21,10 +21,10 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, geometry, io, metrics, preprocess, synthetic, viz
+from lungseg_utils import config, geometry, dataio, metrics, preprocess, synthetic, viz
 
 viz.apply_style()
-cases = io.load_cases(synthetic.resolve_data_dir())
+cases = dataio.load_cases(synthetic.resolve_data_dir())
 case = cases[0]
 
 # %% [markdown]
@@ -32,11 +32,19 @@ case = cases[0]
 # As in the original project: clip to [-1000, 300] HU, then scale linearly over the
 # *window's* bounds (not the volume's own minimum and maximum), so that the same tissue
 # always gets the same value in every scan. Air becomes 0, soft tissue about 0.78, and
-# bone and metal saturate at 1.
+# bone and metal saturate at 1. In code it is one line, the last of the module's function:
+
+# %%
+viz.show_code(preprocess.window_normalise)
+
+# %% [markdown]
+# The network takes a channel axis as well (`to_tensor`), and the mask as {0, 1}
+# (`binarise_mask`). On the first case:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-x, y = preprocess.preprocess_case(case.ct_hu, case.mask, config.HU_WINDOW)
+x = preprocess.to_tensor(preprocess.window_normalise(case.ct_hu, config.HU_WINDOW))
+y = preprocess.to_tensor(preprocess.binarise_mask(case.mask))
 print("input ", case.ct_hu.shape, case.ct_hu.dtype, f"[{case.ct_hu.min():.0f}, {case.ct_hu.max():.0f}] HU")
 print("tensor", x.shape, x.dtype, f"[{x.min():.2f}, {x.max():.2f}]")
 print("label ", y.shape, y.dtype, "values", np.unique(y))
@@ -76,14 +84,13 @@ plt.show()
 # %%
 native_dir = config.native_data_dir()
 rows = []
-for folder in io.discover_cases(native_dir) if native_dir else []:
-    nat = io.load_case(folder)
+for folder in dataio.discover_cases(native_dir) if native_dir else []:
+    nat = dataio.load_case(folder)
     ct64, grid = geometry.to_model_grid(nat.ct_hu, nat.affine)
     prob64 = geometry.mask_to_model_grid(nat.mask, grid)
     back = geometry.from_model_grid(prob64, grid) >= 0.5
     back_binary = geometry.from_model_grid((prob64 >= 0.5).astype(np.float32), grid) >= 0.5
-    idx = np.argwhere(nat.mask)
-    label_centre = (nat.affine @ np.r_[(idx.min(0) + idx.max(0)) / 2, 1])[:3]
+    label_centre = geometry.bbox_centre_mm(nat.mask, nat.affine)
     rows.append({"case_id": nat.case_id, "shape": nat.shape,
                  "dice": metrics.dice(back, nat.mask),
                  "volume_error_pct": 100 * (back.sum() / nat.mask.sum() - 1),
@@ -94,7 +101,7 @@ if not rows:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(io.format_table(rows, {"case_id": "", "shape": "", "dice": ".4f", "volume_error_pct": "+.2f",
+print(dataio.format_table(rows, {"case_id": "", "shape": "", "dice": ".4f", "volume_error_pct": "+.2f",
                              "dice_binarised_first": ".4f", "centre_offset_mm": ".1f"}))
 dice_rt = np.array([r["dice"] for r in rows])
 print(f"\nround trip Dice {dice_rt.min():.4f} to {dice_rt.max():.4f}; binarising first: "
@@ -112,7 +119,7 @@ print(f"\nround trip Dice {dice_rt.min():.4f} to {dice_rt.max():.4f}; binarising
 # after the round trip (its outline over the native slice).
 
 # %%
-nat = io.load_case(io.discover_cases(native_dir)[0]) if native_dir else case
+nat = dataio.load_case(dataio.discover_cases(native_dir)[0]) if native_dir else case
 ct64, grid = geometry.to_model_grid(nat.ct_hu, nat.affine)
 back = geometry.round_trip_mask(nat.mask, nat.affine, ct_hu=nat.ct_hu)
 k_nat = viz.busiest_slice(nat.mask, nat.affine, "axial")
@@ -131,6 +138,26 @@ axes[2].get_legend().set_bbox_to_anchor((-0.6, 0.0))    # under the middle of th
 fig.subplots_adjust(wspace=0.05)
 viz.export_figure(fig, "02_model_grid_round_trip")
 plt.show()
+
+# %% [markdown]
+# The trip is carried by two affines, each a 4 × 4 matrix that takes a voxel index
+# (i, j, k, 1) to world millimetres (nibabel's RAS+: x toward the patient's right, y
+# anterior, z superior): the scan's, read from its header, and the model grid's, which
+# `to_model_grid` built (`grid.affine`).
+
+# %%
+np.set_printoptions(precision=2, suppress=True)
+print(f"{nat.case_id}, its own grid:\n{nat.affine}\nthe model grid:\n{grid.affine}")
+print(f"model voxel -> scan voxel:\n{np.round(np.linalg.solve(nat.affine, grid.affine), 2) + 0.0}")
+
+# %% [markdown]
+# In the model grid's affine, column *n* of the first three is one step along array axis *n*
+# in world mm: 5 mm each, the sign giving the direction (−x: toward the patient's left, −y:
+# posterior, +z: superior, the L, P, S order of the course data); the last column is the
+# world position, in mm, of voxel (0, 0, 0). Combined with the scan's (last matrix), the
+# diagonal says how many scan voxels one model voxel spans and the last column where model
+# voxel (0, 0, 0) lies among the scan's voxels. `to_model_grid` samples the scan through
+# this map; `from_model_grid` comes back through its inverse.
 
 # %% [markdown]
 # ## What "label-centred" means for the course data

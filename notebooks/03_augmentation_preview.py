@@ -12,10 +12,10 @@
 # # 03 · Augmentation preview: many plausible scans from a few real ones
 #
 # Nine patients are far too few to learn lung shape from, so every epoch shows the network a
-# new random variant of each training case: flips along any axis, rotations by 90° in any
-# plane, a small shift, a mild smooth 3D elastic deformation, and Gaussian intensity noise.
-# This notebook shows what those variants look like, proves that the CT and its mask always
-# move together, and measures whether the pipeline can feed the network fast enough.
+# new random variant of each training case. This notebook lists the augmentation pipeline
+# that trains the reference (the `main` profile), shows what its variants look like, proves
+# that the CT and its mask always move together, and measures whether the pipeline can feed
+# the network fast enough.
 
 # %%
 import time
@@ -23,40 +23,77 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import augment, config, io, preprocess, synthetic, viz
+from lungseg_utils import augment, config, dataio, preprocess, synthetic, viz
 
 viz.apply_style()
-settings = config.get_profile()
-folders = io.discover_cases(synthetic.resolve_data_dir())
-case = io.load_case(folders[0])
-x = preprocess.window_normalise(case.ct_hu, settings["hu_window"])
+recipe = config.get_profile("main")   # the profile that trains the reference: previewed here
+settings = config.get_profile()       # the active profile: the speed check at the end
+folders = dataio.discover_cases(synthetic.resolve_data_dir())
+case = dataio.load_case(folders[0])
+x = preprocess.window_normalise(case.ct_hu, recipe["hu_window"])
 y = case.mask
 
 # %% [markdown]
-# The augmentation settings of the active profile (probabilities per sample and epoch):
+# ## The pipeline
+# `augment.PIPELINE` is the list of steps, in the order they are applied, each with the
+# settings key of its probability (per sample; for the flips, per axis) and of its other
+# arguments, and whether it changes the CT only (intensities) or CT and mask alike
+# (geometry). With the values of the `main` profile:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for key in ("p_flip", "p_rot90", "p_shift", "max_shift_vox", "p_elastic", "elastic_sigma_mm",
-            "elastic_smooth_mm", "p_jitter", "jitter_sigma"):
-    print(f"{key:>18} = {settings.get(key, config.AUGMENT_DEFAULTS.get(key))}")
+columns = dict.fromkeys(["step", "transform", "probability", "settings", "applies to"], "")
+print(dataio.format_table(augment.pipeline_rows(recipe), columns))
 
 # %% [markdown]
-# ## The same case, eight random variants
-# Each column is one draw of `augment_pair` (the function the training dataset calls), shown
-# in the three planes as the *array* sees them (no reorientation: a flip really flips the
-# picture). The mask is outlined in yellow on top of the transformed CT.
+# `augment_pair`, which the training data set calls for every sample, is a loop over that
+# list. Adding an augmentation means writing its transform, one entry in the list and its
+# defaults in `config`.
 
 # %%
-n_variants = 8
-fig, axes = plt.subplots(3, n_variants, figsize=(viz.PAGE_IN, 3.0))
+viz.show_code(augment.augment_pair)
+
+# %% [markdown]
+# ## The same case, seven random variants
+# Each column after the first is one draw of `augment_pair` with the `main` settings. Each
+# row is a slice across one *array* axis, shown as the array holds it (no reorientation: a
+# flip really flips the picture); in the original these are the axial, coronal and
+# sagittal planes (the row labels). A 90° rotation moves anatomy from one array axis to
+# another; a panel that then shows another plane says so ("now sagittal"). Which plane that
+# is comes from the draw itself: the same draw (same seed) applied to three coordinate
+# ramps, one along each original axis, shows which ramp now runs along each array axis.
+# The mask is outlined in yellow.
+
+# %%
+ramps = np.indices(x.shape, dtype=np.float32) / (x.shape[0] - 1)
+
+
+def planes_after(seed):
+    """The anatomical plane across each array axis after the draw ``seed``."""
+    moved = [augment.augment_pair(r, y, np.random.default_rng(seed), recipe)[0] for r in ramps]
+    core = (slice(16, 48),) * 3   # away from the borders that shifts and crops fill with air
+    slope = [[abs(np.diff(m[core], axis=k).mean()) for m in moved] for k in range(3)]
+    return [viz.plane_name(case.affine, int(np.argmax(s))) for s in slope]
+
+
+# %%
+n_variants, rows = 8, (2, 1, 0)   # array axes sliced: axial, coronal, sagittal in the original
+fig, axes = plt.subplots(3, n_variants, figsize=(viz.PAGE_IN, 3.3))
 for j in range(n_variants):
-    rng = np.random.default_rng([settings["seed"], 0, j])
-    xa, ya = augment.augment_pair(x, y, rng, settings) if j else (x, y)
-    for i, axis in enumerate(("axial", "coronal", "sagittal")):
-        viz.show_slice(axes[i, j], xa, axis, 32, (5, 5, 5), case.affine, window=(0, 1),
-                       mask=ya, labels=False)
+    seed = [recipe["seed"], 0, j]
+    xa, ya = augment.augment_pair(x, y, np.random.default_rng(seed), recipe) if j else (x, y)
+    planes = planes_after(seed) if j else [viz.plane_name(case.affine, k) for k in range(3)]
+    for i, k in enumerate(rows):
+        viz.show_slice(axes[i, j], xa, k, 32, (5, 5, 5), case.affine, window=(0, 1), mask=ya,
+                       labels=False)
+        if planes[k] != viz.plane_name(case.affine, k):
+            axes[i, j].text(0.5, 0.03, f"now {planes[k]}", transform=axes[i, j].transAxes,
+                            ha="center", va="bottom", color="white", fontsize=6,
+                            bbox=dict(facecolor="black", alpha=0.6, pad=1, linewidth=0))
     axes[0, j].set_title("original" if j == 0 else f"draw {j}", fontsize=7)
+for i, k in enumerate(rows):
+    axes[i, 0].text(-0.08, 0.5, f"{viz.plane_name(case.affine, k)}\n(array axis {k})",
+                    transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
 viz.export_figure(fig, "03_augmentation_grid")
 plt.show()
 
@@ -70,8 +107,8 @@ plt.show()
 
 # %%
 rng = np.random.default_rng(7)
-field = augment.elastic_field(x.shape, rng, settings["elastic_sigma_mm"],
-                              settings["elastic_smooth_mm"])
+field = augment.elastic_field(x.shape, rng, recipe["elastic_sigma_mm"],
+                              recipe["elastic_smooth_mm"])
 warped_x, warped_y = augment.elastic_deform(x, y, rng, field=field)
 length_mm = 5.0 * np.sqrt((field ** 2).sum(axis=0))
 gx, gy = np.meshgrid(np.arange(0, 64, 4), np.arange(0, 64, 4), indexing="ij")
@@ -97,17 +134,19 @@ plt.show()
 # ## Proof that CT and mask move together
 # On this data the mask is almost exactly "air inside the chest", so one honest check is
 # that the *transformed* mask still covers the same low-HU voxels of the *transformed* CT:
-# the share of mask voxels below the lung threshold must not change under any transform.
-# A transform applied to one but not the other would send it towards the share of the
-# whole volume.
+# the share of mask voxels below the lung threshold must not change under any geometric
+# transform. A transform applied to one but not the other would send it towards the share
+# of the whole volume. The CT-only steps change intensities, not positions, and would move
+# the threshold: they are switched off for this check.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 threshold = (-500 - config.HU_WINDOW[0]) / (config.HU_WINDOW[1] - config.HU_WINDOW[0])
 original_share = float((x[y > 0] < threshold).mean())
+geometry_only = {**recipe, **{step.p: 0.0 for step in augment.PIPELINE if step.ct_only}}
 shares = []
 for j in range(50):
-    xa, ya = augment.augment_pair(x, y, np.random.default_rng([1, j]), {**settings, "p_jitter": 0})
+    xa, ya = augment.augment_pair(x, y, np.random.default_rng([1, j]), geometry_only)
     shares.append(float((xa[ya > 0] < threshold).mean()))
     assert set(np.unique(ya)) <= {0, 1} and xa.shape == x.shape
 print(f"mask voxels below -500 HU: original {original_share:.2f}, "

@@ -11,103 +11,177 @@
 # %% [markdown]
 # # 04 · Training the 3D U-Net
 #
-# A compact 3D U-Net learns to turn a 64³ CT cube into a lung probability per voxel. One
-# network trained on six scans is fragile, so this notebook trains what the project ships:
-# **an ensemble of cross-validation members**. The nine cases are split into folds; each
-# member trains on the other folds, so every case is later scored by a member that never
-# saw it (notebook 05), and the members' averaged probability is the model the inference
-# command uses. The active profile (`LUNGSEG_PROFILE`: `main` by default, `smoke` in the
-# tests) fixes the network, the number of folds and a wall-clock budget per member that
-# holds on any CPU: the train command times a few steps first and plans the epochs that fit.
+# A compact 3D U-Net learns to turn a 64³ CT cube into a lung probability per voxel. This
+# notebook builds it block by block, defines the soft Dice loss it minimises, compiles it and
+# fits it — and, because one network trained on six scans is fragile, trains what the project
+# ships: **an ensemble of cross-validation members**, each from random weights. Every case is
+# later scored by the member that never saw it (notebook 05); the members' averaged
+# probability is the model the inference command uses.
 #
-# The run goes to the folder `LUNGSEG_RUN` names (`make all` makes a new
-# `results/models/main_YYYYMMDD-HHMMSS/`; nothing is overwritten), and notebooks 05, 06, the
-# viewer and the report then evaluate exactly this run. Pointed at a run that is already
-# trained (`make all RUN=results/reference`, the committed reference), nothing is trained
-# and this notebook shows how that run was trained.
+# The code shown in this notebook is the package's own, displayed from its source
+# (`viz.show_code`): what you read is exactly what runs. The active profile
+# (`LUNGSEG_PROFILE`: `main`, the recipe, by default; `smoke` in the tests) fixes every
+# setting; the run goes to the folder `LUNGSEG_RUN` names (`make all` makes a new
+# `results/models/main_YYYYMMDD-HHMMSS/`; nothing is overwritten).
 
 # %% tags=["parameters"]
 PROFILE = None  # None: $LUNGSEG_PROFILE, else "main"
-PROMOTE_TO_REFERENCE = False  # copy the finished run to results/reference/ (replaces it)
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, ensemble, io, viz
+from lungseg_utils import config, dataio, ensemble, synthetic, viz
 from lungseg_utils import unet  # imports Keras (TensorFlow backend) quietly
 from lungseg_utils import train
 
 viz.apply_style()
 settings = config.get_profile(PROFILE)
 run = config.active_run_dir()
-PROMOTE_TO_REFERENCE = PROMOTE_TO_REFERENCE or os.environ.get("LUNGSEG_PROMOTE") == "1"
-
-# %% [markdown]
-# ## The settings of this run
-# The profile fixes everything; `train_config.json` in the run folder records it together
-# with the package versions and a SHA-256 of every input file.
-
-# %%
 trained = (run / "manifest.json").exists()  # an existing run: show its own settings
 if trained:
-    manifest = io.load_json(run / "manifest.json")
-    settings = {"folds": len(manifest["members"]), **manifest["settings"]}
-print("settings of", "the existing run" if trained else "the new run", "in", run.name)
-first = ensemble.member_runs(run)[0] if trained else None
-init = io.load_json(first / "train_config.json").get("init_weights") if trained else None
-if init:  # fine-tuned members: trained on from an earlier member's weights
-    print("member 0 was fine-tuned from", init["file"])
-for key in ("profile", "folds", "budget_min", "base_filters", "depth", "norm", "use_transpose",
-            "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot", "loss", "learning_rate",
-            "lr_schedule", "batch_size", "samples_per_epoch", "epochs", "checkpoint", "seed"):
-    print(f"{key:>18} = {settings.get(key, '–')}")
+    settings = {"folds": len(dataio.load_json(run / "manifest.json")["members"]),
+                **dataio.load_json(run / "manifest.json")["settings"]}
 
 # %% [markdown]
-# ## The network
-# One row per block (Keras's `net.summary()` lists all of its layers). Four levels down (64 → 32 → 16 → 8 → 4 voxels) and four up. Every block has two 3×3×3
-# convolutions with group normalisation and a **residual shortcut** (a 1×1×1 convolution
-# where the number of channels changes); every convolution carries L2 weight decay; dropout
-# follows encoder, bottleneck and decoder blocks. Upsampling is `UpSampling3D` + 1×1×1
-# convolution (or `Conv3DTranspose` with `use_transpose`). A 1×1×1 convolution with a sigmoid
-# gives the probability.
-#
-# Why group normalisation: with two volumes per batch, batch normalisation's running
-# statistics never settle (validation Dice stayed near 0.8 in our first tries), and without
-# any normalisation training collapsed to the empty mask; groups of channels normalise each
-# sample on its own.
+# ## The recipe
+# One profile fixes everything, and `train_config.json` in each member's folder records it
+# with the package versions and a SHA-256 of every input file. The number of epochs is part
+# of the recipe, so the same command gives the same model on a busy or an idle machine.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+keys = ("profile", "folds", "epochs", "batch_size", "samples_per_epoch", "learning_rate",
+        "warmup_epochs", "lr_schedule", "mixed_precision", "checkpoint", "base_filters",
+        "depth", "norm", "loss", "reg_l2", "dropout_bot", "seed")
+print("settings of", "the existing run" if trained else "the new run", run.name)
+for key in keys:
+    print(f"{key:>18} = {settings.get(key, '–')}")
+print(f"{'precision here':>18} = {config.training_precision(settings.get('mixed_precision'))}")
+
+# %% [markdown]
+# ## The residual block
+# Every level of the U-Net is one block: two 3×3×3 convolutions, each followed by **group
+# normalisation** (statistics of groups of channels within one sample: with two volumes per
+# batch, batch normalisation's running statistics never settled in our first tries), and a
+# **shortcut** that adds the block's input to its output, so that a block only has to learn
+# a correction. Where the number of channels changes, a 1×1×1 convolution projects the input.
+
+# %%
+viz.show_code(unet.residual_block)
+
+# %% [markdown]
+# ## The U-Net
+# Four levels down (64 → 32 → 16 → 8 voxels, then the bottleneck at 4³) and four up. Each
+# level down doubles the filters and halves the grid with max pooling; each level up doubles
+# the grid (`UpSampling3D` and a 1×1×1 convolution, or `Conv3DTranspose` with
+# `use_transpose`), **concatenates the encoder's output of the same level** (the skip
+# connection that keeps fine detail) and applies a block. Every convolution carries L2
+# weight decay; dropout follows the blocks. A 1×1×1 convolution with a sigmoid gives the
+# probability, kept in float32 even when the rest computes in bfloat16.
+
+# %%
+viz.show_code(unet.build_unet)
+
+# %% [markdown]
+# One row per block (Keras's `net.summary()` lists every layer):
 
 # %%
 net = unet.build_from_settings(settings)
-print(io.format_table(unet.level_table(net), {"block": "", "layers": "", "output": "",
-                                              "params": ","}))
+print(dataio.format_table(unet.level_table(net), {"block": "", "layers": "", "output": "",
+                                                 "params": ","}))
 print(f"{net.count_params():,} parameters, {unet.count_flops(net) / 1e9:.1f} GFLOP per forward pass")
 
 # %% [markdown]
+# ## The soft Dice loss
+# The lungs fill a few percent of the cube, so a per-voxel loss is dominated by the easy
+# background. The Dice coefficient measures overlap instead; its *soft* form uses the
+# probabilities $p_i$ directly, so that it has a gradient, with the label $t_i \in \{0, 1\}$
+# and a smoothing term $s = 1$ (an empty prediction of an empty mask scores 1):
+#
+# $$\mathcal{L} = 1 - \frac{2\sum_i t_i\,p_i + s}{\sum_i t_i + \sum_i p_i + s}$$
+#
+# computed over each volume of the batch, then averaged:
+
+# %%
+viz.show_code(unet.soft_dice_per_sample)
+
+# %% [markdown]
+# What it says for a perfect prediction, a prediction of 0.5 everywhere inside the lungs,
+# and an empty one, on one training case:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lungseg_utils import preprocess  # noqa: E402
+
+case = dataio.load_cases(synthetic.resolve_data_dir())[0]
+t = preprocess.to_tensor(case.mask)[None].astype("float32")
+for name, p in (("perfect", t), ("half inside", 0.5 * t), ("empty", 0 * t)):
+    print(f"{name:>12}: loss {float(unet.DiceLoss()(t, p)):.3f}")
+
+# %% [markdown]
+# ## `compile` and `fit`
+# Compiling attaches the optimiser (Adam), the loss and the metrics logged every epoch
+# (Dice and IoU of the prediction thresholded at 0.5, as at test time):
+
+# %%
+viz.show_code(unet.compile_model)
+
+# %% [markdown]
+# The callbacks are a plain list: the learning-rate schedule (a short linear warm-up, then
+# half a cosine down to 1 % at the last epoch), the CSV log, and the backups that let a
+# killed run continue where it stopped (`lungseg train --resume RUN`). With
+# `checkpoint="best"` a checkpoint and early stopping watch the validation loss; the recipe
+# keeps the last weights instead, so its validation cases are only logged.
+
+# %%
+viz.show_code(train.make_callbacks)
+
+# %% [markdown]
+# `fit` then runs the epochs: one pass over the augmented training samples (notebook 03's
+# pipeline, drawn afresh every epoch), the validation cases scored after each.
+
+# %%
+viz.show_code(train.fit_model)
+
+# %% [markdown]
+# `train.train` runs these steps for one member — build and compile, fit, save (without the
+# optimiser, weights as float16), score its test cases — and writes its run folder.
+#
+# ## Cross-validation: one member per fold
+# The cases are dealt into seeded folds; member *i* is tested on fold *i* and trains on the
+# rest. This is the whole loop:
+
+# %%
+viz.show_code(ensemble.train_members)
+
+# %% [markdown]
+# The folds of this run:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+ids = [p.name for p in dataio.discover_cases(synthetic.resolve_data_dir())]
+ids = ids[: settings.get("max_cases") or None]
+splits = ensemble.fold_splits(ids, int(settings["folds"]), int(settings["seed"]),
+                              settings["checkpoint"])
+for i, split in enumerate(splits):
+    print(f"member {i}: trains on {len(split['train'])} cases, tested on {', '.join(split['test'])}")
+
+# %% [markdown]
 # ## Train the members
-# Dice loss, Adam, K seeded folds (`ensemble.fold_splits`): member *i* is tested on fold *i*
-# and trains on the rest, with the augmentation of notebook 03 on every sample. With
-# `checkpoint="last"` (the `main` and `ensemble` profiles) a member keeps its final weights
-# and its test fold is only *logged* as validation, never used to choose anything; with
-# `"best"` it keeps one case of the other folds to choose its checkpoint (the best
-# `val_loss`). Before each member the train command times three steps on this machine and
-# says what the profile costs here; with a budget it plans as many epochs as fit, with a
-# cosine learning-rate schedule over them, and stops gracefully when time is up.
-# `ensemble.train_main` writes the run: `cv/fold_i/` (each member a normal run folder:
-# `split.json`, `train_config.json`, `training_log.csv`, `best_model.keras`,
-# `final_model.keras`, `test_metrics.json`), `manifest.json` (the ensemble) and, at the top,
-# member 0's split, settings, log and test metrics (its model stays in `cv/`: no model file is
-# kept twice).
+# `ensemble.train_main` runs the loop above into the run folder: `cv/fold_i/` (each member a
+# normal run folder), `manifest.json` (the ensemble, with a SHA-256 of every member) and, at
+# the top, member 0's split, settings, log and test metrics. A run that is already trained
+# is not trained again. Before each member the train command times a few steps and says
+# what the recipe costs on this machine.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 result = ensemble.train_main(run, profile=settings["profile"], verbose="compact")
-where = run.relative_to(config.REPO_ROOT) if run.is_relative_to(config.REPO_ROOT) else run.name
+where = dataio.portable_path(run)
 print(f"trained {len(result['manifest']['members'])} members into {where} in "
       f"{result['wall_s'] / 60:.1f} min" if result["trained"] else
-      f"{where} was already trained: nothing trained, showing how it was trained")
+      f"{where} holds a finished run: nothing trained here; its curves follow")
 
 # %% [markdown]
 # The run's artifacts (the ensemble's manifest beside member 0's run files):
@@ -119,9 +193,10 @@ print(sorted(n for n in (*train.RUN_ARTIFACTS, "manifest.json") if (run / n).exi
 # %% [markdown]
 # ## Learning curves
 # Loss and Dice on the training samples (augmented, with dropout active; solid) and on each
-# member's validation case (as it is; dashed), one colour per member; a dot marks the epoch
-# whose weights each member kept. (The learning rate follows the profile's schedule: the
-# plan printed above.)
+# member's validation cases (as they are; dashed), one colour per member, from the first
+# epoch of training from random weights; a dot marks the epoch whose weights each member
+# kept. With the recipe the validation cases are the member's unseen test fold, so the
+# dashed Dice is an out-of-fold learning curve: how much each extra epoch still buys.
 
 # %%
 members = ensemble.member_runs(run)
@@ -136,9 +211,8 @@ for i, (log, k) in enumerate(zip(logs, kept)):
         ax.plot(epoch, log[key], color=colour, lw=0.9, label=f"member {i}" if i == 0 else str(i))
         ax.plot(epoch, log[f"val_{key}"], color=colour, lw=0.9, ls="--")
         ax.plot(epoch[k], log[f"val_{key}"][k], "o", color=colour, ms=3.5)
-low = np.percentile(np.concatenate([log["val_dice"] for log in logs]), 5)
 axes[0].set(xlabel="epoch", ylabel="Dice loss", yscale="log")
-axes[1].set(xlabel="epoch", ylabel="Dice", ylim=(max(0.0, low - 0.01), 1.0))
+axes[1].set(xlabel="epoch", ylabel="Dice", ylim=(0.5, 1.0))
 fig.tight_layout(w_pad=0.8, rect=(0, 0.1, 1, 1))          # room for the legend below
 fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=len(logs),
            frameon=False, handlelength=1.2)
@@ -146,12 +220,13 @@ viz.export_figure(fig, "04_training_curves")
 plt.show()
 
 # %% [markdown]
-# What each member cost, which epoch it kept, and its Dice on its own test fold (64³
-# grid; notebook 05 adds distances in millimetres, the native grid and the classical baseline):
+# What each member cost, which epoch it kept, and its Dice on its own test fold (64³ grid;
+# notebook 05 adds distances in millimetres, the native grid and the classical baseline):
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 for i, (m, log) in enumerate(zip(members, logs)):
-    metrics = io.load_json(m / "test_metrics.json")
+    metrics = dataio.load_json(m / "test_metrics.json")
     wall_s, k = metrics["training"]["wall_s_this_session"], kept[i]
     cases = ", ".join(f"{r['case_id']} {r['dice']:.4f}" for r in metrics["cases"])
     print(f"member {i}: {len(log)} epochs in {wall_s / 60:.1f} min ({wall_s / len(log):.1f} s "
@@ -159,36 +234,10 @@ for i, (m, log) in enumerate(zip(members, logs)):
           f"test fold: {cases}")
 
 # %% [markdown]
-# ## Why the main profile looks the way it does
-# The plan printed above says what a training step costs on this machine; `make bench`
-# measures it on AVX-512 and AVX2-only CPUs side by side (README). TensorFlow switches its
-# fast oneDNN kernels on by itself only on CPUs with AVX-512 VNNI or newer, so
-# `lungseg_utils.config` asks for them everywhere: on an AVX2 laptop that makes training
-# several times faster (the "before" column of the benchmark). The first step of each member
-# adds some seconds of graph tracing. The main profile trains the reference's network (base 16,
-# depth 4) but gives each member a wall-clock budget instead of a fixed number of epochs,
-# with the learning rate decayed along a cosine over the epochs the budget allows, so that
-# the main job takes about as long on any laptop: a faster CPU buys more epochs, not a
-# longer wait. The committed reference went further: its members first trained for the
-# quick profile's epochs, then were fine-tuned (the `finetune` profile) with augmentation
-# along the axes in which real scans differ (its settings are printed at the top when
-# `LUNGSEG_RUN` is the reference). The members are the ensemble: averaging them removes
-# most of what one unlucky training run gets wrong.
-# A model saved by this run holds only standard Keras layers, so
-# `keras.saving.load_model(path)` opens it with no custom objects.
-#
-# The committed reference (`results/reference/`) is one such run; set
-# `PROMOTE_TO_REFERENCE = True` (or `LUNGSEG_PROMOTE=1`) to make this run the reference.
-
-# %%
-if PROMOTE_TO_REFERENCE and run != config.REFERENCE_DIR:
-    print("reference now from", ensemble.promote_main(run, overwrite=True).name, "<-", run.name)
-else:
-    print("results/reference/ left as it is")
-
-# %% [markdown]
-# **What we learned.** Training is the slow step on a CPU, and its cost is measured before it
-# starts (the plan above) rather than guessed; a budget with a schedule fitted to it keeps
-# every run's artifacts valid however early it stops; the curves above show whether the
-# members were still improving when they stopped, and each member's Dice on its own unseen
-# fold (printed above) is the first honest number. Notebook 05 evaluates every case that way.
+# **What we learned.** The whole training is a handful of readable steps — a residual
+# block, the U-Net assembled from it, a loss that measures overlap, `compile`, `fit` with a
+# plain list of callbacks, and a loop over folds — and what they cost is measured on this
+# machine before they start. The dashed curves above are the honest ones: each member's
+# Dice on cases it never trained on, epoch by epoch; where they still rise at the last
+# epoch, more epochs would still buy Dice. Notebook 05 scores every case that way, on both
+# grids, against a classical pipeline.

@@ -27,15 +27,14 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, experiments, inference, io, numbers, synthetic, viewer, viz
+from lungseg_utils import config, experiments, inference, dataio, synthetic, viewer, viz
 
 viz.apply_style()
 run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
 GRIDS = experiments.GRIDS  # result-file key -> label: grid64 "64³", native "native"
 folders = {"grid64": synthetic.resolve_data_dir(), "native": config.native_data_dir()}
 forwards = {}  # each model compiled once, by path
-LABELS = {"unet": "U-Net", "unet_post": "U-Net + post", "baseline": "classical",
-          "ceiling": "64³ ceiling", "unet_raw": "U-Net, 5 mm edge"}
+LABELS = experiments.METHOD_LABELS  # method key -> its name in tables and figures
 
 # %% [markdown]
 # The run evaluated here:
@@ -55,7 +54,7 @@ print("run:", experiments.run_identity(run)["run"])
 jobs = experiments.out_of_fold_jobs(run, max_cases=2 if config.profile_name() == "smoke" else None)
 scoring = "split" if jobs[0][1] == "reference" else "out_of_fold"
 for cid, source, path in jobs:
-    print(f"{cid}: {source} ({experiments.rel_path(path)})")
+    print(f"{cid}: {source} ({dataio.portable_path(path)})")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -74,7 +73,7 @@ def case_table(block, keys=("dice", "hd95_mm")):
     flat = [{"case_id": r["case_id"], "model": r["model"],
              **{f"{m}.{k}": r[m][k] for m in block["methods"] for k in keys}}
             for r in block["cases"]]
-    return io.format_table(flat, cols) if flat else "no cases on this grid"
+    return dataio.format_table(flat, cols) if flat else "no cases on this grid"
 
 
 # %% [markdown]
@@ -82,8 +81,8 @@ def case_table(block, keys=("dice", "hd95_mm")):
 # The classical baseline thresholds air at -400 HU, removes the air outside the body slice
 # by slice (closing the body where the field of view cuts it, so that a lung touching the
 # border survives), traces and removes the trachea and main bronchi, keeps the lungs'
-# components and fills holes. "U-Net + post" keeps the one or two largest components of the
-# network's mask and fills enclosed holes.
+# components and fills holes. "U-Net + post-processing" keeps the one or two largest
+# components of the network's mask and fills enclosed holes.
 
 # %%
 test = experiments.evaluate_jobs(jobs, folders, forwards)
@@ -102,7 +101,7 @@ def summary_table(block):
             lines.append({"method": LABELS[m], "metric": k, "mean": format(s["mean"], fmt),
                           "sd": format(s["sd"], fmt.lstrip("+")), "median": format(s["median"], fmt),
                           "worst": f"{format(s['worst_value'], fmt)} ({s['worst_case_id']})"})
-    return io.format_table(lines, dict.fromkeys(lines[0], "")) if lines else "no cases"
+    return dataio.format_table(lines, dict.fromkeys(lines[0], "")) if lines else "no cases"
 
 
 print(summary_table(test["grid64"]))
@@ -158,7 +157,7 @@ plt.show()
 # keeps only the numbers).
 
 # %%
-case = io.load_case(folders[grid] / worst["case_id"])
+case = dataio.load_case(folders[grid] / worst["case_id"])
 worst_model = next(path for cid, _, path in jobs if cid == worst["case_id"])
 masks = experiments.compare_methods(forwards[worst_model], case)[1]
 
@@ -194,7 +193,7 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
 # ## Robustness: the same scans, shifted
 # An independent test set once showed that a model can score well here and still fail on
 # scans framed, calibrated or stored differently. The robustness suite (`make robustness`,
-# `lungseg_utils.robustness`) changes each native scan in one controlled way (the framing
+# `lungseg_utils.study.robustness`) changes each native scan in one controlled way (the framing
 # moved 2 cm, HU offset and scaled, noise, blur, other axis orders, thicker slices ...) and
 # scores, on the changed scan's own grid, the member that never saw the case, the whole
 # ensemble (most of whose members did see it: optimistic) and the classical method. Dots:
@@ -203,21 +202,22 @@ viewer.SliceViewer(case.ct_hu, case.affine, mask=case.mask, pred=masks["unet"],
 # %%
 robust = experiments.optional_result(run, "robustness.json", "05 (make robustness)")
 if robust:
-    shifts, shown = list(robust["summary"]), numbers.robustness_numbers(robust)
+    shifts = list(robust["summary"])
+    shown = [m for m in robust["methods"] if m in LABELS]
     fig, ax = plt.subplots(figsize=(viz.PAGE_IN, 3.4))
-    for i, m in enumerate(shown["methods"]):
-        y = np.arange(len(shifts)) + 0.18 * (i - (len(shown["methods"]) - 1) / 2)
+    for i, m in enumerate(shown):
+        y = np.arange(len(shifts)) + 0.18 * (i - (len(shown) - 1) / 2)
         s = [robust["summary"][k][m] for k in shifts]
-        ax.scatter([v["mean"] for v in s], y, s=14, label=shown["labels"][m], color=f"C{i}")
+        ax.scatter([v["mean"] for v in s], y, s=14, label=LABELS[m], color=f"C{i}")
         ax.scatter([v["worst_value"] for v in s], y, s=14, marker="x", color=f"C{i}")
     ax.set_yticks(np.arange(len(shifts)), shifts, fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel("Dice (native grid): mean (dot) and worst case (cross)")
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     viz.export_figure(fig, "05_robustness")
     plt.show()
 else:
-    print(f"no robustness.json in {experiments.rel_path(run)}: run make robustness RUN=...")
+    print(f"no robustness.json in {dataio.portable_path(run)}: run make robustness RUN=...")
 
 # %% [markdown]
 # The same as numbers (mean, and the worst case), per shift:
@@ -232,7 +232,7 @@ for shift, by_method in (robust["summary"] if robust else {}).items():
 # ## How many members?
 # More folds give each member more cases to learn from and the ensemble more members to
 # average, but cost bytes and time per scan. The reference's K was chosen by measurement
-# (`lungseg_utils.ensemble_size`): candidate ensembles of the same recipe with different K,
+# (`lungseg_utils.study.ensemble_size`): candidate ensembles of the same recipe with different K,
 # each member scored out of fold on both grids and under the robustness suite, and a rule
 # fixed before the results came in (the larger K only if it is better out of fold *and* no
 # less sturdy under the shifts):
@@ -240,28 +240,30 @@ for shift, by_method in (robust["summary"] if robust else {}).items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 sizes = experiments.optional_result(run, "ensemble_size.json", "05 (ensemble_size)")
-for r in numbers.ensemble_size_numbers(sizes)["rows"] if sizes else []:
-    print(f"K={r['k']}: members trained on {r['train_cases']} cases, {r['mb']} MB; out of "
-          f"fold Dice 64³ {r['dice_grid64']} (worst {r['worst_grid64']}), native "
-          f"{r['dice_native']} (worst {r['worst_native']}); robustness worst case, mean over "
-          f"shifts {r['rob_worst']}")
+for c in sorted(sizes["candidates"], key=lambda c: c["k"]) if sizes else []:
+    d = c["dice"]
+    print(f"K={c['k']}: members trained on {min(c['train_cases'])}-{max(c['train_cases'])} "
+          f"cases, {c['bytes'] / 1e6:.0f} MB; out of fold Dice 64³ {d['grid64']['mean']:.3f} "
+          f"(worst {d['grid64']['worst_value']:.3f}), native {d['native']['mean']:.3f} (worst "
+          f"{d['native']['worst_value']:.3f}); robustness worst case, mean over shifts "
+          f"{c['robustness']['mean_of_worst']:.3f}")
 print(f"chosen: K={sizes['chosen']['k']}" if sizes else f"no ensemble_size.json in "
-      f"{experiments.rel_path(run)}: K was not measured for this run")
+      f"{dataio.portable_path(run)}: K was not measured for this run")
 
 # %% [markdown]
 # ## How far can one training run be trusted?
 # One member trained again with other seeds (same cases, same settings: only the random
 # initialisation, augmentation and sample order differ), each scored on its unseen cases
-# (`python -m lungseg_utils.ensemble --seeds 42 43 44 --from RUN`):
+# (`lungseg seeds --seeds 42 43 44 --from RUN`):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-seeds = experiments.optional_result(run, "seed_spread.json", "05 (ensemble --seeds)")
+seeds = experiments.optional_result(run, "seed_spread.json", "05 (lungseg seeds)")
 for r in seeds["summary"] if seeds else []:
     print(f"member {seeds['fold']}, {r['case_id']} ({GRIDS[r['grid']]}): Dice {r['min']:.4f} "
           f"to {r['max']:.4f} over seeds {seeds['seeds']}, range {r['range']:.4f}")
 if not seeds:
-    print(f"no seed_spread.json in {experiments.rel_path(run)}")
+    print(f"no seed_spread.json in {dataio.portable_path(run)}")
 
 # %% [markdown]
 # ## Results file for the report

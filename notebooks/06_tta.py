@@ -22,7 +22,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import anatomy, config, experiments, geometry, inference, io, metrics
+from lungseg_utils import anatomy, config, experiments, geometry, inference, dataio, metrics
 from lungseg_utils import preprocess, synthetic, viewer, viz
 
 viz.apply_style()
@@ -33,6 +33,23 @@ smoke = config.profile_name() == "smoke"
 forwards = {}  # each model compiled once
 
 # %% [markdown]
+# ## TTA in code
+# `inference.flip_tta` flips the input every way, runs the flipped copies through the
+# network in batches and flips each prediction back:
+
+# %%
+viz.show_code(inference.flip_tta)
+
+# %% [markdown]
+# `predict_prob64`, which every prediction in the project goes through (with `tta=False`
+# its only variant is the unflipped input), averages the ensemble's members and then takes
+# the mean and the standard deviation over the flips:
+
+# %%
+viz.show_code(inference.predict_prob64)
+
+# %% [markdown]
+# ## Single pass against TTA, per case
 # Which models and cases: every case is predicted by a model of the run that never saw it,
 # the cross-validation members when the run has them (all nine cases), else its single
 # model on its test split.
@@ -42,19 +59,20 @@ jobs = experiments.out_of_fold_jobs(run, max_cases=2 if smoke else None)
 print(f"{len(jobs)} cases:", ", ".join(f"{cid} ({src})" for cid, src, _ in jobs))
 
 # %% [markdown]
-# ## Single pass against TTA, per case
 # On the 64³ grid and on the native grid (probability carried back, thresholded there), by
 # `experiments.tta_rows`.
 
 # %%
 rows = experiments.tta_rows(jobs, folders, forwards)
-print(io.format_table([{**r, "grid": GRIDS[r["grid"]]} for r in rows],
+print(dataio.format_table([{**r, "grid": GRIDS[r["grid"]]} for r in rows],
                       {"case_id": "", "grid": "", "dice_single": ".4f", "dice_tta": ".4f",
                        "hd95_single_mm": ".1f", "hd95_tta_mm": ".1f"}))
 
 # %% [markdown]
 # The gain as a paired difference (TTA minus single pass, per case) with a 95 % bootstrap
-# confidence interval over cases. If the interval includes zero, we cannot claim TTA helps.
+# confidence interval over cases. An interval above zero is a gain, to be weighed by its
+# size; one that includes zero means we cannot claim TTA helps, and if it is also narrow
+# (both ends close to zero) it is evidence that TTA has no measurable effect.
 
 # %%
 for grid, g in experiments.tta_gains(rows).items():
@@ -64,11 +82,12 @@ for grid, g in experiments.tta_gains(rows).items():
 
 # %% [markdown]
 # ## What TTA costs
-# Eight forward passes instead of one, batched into one call of the compiled network. Times
-# are medians of five runs on the model grid, after a warm-up.
+# Eight forward passes instead of one, in one batch through the compiled network. Times
+# are medians of five runs on the model grid, after a warm-up; they depend on the machine
+# and on whatever else it is doing.
 
 # %%
-x64 = preprocess.window_normalise(io.load_case(folders["grid64"] / jobs[0][0]).ct_hu)
+x64 = preprocess.window_normalise(dataio.load_case(folders["grid64"] / jobs[0][0]).ct_hu)
 timings = experiments.time_inference(forwards[jobs[0][2]], x64)
 print(f"single pass {timings['single']:.2f} s, TTA {timings['tta']:.2f} s "
       f"({timings['tta'] / timings['single']:.1f}x)")
@@ -76,16 +95,16 @@ print(f"single pass {timings['single']:.2f} s, TTA {timings['tta']:.2f} s "
 # %% [markdown]
 # ## The uncertainty map and the errors
 # On the native scan of the case where TTA changed the most: the standard deviation across
-# the 8 flips (carried back to the native grid) beside the errors of the TTA mask. Both sit
-# at the boundary; how well the one points at the other is measured below, on this one case
-# only, so it is an illustration, not a finding.
+# the 8 flips (carried back to the native grid) beside the errors of the TTA mask. How well
+# the one points at the other is measured below, on this one case only, so it is an
+# illustration, not a finding.
 
 # %%
 grid = "native" if folders["native"] else "grid64"
 focus = max([r for r in rows if r["grid"] == grid],
             key=lambda r: abs(r["dice_tta"] - r["dice_single"]))["case_id"]
 model_path = next(p for cid, _, p in jobs if cid == focus)
-case = io.load_case(folders[grid] / focus)
+case = dataio.load_case(folders[grid] / focus)
 res = inference.predict_volume(forwards[model_path], case.ct_hu, case.affine, tta=True)
 std = geometry.from_model_grid(res["std64"], res["grid"])
 wrong = (res["mask"] > 0) != (case.mask > 0)
@@ -108,16 +127,18 @@ axes[1].set_title("TTA uncertainty", fontsize=8)
 fig.suptitle(focus, fontsize=8)
 fig.subplots_adjust(wspace=0.05)
 viz.export_figure(fig, "06_tta_uncertainty")
+fig.set_dpi(2 * fig.get_dpi())   # on screen at twice its printed size, to be readable
 plt.show()
 
 # %% [markdown]
 # How well does the uncertainty point at the errors? The area under the ROC curve of the
-# standard deviation as a detector of wrong voxels, within 10 mm of the reference boundary
-# (far from it, both are trivially zero).
+# standard deviation as a detector of wrong voxels, within 10 mm of the reference boundary,
+# where the errors are (the first line says what share of them).
 
 # %%
 band = anatomy.boundary_band(case.mask, case.spacing_mm, 10.0)
 auc = metrics.roc_auc(std[band], wrong[band])
+print(f"wrong voxels within 10 mm of the boundary: {wrong[band].sum() / max(wrong.sum(), 1):.1%}")
 print(f"uncertainty-error AUC near the boundary: {auc:.3f}")
 
 # %%
@@ -134,10 +155,26 @@ tta_result = experiments.tta_result(rows, timings, auc, focus, run_dir=run)
 print("wrote", experiments.save_result(tta_result, "tta.json", run).name)
 
 # %% [markdown]
-# **What we learned.** TTA costs several times the inference time and gives an uncertainty
-# map for free; whether its Dice gain is real is read from the paired interval, not from the
-# mean. The recommendation follows from the native grid's interval (the grid the inference
-# command delivers), the same rule the report prints:
+# **What we learned.** What TTA buys and what it costs, from this run's numbers: the time
+# ratio above, and on each grid the paired Dice interval with what it means. The
+# uncertainty map comes from the same eight passes, so it costs what TTA costs.
+
+# %%
+print(f"cost: {timings['tta'] / timings['single']:.1f}x the time of a single pass "
+      f"({timings['single']:.2f} s -> {timings['tta']:.2f} s on the model grid)")
+for grid, g in experiments.tta_gains(rows).items():
+    if g["lo"] > 0:
+        meaning = "a gain: the interval lies above zero"
+    elif g["hi"] < 0:
+        meaning = "a loss: the interval lies below zero"
+    else:
+        meaning = (f"no measurable effect: the interval includes zero and both its ends lie "
+                   f"within {max(-g['lo'], g['hi']):.4f} of it")
+    print(f"{GRIDS[grid]:>7}: Dice {g['mean_diff']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}], {meaning}")
+
+# %% [markdown]
+# Whether to run TTA by default follows from the native grid's interval (the grid the
+# inference command delivers), the same rule the report prints:
 
 # %%
 print(experiments.tta_recommendation(tta_result)["text"])

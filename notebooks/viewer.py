@@ -21,11 +21,12 @@
 # (Yang et al., 2017, DOI 10.7937/K9/TCIA.2017.3R3FVZ08).
 
 # %%
-from lungseg_utils import config, io, synthetic, viewer
+from lungseg_utils import config, dataio, synthetic, viewer
+from lungseg_utils.scan import reader  # DICOM folders as well as NIfTI files
 
-course = {f"{p.name} (64³)": p for p in io.discover_cases(synthetic.resolve_data_dir())}
+course = {f"{p.name} (64³)": p for p in dataio.discover_cases(synthetic.resolve_data_dir())}
 native_dir = config.native_data_dir()
-native = {f"{p.name} (native)": p for p in io.discover_cases(native_dir)} if native_dir else {}
+native = {f"{p.name} (native)": p for p in dataio.discover_cases(native_dir)} if native_dir else {}
 
 # %% [markdown]
 # Pick a case, or type the path of any NIfTI file or DICOM folder and press *open*: the scan
@@ -37,4 +38,5 @@ native = {f"{p.name} (native)": p for p in io.discover_cases(native_dir)} if nat
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viewer.CaseBrowser({**course, **native}, predict=viewer.predictor_for(config.active_run_dir()))
+viewer.CaseBrowser({**course, **native}, predict=viewer.predictor_for(config.active_run_dir()),
+                   load_scan=reader.load_scan)

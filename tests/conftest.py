@@ -19,6 +19,9 @@ notebooks included: ``LUNGSEG_PROFILE=smoke`` and temporary folders for figures 
 from __future__ import annotations
 
 import csv
+import os
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -59,11 +62,14 @@ def smoke_cv(demo_data, tmp_path_factory):
     ``out_dir`` holds ``fold_0/run_*``, ``fold_1/run_*``, ``manifest.json`` and
     ``cross_validation.json``; ``published_dir`` (``.../published/cv``) the published copy."""
     from lungseg_utils import ensemble
+    from lungseg_utils.study import reference
 
     root = tmp_path_factory.mktemp("smoke_cv")
     out, published = root / "cv", root / "published" / "cv"
-    result = ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=out, publish_dir=published,
-                                     **SMOKE)
+    result = ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=out, **SMOKE)
+    reference.publish(out, published, overwrite=True)
+    dataio_save = __import__("lungseg_utils.dataio", fromlist=["save_json"]).save_json
+    dataio_save(result, published / "cross_validation.json", overwrite=True)
     return out, published, result
 
 
@@ -91,3 +97,77 @@ def read_log(run_dir) -> list[dict]:
 def training_log():
     """``read_log(run_dir)``: the rows of a run's training_log.csv."""
     return read_log
+
+
+# ----------------------------------------------------------------------------- the story
+#: The notebooks whose run tests/test_story.py checks (04 trains it, 05 and 06 evaluate it).
+STORY_NOTEBOOKS = ("04_training", "05_evaluation", "06_tta")
+
+
+class _NbvalStory:
+    """Under ``make test`` nbval runs the notebooks in this session on the session's smoke run
+    (``LUNGSEG_RUN``, a new folder the repository's conftest.py names): the same three
+    notebooks, the same profile, that tests/test_story.py would otherwise run again on a run
+    of its own. When both are collected, the story test runs after the notebooks and checks
+    their run (one smoke ensemble trained and evaluated a session, not two).
+
+    A plugin of its own (not a conftest hook): the notebooks lie outside ``tests/``. It
+    records, for each of the three notebooks, the cells that ran and failed, and the
+    committed reference's digests as notebook 04 starts."""
+
+    def __init__(self, run: Path, cells: dict):
+        self.run, self.cells = run, cells
+        self.ran = dict.fromkeys(cells, 0)
+        self.failed: dict[str, list[str]] = {name: [] for name in cells}
+        self.reference: dict | None = None
+
+    @staticmethod
+    def notebook(item) -> str | None:
+        path = Path(str(item.path))
+        if path.suffix == ".ipynb" and path.parent.name == "notebooks" and \
+                path.stem in STORY_NOTEBOOKS:
+            return path.stem
+        return None
+
+    def pytest_runtest_setup(self, item):
+        if self.reference is None and self.notebook(item) == STORY_NOTEBOOKS[0]:
+            self.reference = reference_digests()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        name = self.notebook(item)
+        if name is not None:
+            self.ran[name] += report.when == "call"
+            if report.failed:
+                self.failed[name].append(f"{item.nodeid} ({report.when})")
+        return report
+
+    def complete(self) -> bool:
+        """Every cell of the three notebooks ran (none deselected or left out)."""
+        return self.reference is not None and self.ran == self.cells
+
+
+def reference_digests() -> dict:
+    """SHA-256 of every file of the committed reference, by path."""
+    from lungseg_utils import config, dataio
+
+    return {p: dataio.file_sha256(p) for p in config.REFERENCE_DIR.rglob("*") if p.is_file()}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    story = [i for i in items if Path(str(i.path)).name == "test_story.py"]
+    cells = Counter(filter(None, map(_NbvalStory.notebook, items)))
+    run = Path(os.environ.get("LUNGSEG_RUN", ""))
+    if not (story and set(cells) == set(STORY_NOTEBOOKS) and run.is_absolute()
+            and not run.exists() and os.environ.get("LUNGSEG_PROFILE") == "smoke"):
+        return            # the story test runs the notebooks itself, on a run of its own
+    items[:] = [i for i in items if i not in story] + story
+    config.pluginmanager.register(_NbvalStory(run, dict(cells)), "lungseg-nbval-story")
+
+
+@pytest.fixture(scope="session")
+def nbval_story(pytestconfig):
+    """The :class:`_NbvalStory` of this session, or None when the story test runs the
+    notebooks itself (tests without notebooks, a chosen ``LUNGSEG_RUN``, another profile)."""
+    return pytestconfig.pluginmanager.get_plugin("lungseg-nbval-story")

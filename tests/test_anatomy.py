@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lungseg_utils import anatomy, config, io, synthetic
-from lungseg_utils.anatomy import (airway, body_mask, boundary, boundary_band, check_spacing,
-                                   classical_lung_mask, fill_holes, largest_components,
-                                   postprocess_lungs)
+from lungseg_utils import anatomy, config, dataio, geometry, synthetic
+from lungseg_utils.anatomy import (
+    airway,
+    body_mask,
+    boundary,
+    boundary_band,
+    check_spacing,
+    classical_lung_mask,
+    fill_holes,
+    largest_components,
+    postprocess_lungs,
+)
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.metrics import dice, evaluate_masks, summarise
 
@@ -299,7 +307,7 @@ def test_one_body_algorithm_for_baseline_and_model_grid():
 def _real_cases(folder, n=None):
     if folder is None or not folder.is_dir():
         pytest.skip("real LCTSC data not present")
-    return io.load_cases(folder, max_cases=n)
+    return dataio.load_cases(folder, max_cases=n)
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +338,6 @@ def test_classical_on_real_lctsc64_cut_through_the_lungs(lctsc64):
 def test_classical_on_one_native_scan():
     """Measured on the nine native scans: Dice 0.963-0.985, HD95 2.8-6.0 mm."""
     c = _real_cases(config.native_data_dir(), n=1)[0]
-    r = evaluate_masks(classical_lung_mask(c.ct_hu, c.spacing_mm, axis=io.axial_axis(c.affine)),
+    r = evaluate_masks(classical_lung_mask(c.ct_hu, c.spacing_mm, axis=geometry.axial_axis(c.affine)),
                        c.mask, c.spacing_mm)
     assert r["dice"] > 0.95 and r["hd95_mm"] <= 10.0

@@ -157,3 +157,66 @@ def test_intensity_and_blur_change_only_the_ct_within_range():
         assert out.dtype == np.float32 and out.shape == ct.shape
         assert 0.0 <= out.min() and out.max() <= 1.0 and not np.array_equal(out, ct)
         assert np.corrcoef(out.ravel(), ct.ravel())[0, 1] > 0.9   # the same anatomy
+
+
+#: augment_pair's outputs recorded before its steps became the registry ``augment.PIPELINE``:
+#: (sha256 of the mask, CT sum, CT sum weighted by (voxel index mod 97), the generator's next
+#: ``integers(2**30)``), for seeds 0-3 under the defaults, the main profile and every
+#: probability 1. The mask must match exactly and the generator must stand at the same place
+#: (the same random-number stream); the CT's sums allow for last-bit differences of
+#: interpolation and ``x ** g`` between CPUs.
+RECORDED = {
+    ("defaults", 0): ("1e29c56a67e507ca", 33741.575, 1618942.6, 17746413),
+    ("defaults", 1): ("9234ed89354debf3", 36183.271, 1737786.4, 183097791),
+    ("defaults", 2): ("10a5f168f350c861", 34150.571, 1638069.9, 456549622),
+    ("defaults", 3): ("e788fde6ab3ab43b", 34472.123, 1656371.9, 751931440),
+    ("main", 0): ("eee2d7e833a2a920", 30523.033, 1464362.9, 678626743),
+    ("main", 1): ("24852f3aee02f84f", 33197.476, 1592699.5, 809078539),
+    ("main", 2): ("9d5be3980bd4080a", 35467.754, 1703660.4, 443978711),
+    ("main", 3): ("047267f2271140e1", 26989.747, 1294960.8, 922336487),
+    ("all_on", 0): ("733998b3d2615b14", 41006.159, 1968509.5, 553867300),
+    ("all_on", 1): ("7e3df3cd918c5e7a", 42030.916, 2016420.2, 380023796),
+    ("all_on", 2): ("aeb07b575fa4973b", 55258.690, 2652753.2, 360633478),
+    ("all_on", 3): ("133bca0e3d017e6b", 34740.938, 1669121.5, 490527139),
+}
+
+
+@pytest.mark.parametrize("name, seed", sorted(RECORDED))
+def test_augment_pair_gives_the_recorded_samples(name, seed):
+    import hashlib
+
+    settings = {"defaults": None, "main": config.get_profile("main"),
+                "all_on": {k: 1.0 for k in config.AUGMENT_DEFAULTS if k.startswith("p_")}}[name]
+    ct, mask = blob_phantom()
+    rng = np.random.default_rng(seed)
+    out_ct, out_mask = augment.augment_pair(ct, mask, rng, settings)
+    weights = (np.arange(ct.size, dtype=np.float64) % 97).reshape(ct.shape)
+    mask_sha, ct_sum, ct_weighted, next_draw = RECORDED[name, seed]
+    assert hashlib.sha256(out_mask.tobytes()).hexdigest()[:16] == mask_sha
+    assert float(out_ct.sum(dtype=np.float64)) == pytest.approx(ct_sum, rel=1e-6)
+    assert float((out_ct * weights).sum()) == pytest.approx(ct_weighted, rel=1e-6)
+    assert int(rng.integers(1 << 30)) == next_draw
+
+
+def test_pipeline_is_the_one_list_of_steps_and_names_every_setting():
+    """augment.PIPELINE names every augmentation setting of config (and nothing else); each
+    step at probability 0 changes nothing, at 1 changes its input; the mask moves only under
+    the steps that are not CT-only."""
+    named = {key for step in augment.PIPELINE for key in (step.p, *step.keys)}
+    assert named == set(config.AUGMENT_DEFAULTS)
+    assert len({step.name for step in augment.PIPELINE}) == len(augment.PIPELINE)
+    ct, mask = blob_phantom()
+    s = config.get_profile("main")
+    for step in augment.PIPELINE:
+        args = [s[key] for key in step.keys]
+        for p in (0.0, 1.0):
+            rng = np.random.default_rng(3)
+            out = (step.transform(ct, rng, *args, p=p) if step.ct_only
+                   else step.transform(ct, mask, rng, *args, p=p))
+            out_ct = out if step.ct_only else out[0]
+            assert out_ct.dtype == np.float32 and out_ct.shape == ct.shape, step.name
+            assert np.array_equal(out_ct, ct) == (p == 0.0), (step.name, p)
+    rows = augment.pipeline_rows(s)
+    assert [r["step"] for r in rows] == [step.name for step in augment.PIPELINE]
+    assert rows[0]["probability"] == f"p_elastic={s['p_elastic']}"
+    assert {r["applies to"] for r in rows} == {"CT", "CT and mask"}

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import io, segment
+from lungseg_utils import dataio, geometry
+from lungseg_utils.scan import reader, segment
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.synthetic import make_phantom
@@ -89,11 +90,11 @@ def test_an_unknown_datatype_code_is_one_line(tmp_path, scan, smoke_model_path, 
 def test_a_plain_nifti_named_gz_is_read_as_what_it_is(tmp_path, scan):
     plain = tmp_path / "plain.nii.gz"
     plain.write_bytes(gzip.decompress(scan.read_bytes()))
-    a, b = io.load_nifti(scan)[0], io.load_nifti(plain)[0]
+    a, b = dataio.load_nifti(scan)[0], dataio.load_nifti(plain)[0]
     np.testing.assert_array_equal(a, b)
     (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all")
     with pytest.raises(LungsegInputError, match="not a NIfTI image"):
-        io.load_nifti(tmp_path / "junk.nii.gz")
+        dataio.load_nifti(tmp_path / "junk.nii.gz")
 
 
 @pytest.mark.parametrize("kind", ["unit", "raw"])
@@ -142,12 +143,12 @@ def test_a_scan_of_air_has_no_lungs(tmp_path, smoke_model_path, capsys):
                            "--output_mask", str(out), "--output_json", str(js)]) == 0
     assert "no lungs found" in capsys.readouterr().out
     assert not np.asanyarray(nib.load(str(out)).dataobj).any()
-    summary = io.load_json(js)
+    summary = dataio.load_json(js)
     assert summary["lung_volume_ml"] == 0 and summary["quality"] == {
         "flag": "check", "reasons": ["no lungs found"]}
 
 
-NATIVE = io.Path(__file__).resolve().parents[2] / "shared" / "data" / "lctsc_native"
+NATIVE = dataio.Path(__file__).resolve().parents[2] / "shared" / "data" / "lctsc_native"
 DATA64 = NATIVE.parent / "lctsc64"
 
 
@@ -156,13 +157,13 @@ def test_below_the_lungs_the_reference_finds_no_lungs(tmp_path, capsys):
     """The lowest 20 slices of a real scan (abdomen, 5 mL of lung base): the reference
     ensemble used to call 2.1 L of the air around the patient lung; now the mask stays in
     the body and, too small to be lungs, is empty."""
-    case = io.load_case(NATIVE / "patient_001")
-    ax = io.axial_axis(case.affine)
+    case = dataio.load_case(NATIVE / "patient_001")
+    ax = geometry.axial_axis(case.affine)
     assert case.affine[2, ax] > 0                            # index 0 is the lowest slice
     cut = [slice(None)] * 3
     cut[ax] = slice(0, 20)
     low = tmp_path / "abdomen.nii.gz"
-    io.save_nifti(np.round(case.ct_hu[tuple(cut)]).astype(np.int16), case.affine, low)
+    dataio.save_nifti(np.round(case.ct_hu[tuple(cut)]).astype(np.int16), case.affine, low)
     out = tmp_path / "m.nii.gz"
     assert segment.main(["--input", str(low), "--output_mask", str(out)]) == 0
     assert "no lungs found" in capsys.readouterr().out
@@ -176,9 +177,9 @@ def test_keeping_the_mask_in_the_body_never_cuts_real_lung(folder):
     (the 64^3 cube cuts the body's sides), so the gate removes only false positives."""
     from lungseg_utils import anatomy
 
-    for case_dir in io.discover_cases(folder):
-        case = io.load_case(case_dir)
-        body = anatomy.body_mask(case.ct_hu, axis=io.axial_axis(case.affine))
+    for case_dir in dataio.discover_cases(folder):
+        case = dataio.load_case(case_dir)
+        body = anatomy.body_mask(case.ct_hu, axis=geometry.axial_axis(case.affine))
         lung = case.mask > 0
         assert (lung & ~body).sum() <= 1e-4 * lung.sum(), case.case_id
 
@@ -192,15 +193,15 @@ def test_unclear_messages_are_clear_now(tmp_path, scan, smoke_model_path, capsys
     assert rc == 2 and "no ct.nii.gz" in _one_error_line(err) and "--output_dir" not in err
     import warnings
 
-    from lungseg_utils import segment
+    from lungseg_utils.scan import segment
 
-    real = io.load_scan
+    real = reader.load_scan
 
     def warning_load(*args, **kwargs):
-        warnings.warn("something odd about this scan", io.LungsegWarning)
+        warnings.warn("something odd about this scan", dataio.LungsegWarning)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(segment.io, "load_scan", warning_load)
+    monkeypatch.setattr(segment.reader, "load_scan", warning_load)
     stale = tmp_path / ".tmp_m.nii_abc123.nii.gz"
     stale.write_bytes(b"half")
     rc, err = _run(capsys, smoke_model_path, "--input", scan, "--output_mask", tmp_path / "m.nii.gz")

@@ -4,7 +4,7 @@ a new augmentation each epoch, the epoch kept in step with fit) and the array lo
 import numpy as np
 import pytest
 
-from lungseg_utils import dataset, io, preprocess
+from lungseg_utils import dataset, dataio, preprocess
 from lungseg_utils.dataset import EpochSetter, LungDataset, load_training_arrays
 from lungseg_utils.errors import LungsegInputError
 from _shared import THRESHOLD, blob_phantom
@@ -89,26 +89,26 @@ def test_bad_arguments_raise():
 
 
 def test_loads_case_folders(demo_data):
-    cases = io.discover_cases(demo_data)[:2]
+    cases = dataio.discover_cases(demo_data)[:2]
     ds = LungDataset(cases, batch_size=2, augment=False)
     xb, yb = ds[0]
     assert xb.shape == yb.shape == (2, 64, 64, 64, 1)
     assert 0.0 <= xb.min() and xb.max() <= 1.0
     assert set(np.unique(yb)) == {0.0, 1.0}
-    case = io.load_case(cases[1])
+    case = dataio.load_case(cases[1])
     x, y = preprocess.preprocess_case(case.ct_hu, case.mask)
     np.testing.assert_array_equal(xb[1], x)
     np.testing.assert_array_equal(yb[1], y)
 
 
 def test_load_training_arrays_needs_the_model_grid(demo_data, tmp_path):
-    x, y = load_training_arrays(io.discover_cases(demo_data)[:1], hu_window=(-1000.0, 0.0))
+    x, y = load_training_arrays(dataio.discover_cases(demo_data)[:1], hu_window=(-1000.0, 0.0))
     assert x.shape == y.shape == (1, 64, 64, 64, 1) and x.dtype == np.float32
-    case = io.load_case(io.discover_cases(demo_data)[0])
+    case = dataio.load_case(dataio.discover_cases(demo_data)[0])
     np.testing.assert_allclose(x[0, ..., 0], np.clip((case.ct_hu + 1000.0) / 1000.0, 0, 1))
     small = tmp_path / "small"
-    io.save_nifti(case.ct_hu[:32], case.affine, small / io.CT_NAME)
-    io.save_nifti(case.mask[:32], case.affine, small / io.MASK_NAME)
+    dataio.save_nifti(case.ct_hu[:32], case.affine, small / dataio.CT_NAME)
+    dataio.save_nifti(case.mask[:32], case.affine, small / dataio.MASK_NAME)
     with pytest.raises(LungsegInputError, match="model grid"):
         load_training_arrays([small])
 

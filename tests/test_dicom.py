@@ -16,7 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import anatomy, dicom, io, quality
+from lungseg_utils import anatomy, dataio, geometry
+from lungseg_utils.scan import dicom, quality, reader
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def _flip_x(ct, affine):
 
 @pytest.fixture(scope="module")
 def case64():
-    return io.load_case(DATA64 / "patient_001")
+    return dataio.load_case(DATA64 / "patient_001")
 
 
 def test_series_reads_back_to_the_same_anatomy_in_any_storage(case64, tmp_path):
@@ -57,14 +58,14 @@ def test_series_reads_back_to_the_same_anatomy_in_any_storage(case64, tmp_path):
     scout.save_as(tmp_path / "export" / "scout.dcm")
     (tmp_path / "export" / "README.txt").write_text("not DICOM")
 
-    got, got_affine, _, info = io.load_scan(tmp_path / "export")
+    got, got_affine, _, info = reader.load_scan(tmp_path / "export")
     assert info["format"] == "dicom" and info["n_slices"] == ct.shape[2]
     assert len(info["other_series"]) == 1                # SER2; the localizer is not a series
     a, a_aff = _canonical(np.round(case64.ct_hu), case64.affine)
     b, b_aff = _canonical(got, got_affine)
     np.testing.assert_allclose(b_aff, a_aff, atol=1e-4)
     np.testing.assert_array_equal(b, a)
-    small = io.load_scan(tmp_path / "export", series_uid=info["other_series"][0])[0]
+    small = reader.load_scan(tmp_path / "export", series_uid=info["other_series"][0])[0]
     assert small.shape[2] == 5
 
 
@@ -110,7 +111,7 @@ def test_series_that_are_not_one_regular_volume_are_refused_in_one_line(case64, 
              "tilt": "tilt", "none": "no DICOM files", "not_ct": "no CT image series",
              "frames": "frames of reference", "compressed": "cannot be decoded"}[problem]
     with pytest.raises(LungsegInputError, match=words) as err:
-        io.load_scan(folder)
+        reader.load_scan(folder)
     assert str(folder) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -118,7 +119,7 @@ def test_right_and_left_follow_the_patient_not_the_voxel_order(case64):
     """On every reference scan the two sides are the header's: reversing the first axis, or
     both in-plane axes, gives the same labels at the same anatomy; the lungs are two parts of
     plausible size and the right is where world x (RAS) is larger."""
-    for case in [case64, io.load_case(DATA64 / "patient_006")]:
+    for case in [case64, dataio.load_case(DATA64 / "patient_006")]:
         labels = anatomy.split_left_right(case.mask, case.affine)
         assert set(np.unique(labels)) == {0, 1, 2}
         np.testing.assert_array_equal(labels != 0, case.mask != 0)
@@ -171,9 +172,9 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
     HU as int16 in both): the mask has the series' shape and affine, with --labels lr 1 = right and 2 = left, and is the mask the same
     command writes for the NIfTI file at the same anatomy; the summary JSON says which
     series it read and the volumes."""
-    ct, affine, _ = io.load_ct(NATIVE / "patient_003")
+    ct, affine, _ = dataio.load_ct(NATIVE / "patient_003")
     nifti = tmp_path / "ct.nii.gz"
-    io.save_nifti(np.round(ct).astype(np.int16), affine, nifti)
+    dataio.save_nifti(np.round(ct).astype(np.int16), affine, nifti)
     # as a scanner exports it: uint16 pixels with intercept -1024, file names in no order,
     # a localizer in the same folder
     files = dicom.write_ct_series(ct, affine, tmp_path / "dicom" / "series", unsigned=True)
@@ -195,7 +196,7 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
                           check=True, capture_output=True, text=True, cwd=ROOT)
     assert "right" in done.stdout and "quality" in done.stdout
     a, b = nib.load(tmp_path / "a.nii.gz"), nib.load(tmp_path / "b.nii.gz")
-    series_ct, series_affine, _, _ = io.load_scan(tmp_path / "dicom")
+    series_ct, series_affine, _, _ = reader.load_scan(tmp_path / "dicom")
     assert b.shape == series_ct.shape
     np.testing.assert_allclose(b.affine, series_affine, atol=1e-4)
     a_canon, _ = _canonical(np.asanyarray(a.dataobj), a.affine)
@@ -212,9 +213,9 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
     assert 0.9 < summary["baseline_agreement"] <= 1.0
     if summary["model"]["members"] > 1:
         assert 0.9 < summary["members_agreement"] <= 1.0
-    volume_a = (a_canon > 0).sum() * float(np.prod(io.spacing_from_affine(a.affine))) / 1000
+    volume_a = (a_canon > 0).sum() * float(np.prod(geometry.spacing_from_affine(a.affine))) / 1000
     assert summary["lung_volume_ml"] == pytest.approx(volume_a, rel=0.02)
-    voxel_ml = float(np.prod(io.spacing_from_affine(b.affine))) / 1000
+    voxel_ml = float(np.prod(geometry.spacing_from_affine(b.affine))) / 1000
     right = (np.asanyarray(b.dataobj) == 1).sum() * voxel_ml
     assert summary["right_lung_ml"] == pytest.approx(right, abs=0.1)
     labels = np.asanyarray(b.dataobj)            # 1 is the patient's right: larger world x (RAS)

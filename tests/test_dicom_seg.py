@@ -14,8 +14,8 @@ import pydicom
 import pytest
 
 import lungseg_utils
-from lungseg_utils import dicom, segment
-from lungseg_utils.dicom_seg import write_seg
+from lungseg_utils.scan import dicom, segment
+from lungseg_utils.scan.dicom_seg import write_seg
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 

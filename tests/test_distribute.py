@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lungseg_utils import config, distribute, io
+from lungseg_utils import config, distribute, dataio
 from lungseg_utils.errors import LungsegInputError
 
 keras = distribute.keras
@@ -64,7 +64,7 @@ def test_mirrored_training_on_two_logical_cpus(demo_data, tmp_path):
     run_dir = out / result["run_dir"].rsplit("/", 1)[-1]
     assert (run_dir / "best_model.keras").is_file()
     assert (run_dir / "test_metrics.json").is_file()
-    cfg = io.load_json(run_dir / "train_config.json")
+    cfg = dataio.load_json(run_dir / "train_config.json")
     assert cfg["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2}
     log = (run_dir / "training_log.csv").read_text().splitlines()
     assert len(log) == 2 and log[0].startswith("epoch,")       # one epoch, on both replicas

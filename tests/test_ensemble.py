@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg_utils import config, ensemble, experiments, inference, io, metrics, train
+from lungseg_utils import config, ensemble, experiments, inference, dataio, metrics, train
 from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.study import reference, seeds
 
 IDS = ["synth_000", "synth_001", "synth_002", "synth_003"]
 
@@ -38,27 +39,6 @@ def test_fold_splits_cover_every_case_once():
     assert all(len(s["test"]) == 1 for s in leave_one_out)
 
 
-def test_nested_folds_lie_inside_the_parents_folds():
-    parent = [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6", "p7", "p8"]]
-    ids = sorted(c for t in parent for c in t)
-    for k in (3, 5, 9):
-        pairs = ensemble.nested_splits(parent, k, seed=1)
-        assert len(pairs) == k
-        assert sorted(c for _, s in pairs for c in s["test"]) == ids       # each case once
-        for g, s in pairs:
-            assert set(s["test"]) <= set(parent[g])      # the parent never saw the fold
-            assert s["val"] == s["test"] and sorted(s["train"] + s["test"]) == ids
-        sizes = sorted(len(s["test"]) for _, s in pairs)
-        assert sizes[-1] - sizes[0] <= 2                  # as even as the parents allow
-    assert ensemble.nested_splits(parent, 3, seed=1) == [
-        (g, {"seed": 1, "train": [c for c in ids if c not in t], "val": t, "test": t})
-        for g, t in enumerate(parent)]                    # K = the parent's: its own folds
-    assert ensemble.nested_splits(parent, 5, seed=1) == ensemble.nested_splits(parent, 5, 1)
-    for k in (2, 10):
-        with pytest.raises(LungsegInputError, match=f"k={k}"):
-            ensemble.nested_splits(parent, k)
-
-
 def test_nested_members_start_from_the_parent_that_never_saw_their_fold(smoke_cv, demo_data,
                                                                           tmp_path):
     from conftest import SMOKE
@@ -67,23 +47,23 @@ def test_nested_members_start_from_the_parent_that_never_saw_their_fold(smoke_cv
     result = ensemble.cross_validate(3, demo_data, tmp_path / "nested", seed=5, init_from=out,
                                      nested=True, **SMOKE)
     assert sorted(r["case_id"] for r in result["cases"]) == IDS and result["folds"] == 3
-    parents = {io.file_sha256(out / m["file"]): m["test"]
-               for m in io.load_json(out / inference.MANIFEST)["members"]}
-    for m in io.load_json(tmp_path / "nested" / inference.MANIFEST)["members"]:
-        cfg = io.load_json(tmp_path / "nested" / Path(m["file"]).parent / "train_config.json")
+    parents = {dataio.file_sha256(out / m["file"]): m["test"]
+               for m in dataio.load_json(out / inference.MANIFEST)["members"]}
+    for m in dataio.load_json(tmp_path / "nested" / inference.MANIFEST)["members"]:
+        cfg = dataio.load_json(tmp_path / "nested" / Path(m["file"]).parent / "train_config.json")
         assert set(m["test"]) <= set(parents[cfg["init_weights"]["sha256"]])
         assert not set(m["train"]) & set(m["test"])
 
 
 def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
     out, published, result = smoke_cv
-    assert io.load_json(out / "cross_validation.json") == result
-    assert io.load_json(published / "cross_validation.json") == result
+    assert dataio.load_json(out / "cross_validation.json") == result
+    assert dataio.load_json(published / "cross_validation.json") == result
     assert sorted(r["case_id"] for r in result["cases"]) == IDS
     assert {r["fold"] for r in result["cases"]} == {0, 1} and result["folds"] == 2
     assert result["settings"]["base_filters"] == 2 and result["profile"] == "smoke"
     for r in result["cases"]:            # scored by the one member that never saw the case
-        split = io.load_json(out / f"fold_{r['fold']}" / r["run"] / "split.json")
+        split = dataio.load_json(out / f"fold_{r['fold']}" / r["run"] / "split.json")
         assert r["case_id"] in split["test"]
         assert r["case_id"] not in split["train"] + split["val"]
     dice = [r["dice"] for r in result["cases"]]
@@ -91,18 +71,18 @@ def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
     # one row recomputed with its member
     r = result["cases"][0]
     fwd = inference.compiled_forward(inference.load_model(out / f"fold_{r['fold']}" / r["run"]))
-    case = io.load_case(demo_data / r["case_id"])
+    case = dataio.load_case(demo_data / r["case_id"])
     mask = inference.predict_volume(fwd, case.ct_hu, case.affine)["mask"]
     assert r["dice"] == pytest.approx(metrics.dice(mask, case.mask))
 
 
 def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
     out, published, _ = smoke_cv
-    manifest = io.load_json(out / inference.MANIFEST)
+    manifest = dataio.load_json(out / inference.MANIFEST)
     assert manifest["kind"] == "ensemble" and manifest["folds"] == 2
     assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
     for m in manifest["members"]:
-        assert io.file_sha256(out / m["file"]) == m["sha256"]
+        assert dataio.file_sha256(out / m["file"]) == m["sha256"]
         assert not set(m["train"]) & set(m["test"])
     models = [inference.load_model(out / m["file"]) for m in manifest["members"]]
     ens = inference.load_model(out)
@@ -112,18 +92,18 @@ def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
                                np.mean([inference.compiled_forward(m)(x) for m in models], 0),
                                rtol=1e-5, atol=1e-6)
     # the published copy: one model file a member, same hashes, loads the same way
-    pub = io.load_json(published / inference.MANIFEST)
+    pub = dataio.load_json(published / inference.MANIFEST)
     assert [m["file"] for m in pub["members"]] == ["fold_0/best_model.keras",
                                                     "fold_1/best_model.keras"]
     assert [m["sha256"] for m in pub["members"]] == [m["sha256"] for m in manifest["members"]]
-    assert all(io.file_sha256(published / m["file"]) == m["sha256"] for m in pub["members"])
+    assert all(dataio.file_sha256(published / m["file"]) == m["sha256"] for m in pub["members"])
     assert not list(published.glob("fold_*/final_model.keras"))
     assert len(inference.load_model(published)) == 2
     # and the evaluation pairs every case with its own fold's member
     jobs = experiments.out_of_fold_jobs(published)
     assert sorted(j[0] for j in jobs) == IDS and all("CV fold" in j[1] for j in jobs)
     with pytest.raises(LungsegInputError, match="holds an ensemble"):
-        ensemble.publish(out, published)
+        reference.publish(out, published)
 
 
 def test_command_line(smoke_cv, demo_data, tmp_path, monkeypatch, capsys):
@@ -133,22 +113,22 @@ def test_command_line(smoke_cv, demo_data, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "cv").exists()                  # refused before training
     seen = {}
 
-    def fake(k, data_dir, out_dir, profile, seed, publish_dir):
+    def fake(k, data_dir, out_dir, profile, seed, init_from):
         seen.update(k=k, data_dir=data_dir, out_dir=out_dir, profile=profile, seed=seed,
-                    publish_dir=publish_dir)
+                    init_from=init_from)
         return smoke_cv[2]
 
     monkeypatch.setattr(ensemble, "cross_validate", fake)
     assert ensemble.main(["--k", "2", "--profile", "smoke", "--data_dir", "d", "--out_dir", "o",
-                          "--publish", "p", "--seed", "3"]) == 0
-    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, publish_dir="p")
+                          "--init_from", "p", "--seed", "3"]) == 0
+    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, init_from="p")
     s = smoke_cv[2]["summary"]["dice"]
     assert capsys.readouterr().out.strip() == (
         f"2-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
         f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
     with pytest.raises(SystemExit):
         ensemble.main(["--help"])
-    assert "--publish" in capsys.readouterr().out
+    assert "--init_from" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- promote
@@ -157,27 +137,27 @@ def test_promote_run_refuses_to_overwrite(tmp_path):
     run.mkdir()
     for name in train.RUN_ARTIFACTS:
         (run / name).write_text(name)
-    ref = ensemble.promote_run(run, tmp_path / "ref")
+    ref = reference.promote_run(run, tmp_path / "ref")
     assert (ref / "best_model.keras").read_text() == "best_model.keras"
-    assert io.load_json(ref / "provenance.json") == {"promoted_from": "run_1"}
+    assert dataio.load_json(ref / "provenance.json") == {"promoted_from": "run_1"}
     with pytest.raises(LungsegInputError, match="exists"):
-        ensemble.promote_run(run, ref)
-    ensemble.promote_run(run, ref, overwrite=True)
-    lean = ensemble.promote_run(run, tmp_path / "lean", include_final=False)
+        reference.promote_run(run, ref)
+    reference.promote_run(run, ref, overwrite=True)
+    lean = reference.promote_run(run, tmp_path / "lean", include_final=False)
     assert (lean / "best_model.keras").exists() and not (lean / "final_model.keras").exists()
     (run / "test_metrics.json").unlink()
     with pytest.raises(LungsegInputError, match="not a finished run"):
-        ensemble.promote_run(run, tmp_path / "other")
+        reference.promote_run(run, tmp_path / "other")
 
 
 def test_promoted_run_is_the_default_model(smoke_run, tmp_path, monkeypatch):
-    ref = ensemble.promote_run(smoke_run, tmp_path / "reference")
+    ref = reference.promote_run(smoke_run, tmp_path / "reference")
     monkeypatch.setattr(config, "REFERENCE_DIR", ref)
     assert inference.resolve_model_path() == ref / "best_model.keras"
     assert inference.load_model().output_shape == (None, 64, 64, 64, 1)
-    assert io.load_json(ref / "split.json") == io.load_json(smoke_run / "split.json")
+    assert dataio.load_json(ref / "split.json") == dataio.load_json(smoke_run / "split.json")
     jobs = experiments.reference_jobs()
-    assert [j[0] for j in jobs] == io.load_json(smoke_run / "split.json")["test"]
+    assert [j[0] for j in jobs] == dataio.load_json(smoke_run / "split.json")["test"]
 
 
 def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
@@ -188,7 +168,7 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
     run = tmp_path / "main"
     out = ensemble.train_main(run, demo_data, folds=2, **tiny)
     assert out["trained"] and out["run_dir"] == run and out["wall_s"] > 0
-    manifest = io.load_json(run / inference.MANIFEST)
+    manifest = dataio.load_json(run / inference.MANIFEST)
     assert manifest == out["manifest"] and manifest["folds"] == 2
     assert all(m["file"].startswith("cv/fold_") for m in manifest["members"])
     assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
@@ -198,9 +178,9 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
             assert not (run / name).exists(), name
         else:
             assert (run / name).read_bytes() == (members[0] / name).read_bytes(), name
-    assert experiments.run_identity(run)["model_sha256"] == io.file_sha256(
+    assert experiments.run_identity(run)["model_sha256"] == dataio.file_sha256(
         run / manifest["members"][0]["file"])
-    assert io.load_json(run / "cross_validation.json")["folds"] == 2
+    assert dataio.load_json(run / "cross_validation.json")["folds"] == 2
     jobs = experiments.out_of_fold_jobs(run)
     assert sorted(j[0] for j in jobs) == IDS and all(j[2].is_file() for j in jobs)
     again = ensemble.train_main(run, demo_data, folds=2, **tiny)
@@ -211,14 +191,14 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
         ensemble.train_main(tmp_path / "junk", demo_data, **tiny)
     ref = tmp_path / "reference"
     shutil.copytree(members[0], run / "seeds" / "seed_7" / members[0].name)   # a seed run
-    assert ensemble.promote_main(run, ref) == ref
+    assert reference.promote_main(run, ref) == ref
     assert len(inference.load_model(ref)) == 2 and not list(ref.rglob("final_model.keras"))
     assert not (ref / "seeds").exists()
-    assert io.load_json(ref / inference.MANIFEST) == manifest
+    assert dataio.load_json(ref / inference.MANIFEST) == manifest
     with pytest.raises(LungsegInputError, match="holds a reference"):
-        ensemble.promote_main(run, ref)
+        reference.promote_main(run, ref)
     with pytest.raises(LungsegInputError, match="not a finished run"):
-        ensemble.promote_main(tmp_path / "junk", ref, overwrite=True)
+        reference.promote_main(tmp_path / "junk", ref, overwrite=True)
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -227,17 +207,17 @@ def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, t
     out, _, _ = smoke_cv
     ens = tmp_path / "ens"
     shutil.copytree(out, ens)
-    member = io.load_json(ens / inference.MANIFEST)["members"][1]
-    assert ensemble.main(["--seeds", "42", "7", "--fold", "1", "--from", str(ens),
-                          "--data_dir", str(demo_data)]) == 0
-    spread = io.load_json(ens / "seed_spread.json")
+    member = dataio.load_json(ens / inference.MANIFEST)["members"][1]
+    assert seeds.main(["--seeds", "42", "7", "--fold", "1", "--from", str(ens),
+                       "--data_dir", str(demo_data)]) == 0
+    spread = dataio.load_json(ens / "seed_spread.json")
     assert spread["fold"] == 1 and spread["seeds"] == [7, 42]     # 42: the member itself
     new_run = Path(spread["runs"]["7"])                      # outside the repository: absolute
     assert new_run.parent == ens / "seeds" / "seed_7"
-    assert io.load_json(new_run / "split.json") == io.load_json(
+    assert dataio.load_json(new_run / "split.json") == dataio.load_json(
         (ens / member["file"]).parent / "split.json")            # the same cases
-    cfg = io.load_json(new_run / "train_config.json")["settings"]
-    old = io.load_json((ens / member["file"]).parent / "train_config.json")["settings"]
+    cfg = dataio.load_json(new_run / "train_config.json")["settings"]
+    old = dataio.load_json((ens / member["file"]).parent / "train_config.json")["settings"]
     assert cfg["seed"] == 7 and {k: v for k, v in cfg.items() if k != "seed"} == {
         k: v for k, v in old.items() if k != "seed"}              # only the seed differs
     assert {(r["case_id"], r["seed"]) for r in spread["rows"] if r["grid"] == "grid64"} == {
@@ -247,7 +227,9 @@ def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, t
              if (r["case_id"], r["grid"]) == (row["case_id"], row["grid"])]
         assert row["range"] == pytest.approx(max(d) - min(d)) and 0 <= row["min"] <= row["max"] <= 1
     assert "over seeds [7, 42]" in capsys.readouterr().out
-    assert ensemble.main(["--seeds", "7"]) == 2 and "--from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                      # --from is required
+        seeds.main(["--seeds", "7"])
+    assert "--from" in capsys.readouterr().err
 
 
 def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo_data, tmp_path):
@@ -258,21 +240,21 @@ def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo
                                      init_from=src, **SMOKE)
     for i, (old, new) in enumerate(zip(ensemble.member_runs(src),
                                        ensemble.member_runs(tmp_path / "ft"))):
-        assert io.load_json(new / "split.json") == io.load_json(old / "split.json")
-        init = io.load_json(new / "train_config.json")["init_weights"]
-        assert init["sha256"] == io.file_sha256(old / "best_model.keras")
+        assert dataio.load_json(new / "split.json") == dataio.load_json(old / "split.json")
+        init = dataio.load_json(new / "train_config.json")["init_weights"]
+        assert init["sha256"] == dataio.file_sha256(old / "best_model.keras")
     assert sorted(r["case_id"] for r in result["cases"]) == IDS      # still out of fold
     with pytest.raises(LungsegInputError, match="not k=3"):
         ensemble.cross_validate(k=3, data_dir=demo_data, out_dir=tmp_path / "x",
                                 init_from=src, **SMOKE)
     # a fine-tuned member's seed runs repeat the fine-tuning: the same starting weights
-    runs = ensemble.train_seeds(tmp_path / "ft", [7], fold=0, data_dir=demo_data)
-    parent = io.load_json(ensemble.member_runs(tmp_path / "ft")[0] / "train_config.json")
-    assert io.load_json(runs[7] / "train_config.json")["init_weights"]["sha256"] == \
+    runs = seeds.train_seeds(tmp_path / "ft", [7], fold=0, data_dir=demo_data)
+    parent = dataio.load_json(ensemble.member_runs(tmp_path / "ft")[0] / "train_config.json")
+    assert dataio.load_json(runs[7] / "train_config.json")["init_weights"]["sha256"] == \
         parent["init_weights"]["sha256"]
     (ensemble.member_runs(src)[0] / "best_model.keras").rename(tmp_path / "moved.keras")
     try:
         with pytest.raises(LungsegInputError, match="which is missing"):
-            ensemble.train_seeds(tmp_path / "ft", [8], fold=0, data_dir=demo_data)
+            seeds.train_seeds(tmp_path / "ft", [8], fold=0, data_dir=demo_data)
     finally:
         (tmp_path / "moved.keras").rename(ensemble.member_runs(src)[0] / "best_model.keras")

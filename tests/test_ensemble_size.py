@@ -1,9 +1,10 @@
-"""lungseg_utils.ensemble_size: each candidate's members scored out of fold, its robustness
+"""lungseg_utils.study.ensemble_size: each candidate's members scored out of fold, its robustness
 column found by its place in the suite's ensemble list, and the rule that chooses K."""
 
 import pytest
 
-from lungseg_utils import ensemble_size, inference, io, metrics
+from lungseg_utils.study import ensemble_size
+from lungseg_utils import inference, dataio, metrics
 from lungseg_utils.errors import LungsegInputError
 
 
@@ -35,13 +36,13 @@ def test_candidate_scores_each_case_with_its_unseen_member(smoke_cv, demo_data, 
              "summary": {"as stored": {"member_2": {"mean": 0.9, "worst_value": 0.8}},
                          "HU +50": {"member_2": {"mean": 0.7, "worst_value": 0.6}}}}
     c = ensemble_size.candidate(out, {"grid64": demo_data, "native": None}, suite)
-    manifest = io.load_json(out / inference.MANIFEST)
+    manifest = dataio.load_json(out / inference.MANIFEST)
     assert c["k"] == 2 and c["train_cases"] == sorted({len(m["train"]) for m in manifest["members"]})
     assert sorted(r["case_id"] for r in c["rows"]) == sorted(
         cid for m in manifest["members"] for cid in m["test"])
     row = c["rows"][0]
     member = next(m for m in manifest["members"] if row["case_id"] in m["test"])
-    case = io.load_case(demo_data / row["case_id"])
+    case = dataio.load_case(demo_data / row["case_id"])
     forward = inference.compiled_forward(inference.load_model(out / member["file"]))
     mask = inference.predict_volume(forward, case.ct_hu, case.affine)["mask"]
     assert row["dice"] == pytest.approx(metrics.dice(mask, case.mask))

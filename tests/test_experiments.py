@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from lungseg_utils import config, experiments, inference, io, metrics
+from lungseg_utils import config, experiments, inference, dataio, metrics
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.geometry import lps_affine
-from lungseg_utils.io import Case, load_json, spacing_from_affine
+from lungseg_utils.geometry import lps_affine, spacing_from_affine
+from lungseg_utils.dataio import Case, load_json
 from lungseg_utils.synthetic import make_phantom
 
 
@@ -33,7 +33,7 @@ def test_out_of_fold_jobs_follow_the_manifest(tmp_path):
     _write_run(ref / "cv" / "fold_9", ["p9"])      # a folder the manifest does not list: ignored
     members = [{"file": "cv/a/best_model.keras", "fold": 0, "test": ["p2", "p4"]},
                {"file": "cv/b/best_model.keras", "fold": 1, "test": ["p1", "p3"]}]
-    io.save_json({"kind": "ensemble", "members": members}, ref / "manifest.json")
+    dataio.save_json({"kind": "ensemble", "members": members}, ref / "manifest.json")
     jobs = experiments.out_of_fold_jobs(ref)
     assert [j[0] for j in jobs] == ["p1", "p2", "p3", "p4"]
     assert dict((j[0], j[1]) for j in jobs)["p2"] == "CV fold 0"
@@ -46,7 +46,7 @@ def test_run_identity_and_its_check(tmp_path):
     run = tmp_path / "run"
     _write_run(run, ["p1"])
     ident = experiments.run_identity(run)
-    assert ident["model_sha256"] == io.file_sha256(run / "best_model.keras")
+    assert ident["model_sha256"] == dataio.file_sha256(run / "best_model.keras")
     assert ident["manifest_sha256"] is None and ident["run"].endswith("run")
     experiments.check_identity({"run": ident}, run, "evaluation.json", "05")
     experiments.check_identity({}, run, "evaluation.json", "05")  # older files: no identity
@@ -59,7 +59,7 @@ def test_record_job_writes_the_wall_time_and_the_cpu(tmp_path):
     import time
 
     path = experiments.record_job(tmp_path, time.time() - 90)
-    job = io.load_json(path)
+    job = dataio.load_json(path)
     assert path == tmp_path / "job.json" and 90 <= job["wall_s"] < 150
     assert job["cpu"]["logical_cpus"] >= 1 and isinstance(job["cpu"]["avx512"], bool)
     assert job["profile"] == config.profile_name()
@@ -110,8 +110,8 @@ def native_copies(tmp_path_factory):
     for seed, cid in enumerate(("synth_002", "synth_003")):
         ct, mask, affine = make_phantom(shape=shape, spacing_mm=spacing, seed=seed,
                                         affine=lps_affine(shape, spacing, (4.0, -6.0, 3.0)))
-        io.save_nifti(np.round(ct).astype(np.int16), affine, folder / cid / io.CT_NAME)
-        io.save_nifti(mask, affine, folder / cid / io.MASK_NAME)
+        dataio.save_nifti(np.round(ct).astype(np.int16), affine, folder / cid / dataio.CT_NAME)
+        dataio.save_nifti(mask, affine, folder / cid / dataio.MASK_NAME)
     return folder
 
 
@@ -129,7 +129,7 @@ def test_evaluation_pipeline_end_to_end(smoke_model_path, demo_data, native_copi
         assert block["summary"]["unet"]["dice"]["mean"] == pytest.approx(
             np.mean([r["unet"]["dice"] for r in block["cases"]]))
     # the row is the method comparison of that case with that model
-    case = io.load_case(native_copies / "synth_003")
+    case = dataio.load_case(native_copies / "synth_003")
     row = experiments.compare_methods(forwards[smoke_model_path], case, with_ceiling=True)[0]
     assert blocks["native"]["cases"][1]["baseline"] == row["baseline"]
     assert blocks["native"]["cases"][1]["unet"] == row["unet"]
@@ -147,7 +147,7 @@ def test_tta_pipeline_end_to_end(smoke_model_path, smoke_forward, demo_data, nat
         ("synth_002", "grid64"), ("synth_002", "native"), ("synth_003", "grid64"),
         ("synth_003", "native")]
     assert all(set(r) == set(experiments.TTA_ROW_KEYS) for r in rows)
-    case = io.load_case(demo_data / "synth_003")
+    case = dataio.load_case(demo_data / "synth_003")
     tta_mask = inference.predict_volume(smoke_forward, case.ct_hu, case.affine, tta=True)["mask"]
     assert rows[2]["dice_tta"] == pytest.approx(metrics.dice(tta_mask, case.mask))
     times = experiments.time_inference(smoke_forward, np.zeros((64, 64, 64), np.float32), repeats=1)

@@ -9,10 +9,22 @@ import pytest
 
 from lungseg_utils.config import native_data_dir
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.geometry import (from_model_grid, is_model_sized, lps_affine, lung_centre_mm,
-                                    make_model_grid, mask_to_model_grid, model_affine,
-                                    round_trip_mask, to_model_grid)
-from lungseg_utils.io import load_case
+from lungseg_utils.geometry import (
+    LPS_TO_RAS,
+    axial_axis,
+    bbox_centre_mm,
+    from_model_grid,
+    is_model_sized,
+    lps_affine,
+    lung_centre_mm,
+    make_model_grid,
+    mask_to_model_grid,
+    model_affine,
+    round_trip_mask,
+    spacing_from_affine,
+    to_model_grid,
+)
+from lungseg_utils.dataio import load_case
 from lungseg_utils.synthetic import make_phantom, reorient
 
 
@@ -190,3 +202,36 @@ def test_the_cube_lands_on_the_same_anatomy_however_the_scan_is_stored(case_id):
     aff[:3, :2] /= 2
     aff[:3, 3] -= 0.25 * (case.affine[:3, 0] + case.affine[:3, 1])
     assert np.linalg.norm(lung_centre_mm(fine, aff) - ref) <= 2.0
+
+
+# ----------------------------------------------------------------------------- affine helpers
+def test_spacing_from_rotated_affine():
+    theta = 0.3
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
+    assert spacing_from_affine(aff) == pytest.approx((0.8, 0.9, 2.5))
+
+
+@pytest.mark.parametrize("codes,axis", [("LPS", 2), ("RAS", 2), ("SAR", 0), ("PIL", 1)])
+def test_axial_axis_follows_the_header(codes, axis):
+    vol = np.zeros((6, 7, 8), np.float32)
+    _, aff = reorient(vol, lps_affine(vol.shape, (1.0, 1.5, 2.5)), codes)
+    assert axial_axis(aff) == axis
+    theta = np.deg2rad(15)                                   # a tilted gantry: still axis 2
+    tilt = np.eye(4)
+    tilt[1:3, 1:3] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    assert axial_axis(tilt @ lps_affine(vol.shape, 1.0)) == 2
+
+
+def test_bbox_centre_and_lps_to_ras():
+    mask = np.zeros((10, 12, 8), bool)
+    mask[2:5, 3:10, 1:2] = True
+    affine = lps_affine(mask.shape, (1.0, 2.0, 3.0), centre_mm=(5.0, -4.0, 7.0))
+    idx = np.argwhere(mask)
+    expected = (affine @ np.r_[(idx.min(0) + idx.max(0)) / 2, 1])[:3]
+    np.testing.assert_allclose(bbox_centre_mm(mask, affine), expected)
+    with pytest.raises(LungsegInputError, match="empty"):
+        bbox_centre_mm(np.zeros((3, 3, 3)), affine)
+    np.testing.assert_array_equal(LPS_TO_RAS @ LPS_TO_RAS, np.eye(4))     # its own inverse
+    np.testing.assert_array_equal(LPS_TO_RAS @ [1.0, 2.0, 3.0, 1.0], [-1.0, -2.0, 3.0, 1.0])

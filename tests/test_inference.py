@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import inference, io, segment
+from lungseg_utils import inference, dataio
+from lungseg_utils.scan import segment
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.synthetic import make_phantom, reorient
@@ -223,6 +224,6 @@ def test_predict_case_from_a_path_keeps_the_grid(tmp_path, smoke_forward):
     assert res["mask"].shape == shape and res["prob"].shape == shape
     assert res["prob64"].shape == (64, 64, 64) and res["mask"].dtype == np.uint8
     np.testing.assert_allclose(res["grid"].source_affine, aff)
-    case = io.load_case(tmp_path / "p1", require_mask=False)
+    case = dataio.load_case(tmp_path / "p1", require_mask=False)
     again = inference.predict_case(case, forward=smoke_forward, postprocess=True)
     np.testing.assert_array_equal(again["mask"], res["mask"])

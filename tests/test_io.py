@@ -1,5 +1,5 @@
-"""lungseg_utils.io: loading, validation of bad input, the one atomic writer, the split,
-JSON, orientation helpers and the data table."""
+"""lungseg_utils.dataio: loading, validation of bad input, the one atomic writer, the split,
+JSON, paths as stored and the data table."""
 
 import gzip
 import os
@@ -12,10 +12,24 @@ import pytest
 
 from lungseg_utils.errors import LungsegInputError, LungsegWarning
 from lungseg_utils.geometry import lps_affine
-from lungseg_utils.io import (atomic_write, axial_axis, describe_case, discover_cases, file_sha256,
-                              format_table, load_case, load_cases, load_ct, load_json, load_nifti,
-                              make_split, save_json, save_nifti, spacing_from_affine)
-from lungseg_utils.synthetic import make_phantom, reorient, write_demo_dataset
+from lungseg_utils.dataio import (
+    atomic_write,
+    describe_case,
+    discover_cases,
+    file_sha256,
+    format_table,
+    load_case,
+    load_cases,
+    load_ct,
+    load_json,
+    load_nifti,
+    make_split,
+    portable_path,
+    remove_stale_temps,
+    save_json,
+    save_nifti,
+)
+from lungseg_utils.synthetic import make_phantom, write_demo_dataset
 
 
 def _write(path, data, affine=None):
@@ -156,14 +170,6 @@ def test_save_nifti_atomic_keeps_affine_and_refuses_overwrite(tmp_path, case_dir
     assert not list(out.parent.glob(".tmp_*"))
 
 
-def test_spacing_from_rotated_affine():
-    theta = 0.3
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
-    aff = np.eye(4)
-    aff[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
-    assert spacing_from_affine(aff) == pytest.approx((0.8, 0.9, 2.5))
-
-
 def test_split_is_patient_level_seeded_and_complete():
     ids = [f"patient_{i:03d}" for i in range(9)]
     a, b = make_split(ids, seed=7), make_split(ids, seed=7)
@@ -223,15 +229,53 @@ def test_atomic_write_renames_on_success_and_cleans_up_on_failure(tmp_path):
         tmp.write_text("{}")
 
 
-@pytest.mark.parametrize("codes,axis", [("LPS", 2), ("RAS", 2), ("SAR", 0), ("PIL", 1)])
-def test_axial_axis_follows_the_header(codes, axis):
-    vol = np.zeros((6, 7, 8), np.float32)
-    _, aff = reorient(vol, lps_affine(vol.shape, (1.0, 1.5, 2.5)), codes)
-    assert axial_axis(aff) == axis
-    theta = np.deg2rad(15)                                   # a tilted gantry: still axis 2
-    tilt = np.eye(4)
-    tilt[1:3, 1:3] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
-    assert axial_axis(tilt @ lps_affine(vol.shape, 1.0)) == 2
+def test_atomic_write_of_a_folder_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "cases" / "patient_001"
+    with atomic_write(target, folder=True) as tmp:
+        assert tmp.is_dir() and tmp.parent == target.parent and not target.exists()
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~umask
+    with pytest.raises(LungsegInputError, match="folder exists"):
+        with atomic_write(target, folder=True):
+            pass
+    with pytest.raises(KeyboardInterrupt):                   # Ctrl-C half way: old one stands
+        with atomic_write(target, overwrite=True, folder=True) as tmp:
+            (tmp / "b.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_write(target, overwrite=True, folder=True) as tmp:   # replaces a full folder
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["patient_001"]   # no temp left
+
+
+def test_stale_temps_of_a_killed_write_are_removed_but_never_an_input(tmp_path):
+    out = tmp_path / "m.nii.gz"
+    stale = tmp_path / ".tmp_m.nii_abc123.nii.gz"         # what kill -9 inside atomic_write left
+    stale.write_bytes(b"half")
+    kept = tmp_path / ".tmp_m.nii_input.nii.gz"            # an input that happens to look alike
+    kept.write_bytes(b"input")
+    other = tmp_path / ".tmp_other_x.nii.gz"
+    other.write_bytes(b"other")
+    (tmp_path / ".tmp_case_1_xyz").mkdir()                  # a killed folder write
+    assert remove_stale_temps(out, keep=[kept]) == [stale]
+    assert kept.exists() and other.exists() and not stale.exists()
+    assert remove_stale_temps(tmp_path / "case_1", folder=True) == [tmp_path / ".tmp_case_1_xyz"]
+    assert remove_stale_temps(tmp_path / "missing" / "x.json") == []
+
+
+def test_portable_path_is_relative_inside_and_beside_the_repository(tmp_path):
+    from lungseg_utils import config
+
+    assert portable_path(config.REPO_ROOT / "results" / "reference") == "results/reference"
+    beside = config.REPO_ROOT.parent / "shared" / "data" / "lctsc64"
+    assert portable_path(beside) == "../shared/data/lctsc64"
+    assert (config.REPO_ROOT / portable_path(beside)).resolve() == beside.resolve()
+    if not tmp_path.resolve().is_relative_to(config.REPO_ROOT.parent):
+        assert portable_path(tmp_path) == str(tmp_path.resolve())
 
 
 def test_describe_case_and_format_table(case_dir):

@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import data, dicom, io, rtstruct
+from lungseg_utils.scan import lctsc, dicom, rtstruct
+from lungseg_utils import dataio
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
 
@@ -116,11 +117,11 @@ def test_contours_fill_the_known_lungs_and_names_match_in_any_case(tmp_path):
 def test_conversion_writes_both_layouts_as_described(tmp_path):
     files, affine, truth = _series(tmp_path / "ct")
     rt = _rtstruct(tmp_path / "rt.dcm", files)
-    written = data.convert_case(tmp_path / "ct", rt, tmp_path / "out", "case_a")
+    written = lctsc.convert_case(tmp_path / "ct", rt, tmp_path / "out", "case_a")
     assert set(written) == {f"{layout}/case_a/{n}" for layout in ("lctsc_native", "lctsc64")
-                            for n in (io.CT_NAME, io.MASK_NAME)}
-    native = io.load_case(tmp_path / "out" / "lctsc_native" / "case_a")
-    course = io.load_case(tmp_path / "out" / "lctsc64" / "case_a")
+                            for n in (dataio.CT_NAME, dataio.MASK_NAME)}
+    native = dataio.load_case(tmp_path / "out" / "lctsc_native" / "case_a")
+    course = dataio.load_case(tmp_path / "out" / "lctsc64" / "case_a")
     assert native.ct_hu.shape == (SHAPE[0] // 2, SHAPE[1] // 2, SHAPE[2])
     np.testing.assert_allclose(native.spacing_mm, (4.0, 4.0, 5.0), atol=1e-4)
     assert course.ct_hu.shape == (64, 64, 64)
@@ -128,8 +129,8 @@ def test_conversion_writes_both_layouts_as_described(tmp_path):
     assert nib.aff2axcodes(course.affine) == ("L", "P", "S")
     for layout, case in (("lctsc_native", native), ("lctsc64", course)):
         folder = tmp_path / "out" / layout / "case_a"
-        assert nib.load(str(folder / io.CT_NAME)).get_data_dtype() == np.int16
-        assert nib.load(str(folder / io.MASK_NAME)).get_data_dtype() == np.uint8
+        assert nib.load(str(folder / dataio.CT_NAME)).get_data_dtype() == np.int16
+        assert nib.load(str(folder / dataio.MASK_NAME)).get_data_dtype() == np.uint8
         assert case.ct_hu.min() >= -1024 and case.ct_hu.max() <= 3071
     volume = {k: c.mask.sum() * np.prod(c.spacing_mm) for k, c in (("n", native), ("c", course))}
     true_ml = truth.sum() * np.prod(SPACING)
@@ -141,7 +142,7 @@ def test_conversion_writes_both_layouts_as_described(tmp_path):
     assert np.abs(centre).max() <= 5.0
     assert (course.ct_hu[0] == -1024).all()          # padded beyond the 192 mm wide scan
     with pytest.raises(LungsegInputError, match="exists"):
-        data.convert_case(tmp_path / "ct", rt, tmp_path / "out", "case_a")
+        lctsc.convert_case(tmp_path / "ct", rt, tmp_path / "out", "case_a")
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -152,9 +153,9 @@ def test_course_layout_of_a_native_scan_matches_the_course_data():
     """The course format made from a near-native scan lands where the course data's cube is
     (its centre within a voxel) with the same lungs (Dice > 0.97: the native grid is already
     a 2 x 2 average, not the original)."""
-    native = io.load_case(DATA / "lctsc_native" / "patient_004")
-    ref = io.load_case(DATA / "lctsc64" / "patient_004")
-    ct, lung, affine = data.course_layout(native.ct_hu, native.mask, native.affine)
+    native = dataio.load_case(DATA / "lctsc_native" / "patient_004")
+    ref = dataio.load_case(DATA / "lctsc64" / "patient_004")
+    ct, lung, affine = lctsc.course_layout(native.ct_hu, native.mask, native.affine)
     assert np.abs(affine[:3, 3] - ref.affine[:3, 3]).max() <= 5.0
     np.testing.assert_allclose(affine[:3, :3], ref.affine[:3, :3])
     shift = np.round(np.linalg.inv(ref.affine) @ affine[:, 3])[:3].astype(int)
@@ -205,23 +206,23 @@ def tcia(tmp_path_factory):
 def test_download_lists_pairs_and_resumes_after_a_kill(tmp_path, tcia):
     fetch = Recorded(tcia, fail={"4598.1002": KeyboardInterrupt()})   # killed mid-way
     with pytest.raises(KeyboardInterrupt):
-        data.fetch_lctsc(tmp_path, fetch=fetch, progress=False)
-    assert fetch.calls[:2] == [data.series_url("CT"), data.series_url("RTSTRUCT")]
-    manifest = io.load_json(tmp_path / "manifest.json")
+        lctsc.fetch_lctsc(tmp_path, fetch=fetch, progress=False)
+    assert fetch.calls[:2] == [lctsc.series_url("CT"), lctsc.series_url("RTSTRUCT")]
+    manifest = dataio.load_json(tmp_path / "manifest.json")
     assert list(manifest["cases"]) == ["lctsc_test_s1_101"]          # the first case is whole
     assert not list((tmp_path / "lctsc64").glob(".tmp_*"))
     again = Recorded(tcia)
-    manifest = data.fetch_lctsc(tmp_path, fetch=again, progress=False)
+    manifest = lctsc.fetch_lctsc(tmp_path, fetch=again, progress=False)
     assert sorted(manifest["cases"]) == ["lctsc_test_s1_101", "lctsc_train_s2_002"]
     fetched = [u for u in again.calls if "getImage" in u]
     assert all("4598.1001" not in u and "4598.3001" not in u for u in fetched)  # not again
     for case in manifest["cases"].values():
         for rel, sha in case["files"].items():
-            assert io.file_sha256(tmp_path / rel) == sha
+            assert dataio.file_sha256(tmp_path / rel) == sha
         for z in case["zips"].values():
-            assert io.file_sha256(tmp_path / z["file"]) == z["sha256"]
+            assert dataio.file_sha256(tmp_path / z["file"]) == z["sha256"]
     third = Recorded(tcia)
-    data.fetch_lctsc(tmp_path, fetch=third, progress=False)
+    lctsc.fetch_lctsc(tmp_path, fetch=third, progress=False)
     assert [u for u in third.calls if "getImage" in u] == []          # all done: nothing fetched
 
 
@@ -243,13 +244,13 @@ def test_transport_retries_server_errors_and_names_the_rest(monkeypatch, tmp_pat
             raise answer
         return Response(answer)
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
-    assert data.http_fetch("https://x/getSeries", sleep=slept.append) == b"[]"
-    assert slept == [data.BACKOFF_S, 2 * data.BACKOFF_S]
+    monkeypatch.setattr(lctsc.urllib.request, "urlopen", urlopen)
+    assert lctsc.http_fetch("https://x/getSeries", sleep=slept.append) == b"[]"
+    assert slept == [lctsc.BACKOFF_S, 2 * lctsc.BACKOFF_S]
     answers[:] = [urllib.error.HTTPError("u", 404, "Not Found", None, None)]
     with pytest.raises(LungsegInputError, match="HTTP 404") as err:
-        data.http_fetch("https://x/getImage?SeriesInstanceUID=9", sleep=slept.append)
+        lctsc.http_fetch("https://x/getImage?SeriesInstanceUID=9", sleep=slept.append)
     assert "getImage" in str(err.value) and len(slept) == 2           # no retry on a 404
     with pytest.raises(LungsegInputError, match="not a ZIP"):
-        data.download_series("9", tmp_path / "x.zip", fetch=lambda url: b"<html>busy</html>")
-    assert not list(tmp_path.iterdir())                 # no .part, no zip left behind
+        lctsc.download_series("9", tmp_path / "x.zip", fetch=lambda url: b"<html>busy</html>")
+    assert not list(tmp_path.iterdir())                 # no temporary file, no zip left behind

@@ -13,8 +13,18 @@ from scipy.spatial import cKDTree
 
 from lungseg_utils.anatomy import boundary
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.metrics import (assd_mm, dice, evaluate_masks, hd95_mm, iou, paired_bootstrap_ci,
-                                   relative_volume_error, roc_auc, summarise, volume_ml)
+from lungseg_utils.metrics import (
+    assd_mm,
+    dice,
+    evaluate_masks,
+    hd95_mm,
+    iou,
+    paired_bootstrap_ci,
+    relative_volume_error,
+    roc_auc,
+    summarise,
+    volume_ml,
+)
 
 ANISO = (0.8, 1.3, 2.1)
 

@@ -5,8 +5,13 @@ import pytest
 
 from lungseg_utils import config
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.preprocess import (binarise_mask, denormalise, preprocess_case, to_tensor,
-                                      window_normalise)
+from lungseg_utils.preprocess import (
+    binarise_mask,
+    denormalise,
+    preprocess_case,
+    to_tensor,
+    window_normalise,
+)
 
 
 def test_window_normalise_clips_and_scales_over_the_window():
@@ -36,3 +41,10 @@ def test_masks_and_tensors():
     x, y = preprocess_case(ct, m[0, 1] * np.ones((4, 4, 4)))
     assert x.shape == y.shape == (4, 4, 4, 1) and np.allclose(x, 0.5) and np.all(y == 1.0)
     assert preprocess_case(ct)[1] is None
+
+
+def test_window_normalise_gives_float32_for_any_input_dtype():
+    for dtype in (np.int16, np.int32, np.float32, np.float64):
+        x = window_normalise(np.array([-1500, -1000, 300, 2000], dtype))
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, [0, 0, 1, 1])

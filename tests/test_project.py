@@ -86,14 +86,14 @@ def test_committed_reference_ensemble_is_intact():
     """results/reference/manifest.json (the inference command's default model): every member
     file is there with its recorded SHA-256, and every case is held out by exactly one member
     that did not train on it."""
-    from lungseg_utils import config, inference, io
+    from lungseg_utils import config, inference, dataio
 
-    manifest = io.load_json(config.REFERENCE_DIR / inference.MANIFEST)
+    manifest = dataio.load_json(config.REFERENCE_DIR / inference.MANIFEST)
     members = manifest["members"]
     assert manifest["folds"] == len(members) >= 2
     for m in members:
         path = config.REFERENCE_DIR / m["file"]
-        assert io.file_sha256(path) == m["sha256"], m["file"]
+        assert dataio.file_sha256(path) == m["sha256"], m["file"]
         assert not set(m["train"]) & set(m["test"]), m["file"]
     held_out = sorted(c for m in members for c in m["test"])
     assert len(held_out) == len(set(held_out))
@@ -109,11 +109,11 @@ def test_committed_models_are_the_members_once_and_load_with_keras_alone():
 
     import numpy as np
 
-    from lungseg_utils import config, inference, io
+    from lungseg_utils import config, inference, dataio
 
     tracked = subprocess.run(["git", "ls-files", "*.keras"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
-    members = io.load_json(config.REFERENCE_DIR / inference.MANIFEST)["members"]
+    members = dataio.load_json(config.REFERENCE_DIR / inference.MANIFEST)["members"]
     ref = config.REFERENCE_DIR.relative_to(ROOT).as_posix()
     assert sorted(tracked) == sorted(f"{ref}/{m['file']}" for m in members)
     # What a clone downloads: the members stored as float16 (storage; measured by compact), 60 MB at most.
@@ -141,3 +141,34 @@ def test_a_static_render_of_the_viewer_shows_its_first_picture():
     nb.metadata.pop("widgets", None)                      # as a viewer without widget state
     html, _ = HTMLExporter().from_notebook_node(nb)
     assert html.count('src="data:image/png;base64,') >= 1
+
+
+# ----------------------------------------------------------------------------- README
+def test_readme_is_a_short_course_readme_with_the_two_commands_first():
+    """README.md: about 150 lines, the two commands (``make all``, ``make test``) in its first
+    40, and the blocks that code renders (results, job, bench) each present once."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines; move the rest to docs/"
+    head = "\n".join(lines[:40])
+    assert "make all" in head and "make test" in head
+    text = "\n".join(lines)
+    for block in ("results", "job", "bench"):
+        start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+        assert text.count(start) == 1 and text.count(end) == 1, block
+        assert text.index(start) < text.index(end), block
+
+
+def test_readme_and_docs_link_only_to_files_that_exist():
+    """Every relative Markdown link of README.md and docs/*.md (anchors aside) names a file
+    or folder of the checkout; the README links each docs/ page."""
+    readme = (ROOT / "README.md").read_text()
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert pages, "docs/ has no pages"
+    for page in pages:
+        assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+    for doc in [ROOT / "README.md", *pages]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path = target.split("#")[0]
+            if not path or re.match(r"[a-z]+:", path):
+                continue
+            assert (doc.parent / path).exists(), f"{doc.relative_to(ROOT)}: no {target}"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lungseg_utils import config, experiments, metrics, report
+from lungseg_utils import config, experiments, metrics
+from lungseg_utils.report import build
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +38,8 @@ def _expected_numbers(folder: Path) -> dict:
     """The numbers the report must print, read straight from the result files (the
     cross-validation's too when ``evaluation.json`` has it)."""
     ev, tta = _load(folder, "evaluation.json"), _load(folder, "tta.json")
-    d3 = lambda v: report.fmt_number(v, 3)  # noqa: E731
-    g4 = lambda v: report.fmt_number(v, 4, signed=True)  # noqa: E731  (Dice gains)
+    d3 = lambda v: build.fmt_number(v, 3)  # noqa: E731
+    g4 = lambda v: build.fmt_number(v, 4, signed=True)  # noqa: E731  (Dice gains)
     s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
     out = {
         "mean U-Net Dice, 64^3": d3(s64["unet"]["dice"]["mean"]),
@@ -89,7 +90,7 @@ def _placeholder_figures(folder: Path) -> Path:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(report.REPORT_FIGURES):
+    for i, name in enumerate(build.REPORT_FIGURES):
         fig, ax = plt.subplots(figsize=(6.5, 1.6) if i == 0 else (3.3, 1.9))
         ax.plot([0, 1, 2], [0, i, 1])
         ax.set_title(f"placeholder {name}")
@@ -107,7 +108,7 @@ def figures_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fixture_pdf(tmp_path_factory, figures_dir):
     tmp = tmp_path_factory.mktemp("report")
-    return report.build_report(FIXTURE, figures_dir, tmp / "out" / "report.pdf")
+    return build.build_report(FIXTURE, figures_dir, tmp / "out" / "report.pdf")
 
 
 def test_fixture_report_has_two_or_three_pages_and_the_fixture_numbers(fixture_pdf):
@@ -127,7 +128,7 @@ def test_fixture_report_has_two_or_three_pages_and_the_fixture_numbers(fixture_p
 
 def test_report_without_cross_validation(tmp_path, figures_dir):
     results = _without_cv(tmp_path / "results")
-    pdf = report.build_report(results, figures_dir, tmp_path / "out" / "report.pdf")
+    pdf = build.build_report(results, figures_dir, tmp_path / "out" / "report.pdf")
     n_pages, text = _pdf_text(pdf)
     assert 2 <= n_pages <= 3
     expected = _expected_numbers(results)
@@ -135,22 +136,24 @@ def test_report_without_cross_validation(tmp_path, figures_dir):
     for what, value in expected.items():
         assert value in text, f"{what} = {value} is not in the PDF"
     assert "Out of fold" not in text and "cross-validation" not in text
-    numbers = json.loads((pdf.parent / report.NUMBERS_NAME).read_text())
+    numbers = json.loads((pdf.parent / build.NUMBERS_NAME).read_text())
     assert numbers["facts"]["has_cv"] is False and "cv" not in numbers["compare"]
-    block = report.results_markdown(results)
-    assert "Out of fold" not in block and "U-Net, 5 mm edge" in block
+    block = build.results_markdown(results)
+    assert "Out of fold" not in block and "held-out test cases" in block
+    assert _readme_table_rows(block) == 2
+    assert expected["mean baseline Dice, 64^3"] in block
 
 
 def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
-    numbers = json.loads((fixture_pdf.parent / report.NUMBERS_NAME).read_text())
+    numbers = json.loads((fixture_pdf.parent / build.NUMBERS_NAME).read_text())
     ev = _load(FIXTURE, "evaluation.json")
     assert numbers["evaluation"]["grid64"]["summary"]["unet"]["dice"]["mean"] == \
-        report.fmt_number(ev["grid64"]["summary"]["unet"]["dice"]["mean"], 3)
+        build.fmt_number(ev["grid64"]["summary"]["unet"]["dice"]["mean"], 3)
     assert numbers["evaluation"]["native"]["summary"]["baseline"]["hd95_mm"]["mean"] == "∞"
-    assert set(numbers["figures"]) == set(report.REPORT_FIGURES)
+    assert set(numbers["figures"]) == set(build.REPORT_FIGURES)
     cv = ev["cross_validation"]["native"]["summary"]["unet"]["dice"]
     assert numbers["evaluation"]["cross_validation"]["native"]["summary"]["unet"]["dice"] \
-        ["worst_value"] == report.fmt_number(cv["worst_value"], 3)
+        ["worst_value"] == build.fmt_number(cv["worst_value"], 3)
     # the TTA table pairs each case's rows of the two grids
     tta = _load(FIXTURE, "tta.json")
     assert [r["case_id"] for r in numbers["tta_table"]] == \
@@ -161,31 +164,31 @@ def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
     snat = ev["native"]["summary"]
     assert numbers["facts"]["unet_above_ceiling"] == \
         (snat["unet"]["dice"]["mean"] > snat["ceiling"]["dice"]["mean"])
-    assert numbers["facts"]["refine_gain"] == report.fmt_number(
+    assert numbers["facts"]["refine_gain"] == build.fmt_number(
         snat["unet"]["dice"]["mean"] - snat["unet_raw"]["dice"]["mean"], 3, signed=True)
     assert numbers["facts"]["tta_n_cases"] == "2" and numbers["facts"]["tta_few_cases"] is True
 
 
 def test_report_typ_types_no_result_by_hand():
     """Three-decimal numbers (Dice, IoU) may only come from numbers.json."""
-    source = report.REPORT_TYP.read_text()
+    source = build.REPORT_TYP.read_text()
     code = "\n".join(line.split("//")[0] for line in source.splitlines())
     assert not re.findall(r"(?<![\d/.])\d\.\d{3}", code)  # (DOIs such as 10.1002/ pass)
-    for name in report.REPORT_FIGURES:
+    for name in build.REPORT_FIGURES:
         assert f'"{name}"' in source, f"report.typ does not show {name}"
 
 
 def test_formatting():
-    f = report.fmt_number
+    f = build.fmt_number
     assert f(0.97349, 3) == "0.973" and f(0.9, 3) == "0.900"
     assert f(-0.0042, 3, signed=True) == "−0.004" and f(0.0021, 3, signed=True) == "+0.002"
     assert f(-0.0001, 3) == "0.000" and f(float("inf"), 1) == "∞" and f(float("nan"), 1) == "n/a"
-    assert report.format_value("hd95_mm", 4.26) == "4.3"
-    assert report.format_value("mean", 0.97349, context="dice") == "0.973"
-    assert report.format_value("ci", 0.95) == "95"
-    assert report.format_value("mean_diff", 0.00118, context="dice_gain") == "+0.0012"
-    assert report.format_value("lo", -0.000144, context="dice_gain_native") == "−0.0001"
-    tree = report.format_tree({"summary": {"hd95_mm": {"mean": 4.26, "n": 2}}, "flag": True})
+    assert build.format_value("hd95_mm", 4.26) == "4.3"
+    assert build.format_value("mean", 0.97349, context="dice") == "0.973"
+    assert build.format_value("ci", 0.95) == "95"
+    assert build.format_value("mean_diff", 0.00118, context="dice_gain") == "+0.0012"
+    assert build.format_value("lo", -0.000144, context="dice_gain_native") == "−0.0001"
+    tree = build.format_tree({"summary": {"hd95_mm": {"mean": 4.26, "n": 2}}, "flag": True})
     assert tree == {"summary": {"hd95_mm": {"mean": "4.3", "n": "2"}}, "flag": True}
 
 
@@ -194,12 +197,12 @@ def test_missing_result_file_or_figure_is_named(tmp_path):
     shutil.copytree(FIXTURE, results)
     (results / "tta.json").unlink()
     with pytest.raises(LungsegInputError, match="tta.json"):
-        report.build_report(results, tmp_path / "figures", tmp_path / "r.pdf")
+        build.build_report(results, tmp_path / "figures", tmp_path / "r.pdf")
     shutil.copy(FIXTURE / "tta.json", results / "tta.json")
     figures = _placeholder_figures(tmp_path / "figures")
     (figures / "05_dice_paired.pdf").unlink()
     with pytest.raises(LungsegInputError, match="05_dice_paired.pdf"):
-        report.build_report(results, figures, tmp_path / "r.pdf")
+        build.build_report(results, figures, tmp_path / "r.pdf")
     assert not (tmp_path / "r.pdf").exists()
 
 
@@ -210,23 +213,23 @@ def test_missing_key_is_named(tmp_path):
     del ev["native"]["summary"]["ceiling"]
     path.write_text(json.dumps(ev))
     with pytest.raises(LungsegInputError, match=r"evaluation\.json.*native\.summary\.ceiling"):
-        report.results_markdown(tmp_path / "results")
+        build.results_markdown(tmp_path / "results")
     ev = _load(FIXTURE, "evaluation.json")
     del ev["native"]["cases"][0]["unet_raw"]
     path.write_text(json.dumps(ev))
     with pytest.raises(LungsegInputError, match=r"native\.cases\[patient_901\].*unet_raw"):
-        report.results_markdown(tmp_path / "results")
+        build.results_markdown(tmp_path / "results")
     ev = _load(FIXTURE, "evaluation.json")
     del ev["cross_validation"]["grid64"]["summary"]["baseline"]
     path.write_text(json.dumps(ev))
     with pytest.raises(LungsegInputError, match=r"cross_validation.*grid64\.summary\.baseline"):
-        report.results_markdown(tmp_path / "results")
+        build.results_markdown(tmp_path / "results")
     shutil.copy(FIXTURE / "evaluation.json", path)
     tta = _load(FIXTURE, "tta.json")
     del tta["dice_gain_native"]
     (tmp_path / "results" / "tta.json").write_text(json.dumps(tta))
     with pytest.raises(LungsegInputError, match=r"tta\.json.*dice_gain_native"):
-        report.results_markdown(tmp_path / "results")
+        build.results_markdown(tmp_path / "results")
 
 
 def test_tta_rows_name_their_grid_by_key(tmp_path):
@@ -235,7 +238,7 @@ def test_tta_rows_name_their_grid_by_key(tmp_path):
     tta["cases"][0]["grid"] = "64³"  # a display label, not a key
     (tmp_path / "results" / "tta.json").write_text(json.dumps(tta))
     with pytest.raises(LungsegInputError, match=r"tta\.json cases\[0\].*'64³'.*grid64, native"):
-        report.read_results(tmp_path / "results")
+        build.read_results(tmp_path / "results")
 
 
 def test_result_files_about_another_run_are_refused(tmp_path):
@@ -247,10 +250,10 @@ def test_result_files_about_another_run_are_refused(tmp_path):
     for name in ("evaluation.json", "tta.json"):
         data = _load(FIXTURE, name)
         (results / name).write_text(json.dumps({**data, "run": experiments.run_identity(results)}))
-    assert report.read_results(results)["evaluation"]["run"]["model_sha256"]
+    assert build.read_results(results)["evaluation"]["run"]["model_sha256"]
     (results / "best_model.keras").write_bytes(b"a model trained later")
     with pytest.raises(LungsegInputError, match=r"evaluation\.json: describes the model of"):
-        report.read_results(results)
+        build.read_results(results)
 
 
 def test_result_files_built_by_experiments_pass_its_own_check():
@@ -277,35 +280,69 @@ def test_result_files_built_by_experiments_pass_its_own_check():
         assert built[gain] == pytest.approx(tta[gain])
 
 
+def _readme_table_rows(block: str) -> int:
+    """The body rows of the one Markdown table of a README results block."""
+    table = [line for line in block.strip().splitlines() if line.startswith("|")]
+    return len(table) - 2
+
+
+def test_readme_results_block_is_one_small_table(tmp_path):
+    """The README shows one table, the U-Net against the classical baseline on both grids
+    (mean Dice, worst case and which), and one line after it: whatever the run holds."""
+    folder = _out_of_fold(tmp_path / "run")
+    for results in (FIXTURE, folder, _without_cv(tmp_path / "no_cv")):
+        block = build.results_markdown(results).strip()
+        lines = block.splitlines()
+        table = [line for line in lines if line.startswith("|")]
+        assert lines[:len(table)] == table and _readme_table_rows(block) == 2, results
+        assert [line for line in lines[len(table):] if line.strip()] == [lines[-1]], results
+        assert table[0].startswith("| Dice, ") and "64³ grid: mean" in table[0]
+        assert "native grid: mean" in table[0] and table[0].count("worst case") == 2
+        assert table[2].startswith("| U-Net |") and table[3].startswith("| Classical baseline |")
+        assert "[report/report.pdf](report/report.pdf)" in lines[-1]
+    ev = _load(folder, "evaluation.json")
+    row = build.results_markdown(folder).splitlines()[3].split("|")[1:-1]
+    s64, snat = (ev[g]["summary"]["baseline"]["dice"] for g in ("grid64", "native"))
+    assert [c.strip() for c in row] == [
+        "Classical baseline", build.fmt_number(s64["mean"], 3),
+        f"{build.fmt_number(s64['worst_value'], 3)} ({s64['worst_case_id']})",
+        build.fmt_number(snat["mean"], 3),
+        f"{build.fmt_number(snat['worst_value'], 3)} ({snat['worst_case_id']})"]
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     readme = tmp_path / "README.md"
     before = "# Title\n\nText before.\n\n## Results\n\n"
     after = "\n\n## Next\n\nText after, with a table | a | b |.\n"
-    readme.write_text(before + report.README_START + "\nold table\n" + report.README_END + after)
-    report.update_readme(readme, FIXTURE)
+    readme.write_text(before + build.README_START + "\nold table\n" + build.README_END + after)
+    build.update_readme(readme, FIXTURE)
     text = readme.read_text()
-    assert text.startswith(before + report.README_START) and text.endswith(report.README_END + after)
+    assert text.startswith(before + build.README_START) and text.endswith(build.README_END + after)
     assert "old table" not in text
-    block = text[text.index(report.README_START) + len(report.README_START):text.index(report.README_END)]
-    assert block.strip() == report.results_markdown(FIXTURE).strip()
-    assert _expected_numbers(FIXTURE)["mean U-Net Dice, 64^3"] in block
-    assert "Out of fold" in block and _expected_numbers(FIXTURE)["CV mean unet Dice, native"] in block
-    report.update_readme(readme, FIXTURE)  # idempotent
+    block = text[text.index(build.README_START) + len(build.README_START):text.index(build.README_END)]
+    assert block.strip() == build.results_markdown(FIXTURE).strip()
+    expected = _expected_numbers(FIXTURE)   # a split run with a cross-validation: out of fold
+    assert "Out of fold" in block and "3-fold cross-validation" in block
+    for m in ("unet", "baseline"):
+        for grid in ("grid64", "native"):
+            assert f"| {expected[f'CV mean {m} Dice, {grid}']} | " in block, (m, grid)
+            assert f"| {expected[f'CV worst {m} Dice, {grid}']} (" in block, (m, grid)
+    build.update_readme(readme, FIXTURE)  # idempotent
     assert readme.read_text() == text
     readme.write_text("no markers here\n")
     with pytest.raises(LungsegInputError, match="markers"):
-        report.update_readme(readme, FIXTURE)
+        build.update_readme(readme, FIXTURE)
 
 
 def test_main_builds_and_reports_errors_in_one_line(tmp_path, capsys, figures_dir):
     figures = figures_dir
     readme = tmp_path / "README.md"
-    readme.write_text(f"x\n{report.README_START}\n{report.README_END}\n")
-    assert report.main(["--results_dir", str(FIXTURE), "--figures_dir", str(figures),
+    readme.write_text(f"x\n{build.README_START}\n{build.README_END}\n")
+    assert build.main(["--results_dir", str(FIXTURE), "--figures_dir", str(figures),
                         "--output", str(tmp_path / "r.pdf"), "--readme", str(readme)]) == 0
     assert (tmp_path / "r.pdf").stat().st_size > 10_000
-    assert "U-Net + post-processing" in readme.read_text()
-    assert report.main(["--results_dir", str(tmp_path / "nothing"), "--no_readme",
+    assert "| Classical baseline |" in readme.read_text()
+    assert build.main(["--results_dir", str(tmp_path / "nothing"), "--no_readme",
                         "--output", str(tmp_path / "r2.pdf")]) == 2
     assert "result file is missing" in capsys.readouterr().err
 
@@ -324,17 +361,21 @@ def test_committed_report_matches_the_committed_results():
     assert 2 <= n_pages <= 3
     for what, value in _expected_numbers(REFERENCE).items():
         assert value in text, f"report.pdf is stale: {what} = {value} is not in it (make report)"
-    committed = json.loads((ROOT / "report" / report.NUMBERS_NAME).read_text())
-    fresh = report.report_numbers(REFERENCE, ROOT / "figures")
+    committed = json.loads((ROOT / "report" / build.NUMBERS_NAME).read_text())
+    fresh = build.report_numbers(REFERENCE, ROOT / "figures")
     assert committed == json.loads(json.dumps(fresh)), "report/numbers.json is stale (make report)"
+
+
+@needs_reference
+def test_readme_results_are_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    assert report.results_markdown(REFERENCE).strip() in readme, "README results are stale"
+    assert build.results_markdown(REFERENCE).strip() in readme, "README results are stale (make report)"
 
 
 @needs_reference
 def test_every_report_figure_is_committed_and_made_by_its_notebook():
     figures = ROOT / "figures"  # not config.FIGURES_DIR: the tests point that elsewhere
-    for name in report.REPORT_FIGURES:
+    for name in build.REPORT_FIGURES:
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").is_file(), f"figures/{name}.{ext} is missing"
         notebooks = sorted((ROOT / "notebooks").glob(f"{name[:2]}_*.ipynb"))
@@ -347,8 +388,8 @@ def test_every_report_figure_is_committed_and_made_by_its_notebook():
 def test_every_report_figure_prints_its_text_at_7_pt_or_more():
     """The smallest text of each figure (recorded at export) at the width the report prints
     it (read back from the compiled document), in pt."""
-    printed = report.printed_figures(REFERENCE, ROOT / "figures")
-    assert sorted(f["name"] for f in printed) == sorted(report.REPORT_FIGURES)
+    printed = build.printed_figures(REFERENCE, ROOT / "figures")
+    assert sorted(f["name"] for f in printed) == sorted(build.REPORT_FIGURES)
     for f in printed:
         assert f["min_font_pt"] is not None, f"{f['name']}: exported without its text size"
         assert f["printed_min_font_pt"] >= 7.0 - 1e-6, (
@@ -363,7 +404,8 @@ def test_smallest_text_is_measured_where_it_is_drawn(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
 
-    from lungseg_utils import numbers, viz
+    from lungseg_utils.report import values
+    from lungseg_utils import viz
 
     matplotlib.use("Agg")
     fig, ax = plt.subplots(figsize=(3, 2))
@@ -375,20 +417,20 @@ def test_smallest_text_is_measured_where_it_is_drawn(tmp_path):
     assert viz.smallest_text_pt(fig) == 6.0
     ax.tick_params(labelsize=8)
     assert viz.smallest_text_pt(fig) == 8.0
-    for name in report.REPORT_FIGURES:
+    for name in build.REPORT_FIGURES:
         viz.export_figure(fig, name, tmp_path)
     plt.close(fig)
-    info = numbers._figure_info(tmp_path)
+    info = values._figure_info(tmp_path)
     assert {v["min_font_pt"] for v in info.values()} == {8.0}
 
 
 def test_report_figures_are_distinct_and_the_reference_is_where_the_tests_look():
-    assert len(set(report.REPORT_FIGURES)) == len(report.REPORT_FIGURES)
+    assert len(set(build.REPORT_FIGURES)) == len(build.REPORT_FIGURES)
     assert config.REFERENCE_DIR == REFERENCE
 
 
 def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
-    from lungseg_utils import robustness
+    from lungseg_utils.study import robustness
 
     folder = tmp_path / "run"
     shutil.copytree(FIXTURE, folder)
@@ -405,24 +447,24 @@ def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
               "summary": [{"case_id": "p0", "grid": "native", "min": 0.951, "max": 0.9734,
                            "range": 0.0224, "sd": 0.01}]}
     (folder / "seed_spread.json").write_text(json.dumps(spread))
-    numbers = report.report_numbers(folder)
+    numbers = build.report_numbers(folder)
     assert numbers["robustness"]["facts"]["hardest_shift"] == "HU +50"
     assert numbers["robustness"]["facts"]["lowest"]["member"] == "0.812"
     assert numbers["seeds"]["max_range"] == "0.022"
-    pages, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    pages, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert 2 <= pages <= 3
     assert "Robustness" in text and "HU +50" in text and "0.812" in text
-    mean = report.fmt_number(result["summary"]["HU +50"]["ensemble_all"]["mean"], 3)
+    mean = build.fmt_number(result["summary"]["HU +50"]["ensemble_all"]["mean"], 3)
     assert mean in text
     assert "seeds 42, 43, 44" in text and "0.951" in text
     # a robustness file about another run is refused
     result["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
     (folder / "robustness.json").write_text(json.dumps(result))
     with pytest.raises(LungsegInputError, match="robustness.json: describes the model"):
-        report.report_numbers(folder)
+        build.report_numbers(folder)
 
 
-def test_report_and_readme_say_how_k_was_chosen(tmp_path, figures_dir):
+def test_report_says_how_k_was_chosen_and_the_readme_points_there(tmp_path, figures_dir):
     folder = tmp_path / "run"
     shutil.copytree(FIXTURE, folder)
 
@@ -435,33 +477,34 @@ def test_report_and_readme_say_how_k_was_chosen(tmp_path, figures_dir):
     sizes = {"candidates": [cand(5, 0.9858, 0.9812, 0.9634), cand(3, 0.9848, 0.9765, 0.9581)],
              "chosen": {"k": 5, "folder": "k5", "why": []}}
     (folder / "ensemble_size.json").write_text(json.dumps(sizes))
-    shown = report.report_numbers(folder)["ksize"]
+    shown = build.report_numbers(folder)["ksize"]
     assert shown["chosen"] == "5" and [r["k"] for r in shown["rows"]] == ["3", "5"]
     expected = {"mb": "56", "train_cases": "6–7", "dice_grid64": "0.986",
                 "worst_native": "0.981", "rob_worst": "0.963"}
     assert {k: shown["rows"][1][k] for k in expected} == expected
-    block = report.results_markdown(folder)
-    assert "K = 5, chosen by measurement" in block and "| 5 | 6–7 | 56 | 0.986 (0.981)" in block
-    _, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    block = build.results_markdown(folder)                  # the README's one small table
+    assert "how many members: [report/report.pdf]" in block and "K = 5" not in block
+    _, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert "K = 5 was chosen by measurement" in " ".join(text.split())
     sizes["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
     (folder / "ensemble_size.json").write_text(json.dumps(sizes))
     with pytest.raises(LungsegInputError, match="ensemble_size.json: describes the model"):
-        report.report_numbers(folder)
+        build.report_numbers(folder)
 
 
 def test_robustness_numbers_name_the_honest_ensemble_by_its_size():
-    from lungseg_utils import numbers, robustness
+    from lungseg_utils.report import values
+    from lungseg_utils.study import robustness
 
     methods = ("member", "member_2", "ensemble_oof", "ensemble_all", "baseline")
     rows = [{"case_id": "p0", "shift": "as stored", **{m: 0.95 for m in methods}}]
     result = {"methods": list(methods), "rows": rows, "ensembles": ["a", "b", "c"],
               "summary": robustness.summarise(rows, methods)}
-    shown = numbers.robustness_numbers(result)
+    shown = values.robustness_numbers(result)
     assert shown["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
     assert shown["labels"]["ensemble_oof"] == "three unseen members"
     assert shown["n_unseen"] == "3"
-    two = numbers.robustness_numbers({**result, "ensembles": ["a", "b"]})
+    two = values.robustness_numbers({**result, "ensembles": ["a", "b"]})
     assert two["labels"]["ensemble_oof"] == "two unseen members"
 
 
@@ -484,17 +527,18 @@ def _out_of_fold(folder: Path) -> Path:
 
 def test_out_of_fold_report_leads_with_every_case(tmp_path, figures_dir):
     folder = _out_of_fold(tmp_path / "run")
-    numbers = report.report_numbers(folder)
+    numbers = build.report_numbers(folder)
     assert numbers["facts"]["out_of_fold"] and numbers["n_cases"]["test"] == "9"
     assert numbers["ensemble"] == {"members": "3", "total_mb": "16", "member_mb": "5.4"}
-    pages, text = _pdf_text(report.build_report(folder, figures_dir, tmp_path / "r.pdf"))
+    pages, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert 2 <= pages <= 3
     assert "ensemble of 3" in text and "Scored on every case by the member" in text
     assert "The 9 cases were split" in text
     ev = _load(folder, "evaluation.json")
     for case in ev["native"]["cases"]:                       # every case's row is printed
-        assert report.fmt_number(case["unet"]["dice"], 3) in text
-    block = report.results_markdown(folder)
-    assert block.startswith("**Out of fold:** each of the 9 cases")
+        assert build.fmt_number(case["unet"]["dice"], 3) in text
+    block = build.results_markdown(folder)
+    assert "**Out of fold:** each of the 9 cases segmented by the member of the 3-member " \
+        "ensemble" in block
     worst = ev["native"]["summary"]["baseline"]["dice"]
-    assert f"({report.fmt_number(worst['worst_value'], 3)}, {worst['worst_case_id']})" in block
+    assert f"| {build.fmt_number(worst['worst_value'], 3)} ({worst['worst_case_id']}) |" in block

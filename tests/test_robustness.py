@@ -1,4 +1,4 @@
-"""lungseg_utils.robustness: every controlled shift changes the scan (and its reference) the
+"""lungseg_utils.study.robustness: every controlled shift changes the scan (and its reference) the
 way it says and keeps them aligned in the world; members are picked out of fold; the suite
 scores a case under shifts with the session's shared cross-validation ensemble."""
 
@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import anatomy, geometry, inference, io, metrics, robustness
+from lungseg_utils import anatomy, geometry, inference, dataio, metrics
+from lungseg_utils.study import robustness
 from lungseg_utils.errors import LungsegInputError
-from lungseg_utils.io import Case, spacing_from_affine
+from lungseg_utils.dataio import Case
 from lungseg_utils.synthetic import make_phantom
 
 
@@ -19,7 +20,7 @@ def native_case():
     shape, spacing = (80, 72, 40), (4.5, 4.5, 8.0)
     ct, mask, affine = make_phantom(shape=shape, spacing_mm=spacing, seed=2,
                                     affine=geometry.lps_affine(shape, spacing, (3.0, -5.0, 8.0)))
-    return Case("phantom", ct, mask, affine, spacing_from_affine(affine), None)
+    return Case("phantom", ct, mask, affine, geometry.spacing_from_affine(affine), None)
 
 
 def _world_of_mask(mask, affine):
@@ -36,7 +37,7 @@ def test_every_shift_keeps_scan_and_reference_together(native_case):
         assert ct.shape == mask.shape and ct.dtype == np.float32, name
         assert (centre is None) != name.startswith("frame "), name
         # the classical method finds the (shifted) lungs on every shifted scan: aligned
-        base = anatomy.classical_lung_mask(ct, spacing_from_affine(aff), axis=io.axial_axis(aff))
+        base = anatomy.classical_lung_mask(ct, geometry.spacing_from_affine(aff), axis=geometry.axial_axis(aff))
         assert metrics.dice(base, mask) > 0.9, name
     with pytest.raises(LungsegInputError, match="unknown shift"):
         robustness.shifted(c, "upside down")
@@ -66,14 +67,14 @@ def test_shifts_do_what_they_say(native_case):
         np.testing.assert_allclose(_world_of_mask(mask, aff), _world_of_mask(c.mask, c.affine))
     # thick slices: half the slices, twice as thick, each the mean of a pair
     ct, mask, aff, _ = robustness.shifted(c, "thick slices")
-    assert ct.shape == (80, 72, 20) and spacing_from_affine(aff)[2] == pytest.approx(16.0)
+    assert ct.shape == (80, 72, 20) and geometry.spacing_from_affine(aff)[2] == pytest.approx(16.0)
     np.testing.assert_allclose(ct[:, :, 3], 0.5 * (c.ct_hu[:, :, 6] + c.ct_hu[:, :, 7]), atol=1e-3)
     np.testing.assert_array_equal(mask[:, :, 3], c.mask[:, :, 6])
 
 
 def test_out_of_fold_members(smoke_cv):
     out = smoke_cv[0]
-    manifest = io.load_json(out / inference.MANIFEST)
+    manifest = dataio.load_json(out / inference.MANIFEST)
     for m in manifest["members"]:
         for cid in m["test"]:
             assert robustness.out_of_fold_members([out, out], cid) == [out / m["file"]] * 2
@@ -89,7 +90,7 @@ def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data, tmp_path):
     assert [(r["case_id"], r["shift"]) for r in result["rows"]] == [
         ("synth_000", "as stored"), ("synth_000", "HU +50")]
     assert set(result["summary"]) == {"as stored", "HU +50"} and len(lines) == 1
-    case = io.load_case(demo_data / "synth_000")
+    case = dataio.load_case(demo_data / "synth_000")
 
     def dice_of(model):
         fwd = inference.compiled_forward(model)
@@ -124,11 +125,11 @@ def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data, tmp_path):
 
 def smoke_run_manifest_without(ensemble, case_id: str, tmp_path) -> Path:
     """A copy of ``ensemble``'s manifest in which no member left ``case_id`` out."""
-    manifest = io.load_json(Path(ensemble) / inference.MANIFEST)
+    manifest = dataio.load_json(Path(ensemble) / inference.MANIFEST)
     for m in manifest["members"]:
         m["file"] = str((Path(ensemble) / m["file"]).resolve())
         m["test"] = [c for c in m["test"] if c != case_id]
-    io.save_json(manifest, tmp_path / "partial" / inference.MANIFEST)
+    dataio.save_json(manifest, tmp_path / "partial" / inference.MANIFEST)
     return tmp_path / "partial"
 
 
@@ -159,6 +160,6 @@ def test_command_line_errors(smoke_cv, tmp_path, capsys):
 def _renamed(tmp_path):
     """A native folder whose one case no member of the smoke ensemble has in its test part."""
     ct, mask, affine = make_phantom(shape=(48, 48, 32), spacing_mm=(6.0, 6.0, 9.0))
-    io.save_nifti(np.round(ct).astype(np.int16), affine, tmp_path / "nat" / "stranger" / io.CT_NAME)
-    io.save_nifti(mask, affine, tmp_path / "nat" / "stranger" / io.MASK_NAME)
+    dataio.save_nifti(np.round(ct).astype(np.int16), affine, tmp_path / "nat" / "stranger" / dataio.CT_NAME)
+    dataio.save_nifti(mask, affine, tmp_path / "nat" / "stranger" / dataio.MASK_NAME)
     return tmp_path / "nat"

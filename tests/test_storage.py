@@ -8,7 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from lungseg_utils import compact, config, inference, io, storage, unet
+from lungseg_utils.study import compact
+from lungseg_utils import config, inference, dataio, storage, unet
 from lungseg_utils.errors import LungsegInputError
 
 
@@ -75,12 +76,12 @@ def test_compact_ensemble_updates_the_manifest_and_records_each_case(smoke_cv, d
                                                                      tmp_path):
     folder = tmp_path / "ens"
     shutil.copytree(smoke_cv[0], folder)
-    for m in io.load_json(folder / inference.MANIFEST)["members"]:   # as a float32 run was
+    for m in dataio.load_json(folder / inference.MANIFEST)["members"]:   # as a float32 run was
         storage.convert_weights(folder / m["file"], "float32")
     result = compact.compact_ensemble(folder, {"grid64": demo_data, "native": None})
-    manifest = io.load_json(folder / inference.MANIFEST)
+    manifest = dataio.load_json(folder / inference.MANIFEST)
     for m in manifest["members"]:                          # the manifest still tells the truth
-        assert io.file_sha256(folder / m["file"]) == m["sha256"]
+        assert dataio.file_sha256(folder / m["file"]) == m["sha256"]
         assert (folder / m["file"]).stat().st_size == m["bytes"]
         assert storage.weights_dtype(folder / m["file"]) == "float16"
     held_out = sorted(c for m in manifest["members"] for c in m["test"])
@@ -88,7 +89,7 @@ def test_compact_ensemble_updates_the_manifest_and_records_each_case(smoke_cv, d
     assert result["bytes_after"] < result["bytes_before"]
     assert result["max_abs_dice_change"] == max(abs(r["dice_after"] - r["dice_before"])
                                                  for r in result["rows"])
-    assert io.load_json(folder / "storage.json")["rows"] == result["rows"]
+    assert dataio.load_json(folder / "storage.json")["rows"] == result["rows"]
     inference.load_model(folder)                           # still an ensemble that loads
     with pytest.raises(LungsegInputError, match="already stored as float16"):
         compact.compact_ensemble(folder, {"grid64": demo_data, "native": None})

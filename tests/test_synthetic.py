@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import config, io, synthetic
+from lungseg_utils import config, dataio, synthetic
 from lungseg_utils.geometry import lps_affine
 
 
@@ -40,13 +40,13 @@ def test_reorient_keeps_every_voxel_at_its_world_point(codes):
 
 def test_demo_dataset_keeps_existing_cases(tmp_path):
     folder = synthetic.write_demo_dataset(tmp_path / "demo", n_cases=2)
-    case = io.load_case(folder / "synth_001")
+    case = dataio.load_case(folder / "synth_001")
     assert case.shape == (64, 64, 64) and case.affine[0, 0] == -5.0
-    assert nib.load(str(folder / "synth_001" / io.CT_NAME)).get_data_dtype() == np.int16
-    stamp = (folder / "synth_000" / io.CT_NAME).stat().st_mtime_ns
+    assert nib.load(str(folder / "synth_001" / dataio.CT_NAME)).get_data_dtype() == np.int16
+    stamp = (folder / "synth_000" / dataio.CT_NAME).stat().st_mtime_ns
     synthetic.write_demo_dataset(folder, n_cases=3)
-    assert (folder / "synth_000" / io.CT_NAME).stat().st_mtime_ns == stamp   # kept
-    assert len(io.discover_cases(folder)) == 3
+    assert (folder / "synth_000" / dataio.CT_NAME).stat().st_mtime_ns == stamp   # kept
+    assert len(dataio.discover_cases(folder)) == 3
 
 
 def test_resolve_data_dir_writes_the_demo_set_only_as_a_fallback(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ uninterrupted reference is the session's shared ``smoke_run`` (tests/conftest.py
 import numpy as np
 import pytest
 
-from lungseg_utils import config, dataset, io, metrics
+from lungseg_utils import config, dataset, dataio, metrics
 from lungseg_utils import train as trainer
 from lungseg_utils.errors import LungsegInputError
 
@@ -37,22 +37,22 @@ def test_command_line_writes_every_artifact(demo_data, tmp_path, capsys, tiny_sm
     assert not (run_dir / trainer.BACKUP_DIR).exists()
     assert f"Run folder: {run_dir}" in stdout and "Test Dice" in stdout
 
-    cfg = io.load_json(run_dir / "train_config.json")
-    split = io.load_json(run_dir / "split.json")
+    cfg = dataio.load_json(run_dir / "train_config.json")
+    split = dataio.load_json(run_dir / "split.json")
     assert cfg["command"] == ["python", "-m", "lungseg_utils.train", *argv]
     assert cfg["split"] == split and cfg["settings"]["base_filters"] == 2
     assert cfg["settings"]["profile"] == "smoke" and cfg["settings"]["epochs"] == 1
     assert len(cfg["input_files"]) == 2 * 4 and cfg["versions"]["keras"] == keras.__version__
     assert cfg["model"]["params"] > 0 and cfg["distribution"]["replicas"] == 1
     assert set(split["train"]) | set(split["val"]) | set(split["test"]) == {
-        p.name for p in io.discover_cases(demo_data)}
+        p.name for p in dataio.discover_cases(demo_data)}
 
     rows = training_log(run_dir)
     assert len(rows) == 1
     assert {"epoch", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou",
             "learning_rate"} <= set(rows[0])
 
-    scores = io.load_json(run_dir / "test_metrics.json")
+    scores = dataio.load_json(run_dir / "test_metrics.json")
     assert [c["case_id"] for c in scores["cases"]] == split["test"]
     assert scores["mean_dice"] == pytest.approx(np.mean([c["dice"] for c in scores["cases"]]))
     assert scores["model"] == "best_model.keras" and scores["n_cases"] == len(split["test"])
@@ -102,7 +102,7 @@ def interrupted_run(demo_data, smoke_settings, tmp_path_factory):
 
 def test_same_seed_same_split_and_first_epoch(smoke_run, interrupted_run, training_log):
     assert interrupted_run != smoke_run                         # a new folder each time
-    assert io.load_json(interrupted_run / "split.json") == io.load_json(smoke_run / "split.json")
+    assert dataio.load_json(interrupted_run / "split.json") == dataio.load_json(smoke_run / "split.json")
     first = [training_log(r)[0] for r in (smoke_run, interrupted_run)]
     for key in ("loss", "val_loss", "dice", "val_dice"):
         assert float(first[1][key]) == pytest.approx(float(first[0][key]), rel=1e-5), key
@@ -128,7 +128,7 @@ def test_resume_after_interruption(smoke_run, interrupted_run, training_log):
     for name in trainer.RUN_ARTIFACTS:
         assert (run_dir / name).is_file(), name
     assert not (run_dir / trainer.BACKUP_DIR).exists()
-    assert io.load_json(run_dir / "test_metrics.json")["training"]["resumed_at_epoch"] == 1
+    assert dataio.load_json(run_dir / "test_metrics.json")["training"]["resumed_at_epoch"] == 1
     assert len(list(run_dir.parent.glob("run_*"))) == 1  # no new folder for the resumed run
 
     with pytest.raises(LungsegInputError, match="finished"):
@@ -138,7 +138,7 @@ def test_resume_after_interruption(smoke_run, interrupted_run, training_log):
 def test_resume_refuses_new_settings(demo_data, tmp_path):
     run_dir = tmp_path / "run_x"
     run_dir.mkdir()
-    io.save_json({"settings": {}, "data_dir": str(demo_data)}, run_dir / "train_config.json")
+    dataio.save_json({"settings": {}, "data_dir": str(demo_data)}, run_dir / "train_config.json")
     with pytest.raises(LungsegInputError, match="keeps its settings"):
         trainer.train(resume=run_dir, base_filters=8)
     with pytest.raises(LungsegInputError, match="keeps its settings"):
@@ -167,7 +167,7 @@ class _Oracle:
 
 
 def test_evaluate_cases_scores_with_the_metrics_module(demo_data):
-    folders = io.discover_cases(demo_data)[:2]
+    folders = dataio.discover_cases(demo_data)[:2]
     _, y = dataset.load_training_arrays(folders)
     truth = iter(y)
     perfect = trainer.evaluate_cases(_Oracle(lambda x: 0.9 * next(truth)[None]), folders)

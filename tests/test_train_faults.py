@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lungseg_utils import io, runstate
+from lungseg_utils import dataio, runstate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(demo_data, tmp_path
     for key in ("loss", "val_loss", "dice"):
         assert [float(r[key]) for r in _log(run_dir)] == pytest.approx(
             [float(r[key]) for r in _log(whole)], rel=1e-5), key
-    ours, theirs = (io.load_json(d / "test_metrics.json") for d in (run_dir, whole))
+    ours, theirs = (dataio.load_json(d / "test_metrics.json") for d in (run_dir, whole))
     assert ours["mean_dice"] == pytest.approx(theirs["mean_dice"], rel=1e-5)
     again = _train(["--resume", run_dir])
     assert again.returncode == 2 and "has finished" in again.stderr
@@ -102,5 +102,5 @@ def test_an_empty_model_left_by_an_old_version_is_recovered(demo_data, tmp_path,
     assert resumed.returncode == 0, resumed.stderr
     assert runstate.is_valid_model(run_dir / "final_model.keras")
     assert not list(run_dir.glob(".tmp_*"))
-    assert io.load_json(run_dir / "test_metrics.json")["mean_dice"] == pytest.approx(
-        io.load_json(whole / "test_metrics.json")["mean_dice"], rel=1e-5)
+    assert dataio.load_json(run_dir / "test_metrics.json")["mean_dice"] == pytest.approx(
+        dataio.load_json(whole / "test_metrics.json")["mean_dice"], rel=1e-5)

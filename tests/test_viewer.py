@@ -141,10 +141,10 @@ def test_bad_inputs_name_the_array(case):
 
 # ----------------------------------------------------------------------------- the case browser
 def test_case_browser_shows_a_case_at_once_and_switches_cases(demo_data):
-    from lungseg_utils import io
+    from lungseg_utils import dataio
     from lungseg_utils.viewer import CaseBrowser
 
-    folders = io.discover_cases(demo_data)
+    folders = dataio.discover_cases(demo_data)
     browser = CaseBrowser({p.name: p for p in folders[:2]})   # no model: no segment button
     assert find(browser, "browser-segment").disabled
     first = browser.viewer.current_image()
@@ -156,13 +156,13 @@ def test_case_browser_shows_a_case_at_once_and_switches_cases(demo_data):
 
 
 def test_case_browser_opens_a_path_and_says_what_it_cannot_read(demo_data, tmp_path):
-    from lungseg_utils import io
+    from lungseg_utils import dataio
     from lungseg_utils.viewer import CaseBrowser
 
-    folders = io.discover_cases(demo_data)
+    folders = dataio.discover_cases(demo_data)
     browser = CaseBrowser({folders[0].name: folders[0]})
-    assert browser.open(str(folders[1] / io.CT_NAME))          # a NIfTI file: no reference
-    assert browser.viewer.mask is None and browser.scan["label"] == io.CT_NAME
+    assert browser.open(str(folders[1] / dataio.CT_NAME))          # a NIfTI file: no reference
+    assert browser.viewer.mask is None and browser.scan["label"] == dataio.CT_NAME
     shown = browser.viewer
     (tmp_path / "bad.nii.gz").write_bytes(b"not a scan")
     for bad in (tmp_path / "missing.nii.gz", tmp_path / "bad.nii.gz"):
@@ -174,10 +174,10 @@ def test_case_browser_opens_a_path_and_says_what_it_cannot_read(demo_data, tmp_p
 
 
 def test_case_browser_segments_on_demand_with_progress(demo_data):
-    from lungseg_utils import io
+    from lungseg_utils import dataio
     from lungseg_utils.viewer import CaseBrowser, classical_predictor
 
-    folders = io.discover_cases(demo_data)
+    folders = dataio.discover_cases(demo_data)
     calls = []
 
     def predict(ct_hu, affine):
@@ -208,13 +208,13 @@ def test_static_render_gets_the_picture():
 def test_the_runs_model_segments_on_demand_with_its_uncertainty(smoke_run, demo_data):
     """predictor_for picks the run's U-Net when the run holds a model (else the classical
     baseline); the prediction has the scan's shape, with the TTA spread beside it."""
-    from lungseg_utils import io
+    from lungseg_utils import dataio
     from lungseg_utils.viewer import CaseBrowser, classical_predictor, predictor_for
 
     assert predictor_for(smoke_run.parent / "no_such_run") is classical_predictor
     predict = predictor_for(smoke_run)
     assert predict is not classical_predictor
-    folder = io.discover_cases(demo_data)[0]
+    folder = dataio.discover_cases(demo_data)[0]
     browser = CaseBrowser({folder.name: folder}, predict=predict)
     assert browser.segment()
     assert browser.viewer.pred.shape == browser.scan["ct_hu"].shape

@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import LungsegInputError
-from .io import _one_line
+from ..dataio import one_line, remove_stale_temps
+from ..errors import LungsegInputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -27,7 +27,8 @@ def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
     NIFTI_SUFFIXES)``; ``inputs``: the files read. Each output must end in one of its
     suffixes, must not be a folder, an input or another output, must not exist unless
     ``overwrite``; its folder must accept a file, or be one that can be created. Temporary
-    files an earlier, killed write of the same output left (``.tmp_<name>_*``) are removed.
+    files an earlier, killed write of the same output left are removed
+    (:func:`lungseg_utils.dataio.remove_stale_temps`; never an input).
     """
     inputs = {Path(p).resolve() for p in inputs}
     seen: dict[Path, str] = {}
@@ -49,8 +50,7 @@ def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
             raise LungsegInputError(f"{path}: file exists; pass --overwrite to replace it.")
         _check_folder(path)
     for path, _, _ in outputs:           # what a killed earlier write of the same file left
-        for stale in Path(path).parent.glob(f".tmp_{Path(path).stem}_*"):
-            stale.unlink()
+        remove_stale_temps(path, keep=inputs)
 
 
 def _check_folder(path: Path) -> None:
@@ -66,4 +66,4 @@ def _check_folder(path: Path) -> None:
         os.remove(probe)
     except OSError as exc:
         raise LungsegInputError(f"{folder}: output folder cannot be written "
-                                f"({_one_line(exc)}).") from None
+                                f"({one_line(exc)}).") from None

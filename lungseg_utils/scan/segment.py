@@ -1,10 +1,10 @@
 """The inference command: a scan (NIfTI or DICOM) in; masks, a summary and its flag out.
 
-``python -m lungseg_utils.inference`` (this module's :func:`main`) checks every output path
-first (:mod:`lungseg_utils.outputs`), loads the model once, and for each scan: reads it
-(:func:`lungseg_utils.io.load_scan`), predicts (:func:`lungseg_utils.inference.predict_volume`),
+``lungseg segment`` or ``python -m lungseg_utils.inference`` (this module's :func:`main`)
+checks every output path first (:mod:`lungseg_utils.scan.outputs`), loads the model once, and for each scan: reads it
+(:func:`lungseg_utils.scan.reader.load_scan`), predicts (:func:`lungseg_utils.inference.predict_volume`),
 splits right and left (:func:`lungseg_utils.anatomy.split_left_right`), writes the mask and
-probability on the input's grid, and summarises (:func:`lungseg_utils.quality.scan_summary`):
+probability on the input's grid, and summarises (:func:`lungseg_utils.scan.quality.scan_summary`):
 one JSON per scan and, in folder mode, a CSV over all of them. A bad scan is one line on
 stderr; in folder mode the others still run.
 """
@@ -19,17 +19,25 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import anatomy, config, io, outputs, quality
-from .errors import LungsegInputError
-from .inference import (EAGER_MAX_SCANS, MANIFEST, REFINE_HU, compiled_forward, load_model,
-                        predict_volume, resolve_model_path)
+from .. import anatomy, config, dataio
+from . import outputs, quality, reader
+from ..errors import LungsegInputError, run_command
+from ..inference import (
+    EAGER_MAX_SCANS,
+    MANIFEST,
+    REFINE_HU,
+    compiled_forward,
+    load_model,
+    predict_volume,
+    resolve_model_path,
+)
 
 
 def _is_dicom_scan(folder: Path) -> bool:
     """A folder (any depth) of DICOM files, and not a folder of NIfTI patient folders."""
     from .dicom import is_dicom_file
 
-    if any((p / io.CT_NAME).exists() for p in folder.iterdir() if p.is_dir()):
+    if any((p / dataio.CT_NAME).exists() for p in folder.iterdir() if p.is_dir()):
         return False
     return any(p.is_file() and is_dicom_file(p) for p in folder.rglob("*"))
 
@@ -39,21 +47,21 @@ def _jobs(input_path: Path, output_mask, output_prob, output_dir, output_json=No
     folder of DICOM files (one scan) or a folder of patients."""
     if not input_path.exists():
         raise LungsegInputError(f"{input_path}: input does not exist.")
-    if (input_path.is_file() or (input_path / io.CT_NAME).exists()
+    if (input_path.is_file() or (input_path / dataio.CT_NAME).exists()
             or _is_dicom_scan(input_path)):
         if not output_mask:
             raise LungsegInputError(f"{input_path}: a single scan needs --output_mask FILE.")
-        scan = input_path / io.CT_NAME if (input_path / io.CT_NAME).exists() else input_path
+        scan = input_path / dataio.CT_NAME if (input_path / dataio.CT_NAME).exists() else input_path
         return [(input_path.name, scan, Path(output_mask), Path(output_prob) if output_prob else None,
                  Path(output_json) if output_json else None)]
-    if not any((p / io.CT_NAME).exists() for p in input_path.iterdir() if p.is_dir()):
+    if not any((p / dataio.CT_NAME).exists() for p in input_path.iterdir() if p.is_dir()):
         raise LungsegInputError(f"{input_path}: holds no ct.nii.gz, no DICOM files and no "
                                 "patient folders with a ct.nii.gz.")
     out = Path(output_dir or output_mask or "")
     if not str(out) or out.suffix in (".gz", ".nii"):
         raise LungsegInputError(f"{input_path}: a folder of patients needs --output_dir FOLDER.")
-    cases = io.discover_cases(input_path, require_mask=False)
-    return [(c.name, c / io.CT_NAME, out / c.name / "lung_pred.nii.gz",
+    cases = dataio.discover_cases(input_path, require_mask=False)
+    return [(c.name, c / dataio.CT_NAME, out / c.name / "lung_pred.nii.gz",
              out / c.name / "lung_prob.nii.gz" if output_prob or output_dir else None,
              out / c.name / "lung_summary.json") for c in cases]
 
@@ -88,15 +96,15 @@ def _model_info(path) -> dict:
     """What the summary says about the model: its path and its (manifest's) sha256."""
     resolved = resolve_model_path(path)
     file = resolved / MANIFEST if resolved.is_dir() else resolved
-    return {"path": str(resolved), "sha256": io.file_sha256(file),
-            "members": len(io.load_json(file).get("members", [])) if resolved.is_dir() else 1}
+    return {"path": str(resolved), "sha256": dataio.file_sha256(file),
+            "members": len(dataio.load_json(file).get("members", [])) if resolved.is_dir() else 1}
 
 
 def write_summary_csv(summaries: list[dict], path: Path, overwrite: bool = False) -> Path:
     """One row per scan (:data:`CSV_COLUMNS`) of the folder mode's summaries, written atomically."""
     import csv
 
-    with io.atomic_write(path, overwrite=overwrite, suffix=".csv") as tmp:
+    with dataio.atomic_write(path, overwrite=overwrite, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
@@ -107,9 +115,9 @@ def write_summary_csv(summaries: list[dict], path: Path, overwrite: bool = False
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lungseg_utils.inference",
+        prog=prog or "python -m lungseg_utils.inference",
         description="Segment both lungs in chest CT with a trained lungseg 3D U-Net. Any scan "
                     "works (any size, voxel spacing, orientation): it is taken to the 64^3 "
                     "model grid centred from the image, predicted, and the probability is "
@@ -167,39 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one line, 'warning: <message>', without the source line that raised them."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    import warnings
-
-    warnings.showwarning = _one_line_warning
-    try:
-        if not 0.0 < args.thr < 1.0:
-            raise LungsegInputError(f"--thr {args.thr}: the threshold must lie strictly between 0 and 1.")
-        jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir,
-                     args.output_json)
-        if args.output_seg and (len(jobs) != 1 or not Path(jobs[0][1]).is_dir()):
-            raise LungsegInputError(f"{args.input}: --output_seg needs one scan given as a "
-                                    "folder of DICOM files (the SEG references its images).")
-        outputs.check_output_paths(_output_paths(jobs, args), _input_files(jobs),
-                                   overwrite=args.overwrite)
-        timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
-                                         file=sys.stderr)) if args.verbose else (lambda *a: None)
-        t0 = time.perf_counter()
-        config.import_keras_quietly()
-        timing("keras_import", t0)
-        t0 = time.perf_counter()
-        model = load_model(args.model)
-        timing("model_load", t0)
-        # Tracing the graph costs more than it saves for a few scans (module docstring).
-        forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS, members=True)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run(args) -> int:
+    """The inference command on parsed ``args`` (:func:`build_parser`): bad input before any
+    scan raises; a scan that fails is one line and exit code 1 (2 if every scan failed)."""
+    if not 0.0 < args.thr < 1.0:
+        raise LungsegInputError(f"--thr {args.thr}: the threshold must lie strictly between 0 and 1.")
+    jobs = _jobs(Path(args.input), args.output_mask, args.output_prob, args.output_dir,
+                 args.output_json)
+    if args.output_seg and (len(jobs) != 1 or not Path(jobs[0][1]).is_dir()):
+        raise LungsegInputError(f"{args.input}: --output_seg needs one scan given as a "
+                                "folder of DICOM files (the SEG references its images).")
+    outputs.check_output_paths(_output_paths(jobs, args), _input_files(jobs),
+                               overwrite=args.overwrite)
+    timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
+                                     file=sys.stderr)) if args.verbose else (lambda *a: None)
+    t0 = time.perf_counter()
+    config.import_keras_quietly()
+    timing("keras_import", t0)
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    timing("model_load", t0)
+    # Tracing the graph costs more than it saves for a few scans (module docstring).
+    forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS, members=True)
     from tqdm import tqdm          # the text bar: messages written through it keep their lines
 
     failed, summaries = [], []
@@ -208,7 +205,7 @@ def main(argv=None) -> int:
     for name, scan_path, mask_out, prob_out, json_out in bar:
         t0 = time.perf_counter()
         try:
-            ct, affine, header, info = io.load_scan(scan_path, args.series, args.rescale,
+            ct, affine, header, info = reader.load_scan(scan_path, args.series, args.rescale,
                                                     assume_hu=args.assume_hu)
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
                                  postprocess=args.postprocess, refine=not args.no_refine,
@@ -216,9 +213,9 @@ def main(argv=None) -> int:
             sides = anatomy.split_left_right(
                 res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(ct, affine, res["body"]))
             mask = sides if args.labels == "lr" else res["mask"]
-            io.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
+            dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
             if prob_out is not None:
-                io.save_nifti(res["prob"].astype(np.float32), affine, prob_out, header=header,
+                dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out, header=header,
                               overwrite=args.overwrite)
             summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"])
             summary = {"case": name, "input": {**info, "orientation": "".join(
@@ -233,12 +230,12 @@ def main(argv=None) -> int:
                           label_kind=args.labels)
                 summary["seg"] = str(args.output_seg)
             if json_out is not None:
-                io.save_json(summary, json_out, overwrite=args.overwrite)
+                dataio.save_json(summary, json_out, overwrite=args.overwrite)
             summaries.append(summary)
             timing("scan", t0)
         except (ValueError, OSError) as exc:       # LungsegInputError, or a write that failed
             failed.append(name)
-            why = exc if isinstance(exc, LungsegInputError) else f"{name}: {io._one_line(exc)}"
+            why = exc if isinstance(exc, LungsegInputError) else f"{name}: {dataio.one_line(exc)}"
             bar.write(f"error: {why}", file=sys.stderr)   # on its own line, above the bar
             continue
         flag = summary["quality"]
@@ -256,6 +253,12 @@ def main(argv=None) -> int:
             print(f"{len(failed)} of {len(jobs)} scans failed: {', '.join(failed)}", file=sys.stderr)
         return 1 if len(failed) < len(jobs) else 2
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``lungseg segment`` / ``python -m lungseg_utils.inference``: 0 all scans done, 1 some
+    scans of a folder failed, 2 bad input; warnings are one line each."""
+    return run_command(build_parser(prog), run, argv, one_line_warnings=True)
 
 
 

@@ -1,16 +1,17 @@
 """The whole LCTSC collection from The Cancer Imaging Archive, in this project's two layouts.
 
-``python -m lungseg_utils.data lctsc --dest DIR`` lists the collection's CT and RTSTRUCT
-series through TCIA's public NBIA REST API (v1: ``getSeries``, ``getImage``), downloads each
-series as a ZIP, and converts each CT with its expert contours (Lung_L ∪ Lung_R,
-:mod:`lungseg_utils.rtstruct`) into ``DIR/lctsc_native/<case>/`` (the scanner's grid with
-2 x 2 in-plane blocks averaged) and ``DIR/lctsc64/<case>/`` (the course format: 64^3 voxels
-of 5 mm, L,P,S, the cube centred on the lung mask's bounding box), as
-``../shared/data/DATA.md`` describes them.
+``lungseg fetch lctsc --dest DIR`` (or ``python -m lungseg_utils.scan.lctsc lctsc --dest
+DIR``) lists the collection's CT and RTSTRUCT series through TCIA's public NBIA REST API
+(v1: ``getSeries``, ``getImage``), downloads each series as a ZIP, and converts each CT with
+its expert contours (Lung_L ∪ Lung_R, :mod:`lungseg_utils.scan.rtstruct`) into
+``DIR/lctsc_native/<case>/`` (the scanner's grid with 2 x 2 in-plane blocks averaged) and
+``DIR/lctsc64/<case>/`` (the course format: 64^3 voxels of 5 mm, L,P,S, the cube centred on
+the lung mask's bounding box), as ``../shared/data/DATA.md`` describes them.
 
-It is resumable: a ZIP is written to ``.part`` and renamed when complete, a finished one is
-not fetched again, and each case is written to a temporary folder and renamed, so a killed
-run goes on where it stopped. ``DIR/manifest.json`` records every case's TCIA identifiers
+It is resumable: each ZIP, unzipped series and case folder is written through
+:func:`lungseg_utils.dataio.atomic_write` (to a temporary file or folder, renamed when
+complete), a finished one is not fetched again, and what a killed run left half-written is
+removed, so a killed run goes on where it stopped. ``DIR/manifest.json`` records every case's TCIA identifiers
 and the sha256 of every file written. Case ids follow the PatientID
 (``LCTSC-Train-S1-001`` -> ``lctsc_train_s1_001``).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 import urllib.error
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .errors import LungsegInputError
+from .. import dataio
+from ..errors import LungsegInputError, run_command
 
 NBIA_URL = "https://services.cancerimagingarchive.net/nbia-api/services/v1/"
 COLLECTION = "LCTSC"
@@ -93,17 +93,15 @@ def case_id(patient_id: str) -> str:
 
 
 def download_series(series_uid: str, dest_zip: Path, fetch=http_fetch) -> Path:
-    """The series' ZIP at ``dest_zip``; fetched (to ``.part``, renamed when complete and a
-    valid ZIP) unless already there."""
+    """The series' ZIP at ``dest_zip``; fetched (atomically, kept only if a valid ZIP) unless
+    already there."""
     if dest_zip.is_file():
         return dest_zip
-    dest_zip.parent.mkdir(parents=True, exist_ok=True)
-    part = dest_zip.with_name(dest_zip.name + ".part")
-    part.write_bytes(fetch(image_url(series_uid)))
-    if not zipfile.is_zipfile(part):
-        part.unlink()
-        raise LungsegInputError(f"{image_url(series_uid)}: the answer is not a ZIP archive.")
-    part.replace(dest_zip)
+    dataio.remove_stale_temps(dest_zip)
+    with dataio.atomic_write(dest_zip, overwrite=True) as part:
+        part.write_bytes(fetch(image_url(series_uid)))
+        if not zipfile.is_zipfile(part):
+            raise LungsegInputError(f"{image_url(series_uid)}: the answer is not a ZIP archive.")
     return dest_zip
 
 
@@ -129,16 +127,14 @@ def course_layout(ct_hu, mask, affine):
     on the centre of the lung mask's bounding box (world mm); CT anti-aliased, linearly
     interpolated, padded with -1024 and clipped to [-1024, 3071]; mask interpolated and
     thresholded at 0.5."""
-    from .config import MODEL_SHAPE
-    from .geometry import _resample, model_affine
+    from ..config import MODEL_SHAPE
+    from ..geometry import bbox_centre_mm, model_affine, resample
 
-    idx = np.argwhere(mask)
-    if idx.size == 0:
+    if not np.any(mask):
         raise LungsegInputError("the lung mask is empty: nothing to centre the cube on.")
-    centre = (np.asarray(affine) @ np.r_[(idx.min(0) + idx.max(0)) / 2.0, 1.0])[:3]
-    dst = model_affine(centre)
-    ct = _resample(ct_hu, affine, dst, MODEL_SHAPE, order=1, cval=CT_RANGE_HU[0], smooth=True)
-    lung = _resample(mask.astype(np.float32), affine, dst, MODEL_SHAPE, order=1, smooth=True)
+    dst = model_affine(bbox_centre_mm(mask, affine))
+    ct = resample(ct_hu, affine, dst, MODEL_SHAPE, order=1, cval=CT_RANGE_HU[0], smooth=True)
+    lung = resample(mask.astype(np.float32), affine, dst, MODEL_SHAPE, order=1, smooth=True)
     return (np.clip(np.round(ct), *CT_RANGE_HU).astype(np.int16), (lung >= 0.5).astype(np.uint8),
             dst)
 
@@ -159,24 +155,20 @@ def convert_case(ct_folder, rtstruct_file, dest, case: str, overwrite: bool = Fa
         final = dest / layout / case
         if final.exists() and not overwrite:
             raise LungsegInputError(f"{final}: exists; pass --overwrite to replace it.")
-        tmp = dest / layout / f".tmp_{case}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        io.save_nifti(ct, aff, tmp / io.CT_NAME)
-        io.save_nifti(lung, aff, tmp / io.MASK_NAME)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.replace(final)
-        for name in (io.CT_NAME, io.MASK_NAME):
-            written[f"{layout}/{case}/{name}"] = io.file_sha256(final / name)
+        dataio.remove_stale_temps(final, folder=True)       # what a killed run left
+        with dataio.atomic_write(final, overwrite=True, folder=True) as tmp:
+            dataio.save_nifti(ct, aff, tmp / dataio.CT_NAME)
+            dataio.save_nifti(lung, aff, tmp / dataio.MASK_NAME)
+        for name in (dataio.CT_NAME, dataio.MASK_NAME):
+            written[f"{layout}/{case}/{name}"] = dataio.file_sha256(final / name)
     return written
 
 
 def _unzip(zip_path: Path, folder: Path) -> Path:
     if not folder.is_dir():
-        tmp = folder.with_name(f".tmp_{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with zipfile.ZipFile(zip_path) as z:
+        dataio.remove_stale_temps(folder, folder=True)
+        with dataio.atomic_write(folder, folder=True) as tmp, zipfile.ZipFile(zip_path) as z:
             z.extractall(tmp)
-        tmp.replace(folder)
     return folder
 
 
@@ -189,7 +181,7 @@ def fetch_lctsc(dest, max_cases: int | None = None, fetch=http_fetch, overwrite:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     manifest_path = dest / "manifest.json"
-    manifest = io.load_json(manifest_path) if manifest_path.is_file() else {
+    manifest = dataio.load_json(manifest_path) if manifest_path.is_file() else {
         "collection": COLLECTION, "source": NBIA_URL, "licence": "CC BY 3.0", "cases": {}}
     cases = list_cases(fetch)[:max_cases]
     for case in tqdm(cases, desc="LCTSC", unit="case", disable=not progress, file=sys.stderr):
@@ -207,28 +199,34 @@ def fetch_lctsc(dest, max_cases: int | None = None, fetch=http_fetch, overwrite:
         files = convert_case(ct_dir, rt_files[0], dest, case["case"], overwrite=True)
         manifest["cases"][case["case"]] = {
             **case, "files": files,
-            "zips": {k: {"file": str(p.relative_to(dest)), "sha256": io.file_sha256(p)}
+            "zips": {k: {"file": str(p.relative_to(dest)), "sha256": dataio.file_sha256(p)}
                      for k, p in zips.items()}}
-        io.save_json(manifest, manifest_path, overwrite=True)
+        dataio.save_json(manifest, manifest_path, overwrite=True)
     return manifest
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lungseg_utils.data",
-                                description="Bring public data into this project's layout.")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "python -m lungseg_utils.scan.lctsc",
+                                description="Download public data (LCTSC from TCIA) into "
+                                            "this project's layouts.")
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("lctsc", help="all LCTSC scans from TCIA (needs internet access)")
     q.add_argument("--dest", required=True, help="folder for raw/, lctsc_native/, lctsc64/")
     q.add_argument("--max_cases", type=int, help="only the first N cases")
     q.add_argument("--overwrite", action="store_true", help="convert finished cases again")
-    args = p.parse_args(argv)
-    try:
-        manifest = fetch_lctsc(args.dest, args.max_cases, overwrite=args.overwrite)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def run(args) -> int:
+    """The download command on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    manifest = fetch_lctsc(args.dest, args.max_cases, overwrite=args.overwrite)
     print(f"{len(manifest['cases'])} cases in {args.dest} (manifest.json lists their files)")
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m lungseg_utils.scan.lctsc`` (``lungseg fetch``): 0 done, 2 bad input."""
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

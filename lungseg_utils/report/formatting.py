@@ -2,7 +2,7 @@
 
 Dice, IoU and AUC with 3 decimals, distances and percentages with 1, a typographic minus,
 ``∞`` and ``n/a``; :func:`format_tree` formats a whole result file by its keys, so that the
-report's Typst source and the README print the same text (see :mod:`lungseg_utils.report`).
+report's Typst source and the README print the same text (see :mod:`lungseg_utils.report.build`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def fmt_number(value, decimals: int, signed: bool = False) -> str:
     return text.replace("-", _MINUS)
 
 
-def _fmt_general(value: float) -> str:
+def fmt_general(value: float) -> str:
     """Settings such as 0.5, 1e-3 or 1e-5: short, with a power of ten below 0.001."""
     if value != 0 and abs(value) < 1e-3:
         mantissa, exp = f"{value:.0e}".split("e")
@@ -68,7 +68,7 @@ def format_value(key: str, value, context: str = "") -> str:
             return fmt_number(value, 0)
         if name.endswith("_s") or name == "time_s":
             return fmt_number(value, 2)
-    return _fmt_general(float(value))
+    return fmt_general(float(value))
 
 
 _METRIC_KEY = re.compile(r"^(dice|iou|hd95|assd|volume|time_s|.*_(mm|ml|pct|s)$|.*auc$)")

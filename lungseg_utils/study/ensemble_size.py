@@ -3,10 +3,10 @@
 More folds give each member more cases to learn from (with nine cases: six at K = 3, seven
 or eight at K = 5) and the shipped ensemble more members to average, at the price of more
 bytes and a slower scan. Each candidate is an ensemble folder of the same recipe with its
-own K (e.g. :func:`lungseg_utils.ensemble.nested_splits` of one parent, so that no candidate
+own K (e.g. folds nested in one parent's folds, so that no candidate
 trains from scratch). :func:`compare` scores each candidate's members out of fold on both
 grids and reads one robustness suite run over all candidates (``python -m
-lungseg_utils.robustness --ensemble A --ensemble B ...``: columns ``member``,
+lungseg_utils.study.robustness --ensemble A --ensemble B ...``: columns ``member``,
 ``member_2`` ...), then applies the rule fixed before the results came in:
 
     the larger K is chosen only if its members' out-of-fold Dice, averaged over the cases
@@ -15,7 +15,7 @@ lungseg_utils.robustness --ensemble A --ensemble B ...``: columns ``member``,
 
 Command line::
 
-    python -m lungseg_utils.ensemble_size --candidate DIR_K3 --candidate DIR_K5 \\
+    python -m lungseg_utils.study.ensemble_size --candidate DIR_K3 --candidate DIR_K5 \\
         --robustness ROBUSTNESS.json --out results/reference/ensemble_size.json
 """
 
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import compact, experiments, inference, io, metrics, outputs
-from .errors import LungsegInputError
+from . import compact
+from .. import experiments, inference, dataio, metrics
+from ..scan import outputs
+from ..errors import LungsegInputError, run_command
 
 
 def out_of_fold_dice(folder, folders: dict) -> list[dict]:
@@ -34,7 +36,7 @@ def out_of_fold_dice(folder, folders: dict) -> list[dict]:
     grid of ``folders`` (``{"grid64": dir, "native": dir or None}``): ``[{"case_id",
     "grid", "fold", "dice"}]``, sorted by grid and case."""
     rows = []
-    for m in io.load_json(Path(folder) / inference.MANIFEST)["members"]:
+    for m in dataio.load_json(Path(folder) / inference.MANIFEST)["members"]:
         scores = compact.member_scores(Path(folder) / m["file"], m["test"], folders)
         rows += [{"case_id": cid, "grid": grid, "fold": m["fold"], "dice": dice}
                  for (cid, grid), (_, _, dice) in scores.items()]
@@ -60,11 +62,11 @@ def robustness_of(result: dict, folder) -> dict | None:
 def candidate(folder, folders: dict, robustness: dict | None = None) -> dict:
     """One candidate ensemble measured: K, cases each member trained on, bytes, out-of-fold
     Dice per case and grid with their means and worst, and its robustness column."""
-    manifest = io.load_json(Path(folder) / inference.MANIFEST)
+    manifest = dataio.load_json(Path(folder) / inference.MANIFEST)
     rows = out_of_fold_dice(folder, folders)
     grids = sorted({r["grid"] for r in rows})
     summary = {g: metrics.summarise([r for r in rows if r["grid"] == g], "dice") for g in grids}
-    return {"folder": experiments.rel_path(folder), "k": len(manifest["members"]),
+    return {"folder": dataio.portable_path(folder), "k": len(manifest["members"]),
             "train_cases": sorted({len(m["train"]) for m in manifest["members"]}),
             "bytes": sum(int(m.get("bytes") or (Path(folder) / m["file"]).stat().st_size)
                          for m in manifest["members"]),
@@ -100,7 +102,7 @@ def compare(folders_by_k, data: dict, robustness_path=None) -> dict:
     """Measure every candidate (:func:`candidate`) and choose (:func:`choose`); the result
     names the chosen ensemble as its ``run`` (:func:`lungseg_utils.experiments.run_identity`),
     so that a report of another model refuses it."""
-    robustness = io.load_json(robustness_path) if robustness_path else None
+    robustness = dataio.load_json(robustness_path) if robustness_path else None
     cands = [candidate(f, data, robustness) for f in folders_by_k]
     ks = [c["k"] for c in cands]
     if len(set(ks)) != len(ks):
@@ -108,16 +110,13 @@ def compare(folders_by_k, data: dict, robustness_path=None) -> dict:
     chosen = choose(cands)
     folder = folders_by_k[[c["folder"] for c in cands].index(chosen["folder"])]
     return {"run": experiments.run_identity(folder), "candidates": cands, "chosen": chosen,
-            "robustness": experiments.rel_path(robustness_path) if robustness_path else None}
+            "robustness": dataio.portable_path(robustness_path) if robustness_path else None}
 
 
-def main(argv=None) -> int:
+def build_parser(prog: str | None = None):
     import argparse
-    import sys
 
-    from . import config, synthetic
-
-    p = argparse.ArgumentParser(prog="python -m lungseg_utils.ensemble_size",
+    p = argparse.ArgumentParser(prog=prog or "python -m lungseg_utils.study.ensemble_size",
                                 description="Choose K, the number of members, by measurement.")
     p.add_argument("--candidate", action="append", required=True,
                    help="an ensemble folder (repeat: one per K)")
@@ -125,19 +124,27 @@ def main(argv=None) -> int:
                    help="a robustness.json whose --ensemble list holds every candidate")
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
-        result = compare(args.candidate, {"grid64": synthetic.resolve_data_dir(),
-                                          "native": config.native_data_dir()}, args.robustness)
-        io.save_json(result, args.out, overwrite=args.overwrite)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def run(args) -> int:
+    """The comparison on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    from .. import config, synthetic
+
+    outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
+    result = compare(args.candidate, {"grid64": synthetic.resolve_data_dir(),
+                                      "native": config.native_data_dir()}, args.robustness)
+    dataio.save_json(result, args.out, overwrite=args.overwrite)
     for line in result["chosen"]["why"]:
         print(line)
     print(f"chosen: K={result['chosen']['k']} ({result['chosen']['folder']})")
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m lungseg_utils.study.ensemble_size`` (``lungseg ensemble-size``): 0 done,
+    2 bad input."""
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

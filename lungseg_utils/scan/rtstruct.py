@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LungsegInputError
+from ..errors import LungsegInputError
+from ..geometry import LPS_TO_RAS
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 LUNG_ROIS = ("Lung_L", "Lung_R")
 
 
@@ -63,7 +63,7 @@ def fill_polygons(polygons, affine, shape) -> np.ndarray:
     ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     centres = np.column_stack([ii.ravel(), jj.ravel()])
     for points in polygons:
-        ras = points @ LPS_TO_RAS.T
+        ras = points @ LPS_TO_RAS[:3, :3].T
         ijk = ras @ inverse[:3, :3].T + inverse[:3, 3]
         k = int(round(float(np.median(ijk[:, 2]))))
         if np.abs(ijk[:, 2] - k).max() > 0.5 or not 0 <= k < shape[2]:
@@ -76,7 +76,7 @@ def fill_polygons(polygons, affine, shape) -> np.ndarray:
 
 def lung_mask_from_rtstruct(path, affine, shape, names=LUNG_ROIS) -> np.ndarray:
     """The union of the ROIs ``names`` (default Lung_L, Lung_R) as uint8 (X, Y, Z) {0, 1}
-    on the CT grid (``affine``: voxel -> RAS mm, as :func:`lungseg_utils.dicom.load_dicom_ct`
+    on the CT grid (``affine``: voxel -> RAS mm, as :func:`lungseg_utils.scan.dicom.load_dicom_ct`
     returns it)."""
     mask = np.zeros(shape, bool)
     for name, polygons in roi_contours(path, names).items():

@@ -12,7 +12,7 @@ tightly to the lungs along the head-foot axis; HU offset by ±50 and scaled by 0
 Gaussian noise of 25 HU; a blur (a softer kernel); other axis orders (R,A,S and a permuted
 one); slices twice as thick.
 
-``python -m lungseg_utils.robustness --ensemble DIR [--ensemble DIR2] --out FILE`` runs it
+``python -m lungseg_utils.study.robustness --ensemble DIR [--ensemble DIR2] --out FILE`` runs it
 (``make robustness``).
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import (anatomy, config, experiments, geometry, inference, io, metrics, outputs,
-               preprocess, quality)
-from .errors import LungsegInputError
-from .synthetic import reorient
+from .. import anatomy, config, experiments, geometry, inference, dataio, metrics, preprocess
+from ..scan import outputs, quality
+from ..errors import LungsegInputError, run_command
+from ..synthetic import reorient
 
 #: name -> one line on what it changes.
 SHIFTS = {
@@ -57,7 +57,7 @@ _DIRECTION = {"L": (-1, 0, 0), "R": (1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), 
 
 
 def shifted(case, name: str, seed: int = 0):
-    """One shift of a labelled :class:`~lungseg_utils.io.Case`.
+    """One shift of a labelled :class:`~lungseg_utils.dataio.Case`.
 
     Returns ``(ct_hu, mask, affine, centre_mm)``: the changed scan and reference, and the
     cube's centre (world mm) for the framing shifts (None: estimated from the image).
@@ -69,7 +69,7 @@ def shifted(case, name: str, seed: int = 0):
         d = np.array(_DIRECTION[name[6]], float)
         return ct, mask, aff, geometry.lung_centre_mm(ct, aff) + 20.0 * d
     if name == "z-crop":
-        ax = io.axial_axis(aff)
+        ax = geometry.axial_axis(aff)
         zs = np.flatnonzero(mask.any(axis=tuple(i for i in range(3) if i != ax)))
         pad = int(np.ceil(10.0 / case.spacing_mm[ax]))
         lo, hi = max(zs[0] - pad, 0), min(zs[-1] + 1 + pad, ct.shape[ax])
@@ -93,7 +93,7 @@ def shifted(case, name: str, seed: int = 0):
         ct2, aff2 = reorient(ct, aff, codes)
         return ct2, reorient(mask, aff, codes)[0], aff2, None
     if name == "thick slices":
-        ax = io.axial_axis(aff)
+        ax = geometry.axial_axis(aff)
         n = ct.shape[ax] // 2 * 2
         take = [slice(None)] * 3
         take[ax] = slice(0, n)
@@ -112,7 +112,7 @@ def out_of_fold_members(ensemble_dirs, case_id: str) -> list[Path]:
     """The member files, over the given ensemble folders, whose training never saw ``case_id``."""
     found = []
     for folder in ensemble_dirs:
-        manifest = io.load_json(Path(folder) / inference.MANIFEST)
+        manifest = dataio.load_json(Path(folder) / inference.MANIFEST)
         found += [Path(folder) / m["file"] for m in manifest["members"]
                   if case_id in m.get("test", [])]
     return found
@@ -124,7 +124,7 @@ def score_case(case, forwards: dict, shifts=tuple(SHIFTS), seed: int = 0,
     plus ``baseline``, the classical method) on each shift of one native case, and what the
     quality flag sees: each method's agreement with the baseline (``<method>_vs_baseline``)
     and, for the method named ``flagged`` (the inference command's ensemble), its members'
-    agreement and the whole :func:`lungseg_utils.quality.scan_summary` flag
+    agreement and the whole :func:`lungseg_utils.scan.quality.scan_summary` flag
     (``<flagged>_members``, ``<flagged>_flag``). Returns one row per shift.
 
     Each shifted scan is taken to the model grid once for all networks; the baseline, which
@@ -141,7 +141,7 @@ def score_case(case, forwards: dict, shifts=tuple(SHIFTS), seed: int = 0,
             base = quality.baseline_mask(ct, aff)
             stored_base = base if name == "as stored" else stored_base
         row = {"case_id": case.case_id, "shift": name}
-        body = anatomy.body_mask(ct, axis=io.axial_axis(aff))        # once for all methods
+        body = anatomy.body_mask(ct, axis=geometry.axial_axis(aff))        # once for all methods
         for method, forward in forwards.items():
             prob64, _, members64 = inference.predict_prob64(forward, x64, return_members=True)
             pred = inference.masks_from_prob64(prob64, grid, ct, body=body)["mask"]
@@ -218,12 +218,12 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
     native_dir = Path(native_dir) if native_dir else config.native_data_dir()
     if native_dir is None:
         raise LungsegInputError("robustness: no native scans found (../shared/data/lctsc_native).")
-    cases = io.discover_cases(native_dir)[:max_cases]
+    cases = dataio.discover_cases(native_dir)[:max_cases]
     cache, rows, methods = {}, [], None
     load = lambda p: cache.setdefault(Path(p), inference.load_model(p))  # noqa: E731
     everyone = inference.compiled_forward(load(ensemble_dirs[0]), members=True)
     for folder in cases:
-        case = io.load_case(folder)
+        case = dataio.load_case(folder)
         oof = [out_of_fold_members([d], case.case_id) for d in ensemble_dirs]
         for folder_i, group in zip(ensemble_dirs, oof):
             if not group:
@@ -249,8 +249,8 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lungseg_utils.robustness",
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "python -m lungseg_utils.study.robustness",
                                 description="The robustness suite: controlled shifts of the "
                                             "native scans, scored out of fold.")
     p.add_argument("--ensemble", action="append", required=True,
@@ -258,18 +258,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--max_cases", type=int, help="only the first N native scans")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
-        result = run_suite(args.ensemble, max_cases=args.max_cases)
-        io.save_json(result, args.out, overwrite=args.overwrite)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def run(args) -> int:
+    """The robustness suite on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    outputs.check_output_paths([(args.out, "--out", (".json",))], overwrite=args.overwrite)
+    result = run_suite(args.ensemble, max_cases=args.max_cases)
+    dataio.save_json(result, args.out, overwrite=args.overwrite)
     for name, s in result["summary"].items():
         print(f"{name:>14}: " + "  ".join(f"{m} {v['mean']:.4f} (worst {v['worst_value']:.4f})"
                                           for m, v in s.items()))
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m lungseg_utils.study.robustness`` (``lungseg robustness``): 0 done, 2 bad input."""
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ with the file's name and the problem.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 import zlib
@@ -22,34 +24,68 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import config
 from .errors import LungsegInputError, LungsegWarning
+from .geometry import spacing_from_affine
+
+
+def _temp_prefix(path: Path, folder: bool) -> str:
+    return f".tmp_{path.name if folder else path.stem}_"
+
 
 @contextlib.contextmanager
-def atomic_write(path, overwrite: bool = False, suffix: str | None = None):
-    """Write a file atomically: ``with atomic_write(path) as tmp: <write to tmp>``.
-
-    The block writes to a temporary file beside ``path`` (same suffix, so writers that pick
-    the format from the name still work); on success it is renamed onto ``path`` with
-    ordinary permissions, on failure it is removed, so no reader ever sees half a file.
-    Refuses to replace an existing ``path`` unless ``overwrite``. Creates missing folders.
-    Yields the temporary ``Path``.
-    """
+def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folder: bool = False):
+    """The project's one way to write a file (``folder``: a folder): ``with atomic_write(path)
+    as tmp: <write to tmp>`` fills a temporary file (``.tmp_<stem>_<random><suffix>``, by
+    default ``path``'s suffix, for writers that pick the format from the name) or folder
+    (``.tmp_<name>_<random>``) beside ``path``, renamed onto it with ordinary permissions on
+    success (a folder it replaces moved aside, then deleted), removed on failure or Ctrl-C:
+    no reader sees half of it; what ``kill -9`` leaves, :func:`remove_stale_temps` removes.
+    Refuses to replace an existing ``path`` unless ``overwrite``; creates missing folders."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise LungsegInputError(f"{path}: file exists; pass overwrite=True (--overwrite) to replace it.")
+        raise LungsegInputError(f"{path}: {'folder' if path.is_dir() else 'file'} exists; pass "
+                                "overwrite=True (--overwrite) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix if suffix is not None else ("".join(path.suffixes[-2:]) or ".tmp")
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.stem}_", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    prefix = _temp_prefix(path, folder)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        suffix = suffix if suffix is not None else ("".join(path.suffixes[-2:]) or ".tmp")
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes files private to their owner
+        yield tmp
+        os.umask(umask := os.umask(0))           # read the umask (only setting it tells it)
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)   # mkstemp/mkdtemp: owner only
+        old = folder and path.is_dir() and Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        if old:                                  # a folder is not renamed onto a full one
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(path, folder: bool = False, keep=()) -> list[Path]:
+    """Remove (and return) the temporary files (``folder``: folders) a killed :func:`atomic_write`
+    of ``path`` left, never one of ``keep`` (the inputs); only while nothing else writes it."""
+    path, keep = Path(path), {Path(p).resolve() for p in keep}
+    stale = [p for p in sorted(path.parent.glob(glob.escape(_temp_prefix(path, folder)) + "*"))
+             if p.resolve() not in keep]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
+def portable_path(path) -> str:
+    """``path`` as result files store it and messages show it: relative to the repository if
+    in it or beside it (``../shared/data``), else absolute; ``config.REPO_ROOT / it`` reads it."""
+    path, root = Path(path).resolve(), config.REPO_ROOT.resolve()
+    near = path.is_relative_to(root.parent if root.parent != root.parent.parent else root)
+    return Path(os.path.relpath(path, root)).as_posix() if near else str(path)
 
 
 CT_NAME = "ct.nii.gz"
@@ -102,17 +138,6 @@ class Case:
         return float(self.mask.sum()) * self.voxel_volume_ml
 
 
-def spacing_from_affine(affine: np.ndarray) -> tuple:
-    """Voxel size in mm along each array axis: the column norms of the affine's 3x3 part."""
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
-
-
-def axial_axis(affine: np.ndarray) -> int:
-    """The array axis closest to the world's head-foot (z) direction."""
-    a = np.asarray(affine)[:3, :3]
-    return int(np.argmax(np.abs(a[2]) / np.linalg.norm(a, axis=0)))
-
-
 def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
     """Return the sorted case folders under ``data_dir`` (those holding ``ct.nii.gz``).
 
@@ -136,7 +161,8 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
     return cases
 
 
-def _one_line(exc) -> str:
+def one_line(exc) -> str:
+    """An exception's message on one line (or its type's name)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -152,17 +178,17 @@ def _read_nifti(path: Path):
         try:
             return nib.load(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise LungsegInputError(f"{path}: not a NIfTI image ({_one_line(exc)}).") from None
+            raise LungsegInputError(f"{path}: not a NIfTI image ({one_line(exc)}).") from None
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise LungsegInputError(f"{path}: cannot be read ({_one_line(exc)}).") from None
+        raise LungsegInputError(f"{path}: cannot be read ({one_line(exc)}).") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise LungsegInputError(f"{path}: the gzip stream is damaged or truncated "
-                                    f"({_one_line(exc)}); the file must be copied again.") from None
+                                    f"({one_line(exc)}); the file must be copied again.") from None
     sizeof_hdr = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
     if sizeof_hdr not in (348, 540):
         sizeof_hdr = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
@@ -173,7 +199,7 @@ def _read_nifti(path: Path):
     try:
         return klass.from_bytes(raw)
     except Exception as exc:  # noqa: BLE001 - HeaderDataError, ImageFileError, ValueError, ...
-        raise LungsegInputError(f"{path}: the NIfTI header is invalid ({_one_line(exc)}).") from None
+        raise LungsegInputError(f"{path}: the NIfTI header is invalid ({one_line(exc)}).") from None
 
 
 def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
@@ -192,7 +218,7 @@ def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.N
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel's and NumPy's many errors, one line
-        raise LungsegInputError(f"{path}: voxel data cannot be read ({_one_line(exc)}).") from None
+        raise LungsegInputError(f"{path}: voxel data cannot be read ({one_line(exc)}).") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -239,41 +265,24 @@ def check_hu(ct: np.ndarray, path, refuse: bool = False) -> None:
     warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning, stacklevel=3)
 
 
-def load_scan(path, series_uid: str | None = None, rescale=None,
-              assume_hu: bool | None = None) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, dict]:
-    """Load a CT from a NIfTI file, a folder holding ``ct.nii.gz``, or a folder of DICOM files.
+def load_ct(path, assume_hu: bool | None = None
+            ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Load a CT from a NIfTI file or a folder holding ``ct.nii.gz``.
 
-    Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header, info); warns if not
-    HU-like. ``info`` is ``{"format": "nifti", "file": ...}`` or, for DICOM, ``"format":
-    "dicom"`` with the series read (:func:`lungseg_utils.dicom.load_dicom_ct`; ``series_uid``
-    picks one, by default the CT series with most slices).
-
-    ``rescale`` = (slope, intercept) turns stored values into HU (``hu = slope * v +
-    intercept``). ``assume_hu``: None warns on intensities that do not look like HU, False
-    refuses them (the inference command), True accepts them silently.
+    Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header). ``assume_hu``: None warns
+    on intensities that do not look like HU (:func:`check_hu`), False refuses them, True
+    accepts them silently. A folder of DICOM files, or values that need a rescale into HU,
+    are read by :func:`lungseg_utils.scan.reader.load_scan`.
     """
     path = Path(path)
     if path.is_dir() and not (path / CT_NAME).exists():
-        from . import dicom
-
-        ct, affine, header, info = dicom.load_dicom_ct(path, series_uid)
-        info = {"format": "dicom", "folder": str(path), **info}
-    else:
-        path = path / CT_NAME if path.is_dir() else path
-        ct, affine, header = load_nifti(path, "CT")
-        info = {"format": "nifti", "file": str(path)}
-    if rescale is not None:
-        slope, intercept = (float(v) for v in rescale)
-        ct = (ct * slope + intercept).astype(np.float32)
-        info["rescale"] = [slope, intercept]
+        raise LungsegInputError(f"{path}: folder holds no {CT_NAME} (a folder of DICOM files "
+                                "is read by lungseg segment).")
+    path = path / CT_NAME if path.is_dir() else path
+    ct, affine, header = load_nifti(path, "CT")
     if assume_hu is not True:
         check_hu(ct, path, refuse=assume_hu is False)
-    return ct, affine, header, info
-
-
-def load_ct(path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """:func:`load_scan` without the info: (ct_hu float32 (X, Y, Z), affine (4, 4), header)."""
-    return load_scan(path)[:3]
+    return ct, affine, header
 
 
 def load_case(case_dir, require_mask: bool = True) -> Case:

@@ -6,7 +6,7 @@ finds the CT image series, picks one (the one with most slices, or ``series_uid`
 its slices along the slice normal, applies RescaleSlope/RescaleIntercept to get Hounsfield
 units, and builds the voxel-to-world affine from ImagePositionPatient,
 ImageOrientationPatient and PixelSpacing, converted from DICOM's LPS to NIfTI's RAS. The
-result is what :func:`lungseg_utils.io.load_ct` returns for a NIfTI file, so everything
+result is what :func:`lungseg_utils.dataio.load_ct` returns for a NIfTI file, so everything
 downstream (model grid, inference, metrics) is unchanged.
 
 What cannot be stacked into one regular volume is refused with one line naming the folder
@@ -25,9 +25,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .errors import LungsegInputError
+from ..errors import LungsegInputError
+from ..geometry import LPS_TO_RAS
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 MAX_GAP_RATIO = 1.5         # a step this many times the usual one means missing slices

@@ -4,7 +4,8 @@
 and scores every member on its own out-of-fold cases before and after, so the saving comes
 with its cost in Dice beside it::
 
-    python -m lungseg_utils.compact results/reference      # -> results/reference/storage.json
+    lungseg storage results/reference      # -> results/reference/storage.json
+    python -m lungseg_utils.study.compact results/reference      # the same
 """
 
 from __future__ import annotations
@@ -13,20 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import experiments, inference, io, metrics
-from .errors import LungsegInputError
-from .storage import STORAGE_DTYPES, convert_weights, weights_dtype
+from .. import experiments, inference, dataio, metrics
+from ..errors import LungsegInputError, run_command
+from ..storage import STORAGE_DTYPES, convert_weights, weights_dtype
 
 
 def member_scores(model_path, case_ids, folders: dict) -> dict:
     """``{(case_id, grid): (prob64 float32 (64,64,64), mask uint8, Dice)}`` of one model
     file on its cases, for each grid folder of ``folders`` that is not None (here before and
-    after storage; :mod:`lungseg_utils.ensemble_size` scores the members of candidates)."""
+    after storage; :mod:`lungseg_utils.study.ensemble_size` scores the members of candidates)."""
     forward = inference.compiled_forward(inference.load_model(model_path))
     out = {}
     for grid, folder in folders.items():
         for cid in case_ids if folder else ():
-            case = io.load_case(Path(folder) / cid)
+            case = dataio.load_case(Path(folder) / cid)
             res = inference.predict_volume(forward, case.ct_hu, case.affine)
             out[cid, grid] = (res["prob64"], res["mask"], metrics.dice(res["mask"], case.mask))
     return out
@@ -45,7 +46,7 @@ def compact_ensemble(folder, folders: dict, dtype: str = "float16") -> dict:
     "max_abs_prob64_change", "changed_voxels"}], "max_abs_dice_change"}``. Returns it.
     """
     folder = Path(folder)
-    manifest = io.load_json(folder / inference.MANIFEST)
+    manifest = dataio.load_json(folder / inference.MANIFEST)
     files = [folder / m["file"] for m in manifest["members"]]
     already = [f for f in files if weights_dtype(f) == dtype]
     if already:
@@ -63,48 +64,52 @@ def compact_ensemble(folder, folders: dict, dtype: str = "float16") -> dict:
                          "dice_before": d0, "dice_after": d1,
                          "max_abs_prob64_change": float(np.abs(p1 - p0).max()),
                          "changed_voxels": int((m0 != m1).sum())})
-        member.update(sha256=io.file_sha256(path), bytes=path.stat().st_size)
+        member.update(sha256=dataio.file_sha256(path), bytes=path.stat().st_size)
     for path in (folder / inference.MANIFEST, folder / "cv" / inference.MANIFEST):
         if path.exists():
-            m = io.load_json(path)
+            m = dataio.load_json(path)
             prefix = "" if path.parent == folder else "cv/"
             for entry in m["members"]:
                 new = next(x for x in manifest["members"] if x["file"] == prefix + entry["file"])
                 entry.update(sha256=new["sha256"], bytes=new["bytes"])
-            io.save_json(m, path, overwrite=True)
+            dataio.save_json(m, path, overwrite=True)
     rows.sort(key=lambda r: (r["grid"], r["case_id"]))
     result = {"run": experiments.run_identity(folder), "dtype": dtype,
               "bytes_before": before_bytes, "bytes_after": after_bytes, "rows": rows,
               "max_abs_dice_change": max(abs(r["dice_after"] - r["dice_before"]) for r in rows)}
-    io.save_json(result, folder / "storage.json", overwrite=True)
+    dataio.save_json(result, folder / "storage.json", overwrite=True)
     return result
 
 
-def main(argv=None) -> int:
+def build_parser(prog: str | None = None):
     import argparse
-    import sys
-
-    from . import config, synthetic
 
     p = argparse.ArgumentParser(
-        prog="python -m lungseg_utils.compact",
-        description="Store an ensemble's member weights at half precision (half the bytes), "
-                    "measuring on each member's out-of-fold cases what it changes "
+        prog=prog or "python -m lungseg_utils.study.compact",
+        description="Store an ensemble's member weights at half precision (half the bytes). "
+                    "What that changes is measured on each member's out-of-fold cases "
                     "(ENSEMBLE/storage.json).")
     p.add_argument("ensemble", help="an ensemble folder (holding manifest.json)")
     p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES)
-    args = p.parse_args(argv)
-    try:
-        result = compact_ensemble(args.ensemble, {"grid64": synthetic.resolve_data_dir(),
-                                                  "native": config.native_data_dir()},
-                                  args.dtype)
-    except LungsegInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def run(args) -> int:
+    """The conversion on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    from .. import config, synthetic
+
+    result = compact_ensemble(args.ensemble, {"grid64": synthetic.resolve_data_dir(),
+                                              "native": config.native_data_dir()},
+                              args.dtype)
     print(f"{result['bytes_before'] / 1e6:.1f} MB -> {result['bytes_after'] / 1e6:.1f} MB; "
           f"largest Dice change {result['max_abs_dice_change']:.2e} over {len(result['rows'])} "
           f"out-of-fold predictions")
     return 0
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m lungseg_utils.study.compact`` (``lungseg storage``): 0 done, 2 bad input."""
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

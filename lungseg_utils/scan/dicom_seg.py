@@ -2,7 +2,7 @@
 
 A clinic's viewer (3D Slicer, OHIF, a PACS) shows a DICOM SEG over the series it references;
 NIfTI it may not read at all. :func:`write_seg` turns the mask that the inference command
-wrote for a DICOM input (on the grid :func:`lungseg_utils.dicom.load_dicom_ct` built) into
+wrote for a DICOM input (on the grid :func:`lungseg_utils.scan.dicom.load_dicom_ct` built) into
 such an object with highdicom, the field's standard library for it: one frame per CT slice,
 each frame tied to its CT image, with coded segment descriptions (SNOMED CT: lung, or right
 and left lung) and this project named as the algorithm.
@@ -15,15 +15,14 @@ refused in one line naming the file and the problem.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from .errors import LungsegInputError
+from .. import dataio
+from ..errors import LungsegInputError
+from ..geometry import LPS_TO_RAS
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SERIES_NUMBER = 900
 GRID_TOL = 1e-2             # voxels: how far an image's position may lie off the mask's grid
 #: Type-2 attributes (present, may be empty) that the SEG copies from its source images.
@@ -37,7 +36,7 @@ LABEL_KINDS = {"lung": ("Lung",), "lr": ("Right lung", "Left lung")}
 
 
 def _software_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return str(__version__ or "1.0.0")
 
@@ -108,7 +107,7 @@ def write_seg(labels, affine, source_files, out_path, *, overwrite: bool = False
     Parameters
     ----------
     labels : uint8 (X, Y, Z), on the grid of the series as loaded by
-        :func:`lungseg_utils.dicom.load_dicom_ct` (X = columns, Y = rows, Z = slices).
+        :func:`lungseg_utils.scan.dicom.load_dicom_ct` (X = columns, Y = rows, Z = slices).
         {0, 1}: lung; {0, 1, 2}: 1 right lung, 2 left lung.
     affine : (4, 4) voxel -> world RAS mm of that grid.
     source_files : the series' DICOM files (any order), one per slice of ``labels``.
@@ -175,13 +174,6 @@ def write_seg(labels, affine, source_files, out_path, *, overwrite: bool = False
         manufacturer="lungseg", manufacturer_model_name=model_name,
         software_versions=version, device_serial_number="0",
         series_description="lungseg lungs", omit_empty_frames=False)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".tmp_{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as f:                           # same folder: rename is atomic
-            seg.save_as(f)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with dataio.atomic_write(out_path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+        seg.save_as(f)
     return out_path

@@ -19,7 +19,7 @@ The two agreement thresholds say the same thing: two methods that each score abo
 on these scans agree at about 0.96 or better, so a pair below 0.95 means at least one of
 them is off by several points. They were set before the flag was measured, not fitted to
 it; how well the agreements find the worst predictions is measured by the robustness suite
-(:func:`lungseg_utils.robustness.flag_power`). A flag says "look at this one", not "this
+(:func:`lungseg_utils.study.robustness.flag_power`). A flag says "look at this one", not "this
 is wrong".
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import anatomy
+from .. import anatomy, dataio, geometry
 
 LUNG_VOLUME_RANGE_ML = (1000.0, 10000.0)
 MIN_SIDE_FRACTION = 0.30
@@ -36,16 +36,11 @@ MAX_EDGE_FRACTION = 0.01        # of the lung's surface on the in-plane border o
 MIN_AGREEMENT_DICE = 0.95       # between two members, or the prediction and the baseline
 
 
-def _spacing(affine) -> np.ndarray:
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
 def body_midline_x_mm(ct_hu, affine, body=None) -> float:
     """World x (RAS, mm) of the body's centre: the mean x of :func:`anatomy.body_mask`
     (``body``: that mask when already computed, bool (X, Y, Z))."""
     affine = np.asarray(affine, float)
-    axial = int(np.argmax(np.abs(affine[2, :3]) / _spacing(affine)))
-    body = anatomy.body_mask(ct_hu, axis=axial) if body is None else body
+    body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine)) if body is None else body
     if not body.any():
         return float("nan")
     ijk = np.array(np.nonzero(body), float)
@@ -57,7 +52,7 @@ def members_agreement(members64, threshold: float = 0.5) -> float:
 
     members64: float32 (M, 64, 64, 64), each member's probability
     (:func:`lungseg_utils.inference.predict_prob64` with ``return_members``)."""
-    from .metrics import dice
+    from ..metrics import dice
 
     masks = [np.asarray(p) >= threshold for p in members64]
     pairs = [dice(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
@@ -66,16 +61,14 @@ def members_agreement(members64, threshold: float = 0.5) -> float:
 
 def baseline_mask(ct_hu, affine) -> np.ndarray:
     """The classical baseline's lung mask (uint8 (X, Y, Z)) for a CT on its own grid."""
-    from . import io
-
-    return anatomy.classical_lung_mask(ct_hu, io.spacing_from_affine(affine),
-                                       axis=io.axial_axis(affine))
+    return anatomy.classical_lung_mask(ct_hu, geometry.spacing_from_affine(affine),
+                                       axis=geometry.axial_axis(affine))
 
 
 def baseline_agreement(mask, ct_hu, affine, baseline=None) -> float:
     """Dice between ``mask`` and the classical baseline (``baseline``: its mask, computed
     here when None) on the same grid (X, Y, Z)."""
-    from .metrics import dice
+    from ..metrics import dice
 
     base = baseline_mask(ct_hu, affine) if baseline is None else baseline
     return float(dice(np.asarray(mask) != 0, np.asarray(base) != 0))
@@ -105,7 +98,7 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     not computed), ``quality`` {``flag``, ``reasons``}.
     """
     mask = np.asarray(mask) != 0
-    spacing = _spacing(affine)
+    spacing = np.array(geometry.spacing_from_affine(affine))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if labels is None:
         labels = anatomy.split_left_right(mask, affine, midline_x_mm=body_midline_x_mm(ct_hu, affine))
@@ -114,7 +107,7 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     total_ml = float(mask.sum()) * voxel_ml
     _, n_components = ndi.label(mask, structure=np.ones((3, 3, 3)))
     surface = anatomy.boundary(mask)
-    axial = int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / spacing))
+    axial = geometry.axial_axis(affine)
     edge = np.zeros(mask.shape, bool)
     for axis in {0, 1, 2} - {axial}:
         index = [slice(None)] * 3
@@ -137,7 +130,7 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     if edge_fraction > MAX_EDGE_FRACTION:
         reasons.append(f"{100 * edge_fraction:.1f} % of the lung surface lies on the scan's "
                        "edge (cut off by the field of view?)")
-    if float(np.percentile(ct_hu, 0.5)) >= -200.0:
+    if dataio.hu_problem(np.asarray(ct_hu)) is not None:
         reasons.append("intensities do not look like HU (no air below -200)")
     members = members_agreement(members64) if members64 is not None and len(members64) > 1 else None
     if members is not None and members < MIN_AGREEMENT_DICE:
