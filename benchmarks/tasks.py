@@ -150,10 +150,11 @@ def task_epoch(p) -> dict:
         on_test_begin=lambda *a, **kw: eps[-1]["val"].append(now()),
         on_test_end=lambda *a, **kw: eps[-1]["val"].append(now()),
         on_epoch_end=lambda *a, **kw: eps[-1].update(end=now()))
-    known = config.get_profile(s.get("profile") or "quick")
+    profile = s.get("profile") if s.get("profile") in config.PROFILES else "quick"  # retired
+    known = config.get_profile(profile)                # settings of a retired profile: all kept
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as out:
-        train.train(data_dir=p["data_dir"], out_dir=out, profile=s.get("profile"), verbose=0,
+        train.train(data_dir=p["data_dir"], out_dir=out, profile=profile, verbose=0,
                     split={"seed": 0, **{k: [f.name for f in v] for k, v in split.items()}},
                     callbacks=[timer], epochs=int(p["epochs"]), **overrides)
     w, spans = int(p["warmup_epochs"]), [e["end"] - e["steps"][0] for e in eps]

@@ -156,8 +156,9 @@ print(f"mask voxels below -500 HU: original {original_share:.2f}, "
 # %% [markdown]
 # ## Can the pipeline keep up with the network?
 # The training `PyDataset` draws a new variant of every case each epoch. If producing a batch
-# took longer than a training step, the processor would sit idle. We time both: first the
-# data set alone, a few batches of the profile's size.
+# took longer than a training step, the processor would sit idle. We time both, with the
+# active profile's settings (those of `main` unless `LUNGSEG_PROFILE` names another): first
+# the data set alone, a few batches of the profile's size.
 
 # %%
 from lungseg_utils import dataset as ds  # noqa: E402  (imports Keras quietly)
@@ -191,6 +192,8 @@ print(f"pipeline {pipeline_sps:.1f} samples/s, network {model_sps:.2f} samples/s
       f"the pipeline is {pipeline_sps / model_sps:.0f}x faster")
 
 # %% [markdown]
-# **What we learned.** Every transform keeps CT and mask aligned and the mask binary; a single
-# thread of NumPy produces augmented samples many times faster than two cores can train on
-# them, so no worker processes are needed (on a GPU, `workers=` in the profile adds threads).
+# **What we learned.** The augmentation is one list, `augment.PIPELINE`, which the training
+# data set and this notebook both read. Every transform keeps CT and mask aligned and the
+# mask binary; a single thread of NumPy produces augmented samples many times faster than
+# two cores can train on them, so no worker processes are needed (on a GPU, `workers=` in
+# the profile adds threads).

@@ -41,9 +41,10 @@ forwards = {}  # each model compiled once
 viz.show_code(inference.flip_tta)
 
 # %% [markdown]
-# `predict_prob64`, which every prediction in the project goes through (with `tta=False`
-# its only variant is the unflipped input), averages the ensemble's members and then takes
-# the mean and the standard deviation over the flips:
+# `predict_prob64`, through which the inference command, the evaluation and this notebook
+# predict a scan (with `tta=False` its only variant is the unflipped input), averages the
+# members of an ensemble (when the forward pass returns them one by one) and then takes the
+# mean and the standard deviation over the flips:
 
 # %%
 viz.show_code(inference.predict_prob64)

@@ -21,8 +21,8 @@
 # (Yang et al., 2017, DOI 10.7937/K9/TCIA.2017.3R3FVZ08).
 
 # %%
-from lungseg_utils import config, dataio, synthetic, viewer
-from lungseg_utils.scan import reader  # DICOM folders as well as NIfTI files
+from lungseg_utils import config, dataio, synthetic
+from lungseg_utils.scan import browser  # the viewer app: any NIfTI file or DICOM folder
 
 course = {f"{p.name} (64³)": p for p in dataio.discover_cases(synthetic.resolve_data_dir())}
 native_dir = config.native_data_dir()
@@ -38,5 +38,4 @@ native = {f"{p.name} (native)": p for p in dataio.discover_cases(native_dir)} if
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-viewer.CaseBrowser({**course, **native}, predict=viewer.predictor_for(config.active_run_dir()),
-                   load_scan=reader.load_scan)
+browser.CaseBrowser({**course, **native}, predict=browser.predictor_for(config.active_run_dir()))

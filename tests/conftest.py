@@ -6,8 +6,10 @@ bottleneck, ``SMOKE``):
 
 ``smoke_run``      ONE training run (two epochs). Every test that only needs "a trained run
                    folder" or "a model file" uses it.
-``smoke_cv``       ONE 2-fold cross-validation (two one-epoch members, published): the
-                   tests of cross-validation, ensembles and the robustness suite use it.
+``smoke_main``     ONE run as notebook 04 trains it (``ensemble.train_main``): a 2-fold
+                   cross-validation (two one-epoch members) in ``cv/``, the manifest at the top.
+``smoke_cv``       its ``cv/`` folder, and a published copy: the tests of cross-validation,
+                   ensembles and the robustness suite use it.
 
 Only the tests of training itself (resume, seeds, the command line, mirrored training)
 train models of their own, with the same tiny settings.
@@ -57,19 +59,30 @@ def smoke_run(demo_data, smoke_settings, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_cv(demo_data, tmp_path_factory):
-    """``(out_dir, published_dir, result)`` of one 2-fold cross-validation of ``demo_data``:
-    ``out_dir`` holds ``fold_0/run_*``, ``fold_1/run_*``, ``manifest.json`` and
-    ``cross_validation.json``; ``published_dir`` (``.../published/cv``) the published copy."""
+def smoke_main(demo_data, tmp_path_factory):
+    """``(run_dir, answer)``: ``ensemble.train_main(run_dir, demo_data, folds=2, **SMOKE)``,
+    what notebook 04 trains (shared: do not modify ``run_dir``), and what it returned."""
     from lungseg_utils import ensemble
+
+    run = tmp_path_factory.mktemp("smoke_main") / "main"
+    return run, ensemble.train_main(run, demo_data, folds=2, **SMOKE)
+
+
+@pytest.fixture(scope="session")
+def smoke_cv(smoke_main, tmp_path_factory):
+    """``(out_dir, published_dir, result)`` of one 2-fold cross-validation of ``demo_data``
+    (``cross_validate(k=2, data_dir=demo_data, out_dir=out_dir, **SMOKE)``, run by
+    ``smoke_main``): ``out_dir`` holds ``fold_0/run_*``, ``fold_1/run_*``, ``manifest.json``
+    and ``cross_validation.json`` (``result``); ``published_dir`` (``.../published/cv``) the
+    published copy."""
+    from lungseg_utils import dataio
     from lungseg_utils.study import reference
 
-    root = tmp_path_factory.mktemp("smoke_cv")
-    out, published = root / "cv", root / "published" / "cv"
-    result = ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=out, **SMOKE)
+    out = smoke_main[0] / "cv"
+    published = tmp_path_factory.mktemp("smoke_cv") / "published" / "cv"
+    result = dataio.load_json(out / "cross_validation.json")
     reference.publish(out, published, overwrite=True)
-    dataio_save = __import__("lungseg_utils.dataio", fromlist=["save_json"]).save_json
-    dataio_save(result, published / "cross_validation.json", overwrite=True)
+    dataio.save_json(result, published / "cross_validation.json", overwrite=True)
     return out, published, result
 
 

@@ -160,13 +160,13 @@ def test_promoted_run_is_the_default_model(smoke_run, tmp_path, monkeypatch):
     assert [j[0] for j in jobs] == dataio.load_json(smoke_run / "split.json")["test"]
 
 
-def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
-    """Notebook 04's training: the folds' members under cv/, the manifest (the ensemble) and
-    member 0's run artifacts at the top; a trained run is not trained again, a folder with
-    other files is refused; promoted, it is a reference the inference command loads."""
+def test_train_main_writes_the_reference_layout_once(smoke_main, demo_data, tmp_path):
+    """Notebook 04's training (the session's ``smoke_main``): the folds' members under cv/,
+    the manifest (the ensemble) and member 0's run artifacts at the top; a trained run is not
+    trained again, a folder with other files is refused; promoted, it is a reference the
+    inference command loads."""
     tiny = dict(profile="smoke", base_filters=2, depth=1)  # conftest.SMOKE
-    run = tmp_path / "main"
-    out = ensemble.train_main(run, demo_data, folds=2, **tiny)
+    run, out = smoke_main
     assert out["trained"] and out["run_dir"] == run and out["wall_s"] > 0
     manifest = dataio.load_json(run / inference.MANIFEST)
     assert manifest == out["manifest"] and manifest["folds"] == 2
@@ -190,6 +190,8 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
     with pytest.raises(LungsegInputError, match="holds files but no manifest"):
         ensemble.train_main(tmp_path / "junk", demo_data, **tiny)
     ref = tmp_path / "reference"
+    run = shutil.copytree(run, tmp_path / "main")               # the shared run stays as it is
+    members = ensemble.member_runs(run)
     shutil.copytree(members[0], run / "seeds" / "seed_7" / members[0].name)   # a seed run
     assert reference.promote_main(run, ref) == ref
     assert len(inference.load_model(ref)) == 2 and not list(ref.rglob("final_model.keras"))
@@ -202,14 +204,35 @@ def test_train_main_writes_the_reference_layout_once(demo_data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- seeds
-def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, tmp_path,
-                                                          capsys):
-    out, _, _ = smoke_cv
-    ens = tmp_path / "ens"
-    shutil.copytree(out, ens)
+@pytest.fixture(scope="module")
+def fine_tuned(smoke_cv, demo_data, tmp_path_factory):
+    """``(folder, result)``: a 2-fold cross-validation whose members are fine-tuned from
+    ``smoke_cv``'s (``init_from``), on their splits."""
+    from conftest import SMOKE
+
+    ft = tmp_path_factory.mktemp("fine_tuned") / "ft"
+    return ft, ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=ft,
+                                       init_from=smoke_cv[0], **SMOKE)
+
+
+@pytest.fixture(scope="module")
+def seed_spread(fine_tuned, demo_data):
+    """What ``seeds.main`` printed when it retrained member 1 of ``fine_tuned`` with seed 7
+    (42 being the member's own) into that folder: one seed run serves the seed spread's
+    test and the fine-tuning's."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert seeds.main(["--seeds", "42", "7", "--fold", "1", "--from", str(fine_tuned[0]),
+                           "--data_dir", str(demo_data)]) == 0
+    return printed.getvalue()
+
+
+def test_seed_spread_retrains_one_member_with_other_seeds(fine_tuned, seed_spread, capsys):
+    ens = fine_tuned[0]
     member = dataio.load_json(ens / inference.MANIFEST)["members"][1]
-    assert seeds.main(["--seeds", "42", "7", "--fold", "1", "--from", str(ens),
-                       "--data_dir", str(demo_data)]) == 0
     spread = dataio.load_json(ens / "seed_spread.json")
     assert spread["fold"] == 1 and spread["seeds"] == [7, 42]     # 42: the member itself
     new_run = Path(spread["runs"]["7"])                      # outside the repository: absolute
@@ -226,20 +249,19 @@ def test_seed_spread_retrains_one_member_with_other_seeds(smoke_cv, demo_data, t
         d = [r["dice"] for r in spread["rows"]
              if (r["case_id"], r["grid"]) == (row["case_id"], row["grid"])]
         assert row["range"] == pytest.approx(max(d) - min(d)) and 0 <= row["min"] <= row["max"] <= 1
-    assert "over seeds [7, 42]" in capsys.readouterr().out
+    assert "over seeds [7, 42]" in seed_spread
     with pytest.raises(SystemExit):                      # --from is required
         seeds.main(["--seeds", "7"])
     assert "--from" in capsys.readouterr().err
 
 
-def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo_data, tmp_path):
+def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo_data, tmp_path,
+                                                                  fine_tuned, seed_spread):
     from conftest import SMOKE
 
-    src = smoke_cv[0]
-    result = ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=tmp_path / "ft",
-                                     init_from=src, **SMOKE)
-    for i, (old, new) in enumerate(zip(ensemble.member_runs(src),
-                                       ensemble.member_runs(tmp_path / "ft"))):
+    src, (ft, result) = smoke_cv[0], fine_tuned
+    assert dataio.load_json(ft / "cross_validation.json") == result      # what it returns
+    for i, (old, new) in enumerate(zip(ensemble.member_runs(src), ensemble.member_runs(ft))):
         assert dataio.load_json(new / "split.json") == dataio.load_json(old / "split.json")
         init = dataio.load_json(new / "train_config.json")["init_weights"]
         assert init["sha256"] == dataio.file_sha256(old / "best_model.keras")
@@ -248,13 +270,13 @@ def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo
         ensemble.cross_validate(k=3, data_dir=demo_data, out_dir=tmp_path / "x",
                                 init_from=src, **SMOKE)
     # a fine-tuned member's seed runs repeat the fine-tuning: the same starting weights
-    runs = seeds.train_seeds(tmp_path / "ft", [7], fold=0, data_dir=demo_data)
-    parent = dataio.load_json(ensemble.member_runs(tmp_path / "ft")[0] / "train_config.json")
-    assert dataio.load_json(runs[7] / "train_config.json")["init_weights"]["sha256"] == \
+    run_7 = Path(dataio.load_json(ft / "seed_spread.json")["runs"]["7"])   # member 1's seed 7
+    parent = dataio.load_json(ensemble.member_runs(ft)[1] / "train_config.json")
+    assert dataio.load_json(run_7 / "train_config.json")["init_weights"]["sha256"] == \
         parent["init_weights"]["sha256"]
     (ensemble.member_runs(src)[0] / "best_model.keras").rename(tmp_path / "moved.keras")
     try:
         with pytest.raises(LungsegInputError, match="which is missing"):
-            seeds.train_seeds(tmp_path / "ft", [8], fold=0, data_dir=demo_data)
+            seeds.train_seeds(ft, [8], fold=0, data_dir=demo_data)
     finally:
         (tmp_path / "moved.keras").rename(ensemble.member_runs(src)[0] / "best_model.keras")

@@ -3,7 +3,9 @@
 The report is compiled against ``tests/fixtures/reference_results/`` (made-up values, with a
 cross-validation block) and against a copy without the cross-validation, with placeholder
 figures drawn here, and its text is read back with pypdf: every Dice it prints must be the
-fixture's, formatted as the report formats it.
+fixture's, formatted as the report formats it. ``report.typ`` is a document with no branch on
+a result; the sentences that depend on the run come from ``lungseg_utils.report.claims``,
+and a sentence the numbers contradict is named when the report is built.
 """
 
 import json
@@ -14,12 +16,16 @@ from pathlib import Path
 import pytest
 
 from lungseg_utils import config, experiments, metrics
-from lungseg_utils.report import build
+from lungseg_utils.report import build, claims
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "reference_results"
 REFERENCE = ROOT / "results" / "reference"
+#: Names of the result files' and the code's that a reader of the report was never told:
+#: the report defines its terms or does not use them.
+UNDEFINED_TERMS = ("frame R+2cm", "SLA order", "RAS order", "z-crop", "shipped ensemble",
+                   "three unseen members", "finetune profile", "5 mm staircase", "nested")
 
 
 def _load(folder: Path, name: str) -> dict:
@@ -35,20 +41,14 @@ def _pdf_text(path: Path) -> tuple[int, str]:
 
 
 def _expected_numbers(folder: Path) -> dict:
-    """The numbers the report must print, read straight from the result files (the
-    cross-validation's too when ``evaluation.json`` has it)."""
+    """The numbers the report must print, read straight from the result files: the summary
+    of the block Table 1 shows (the cross-validation's, keys "CV ...", where
+    ``evaluation.json`` has one and is not itself out of fold; else the file's own) and the
+    TTA gains."""
     ev, tta = _load(folder, "evaluation.json"), _load(folder, "tta.json")
     d3 = lambda v: build.fmt_number(v, 3)  # noqa: E731
     g4 = lambda v: build.fmt_number(v, 4, signed=True)  # noqa: E731  (Dice gains)
-    s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
     out = {
-        "mean U-Net Dice, 64^3": d3(s64["unet"]["dice"]["mean"]),
-        "SD U-Net Dice, 64^3": d3(s64["unet"]["dice"]["sd"]),
-        "mean U-Net Dice, native": d3(snat["unet"]["dice"]["mean"]),
-        "mean U-Net 5 mm edge Dice, native": d3(snat["unet_raw"]["dice"]["mean"]),
-        "mean ceiling Dice": d3(snat["ceiling"]["dice"]["mean"]),
-        "mean baseline Dice, 64^3": d3(s64["baseline"]["dice"]["mean"]),
-        "worst U-Net Dice, 64^3": d3(s64["unet"]["dice"]["worst_value"]),
         "TTA gain": g4(tta["dice_gain"]["mean_diff"]),
         "TTA gain lo": g4(tta["dice_gain"]["lo"]),
         "TTA gain hi": g4(tta["dice_gain"]["hi"]),
@@ -56,11 +56,7 @@ def _expected_numbers(folder: Path) -> dict:
         "TTA gain lo, native": g4(tta["dice_gain_native"]["lo"]),
         "TTA gain hi, native": g4(tta["dice_gain_native"]["hi"]),
     }
-    for case in ev["grid64"]["cases"]:
-        out[f"U-Net Dice of {case['case_id']}"] = d3(case["unet"]["dice"])
-    for case in ev["native"]["cases"]:
-        out[f"U-Net 5 mm edge Dice of {case['case_id']}"] = d3(case["unet_raw"]["dice"])
-    if "cross_validation" in ev:
+    if "cross_validation" in ev and ev.get("scoring") != "out_of_fold":
         cv = ev["cross_validation"]
         for grid in ("grid64", "native"):
             for m in ("unet", "baseline", "ceiling"):
@@ -69,7 +65,18 @@ def _expected_numbers(folder: Path) -> dict:
                     out[f"CV mean {m} Dice, {grid}"] = d3(s["mean"])
                     out[f"CV SD {m} Dice, {grid}"] = d3(s["sd"])
                     out[f"CV worst {m} Dice, {grid}"] = d3(s["worst_value"])
-    return out
+        return out
+    s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
+    return out | {
+        "mean U-Net Dice, 64^3": d3(s64["unet"]["dice"]["mean"]),
+        "SD U-Net Dice, 64^3": d3(s64["unet"]["dice"]["sd"]),
+        "mean U-Net Dice, native": d3(snat["unet"]["dice"]["mean"]),
+        "mean U-Net 5 mm edge Dice, native": d3(snat["unet_raw"]["dice"]["mean"]),
+        "mean ceiling Dice": d3(snat["ceiling"]["dice"]["mean"]),
+        "mean baseline Dice, 64^3": d3(s64["baseline"]["dice"]["mean"]),
+        "worst U-Net Dice, 64^3": d3(s64["unet"]["dice"]["worst_value"]),
+        "worst U-Net Dice, native": d3(snat["unet"]["dice"]["worst_value"]),
+    }
 
 
 def _without_cv(folder: Path) -> Path:
@@ -117,13 +124,13 @@ def test_fixture_report_has_two_or_three_pages_and_the_fixture_numbers(fixture_p
     assert "cross_validation" in _load(FIXTURE, "evaluation.json")
     for what, value in _expected_numbers(FIXTURE).items():
         assert value in text, f"{what} = {value} is not in the PDF"
-    # one of the fixture's baseline cases failed (HD95 = Infinity): printed, not crashed on
-    assert "∞" in text
-    # the report names where its numbers came from, and shows the cross-validation
+    # the report names where its numbers came from, and leads with the cross-validation
     assert "tests/fixtures/reference_results/" in text
     assert "Out of fold" in text and "3-fold cross-validation" in text
-    # two test cases: the bootstrap intervals are called what they are
+    # two TTA cases: the bootstrap intervals are called what they are
     assert "uninformative" in text
+    for term in UNDEFINED_TERMS:
+        assert term not in text, term
 
 
 def test_report_without_cross_validation(tmp_path, figures_dir):
@@ -135,9 +142,11 @@ def test_report_without_cross_validation(tmp_path, figures_dir):
     assert not any(k.startswith("CV ") for k in expected)
     for what, value in expected.items():
         assert value in text, f"{what} = {value} is not in the PDF"
+    # one of the two test cases' classical masks is empty (HD95 = Infinity): printed, not crashed on
+    assert "∞" in text
     assert "Out of fold" not in text and "cross-validation" not in text
     numbers = json.loads((pdf.parent / build.NUMBERS_NAME).read_text())
-    assert numbers["facts"]["has_cv"] is False and "cv" not in numbers["compare"]
+    assert numbers["facts"]["has_cv"] is False and numbers["scored"]["how"] == "test_split"
     block = build.results_markdown(results)
     assert "Out of fold" not in block and "held-out test cases" in block
     assert _readme_table_rows(block) == 2
@@ -154,19 +163,83 @@ def test_numbers_json_beside_the_pdf_mirrors_the_result_files(fixture_pdf):
     cv = ev["cross_validation"]["native"]["summary"]["unet"]["dice"]
     assert numbers["evaluation"]["cross_validation"]["native"]["summary"]["unet"]["dice"] \
         ["worst_value"] == build.fmt_number(cv["worst_value"], 3)
-    # the TTA table pairs each case's rows of the two grids
-    tta = _load(FIXTURE, "tta.json")
-    assert [r["case_id"] for r in numbers["tta_table"]] == \
-        list(dict.fromkeys(r["case_id"] for r in tta["cases"]))
-    first = numbers["tta_table"][0]
-    assert first["grid64"]["grid"] == "grid64" and first["native"]["grid"] == "native"
-    # the facts the prose hangs on follow the numbers
-    snat = ev["native"]["summary"]
-    assert numbers["facts"]["unet_above_ceiling"] == \
-        (snat["unet"]["dice"]["mean"] > snat["ceiling"]["dice"]["mean"])
+    # Table 1 shows the cross-validation, every case out of fold
+    assert numbers["scored"]["how"] == "cross_validation" and numbers["scored"]["n"] == "9"
+    assert numbers["table1"][0][:4] == ["U-Net", *(
+        f"{build.fmt_number(s['mean'], 3)} ± {build.fmt_number(s['sd'], 3)}" if i != 1 else
+        f"{build.fmt_number(s['worst_value'], 3)} ({s['worst_case_id'].split('_')[-1]})"
+        for i, s in enumerate([ev["cross_validation"][g]["summary"]["unet"]["dice"]
+                               for g in ("grid64", "grid64", "native")]))]
+    # the facts the prose hangs on follow the numbers of that block
+    snat = ev["cross_validation"]["native"]["summary"]
     assert numbers["facts"]["refine_gain"] == build.fmt_number(
         snat["unet"]["dice"]["mean"] - snat["unet_raw"]["dice"]["mean"], 3, signed=True)
     assert numbers["facts"]["tta_n_cases"] == "2" and numbers["facts"]["tta_few_cases"] is True
+    # every key of the claims has its sentence, and the claim printed is recorded
+    assert set(numbers["say"]) == set(numbers["claims"]) == {c.key for c in claims.CLAIMS}
+    assert claims.contradicted(numbers) == []
+
+
+def test_report_typ_is_a_document_without_branches():
+    """Plain prose with numbers: no `#if` on a result, at most about 250 lines; the
+    sentences that depend on the run are all printed through numbers.json's ``say``."""
+    source = build.REPORT_TYP.read_text()
+    code = "\n".join(line.split("//")[0] for line in source.splitlines())
+    assert "#if" not in code and not re.search(r"(=>|[{(\[;])\s*if\b|\belse\b", code)
+    assert len(source.splitlines()) <= 250
+    used = set(re.findall(r"SAY\.(\w+)", source))
+    assert used == {c.key for c in claims.CLAIMS}, used ^ {c.key for c in claims.CLAIMS}
+
+
+def test_a_claim_the_numbers_contradict_is_named(tmp_path, figures_dir):
+    numbers = build.report_numbers(FIXTURE)
+    assert numbers["claims"]["versus"] == "versus-ahead"      # the fixture's U-Net leads
+    claims.check(numbers)
+    bad = json.loads(json.dumps(numbers))                     # the same claims, other numbers
+    bad["versus"]["native"] |= {"lo": "−0.0100", "hi": "+0.0020"}
+    bad["tta"]["time_s"]["tta"] = "0.10"
+    # the lead is claimed in the abstract, the results and the conclusion: all three named
+    assert sorted(claims.contradicted(bad)) == ["abstract-ahead", "concl-ahead",
+                                                 "tta-costs-time", "versus-ahead"]
+    with pytest.raises(LungsegInputError, match=r"versus-ahead.*tta-costs-time|tta-costs-time.*versus-ahead"):
+        claims.check(bad)
+    # a claim with no alternative stops the build: TTA faster than one pass
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    tta = _load(FIXTURE, "tta.json")
+    tta["time_s"] = {"single": 2.0, "tta": 1.0}
+    (results / "tta.json").write_text(json.dumps(tta))
+    with pytest.raises(LungsegInputError, match=r"tta_cost \(tta-costs-time\)"):
+        build.build_report(results, figures_dir, tmp_path / "r.pdf")
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_claims_choose_the_sentence_the_numbers_carry():
+    """Where a run may legitimately differ, the sentence is chosen in Python, and only a
+    sentence whose numbers carry it is printed."""
+    numbers = build.report_numbers(FIXTURE)
+    w = numbers["worst"]
+    missed, extra = (claims.num(w[k]) for k in ("missed_ml", "extra_ml"))
+    assert missed >= 0 and extra >= 0
+    chosen = lambda n, key: claims.say(n)[1][key]  # noqa: E731
+    # the direction of the worst case's errors: only where missed and added lung both carry it
+    for m, e, expected in (("120", "30", "worst-missed"), ("30", "120", "worst-extra"),
+                           ("74", "63", "worst-both")):
+        n = json.loads(json.dumps(numbers))
+        n["worst"] |= {"missed_ml": m, "extra_ml": e}
+        assert chosen(n, "worst_errors") == expected
+    # TTA: a narrow interval around zero is evidence of no effect; a wide one is not
+    n = json.loads(json.dumps(numbers))
+    n["facts"]["tta_few_cases"] = False
+    n["tta"]["dice_gain_native"] |= {"mean_diff": "+0.0000", "lo": "−0.0002", "hi": "+0.0002"}
+    assert chosen(n, "tta_native") == "tta-native-none"
+    assert "no measurable effect" in claims.say(n)[0]["tta_native"]
+    n["tta"]["dice_gain_native"] |= {"lo": "−0.0030", "hi": "+0.0040"}
+    assert chosen(n, "tta_native") == "tta-native-open"
+    assert chosen(n, "conclusion_tta") == "concl-tta-open"
+    # an optional study that is absent has a sentence of its own, or none
+    assert numbers["robustness"] is None and chosen(numbers, "robust") == "robust-absent"
+    assert claims.say(numbers)[0]["seeds"] == ""
 
 
 def test_report_typ_types_no_result_by_hand():
@@ -361,6 +434,8 @@ def test_committed_report_matches_the_committed_results():
     assert 2 <= n_pages <= 3
     for what, value in _expected_numbers(REFERENCE).items():
         assert value in text, f"report.pdf is stale: {what} = {value} is not in it (make report)"
+    for term in UNDEFINED_TERMS:
+        assert term not in text, f"report.pdf uses {term!r}, which it never defines"
     committed = json.loads((ROOT / "report" / build.NUMBERS_NAME).read_text())
     fresh = build.report_numbers(REFERENCE, ROOT / "figures")
     assert committed == json.loads(json.dumps(fresh)), "report/numbers.json is stale (make report)"
@@ -451,12 +526,20 @@ def test_report_shows_robustness_and_seed_spread(tmp_path, figures_dir):
     assert numbers["robustness"]["facts"]["hardest_shift"] == "HU +50"
     assert numbers["robustness"]["facts"]["lowest"]["member"] == "0.812"
     assert numbers["seeds"]["max_range"] == "0.022"
+    groups = numbers["robustness"]["groups"]                # the table: shifts grouped
+    assert [g["label"] for g in groups] == ["as stored", "HU recalibrated"]
+    assert groups[1]["member"]["worst"] == "0.812"
+    assert numbers["robustness"]["hardest"]["label"] == "HU recalibrated"
+    assert numbers["claims"]["robust_result"] == "robust-result"
     pages, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert 2 <= pages <= 3
-    assert "Robustness" in text and "HU +50" in text and "0.812" in text
-    mean = build.fmt_number(result["summary"]["HU +50"]["ensemble_all"]["mean"], 3)
+    assert "Controlled changes of the scans" in text and "HU recalibrated" in text
+    assert "0.812" in text and "every HU value shifted by ±50" in text
+    mean = build.fmt_number(result["summary"]["HU +50"]["member"]["mean"], 3)
     assert mean in text
-    assert "seeds 42, 43, 44" in text and "0.951" in text
+    assert "seeds 42, 43, 44" in text and "0.022" in text
+    for term in UNDEFINED_TERMS:
+        assert term not in text, term
     # a robustness file about another run is refused
     result["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
     (folder / "robustness.json").write_text(json.dumps(result))
@@ -485,7 +568,8 @@ def test_report_says_how_k_was_chosen_and_the_readme_points_there(tmp_path, figu
     block = build.results_markdown(folder)                  # the README's one small table
     assert "how many members: [report/report.pdf]" in block and "K = 5" not in block
     _, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
-    assert "K = 5 was chosen by measurement" in " ".join(text.split())
+    assert "The number of members, K = 5, was chosen by measurement" in text
+    assert "0.9858 against 0.9848" in text
     sizes["run"] = {"run": "elsewhere", "model_sha256": "0" * 64, "manifest_sha256": None}
     (folder / "ensemble_size.json").write_text(json.dumps(sizes))
     with pytest.raises(LungsegInputError, match="ensemble_size.json: describes the model"):
@@ -502,10 +586,8 @@ def test_robustness_numbers_name_the_honest_ensemble_by_its_size():
               "summary": robustness.summarise(rows, methods)}
     shown = values.robustness_numbers(result)
     assert shown["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
-    assert shown["labels"]["ensemble_oof"] == "three unseen members"
     assert shown["n_unseen"] == "3"
-    two = values.robustness_numbers({**result, "ensembles": ["a", "b"]})
-    assert two["labels"]["ensemble_oof"] == "two unseen members"
+    assert values.robustness_numbers({**result, "ensembles": ["a", "b"]})["n_unseen"] == "2"
 
 
 def _out_of_fold(folder: Path) -> Path:
@@ -532,11 +614,11 @@ def test_out_of_fold_report_leads_with_every_case(tmp_path, figures_dir):
     assert numbers["ensemble"] == {"members": "3", "total_mb": "16", "member_mb": "5.4"}
     pages, text = _pdf_text(build.build_report(folder, figures_dir, tmp_path / "r.pdf"))
     assert 2 <= pages <= 3
-    assert "ensemble of 3" in text and "Scored on every case by the member" in text
-    assert "The 9 cases were split" in text
+    assert "ensemble of 3 U-Nets" in text and "score every case with the member" in text
+    assert "The 9 cases were split" in text and "Out of fold: each of the 9 cases" in text
     ev = _load(folder, "evaluation.json")
-    for case in ev["native"]["cases"]:                       # every case's row is printed
-        assert build.fmt_number(case["unet"]["dice"], 3) in text
+    for what, value in _expected_numbers(folder).items():    # Table 1: the 9 cases' summary
+        assert value in text, f"{what} = {value} is not in the PDF"
     block = build.results_markdown(folder)
     assert "**Out of fold:** each of the 9 cases segmented by the member of the 3-member " \
         "ensemble" in block

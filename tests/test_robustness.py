@@ -92,20 +92,19 @@ def test_suite_scores_each_case_out_of_fold(smoke_cv, demo_data, tmp_path):
     assert set(result["summary"]) == {"as stored", "HU +50"} and len(lines) == 1
     case = dataio.load_case(demo_data / "synth_000")
 
-    def dice_of(model):
+    def mask_of(model):
         fwd = inference.compiled_forward(model)
-        return metrics.dice(inference.predict_volume(fwd, case.ct_hu, case.affine)["mask"],
-                            case.mask)
+        return inference.predict_volume(fwd, case.ct_hu, case.affine)["mask"]
 
     (member,) = robustness.out_of_fold_members([out], "synth_000")
     row = result["rows"][0]
-    assert row["member"] == pytest.approx(dice_of(inference.load_model(member)))
-    assert row["ensemble_all"] == pytest.approx(dice_of(inference.load_model(out)))
+    pred = mask_of(inference.load_model(out))                    # the ensemble's
+    assert row["member"] == pytest.approx(metrics.dice(mask_of(inference.load_model(member)),
+                                                       case.mask))
+    assert row["ensemble_all"] == pytest.approx(metrics.dice(pred, case.mask))
     base = anatomy.classical_lung_mask(case.ct_hu, case.spacing_mm)
     assert row["baseline"] == pytest.approx(metrics.dice(base, case.mask))
     # what the quality flag sees: agreement with the baseline, the members' agreement
-    pred = inference.predict_volume(inference.compiled_forward(inference.load_model(out)),
-                                    case.ct_hu, case.affine)["mask"]
     assert row["ensemble_all_vs_baseline"] == pytest.approx(metrics.dice(pred, base))
     assert 0.0 <= row["ensemble_all_members"] <= 1.0 and row["ensemble_all_flag"] in ("ok", "check")
     assert "member_members" not in row and "member_flag" not in row

@@ -3,13 +3,18 @@
 Each test runs the train command in a subprocess with the tiny smoke network and
 ``LUNGSEG_FAULT_AT=<point>`` (lungseg_utils.runstate.fault), so that the process kills
 itself with SIGKILL exactly there, as a power cut would; then it resumes the run with
-``--resume`` in a fresh process and compares with a run that was never interrupted.
+``--resume`` in a fresh process and compares with a run that was never interrupted: the
+session's ``smoke_run`` (tests/conftest.py), trained with the same settings.
+
+The killed runs are started together, one process each, the first time a test needs one
+(their imports of TensorFlow overlap), and each test resumes a copy of its own.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,9 +40,9 @@ def _train(args, fault=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _start(demo_data, out, fault=None):
-    return _train(["--profile", "smoke", "--data_dir", demo_data, "--out_dir", out,
-                   "--verbose", "0"], fault)
+#: Where the killed runs stop: after the first of two epochs, half-way through writing the
+#: final model, between the models and the test metrics, and before the settings are written.
+POINTS = ("epoch_end:0", "mid_final_save", "before_test_metrics", "after_split")
 
 
 def _log(run_dir) -> list[dict]:
@@ -46,20 +51,44 @@ def _log(run_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def whole(demo_data, tmp_path_factory):
-    """The same run, never interrupted."""
-    out = tmp_path_factory.mktemp("whole")
-    done = _start(demo_data, out)
-    assert done.returncode == 0, done.stderr
-    (run_dir,) = out.glob("run_*")
-    return run_dir
+def killed(demo_data, tmp_path_factory):
+    """``killed(point, dest)``: a copy, in ``dest``, of the run folder a train command left
+    when it was killed at ``point`` (one of :data:`POINTS`), started with the settings of
+    ``smoke_run``."""
+    root = tmp_path_factory.mktemp("killed")
+    procs = {}
+    for i, point in enumerate(POINTS):
+        env = {**os.environ, "LUNGSEG_FAULT_AT": point}
+        with open(root / f"{i}.log", "w") as log:
+            procs[point] = subprocess.Popen(
+                [sys.executable, "-c", COMMAND, "--profile", "smoke", "--data_dir",
+                 str(demo_data), "--out_dir", str(root / str(i)), "--verbose", "0"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    codes = {point: proc.wait(timeout=600) for point, proc in procs.items()}
+
+    def copy(point, dest: Path) -> Path:
+        i = POINTS.index(point)
+        assert codes[point] == -signal.SIGKILL, (root / f"{i}.log").read_text()[-3000:]
+        (run_dir,) = (root / str(i)).glob("run_*")
+        return Path(shutil.copytree(run_dir, dest / run_dir.name))
+
+    return copy
+
+
+def _refused_as_finished(run_dir, capsys):
+    """``--resume`` of a finished run: exit status 2 and a one-line reason (in this process:
+    the check comes before any training)."""
+    from lungseg_utils import train
+
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir)]) == 2
+    assert "has finished" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("point", ["epoch_end:0", "mid_final_save", "before_test_metrics"])
-def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(demo_data, tmp_path, whole, point):
-    killed = _start(demo_data, tmp_path, fault=point)
-    assert killed.returncode == -signal.SIGKILL
-    (run_dir,) = tmp_path.glob("run_*")
+def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(killed, tmp_path, smoke_run, point,
+                                                            capsys):
+    run_dir, whole = killed(point, tmp_path), smoke_run
     assert not runstate.is_finished(run_dir)
     if point == "mid_final_save":
         assert list(run_dir.glob(".tmp_*"))             # the half-written model, not final's
@@ -74,28 +103,26 @@ def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(demo_data, tmp_path
             [float(r[key]) for r in _log(whole)], rel=1e-5), key
     ours, theirs = (dataio.load_json(d / "test_metrics.json") for d in (run_dir, whole))
     assert ours["mean_dice"] == pytest.approx(theirs["mean_dice"], rel=1e-5)
-    again = _train(["--resume", run_dir])
-    assert again.returncode == 2 and "has finished" in again.stderr
+    _refused_as_finished(run_dir, capsys)
 
 
-def test_a_run_killed_before_its_settings_says_what_to_do(demo_data, tmp_path):
-    killed = _start(demo_data, tmp_path, fault="after_split")
-    assert killed.returncode == -signal.SIGKILL
-    (run_dir,) = tmp_path.glob("run_*")
+def test_a_run_killed_before_its_settings_says_what_to_do(killed, tmp_path, capsys):
+    from lungseg_utils import train
+
+    run_dir = killed("after_split", tmp_path)
     assert (run_dir / "split.json").is_file() and not (run_dir / "train_config.json").exists()
-    resumed = _train(["--resume", run_dir])
-    assert resumed.returncode == 2
-    (line,) = [ln for ln in resumed.stderr.splitlines() if ln.startswith("error:")]
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir)]) == 2     # refused before any training
+    stderr = capsys.readouterr().err
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert "no train_config.json" in line and "start a new run" in line
-    assert "Traceback" not in resumed.stderr
+    assert "Traceback" not in stderr
 
 
-def test_an_empty_model_left_by_an_old_version_is_recovered(demo_data, tmp_path, whole):
+def test_an_empty_model_left_by_an_old_version_is_recovered(killed, tmp_path, smoke_run):
     """A 0-byte final_model.keras (what a kill during the save used to leave) and no
     test_metrics.json: the run is not 'finished'; resuming rebuilds both."""
-    killed = _start(demo_data, tmp_path, fault="before_test_metrics")
-    assert killed.returncode == -signal.SIGKILL
-    (run_dir,) = tmp_path.glob("run_*")
+    run_dir, whole = killed("before_test_metrics", tmp_path), smoke_run
     (run_dir / "final_model.keras").write_bytes(b"")
     (run_dir / ".tmp_final_model_x.keras").write_bytes(b"partial")
     resumed = _train(["--resume", run_dir])

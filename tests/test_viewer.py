@@ -142,7 +142,7 @@ def test_bad_inputs_name_the_array(case):
 # ----------------------------------------------------------------------------- the case browser
 def test_case_browser_shows_a_case_at_once_and_switches_cases(demo_data):
     from lungseg_utils import dataio
-    from lungseg_utils.viewer import CaseBrowser
+    from lungseg_utils.scan.browser import CaseBrowser
 
     folders = dataio.discover_cases(demo_data)
     browser = CaseBrowser({p.name: p for p in folders[:2]})   # no model: no segment button
@@ -157,7 +157,7 @@ def test_case_browser_shows_a_case_at_once_and_switches_cases(demo_data):
 
 def test_case_browser_opens_a_path_and_says_what_it_cannot_read(demo_data, tmp_path):
     from lungseg_utils import dataio
-    from lungseg_utils.viewer import CaseBrowser
+    from lungseg_utils.scan.browser import CaseBrowser
 
     folders = dataio.discover_cases(demo_data)
     browser = CaseBrowser({folders[0].name: folders[0]})
@@ -175,7 +175,7 @@ def test_case_browser_opens_a_path_and_says_what_it_cannot_read(demo_data, tmp_p
 
 def test_case_browser_segments_on_demand_with_progress(demo_data):
     from lungseg_utils import dataio
-    from lungseg_utils.viewer import CaseBrowser, classical_predictor
+    from lungseg_utils.scan.browser import CaseBrowser, classical_predictor
 
     folders = dataio.discover_cases(demo_data)
     calls = []
@@ -209,7 +209,7 @@ def test_the_runs_model_segments_on_demand_with_its_uncertainty(smoke_run, demo_
     """predictor_for picks the run's U-Net when the run holds a model (else the classical
     baseline); the prediction has the scan's shape, with the TTA spread beside it."""
     from lungseg_utils import dataio
-    from lungseg_utils.viewer import CaseBrowser, classical_predictor, predictor_for
+    from lungseg_utils.scan.browser import CaseBrowser, classical_predictor, predictor_for
 
     assert predictor_for(smoke_run.parent / "no_such_run") is classical_predictor
     predict = predictor_for(smoke_run)

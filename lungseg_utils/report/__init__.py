@@ -5,5 +5,6 @@ this list:
 
 ``formatting``  numbers as printed: fixed decimals by kind of value, minus, n/a
 ``values``      what the report and README print, read from a run's result files
+``claims``      the sentences that depend on results, each checked against a run's numbers
 ``build``       report/report.pdf and the README's results block (``lungseg report``)
 """

@@ -11,9 +11,16 @@ How a number reaches the PDF
    ["grid64"]["summary"]["unet"]["dice"]["mean"]``, a string such as ``"0.973"``.
    (Formatting here, not in Typst, because the files may hold ``NaN`` and ``Infinity``,
    which Typst's ``json()`` cannot read, and because the README table needs the same text.)
-3. :func:`build_report` writes that dict as ``numbers.json`` beside the PDF and compiles
-   ``report/report.typ``, which reads it with Typst's ``json()``. ``report.typ`` types no
-   result by hand; the figures it shows are :data:`REPORT_FIGURES`, read from ``figures/``.
+   Every sentence whose truth depends on the run is chosen there too, by
+   :mod:`lungseg_utils.report.claims`: each has a condition on the numbers, a key with
+   several prepared sentences prints the first whose condition holds (``numbers["say"]``,
+   with the claims printed in ``numbers["claims"]``), and a claim the numbers contradict is
+   named in a :class:`LungsegInputError`.
+3. :func:`build_report` checks those claims once more against the numbers it typesets
+   (:func:`lungseg_utils.report.claims.check`), writes the dict as ``numbers.json`` beside
+   the PDF and compiles ``report/report.typ``, which reads it with Typst's ``json()``.
+   ``report.typ`` is plain prose: it types no result by hand and has no branch on one; the
+   figures it shows are :data:`REPORT_FIGURES`, read from ``figures/``.
 
 ``lungseg report`` (``python -m lungseg_utils.report.build``) rebuilds ``report/report.pdf``
 and the README's results block in a few seconds.
@@ -33,19 +40,17 @@ from .. import config, experiments, dataio
 from ..errors import LungsegInputError, run_command
 from ..dataio import portable_path as rel_path  # main() prints paths as result files store them
 from ..experiments import METHOD_LABELS
+from . import claims
 from .formatting import fmt_number, format_tree, format_value  # noqa: F401  (the report's formats)
+from .figures import REPORT_FIGURES, WIDE_FIGURE_IN
 from .values import (
     FEW_CASES,
-    OPTIONAL_FILES,
-    REPORT_FIGURES,
     RESULT_FILES,
-    WIDE_FIGURE_IN,
     read_results,
     read_training_log,
     report_numbers,
-    robustness_numbers,
-    seed_numbers,
 )
+from .values_studies import OPTIONAL_FILES, robustness_numbers, seed_numbers
 
 REPORT_TYP, REPORT_PDF = (config.REPO_ROOT / "report" / n for n in ("report.typ", "report.pdf"))
 NUMBERS_NAME = "numbers.json"
@@ -141,13 +146,17 @@ def build_report(results_dir=None, figures_dir=None, out_pdf=None) -> Path:
     (default ``config.FIGURES_DIR``); ``numbers.json``, the numbers it prints, goes beside it.
 
     The document, its numbers and the figures are staged in a temporary folder that Typst
-    uses as its root, so every input may live anywhere. Returns the PDF's path.
+    uses as its root, so every input may live anywhere. Returns the PDF's path. Raises
+    :class:`LungsegInputError` naming every sentence whose condition the run's numbers
+    contradict (:mod:`lungseg_utils.report.claims`); nothing is written then.
     """
     import typst
 
     figures_dir = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
     out_pdf = Path(out_pdf) if out_pdf is not None else REPORT_PDF
-    numbers = json.dumps(report_numbers(results_dir, figures_dir), indent=1, ensure_ascii=False)
+    values = report_numbers(results_dir, figures_dir)
+    claims.check(values)      # every result-dependent sentence printed is true of these numbers
+    numbers = json.dumps(values, indent=1, ensure_ascii=False)
     with _staged(numbers, figures_dir) as stage:
         try:
             pdf = typst.compile(str(stage / "report" / "report.typ"), root=str(stage),

@@ -3,36 +3,44 @@
 :func:`read_results` reads and checks the result files of a run (``evaluation.json``,
 ``tta.json``, ``train_config.json``, ``training_log.csv`` ..., plus ``robustness.json`` and
 ``seed_spread.json`` where the run has them); :func:`report_numbers` turns them into one dict
-in which every number is already formatted as printed (:mod:`lungseg_utils.report.formatting`).
-:mod:`lungseg_utils.report.build` writes that dict beside the PDF and builds the PDF and the
-README's results block from it.
+in which every number is already formatted as printed (:mod:`lungseg_utils.report.formatting`),
+and every sentence whose truth depends on the run is chosen by
+:mod:`lungseg_utils.report.claims` (``numbers["say"]``, with the claims it printed in
+``numbers["claims"]``). :mod:`lungseg_utils.report.build` writes that dict beside the PDF and
+builds the PDF and the README's results block from it.
+
+The numbers of what a run may lack (its ensemble, the optional studies) are formatted in
+:mod:`lungseg_utils.report.values_studies`, what the report needs of its figures is read in
+:mod:`lungseg_utils.report.figures`.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from pathlib import Path
 
-from .. import config, experiments, dataio
+from .. import config, dataio, experiments, metrics
 from ..errors import LungsegInputError
 from ..experiments import GRIDS, METHOD_LABELS, check_evaluation, check_tta
+from .figures import figure_info
 from .formatting import fmt_general, fmt_number, format_tree, format_value
+from .values_studies import (
+    OPTIONAL_FILES,
+    ensemble_numbers,
+    ensemble_size_numbers,
+    robustness_numbers,
+    seed_numbers,
+)
 from ..inference import FLIPS, REFINE_HU
+from ..anatomy import classical_lung_mask
 
-#: The figures the report shows, as exported by the notebooks (``figures/<name>.{png,pdf}``);
-#: the two-digit prefix names the notebook that makes each one.
-REPORT_FIGURES = ("02_model_grid_round_trip", "04_training_curves", "05_dice_paired",
-                  "05_worst_cases", "06_tta_uncertainty")
 #: The result files of a run that the report reads.
 RESULT_FILES = ("split.json", "train_config.json", "training_log.csv", "test_metrics.json",
                 "evaluation.json", "tta.json")
 #: Fewer cases than this and a bootstrap interval is described as uninformative: it can only
 #: resample the few per-case differences, so it is little more than their range.
 FEW_CASES = 5
-#: A figure wider than this (inches, as exported) spans both columns of the report.
-WIDE_FIGURE_IN = 4.5
 
 
 # ----------------------------------------------------------------------------- reading
@@ -76,70 +84,116 @@ def read_results(results_dir=None) -> dict:
 
 
 def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
-    """What the Training section states, from ``train_config.json`` and ``training_log.csv``."""
+    """What the Methods section states about training, from ``train_config.json`` (member 0's,
+    for an ensemble), its ``training_log.csv`` and ``test_metrics.json``: the schedule, the
+    weights kept, the precision, where the weights started, the time and the versions."""
     settings = cfg["settings"]
-    best = min(log, key=lambda r: r["val_loss"])  # the checkpoint kept (monitor val_loss)
+    best = min(log, key=lambda r: r["val_loss"])  # the checkpoint kept under "best"
     wall_s = (test_metrics.get("training") or {}).get("wall_s_this_session")
     params = (cfg.get("model") or {}).get("params")
     lr, lr0 = log[-1].get("learning_rate"), log[0].get("learning_rate")
     versions = cfg.get("versions") or {}
+    # train.py records the dtype policy it used ("precision"); older runs only the setting
+    precision = cfg.get("precision") or ("mixed_bfloat16" if settings.get("mixed_precision") is True
+                                         else "float32")
+    samples = settings.get("samples_per_epoch")
     return {
         "profile": cfg.get("profile", "?"),
         "epochs_run": str(len(log)),
         "epochs_planned": str(settings.get("epochs", "?")),
+        "samples_per_epoch": str(samples) if samples else None,
+        "volumes": f"{samples} augmented volumes" if samples else "the augmented training volumes",
+        "batch_size": str(settings.get("batch_size", "?")),
+        "depth": str(settings.get("depth", 4)),             # unet.build_unet's default
+        "base_filters": str(settings.get("base_filters", 16)),
+        "learning_rate": fmt_general(float(settings.get("learning_rate", 1e-3))),
+        "warmup_epochs": str(int(settings.get("warmup_epochs") or 0)),
+        "schedule": settings.get("lr_schedule", "plateau"),
+        "checkpoint": settings.get("checkpoint", "best"),
+        "reduce_lr_patience": str(settings.get("reduce_lr_patience", "?")),
+        "early_stop_patience": str(settings.get("early_stop_patience", "?")),
+        "precision": "bfloat16" if "bfloat16" in str(precision) else "float32",
         "best_epoch": str(best["epoch"] + 1),
         "best_val_dice": fmt_number(best["val_dice"], 3),
         "final_lr": fmt_general(lr) if lr is not None else "n/a",
         "lr_reduced": lr is not None and lr0 is not None and lr < lr0,
         "wall_time_min": fmt_number(wall_s / 60.0, 0) if wall_s else "n/a",
         "params_m": fmt_number(params / 1e6, 2) if params else "n/a",
-        "init_from": (cfg.get("init_weights") or {}).get("file"),   # fine-tuned from, or None
+        "init_from": (cfg.get("init_weights") or {}).get("file"),   # started from, or None
         "keras": str(versions.get("keras", "?")),
         "tensorflow": str(versions.get("tensorflow", "?")),
     }
 
 
-def _figure_info(figures_dir: Path) -> dict:
-    """``{name: {"path", "width_in", "aspect", "wide", "min_font_pt"}}`` for
-    :data:`REPORT_FIGURES`: where Typst finds the PDF, the exported width in inches, width /
-    height, whether it spans both columns, and its smallest text in pt at the exported size
-    (:func:`lungseg_utils.viz.smallest_text_pt`; None for a figure exported before it was
-    recorded). Raises naming the first figure missing as PNG or PDF."""
-    from ..viz import MIN_FONT_KEY
-    from PIL import Image
+def augmentation_text(aug: dict) -> str:
+    """The augmentations a run's settings switch on, as two short sentences (their
+    probabilities are in ``train_config.json``)."""
+    on = lambda key: float(aug.get(key) or 0) > 0  # noqa: E731
+    g = lambda key: fmt_general(float(aug.get(key) or 0))  # noqa: E731
+    pct = lambda key: fmt_number(100 * float(aug.get(key) or 0), 0)  # noqa: E731
+    basic = [what for key, what in (
+        ("p_flip", "flips along each axis"), ("p_rot90", "rotations by multiples of 90°"),
+        ("p_jitter", "small changes of intensity"),
+        ("p_shift", f"shifts of up to {g('max_shift_vox')} voxels"),
+        ("p_elastic", f"a mild elastic deformation (up to {g('elastic_sigma_mm')} mm)"))
+        if on(key)]
+    real = [what for key, what in (
+        ("p_affine", f"rotated by up to {g('max_rot_deg')}° and scaled by up to {pct('max_scale')} %"),
+        ("p_zcrop", "cropped to the lungs along the head–foot axis"),
+        ("p_intensity", f"recalibrated (HU shifted by up to {g('hu_offset')} and scaled by up "
+                        f"to {pct('hu_scale')} %)"),
+        ("p_blur", "blurred or given thicker slices")) if on(key)]
+    join = lambda xs: ", ".join(xs[:-1]) + (" and " if len(xs) > 1 else "") + xs[-1]  # noqa: E731
+    text = (f"Every epoch draws each training volume afresh, with random {join(basic)}, CT and "
+            "mask alike." if basic else "The training volumes are not augmented.")
+    if real:
+        text += (" Along the axes in which real scans differ, a volume may also be "
+                 + "; ".join(real[:-1]) + ("; or " if len(real) > 1 else "") + real[-1] + ".")
+    return text.replace(" %", "\u00a0%")
 
-    info = {}
-    for name in REPORT_FIGURES:
-        for ext in ("pdf", "png"):
-            if not (figures_dir / f"{name}.{ext}").is_file():
-                raise LungsegInputError(f"{figures_dir / f'{name}.{ext}'}: figure is missing; "
-                                        f"run notebook {name[:2]} to export it.")
-        with Image.open(figures_dir / f"{name}.png") as im:
-            w_px, h_px = im.size
-            dpi = float((im.info.get("dpi") or (300, 300))[0]) or 300.0
-            font = im.info.get(MIN_FONT_KEY)
-        info[name] = {"path": f"/figures/{name}.pdf", "width_in": round(w_px / dpi, 3),
-                      "aspect": round(w_px / h_px, 4), "wide": w_px / dpi > WIDE_FIGURE_IN,
-                      "min_font_pt": float(font) if font else None}
-    return info
+
+
+def scored_block(ev: dict) -> tuple[str, dict]:
+    """The block of ``evaluation.json`` the report leads with, and how it was scored: the
+    whole file when an ensemble scored every case out of fold (``"out_of_fold"``), else its
+    cross-validation where it has one (``"cross_validation"``: every case out of fold too),
+    else the single model's held-out test cases (``"test_split"``)."""
+    if ev.get("scoring") == "out_of_fold":
+        return "out_of_fold", ev
+    if "cross_validation" in ev:
+        return "cross_validation", ev["cross_validation"]
+    return "test_split", ev
+
+
+#: Numbers from the field (GUIDE.md section 4), with their sources, which the discussion
+#: compares with; the report cites the sources beside them.
+FIELD = {"lctsc_dice_lo": "0.97", "lctsc_dice_hi": "0.98",      # Yang et al. 2018, Table 7
+         "lctsc_hd95_lo": "2.1", "lctsc_hd95_hi": "4.7",        # (best methods, full resolution)
+         "r231_dice": "0.98", "r231_sd": "0.03", "r231_scans": "231"}  # Hofmanninger et al. 2020
 
 
 def report_numbers(results_dir=None, figures_dir=None) -> dict:
     """Everything ``report.typ`` prints, as text (see the module docstring).
 
     Keys: ``evaluation``, ``tta`` and ``split``, each the file with its numbers formatted;
-    ``settings`` (the run's settings, formatted) and ``augment``; ``training`` (from the
-    log and ``test_metrics.json``); ``grid`` (the model grid of :mod:`config`); ``facts``
-    (what the prose hangs on); ``compare``, ``tta_table`` and ``tta_mean`` (per grid); ``labels`` (method names);
-    ``figures`` (see :func:`_figure_info`, only if ``figures_dir`` is given); ``results_dir``.
+    ``scored`` (the block Table 1 shows, :func:`scored_block`, with its summaries);
+    ``settings``, ``augment`` and ``training`` (from ``train_config.json``, the log and
+    ``test_metrics.json``); ``grid`` (the model grid of :mod:`config`); ``facts`` (numbers
+    the prose derives); ``versus`` (paired comparisons with the classical pipeline) and
+    ``worst`` (the worst case), both on the scored block; ``ensemble``, ``robustness``,
+    ``seeds``, ``ksize`` (None where the run lacks them); ``field``; ``say`` and ``claims``
+    (:mod:`lungseg_utils.report.claims`); ``figures`` (see :func:`.figures.figure_info`, only if
+    ``figures_dir`` is given); ``results_dir``.
     """
+    from . import claims
+
     raw = read_results(results_dir)
     cfg, ev, tta = raw["train_config"], raw["evaluation"], raw["tta"]
     settings = cfg["settings"]
-    s64, snat = ev["grid64"]["summary"], ev["native"]["summary"]
-    gain, gain_nat = tta["dice_gain"], tta["dice_gain_native"]
+    how, block = scored_block(ev)
+    s64, snat = block["grid64"]["summary"], block["native"]["summary"]
     hu = settings.get("hu_window", config.HU_WINDOW)
-    dice = {m: snat[m]["dice"]["mean"] for m in snat}
+    dice = {g: {m: s[m]["dice"]["mean"] for m in s} for g, s in (("grid64", s64), ("native", snat))}
     tta_rows = {g: [r for r in tta["cases"] if r["grid"] == g] for g in GRIDS}
     oof = ev.get("scoring") == "out_of_fold"    # every case by the member that never saw it
     n_tta = min(len(tta_rows["grid64"]), len(tta_rows["native"]))
@@ -153,57 +207,50 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
                  "spacing_mm": fmt_number(config.MODEL_SPACING_MM, 0),
                  "extent_mm": fmt_number(config.MODEL_SHAPE[0] * config.MODEL_SPACING_MM, 0),
                  "hu_low": fmt_number(hu[0], 0), "hu_high": fmt_number(hu[1], 0),
-                 "tta_flips": str(len(FLIPS)), "refine_hu": fmt_number(REFINE_HU, 0)},
+                 "tta_flips": str(len(FLIPS)), "refine_hu": fmt_number(REFINE_HU, 0),
+                 "classical_hu": fmt_number(_default(classical_lung_mask, "threshold_hu"), 0),
+                 "n_boot": f"{_default(metrics.paired_bootstrap_ci, 'n_boot'):,}".replace(",", " ")},
         "n_cases": {k: str(len(raw["split"][k])) for k in ("train", "val", "test")}
                    | {"all": str(len(set().union(*(raw["split"][k] for k in ("train", "val",
                                                                             "test")))))}
                    | ({"test": str(len(ev["test_cases"]))} if oof else {}),
         "settings": format_tree(settings),
         "augment": format_tree({**settings, **(cfg.get("augment") or {})}),
-        "training": training_summary(cfg, raw["training_log"], raw["test_metrics"]),
+        "training": training_summary(cfg, raw["training_log"], raw["test_metrics"])
+                    | {"augmentation": augmentation_text({**settings, **(cfg.get("augment") or {})})},
+        "scored": {"how": how, "n": str(len(block["grid64"]["cases"])),
+                   "folds": str(block.get("folds", "")),
+                   "grid64": format_tree(s64), "native": format_tree(snat)},
+        "table1": table1_rows(s64, snat),
         "facts": {
             "out_of_fold": oof,
-            # the inference pipeline against the network's own 5 mm boundary and the ceiling
-            "unet_above_ceiling": dice["unet"] > dice["ceiling"],
-            "raw_above_ceiling": dice["unet_raw"] > dice["ceiling"],
-            "native_gap_to_ceiling": fmt_number(abs(dice["ceiling"] - dice["unet"]), 3),
-            "raw_gap_to_ceiling": fmt_number(abs(dice["ceiling"] - dice["unet_raw"]), 3),
-            "refine_gain": fmt_number(dice["unet"] - dice["unet_raw"], 3, signed=True),
-            "ceiling_loss": fmt_number(1.0 - dice["ceiling"], 3),
-            "tta_ci_excludes_zero": gain["lo"] > 0 or gain["hi"] < 0,
-            "tta_native_ci_excludes_zero": gain_nat["lo"] > 0 or gain_nat["hi"] < 0,
+            "has_cv": "cross_validation" in ev,
+            # the boundary refinement against the network's own 5 mm edge and the ceiling
+            "refine_gain": fmt_number(dice["native"]["unet"] - dice["native"]["unet_raw"], 3,
+                                      signed=True),
+            "raw_gap_to_ceiling": fmt_number(dice["native"]["ceiling"]
+                                             - dice["native"]["unet_raw"], 3, signed=True),
+            "unet_gap_to_ceiling": fmt_number(dice["native"]["ceiling"]
+                                              - dice["native"]["unet"], 3, signed=True),
+            "post_gain_grid64": fmt_number(dice["grid64"]["unet_post"] - dice["grid64"]["unet"],
+                                           3, signed=True),
+            "post_gain_native": fmt_number(dice["native"]["unet_post"] - dice["native"]["unet"],
+                                           3, signed=True),
             "tta_n_cases": str(n_tta),
             "tta_few_cases": n_tta < FEW_CASES,
-            # tta.json holds other cases than the test split: notebook 06 used the CV folds
-            "tta_out_of_fold": {r["case_id"] for r in tta["cases"]} != set(ev["test_cases"]),
             "tta_slowdown": fmt_number(tta["time_s"]["tta"] / tta["time_s"]["single"], 1),
-            "has_cv": "cross_validation" in ev,
-            "has_auc": "uncertainty_error_auc" in tta,
+            "few_cases": str(FEW_CASES),
         },
-        "tta_table": _tta_table(tta_rows),
         "tta_mean": {g: {k: format_value(k, sum(r[k] for r in rs) / len(rs)) for k in
                          ("dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")}
                      if rs else None for g, rs in tta_rows.items()},
-        # U-Net against the classical pipeline, post-processing against the U-Net
-        "compare": {"grid64": {"baseline": _compare(s64["unet"], s64["baseline"]),
-                               "post": _compare(s64["unet_post"], s64["unet"])},
-                    "native": {"baseline": _compare(snat["unet"], snat["baseline"])}},
+        "field": FIELD,
     }
     if "cross_validation" in ev:
-        cv = ev["cross_validation"]
-        c64, cnat = cv["grid64"]["summary"], cv["native"]["summary"]
-        cv_dice = {m: cnat[m]["dice"]["mean"] for m in cnat}
-        numbers["facts"] |= {
-            "cv_n_cases": str(len(cv["grid64"]["cases"])),
-            "cv_unet_above_ceiling": cv_dice["unet"] > cv_dice["ceiling"],
-            "cv_refine_gain": fmt_number(cv_dice["unet"] - cv_dice["unet_raw"], 3, signed=True),
-        }
-        numbers["compare"]["cv"] = {
-            "grid64": {"baseline": _compare(c64["unet"], c64["baseline"])},
-            "native": {"baseline": _compare(cnat["unet"], cnat["baseline"])}}
-    numbers["versus"] = {key: difference_numbers(experiments.method_difference(ev, grid, b=b))
-                         for key, (grid, b) in VERSUS.items() if ev[grid]["cases"]}
-    numbers["worst"] = worst_case_numbers(ev)
+        numbers["facts"]["cv_n_cases"] = str(len(ev["cross_validation"]["grid64"]["cases"]))
+    numbers["versus"] = {key: difference_numbers(experiments.method_difference(block, grid, b=b))
+                         for key, (grid, b) in VERSUS.items() if block[grid]["cases"]}
+    numbers["worst"] = worst_case_numbers(block)
     numbers["tta_default"] = experiments.tta_recommendation(tta)["default"]
     for stem in ("evaluation", "tta", "split"):
         numbers[stem] = format_tree(raw[stem])
@@ -212,102 +259,49 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
         found = experiments.optional_result(raw["results_dir"], name, "05")
         numbers[key] = found and {"robustness": robustness_numbers, "seeds": seed_numbers,
                                   "ksize": ensemble_size_numbers}[key](found)
+    numbers["robustness_table"] = [numbers["robustness"]] if numbers["robustness"] else []
     if figures_dir is not None:
-        numbers["figures"] = _figure_info(Path(figures_dir))
+        numbers["figures"] = figure_info(Path(figures_dir))
+    numbers["say"], numbers["claims"] = claims.say(numbers)
     return numbers
 
 
-#: Optional result files of a run, shown when present: the robustness suite (``make
-#: robustness``), the seed spread (``lungseg seeds ...``) and
-#: how K was chosen (``python -m lungseg_utils.study.ensemble_size``).
-OPTIONAL_FILES = {"robustness": "robustness.json", "seeds": "seed_spread.json",
-                  "ksize": "ensemble_size.json"}
-#: How the robustness suite's methods are named in the report.
-ROBUSTNESS_LABELS = {m: METHOD_LABELS[m] for m in ("member", "ensemble_oof", "ensemble_all",
-                                                   "baseline")}
+#: Table 1's rows: method, and whether it exists on the 64^3 grid.
+TABLE1_METHODS = ("unet", "unet_raw", "unet_post", "baseline", "ceiling")
 
 
-def ensemble_numbers(folder) -> dict | None:
-    """The run's ensemble as the report describes it (None without ``manifest.json``):
-    members, folds, model files' total size in MB and the largest member's."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        return None
-    members = dataio.load_json(path)["members"]
-    sizes = [m.get("bytes") or (Path(folder) / m["file"]).stat().st_size for m in members]
-    return {"members": str(len(members)), "total_mb": fmt_number(sum(sizes) / 1e6, 0),
-            "member_mb": fmt_number(max(sizes) / 1e6, 1)}
+def table1_rows(s64: dict, snat: dict) -> list[list[str]]:
+    """Table 1 as printed, one list of cells per method of :data:`TABLE1_METHODS`: label;
+    Dice on the 64^3 grid (mean ± SD, worst and its case's number); on the native grid the
+    same, HD95 (mm) and volume error (%), each mean ± SD; "–" where a method has no score."""
+    def pm(s, key):
+        s = format_tree(s[key], key)
+        return s["mean"] if s["sd"] == "n/a" else f"{s['mean']} ± {s['sd']}"
 
+    def worst(s):
+        d = format_tree(s["dice"], "dice")
+        return f"{d['worst_value']} ({str(d['worst_case_id']).split('_')[-1]})"
 
-def ensemble_size_numbers(result: dict) -> dict:
-    """``ensemble_size.json`` (K chosen by measurement) as printed: the chosen K and, per
-    candidate, cases a member trained on, MB, out-of-fold Dice (mean and worst) on both
-    grids and the robustness worst case averaged over the shifts."""
     rows = []
-    for c in sorted(result["candidates"], key=lambda c: c["k"]):
-        trained = c["train_cases"]
-        rows.append({"k": str(c["k"]), "mb": fmt_number(c["bytes"] / 1e6, 0),
-                     "train_cases": "–".join(str(v) for v in sorted({min(trained), max(trained)})),
-                     **{f"{key}_{g}": fmt_number(c["dice"][g][field], 3)
-                        for g in c["dice"] for key, field in (("dice", "mean"),
-                                                               ("worst", "worst_value"))},
-                     "rob_worst": fmt_number(c["robustness"]["mean_of_worst"], 3)})
-    return {"chosen": str(result["chosen"]["k"]), "rows": rows}
+    for m in TABLE1_METHODS:
+        g, nat = s64.get(m), snat.get(m)
+        rows.append([TABLE1_LABELS[m],
+                     *((pm(g, "dice"), worst(g)) if g else ("–", "–")),
+                     *((pm(nat, "dice"), worst(nat), pm(nat, "hd95_mm"),
+                        pm(nat, "volume_error_pct")) if nat else ("–",) * 4)])
+    return rows
 
 
-def robustness_numbers(result: dict) -> dict:
-    """``robustness.json`` as printed: ``{"methods", "rows": [{"shift", method:
-    {"mean", "worst", "worst_case_id"}}], "facts"}``; ``facts`` names the shift where one
-    member's worst case is lowest, and each method's lowest worst case over all shifts."""
-    methods = [m for m in result["methods"] if m in ROBUSTNESS_LABELS]
-    rows, summary = [], result["summary"]
-    for shift, by_method in summary.items():
-        rows.append({"shift": shift,
-                     **{m: {"mean": fmt_number(by_method[m]["mean"], 3),
-                            "worst": fmt_number(by_method[m]["worst_value"], 3),
-                            "worst_case_id": by_method[m]["worst_case_id"]} for m in methods}})
-    hardest = min(summary, key=lambda k: summary[k]["member"]["worst_value"])
-    n_cases = len({r["case_id"] for r in result["rows"]})
-    lowest = {m: min(v[m]["worst_value"] for v in summary.values()) for m in methods}
-    labels = {m: ROBUSTNESS_LABELS[m] for m in methods}
-    n_unseen = len(result.get("ensembles", []))
-    return {"methods": methods, "labels": labels, "n_unseen": str(n_unseen),
-            "rows": rows, "n_cases": str(n_cases), "n_shifts": str(len(summary)),
-            "facts": {"hardest_shift": hardest,
-                      "lowest": {m: fmt_number(v, 3) for m, v in lowest.items()}},
-            "flag": flag_numbers(result.get("flag_power"))}
+#: How Table 1 names the methods.
+TABLE1_LABELS = {"unet": "U-Net", "unet_raw": "U-Net, 5 mm edge", "unet_post": "U-Net + post-proc.",
+                 "baseline": "classical pipeline", "ceiling": "resolution ceiling"}
 
 
-def flag_numbers(power: dict | None) -> dict | None:
-    """The quality flag's measured power (``robustness.json``'s ``flag_power``) as printed:
-    per method, rows, rows below the Dice cut, and per score its AUC and Spearman's rho
-    (None for a file written before the flag was measured)."""
-    if not power:
-        return None
-    out = {}
-    for method, p in power.items():
-        out[method] = {"n": str(p["n"]), "n_below": str(p["n_below"]),
-                       "dice_below": fmt_number(p["dice_below"], 2),
-                       "scores": {k: {"auc": fmt_number(v["auc"], 2),
-                                      "spearman": fmt_number(v["spearman"], 2)}
-                                  for k, v in p["scores"].items()}}
-        if "flag" in p:
-            f = p["flag"]
-            out[method]["flag"] = {"flagged": str(f["flagged"]),
-                                   "sensitivity": fmt_number(100 * f["sensitivity"], 0),
-                                   "specificity": fmt_number(100 * f["specificity"], 0)}
-    return out
+def _default(func, name: str):
+    """The default value of ``func``'s argument ``name`` (a method's fixed setting)."""
+    import inspect
 
-
-def seed_numbers(result: dict) -> dict:
-    """``seed_spread.json`` as printed: the seeds, per case and grid the lowest and highest
-    Dice and their range, and the largest range over them."""
-    rows = [{"case_id": r["case_id"], "grid": r["grid"], "min": fmt_number(r["min"], 3),
-             "max": fmt_number(r["max"], 3), "range": fmt_number(r["range"], 3)}
-            for r in result["summary"]]
-    return {"fold": str(result["fold"]), "seeds": ", ".join(map(str, result["seeds"])),
-            "n_seeds": str(len(result["seeds"])), "rows": rows,
-            "max_range": fmt_number(max(r["range"] for r in result["summary"]), 3)}
+    return inspect.signature(func).parameters[name].default
 
 
 #: The paired comparisons the report prints: key -> (grid, method set against the baseline).
@@ -324,39 +318,24 @@ def difference_numbers(d: dict) -> dict:
             "excludes_zero": d["lo"] > 0 or d["hi"] < 0}
 
 
-def worst_case_numbers(ev: dict) -> dict:
-    """The U-Net's worst case (native grid, else 64^3) as printed: its Dice and HD95, its
-    reference lung volume (L), whether the largest, the cases' median, the U-Net's volume error,
-    and whether the classical pipeline did better on it."""
-    grid = "native" if ev["native"]["cases"] else "grid64"
-    cases = ev[grid]["cases"]
+def worst_case_numbers(block: dict) -> dict:
+    """The U-Net's worst case in an ``evaluation.json`` block (native grid, else 64^3) as
+    printed: its Dice and HD95, its reference lung volume (L), whether the largest, the cases'
+    median, the U-Net's volume error, the lung it missed and added (ml, from its Dice and the
+    two volumes: overlap = Dice x (predicted + reference) / 2), and the classical pipeline's
+    Dice on it."""
+    grid = "native" if block["native"]["cases"] else "grid64"
+    cases = block[grid]["cases"]
     w = min(cases, key=lambda c: c["unet"]["dice"])
+    u = w["unet"]
     volumes = [c["unet"]["volume_ref_ml"] for c in cases]
-    return {"grid": grid, "case_id": w["case_id"], "dice": fmt_number(w["unet"]["dice"], 3),
-            "hd95_mm": fmt_number(w["unet"]["hd95_mm"], 1),
-            "volume_l": fmt_number(w["unet"]["volume_ref_ml"] / 1000, 1),
+    overlap = u["dice"] * (u["volume_pred_ml"] + u["volume_ref_ml"]) / 2.0
+    return {"grid": grid, "case_id": w["case_id"], "dice": fmt_number(u["dice"], 3),
+            "hd95_mm": fmt_number(u["hd95_mm"], 1),
+            "volume_l": fmt_number(u["volume_ref_ml"] / 1000, 1),
             "median_volume_l": fmt_number(statistics.median(volumes) / 1000, 1),
-            "largest": w["unet"]["volume_ref_ml"] == max(volumes), "n_cases": str(len(cases)),
-            "volume_error_pct": fmt_number(w["unet"]["volume_error_pct"], 1, signed=True),
-            "under": w["unet"]["volume_error_pct"] < 0,
-            "baseline_dice": fmt_number(w["baseline"]["dice"], 3),
-            "baseline_better": w["baseline"]["dice"] > w["unet"]["dice"]}
-
-
-def _compare(a: dict, b: dict) -> dict:
-    """How the Dice summary ``a`` compares with ``b``: ``{"order": "higher" | "lower" |
-    "same" (same when equal as printed), "close": the means differ by less than the larger
-    SD, i.e. the cases do not separate them}``."""
-    ma, mb = a["dice"]["mean"], b["dice"]["mean"]
-    same = fmt_number(ma, 3) == fmt_number(mb, 3)
-    sds = [v for v in (a["dice"]["sd"], b["dice"]["sd"]) if v is not None and not math.isnan(v)]
-    return {"order": "same" if same else "higher" if ma > mb else "lower",
-            "close": same or (bool(sds) and abs(ma - mb) < max(sds))}
-
-
-def _tta_table(rows: dict) -> list[dict]:
-    """One row per case of ``tta.json``: ``{"case_id", "grid64": {...}, "native": {...}}``
-    (each grid's row formatted, ``None`` where the case lacks that grid), in file order."""
-    ids = dict.fromkeys(r["case_id"] for g in rows for r in rows[g])
-    return [{"case_id": cid, **{g: next((format_tree(r) for r in rows[g] if r["case_id"] == cid),
-                                        None) for g in GRIDS}} for cid in ids]
+            "largest": u["volume_ref_ml"] == max(volumes), "n_cases": str(len(cases)),
+            "volume_error_pct": fmt_number(u["volume_error_pct"], 1, signed=True),
+            "missed_ml": fmt_number(max(u["volume_ref_ml"] - overlap, 0.0), 0),
+            "extra_ml": fmt_number(max(u["volume_pred_ml"] - overlap, 0.0), 0),
+            "baseline_dice": fmt_number(w["baseline"]["dice"], 3)}

@@ -12,4 +12,5 @@ It imports the core, never the other way. Imports only go down this list:
 ``dicom_seg``  the mask as a DICOM Segmentation object (highdicom)
 ``segment``    the inference command: a scan in; masks, summary, flag out
 ``lctsc``      the whole LCTSC from TCIA, converted into this project's layouts
+``browser``    the viewer app's case browser: any scan, segmented on demand
 """
