@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lungseg_utils import config, experiments, metrics
-from lungseg_utils.report import build, claims
+from lungseg_utils.report import build, claims, conditions
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ def test_claims_choose_the_sentence_the_numbers_carry():
     sentence whose numbers carry it is printed."""
     numbers = build.report_numbers(FIXTURE)
     w = numbers["worst"]
-    missed, extra = (claims.num(w[k]) for k in ("missed_ml", "extra_ml"))
+    missed, extra = (conditions.num(w[k]) for k in ("missed_ml", "extra_ml"))
     assert missed >= 0 and extra >= 0
     chosen = lambda n, key: claims.say(n)[1][key]  # noqa: E731
     # the direction of the worst case's errors: only where missed and added lung both carry it
@@ -479,7 +479,7 @@ def test_smallest_text_is_measured_where_it_is_drawn(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
 
-    from lungseg_utils.report import values
+    from lungseg_utils.report import figures
     from lungseg_utils import viz
 
     matplotlib.use("Agg")
@@ -495,7 +495,7 @@ def test_smallest_text_is_measured_where_it_is_drawn(tmp_path):
     for name in build.REPORT_FIGURES:
         viz.export_figure(fig, name, tmp_path)
     plt.close(fig)
-    info = values._figure_info(tmp_path)
+    info = figures.figure_info(tmp_path)
     assert {v["min_font_pt"] for v in info.values()} == {8.0}
 
 
@@ -577,17 +577,17 @@ def test_report_says_how_k_was_chosen_and_the_readme_points_there(tmp_path, figu
 
 
 def test_robustness_numbers_name_the_honest_ensemble_by_its_size():
-    from lungseg_utils.report import values
+    from lungseg_utils.report import values_studies
     from lungseg_utils.study import robustness
 
     methods = ("member", "member_2", "ensemble_oof", "ensemble_all", "baseline")
     rows = [{"case_id": "p0", "shift": "as stored", **{m: 0.95 for m in methods}}]
     result = {"methods": list(methods), "rows": rows, "ensembles": ["a", "b", "c"],
               "summary": robustness.summarise(rows, methods)}
-    shown = values.robustness_numbers(result)
+    shown = values_studies.robustness_numbers(result)
     assert shown["methods"] == ["member", "ensemble_oof", "ensemble_all", "baseline"]
     assert shown["n_unseen"] == "3"
-    assert values.robustness_numbers({**result, "ensembles": ["a", "b"]})["n_unseen"] == "2"
+    assert values_studies.robustness_numbers({**result, "ensembles": ["a", "b"]})["n_unseen"] == "2"
 
 
 def _out_of_fold(folder: Path) -> Path:

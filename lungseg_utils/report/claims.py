@@ -33,7 +33,7 @@ from .claims_discussion import DISCUSSION_CLAIMS
 from .claims_methods import METHOD_CLAIMS
 from .claims_results import RESULT_CLAIMS
 from .claims_studies import STUDY_CLAIMS
-from .conditions import Claim, num  # noqa: F401  (num: a printed number, as the claims read it)
+from .conditions import Claim
 
 #: Every claim the report may print; for each key, the first whose condition holds is printed.
 CLAIMS: tuple[Claim, ...] = METHOD_CLAIMS + RESULT_CLAIMS + STUDY_CLAIMS + DISCUSSION_CLAIMS
@@ -76,7 +76,8 @@ def say(numbers: dict) -> tuple[dict, dict]:
         sentences[key], printed[key] = typeset(chosen.text(numbers)), chosen.id
     if failed:
         raise LungsegInputError("the run's numbers contradict every sentence the report has "
-                                "for: " + "; ".join(failed) + " (lungseg_utils/report/claims_*.py).")
+                                "for: " + "; ".join(failed)
+                                + " (lungseg_utils/report/claims_*.py).")
     return sentences, printed
 
 
