@@ -27,7 +27,8 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungseg_utils import config, experiments, inference, dataio, synthetic, viewer, viz
+from lungseg_utils import (anatomy, config, dataio, experiments, inference, metrics, synthetic,
+                           viewer, viz)
 
 viz.apply_style()
 run = config.active_run_dir()  # $LUNGSEG_RUN: what notebook 04 trained; else results/reference
@@ -81,30 +82,39 @@ def case_table(block, keys=("dice", "hd95_mm")):
 # The classical baseline thresholds air at -400 HU, removes the air outside the body slice
 # by slice (closing the body where the field of view cuts it, so that a lung touching the
 # border survives), traces and removes the trachea and main bronchi, keeps the lungs'
-# components and fills holes. "U-Net + post-processing" keeps the one or two largest
-# components of the network's mask and fills enclosed holes.
+# components and fills holes — the few lines below, each step one function of
+# `lungseg_utils.anatomy`. "U-Net + post-processing" keeps the one or two largest components
+# of the network's mask and fills enclosed holes.
+
+# %%
+viz.show_code(anatomy.classical_lung_mask)
+
+# %% [markdown]
+# Every method scored on every case of the 64³ grid, one row per case:
 
 # %%
 test = experiments.evaluate_jobs(jobs, folders, forwards)
 print(case_table(test["grid64"]))
 
 # %% [markdown]
-# Summary over the cases, per grid: mean ± SD, median and the worst case for every metric.
+# Summary over the cases, one metric at a time (the registry `metrics.METRICS` names each
+# metric, its unit and which of its values is worse): mean ± SD, median and the worst case.
 
 # %%
-def summary_table(block):
-    lines = []
+def summary_table(block, key):
+    m_info, rows = metrics.METRICS[key], []
     for m, summary in block["summary"].items():
-        for k, fmt in (("dice", ".4f"), ("iou", ".4f"), ("hd95_mm", ".1f"), ("assd_mm", ".2f"),
-                       ("volume_error_pct", "+.1f")):
-            s = summary[k]
-            lines.append({"method": LABELS[m], "metric": k, "mean": format(s["mean"], fmt),
-                          "sd": format(s["sd"], fmt.lstrip("+")), "median": format(s["median"], fmt),
-                          "worst": f"{format(s['worst_value'], fmt)} ({s['worst_case_id']})"})
-    return dataio.format_table(lines, dict.fromkeys(lines[0], "")) if lines else "no cases"
+        s, d = summary[key], m_info.decimals + 1
+        rows.append({"method": LABELS[m], "mean": f"{s['mean']:.{d}f}",
+                     "sd": f"{s['sd']:.{d}f}", "median": f"{s['median']:.{d}f}",
+                     "worst": f"{s['worst_value']:.{d}f} ({s['worst_case_id']})"})
+    title = f"{m_info.label}" + (f" ({m_info.unit})" if m_info.unit else "")
+    return title + "\n" + (dataio.format_table(rows, dict.fromkeys(rows[0], ""))
+                           if rows else "no cases")
 
 
-print(summary_table(test["grid64"]))
+for key in ("dice", "hd95_mm"):
+    print(summary_table(test["grid64"], key), end="\n\n")
 
 # %% [markdown]
 # ## On the native grid
@@ -124,7 +134,8 @@ print(summary_table(test["grid64"]))
 print(case_table(test["native"]) if folders["native"] else "no native scans found")
 
 # %%
-print(summary_table(test["native"]) if folders["native"] else "no native scans found")
+for key in ("dice", "hd95_mm", "volume_error_pct") if folders["native"] else ():
+    print(summary_table(test["native"], key), end="\n\n")
 
 # %% [markdown]
 # ## Case by case
