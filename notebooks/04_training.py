@@ -58,6 +58,9 @@ print("settings of", "the existing run" if trained else "the new run", run.name)
 for key in keys:
     print(f"{key:>18} = {settings.get(key, '–')}")
 print(f"{'precision here':>18} = {config.training_precision(settings.get('mixed_precision'))}")
+first = ensemble.member_runs(run)[0] if trained else None
+init = dataio.load_json(first / "train_config.json").get("init_weights") if trained else None
+print(f"{'start':>18} = " + (f"fine-tuned from {init['file']}" if init else "random weights"))
 
 # %% [markdown]
 # ## The residual block
@@ -156,14 +159,16 @@ viz.show_code(train.fit_model)
 viz.show_code(ensemble.train_members)
 
 # %% [markdown]
-# The folds of this run:
+# The folds of this run (a trained run's own, as its manifest records them; otherwise the
+# seeded folds `ensemble.fold_splits` deals):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 ids = [p.name for p in dataio.discover_cases(synthetic.resolve_data_dir())]
 ids = ids[: settings.get("max_cases") or None]
-splits = ensemble.fold_splits(ids, int(settings["folds"]), int(settings["seed"]),
-                              settings["checkpoint"])
+splits = (dataio.load_json(run / "manifest.json")["members"] if trained else
+          ensemble.fold_splits(ids, int(settings["folds"]), int(settings["seed"]),
+                               settings["checkpoint"]))
 for i, split in enumerate(splits):
     print(f"member {i}: trains on {len(split['train'])} cases, tested on {', '.join(split['test'])}")
 
@@ -193,10 +198,11 @@ print(sorted(n for n in (*train.RUN_ARTIFACTS, "manifest.json") if (run / n).exi
 # %% [markdown]
 # ## Learning curves
 # Loss and Dice on the training samples (augmented, with dropout active; solid) and on each
-# member's validation cases (as they are; dashed), one colour per member, from the first
-# epoch of training from random weights; a dot marks the epoch whose weights each member
-# kept. With the recipe the validation cases are the member's unseen test fold, so the
-# dashed Dice is an out-of-fold learning curve: how much each extra epoch still buys.
+# member's validation cases (as they are; dashed), one colour per member, from each member's
+# first epoch (from random weights with the recipe; a run fine-tuned from earlier weights
+# says so in its settings above); a dot marks the epoch whose weights each member kept. With
+# `checkpoint="last"` the validation cases are the member's unseen test fold, so the dashed
+# Dice is an out-of-fold learning curve: how much each extra epoch still buys.
 
 # %%
 members = ensemble.member_runs(run)

@@ -143,5 +143,6 @@ def test_active_run_is_the_reference_unless_lungseg_run_names_another(monkeypatc
     monkeypatch.setenv("LUNGSEG_RUN", str(tmp_path))
     assert config.active_run_dir() == tmp_path.resolve()
     main = config.get_profile("main")
-    assert main["folds"] >= 2 and main["budget_min"] and main["base_filters"] == 16
+    assert main["folds"] >= 2 and main["base_filters"] == 16
+    assert main["budget_min"] is None and main["epochs"] > 1     # the recipe: fixed epochs
     assert main["checkpoint"] == "last" and main["lr_schedule"] == "cosine"

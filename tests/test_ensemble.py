@@ -39,22 +39,6 @@ def test_fold_splits_cover_every_case_once():
     assert all(len(s["test"]) == 1 for s in leave_one_out)
 
 
-def test_nested_members_start_from_the_parent_that_never_saw_their_fold(smoke_cv, demo_data,
-                                                                          tmp_path):
-    from conftest import SMOKE
-
-    out, _, _ = smoke_cv
-    result = ensemble.cross_validate(3, demo_data, tmp_path / "nested", seed=5, init_from=out,
-                                     nested=True, **SMOKE)
-    assert sorted(r["case_id"] for r in result["cases"]) == IDS and result["folds"] == 3
-    parents = {dataio.file_sha256(out / m["file"]): m["test"]
-               for m in dataio.load_json(out / inference.MANIFEST)["members"]}
-    for m in dataio.load_json(tmp_path / "nested" / inference.MANIFEST)["members"]:
-        cfg = dataio.load_json(tmp_path / "nested" / Path(m["file"]).parent / "train_config.json")
-        assert set(m["test"]) <= set(parents[cfg["init_weights"]["sha256"]])
-        assert not set(m["train"]) & set(m["test"])
-
-
 def test_cross_validation_scores_every_case_once(smoke_cv, demo_data):
     out, published, result = smoke_cv
     assert dataio.load_json(out / "cross_validation.json") == result

@@ -64,7 +64,12 @@ def killed(demo_data, tmp_path_factory):
                 [sys.executable, "-c", COMMAND, "--profile", "smoke", "--data_dir",
                  str(demo_data), "--out_dir", str(root / str(i)), "--verbose", "0"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    codes = {point: proc.wait(timeout=600) for point, proc in procs.items()}
+    try:
+        codes = {point: proc.wait(timeout=600) for point, proc in procs.items()}
+    finally:
+        for proc in procs.values():       # none left behind if one of them hangs
+            if proc.poll() is None:
+                proc.kill()
 
     def copy(point, dest: Path) -> Path:
         i = POINTS.index(point)

@@ -93,7 +93,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "python -m lungseg_utils.study.reference",
         description="Make a finished run the committed reference (results/reference), the "
-                    "inference command's default model; it replaces the former one.")
+                    "inference command's default model. It replaces the former one.")
     p.add_argument("run", metavar="RUN", help="a finished make-all run (results/models/main_...)")
     p.add_argument("--to", metavar="DIR", help="where (default results/reference)")
     return p
