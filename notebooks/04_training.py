@@ -40,8 +40,8 @@ settings = config.get_profile(PROFILE)
 run = config.active_run_dir()
 trained = (run / "manifest.json").exists()  # an existing run: show its own settings
 if trained:
-    settings = {"folds": len(dataio.load_json(run / "manifest.json")["members"]),
-                **dataio.load_json(run / "manifest.json")["settings"]}
+    manifest = dataio.load_json(run / "manifest.json")
+    settings = {**manifest["settings"], "folds": len(manifest["members"])}  # members made
 
 # %% [markdown]
 # ## The recipe
