@@ -185,7 +185,9 @@ for i, method in enumerate(("unet", "baseline")):
         viz.show_slice(axes[i, j], case.ct_hu, axis, k, case.spacing_mm, case.affine,
                        window="lung", mask=case.mask, pred=masks[method], overlay="errors",
                        alpha=0.55)
-        axes[i, j].set_title(f"{LABELS[method]}, {axis}", fontsize=7)
+        axes[i, j].set_title(axis if i == 0 else "", fontsize=7)   # planes on top, methods left
+        axes[i, 0].text(-0.12, 0.5, LABELS[method], rotation=90, fontsize=7, va="center",
+                        ha="right", transform=axes[i, 0].transAxes)
         if axes[i, j].get_legend() and not (i == 1 and j == 1):
             axes[i, j].get_legend().remove()
 fig.suptitle(f"{worst['case_id']}, Dice {worst['unet']['dice']:.3f} (U-Net)", fontsize=8)
