@@ -221,8 +221,8 @@ def readme_block(results: dict) -> str:
 def job_line(results: dict) -> str:
     """`make all` from a fresh clone per CPU kind (run.py --job); "" if never measured."""
     jobs = (results.get("job") or {}).get("make_all") or {}
-    return jobs and ("**`make all` from a fresh clone** (its `job.json`; training within the "
-                     "main profile's budget): " + ", ".join(
+    return jobs and ("**`make all` from a fresh clone** (its `job.json`; runs before "
+                     "2026-12-06 trained the former main profile, 10 min a member): " + ", ".join(
                          f"{v['wall_s'] / 60:.0f} min on {ISA_LABEL[k]} ({v['cpu']['model']}, "
                          f"{v['cpu']['logical_cpus']} cores, {v['finished'][:10]})"
                          for k, v in sorted(jobs.items())) + ".")
