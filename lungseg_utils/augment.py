@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SPACING_MM
+from .config import DEFAULTS, HU_WINDOW, MODEL_SPACING_MM
 from .errors import LungsegInputError
 
 
@@ -219,7 +219,7 @@ class Step(NamedTuple):
 
 
 #: The augmentation pipeline, in the order :func:`augment_pair` applies it. A new
-#: augmentation is a transform above, one entry here and its defaults in config._COMMON.
+#: augmentation is a transform above, one entry here and its defaults in config.DEFAULTS.
 PIPELINE = [
     Step("elastic", elastic_deform, "p_elastic", ("elastic_sigma_mm", "elastic_smooth_mm")),
     Step("rotate and scale", random_affine, "p_affine", ("max_rot_deg", "max_scale")),
@@ -234,12 +234,15 @@ PIPELINE = [
     Step("noise", intensity_jitter, "p_jitter", ("jitter_sigma",), ct_only=True),
 ]
 
+#: The augmentation settings and their defaults: every key a step of :data:`PIPELINE` reads.
+AUGMENT_DEFAULTS = {k: DEFAULTS[k] for step in PIPELINE for k in (step.p, *step.keys)}
+
 
 def augment_pair(x, y, rng, settings: dict | None = None):
     """Apply the same random transform to CT ``x`` and mask ``y``: the steps of
     :data:`PIPELINE` in order, each with its probability.
 
-    ``settings`` overrides :data:`lungseg_utils.config.AUGMENT_DEFAULTS` (extra keys are
+    ``settings`` overrides :data:`AUGMENT_DEFAULTS` (extra keys are
     ignored, so a whole profile can be passed). The original project's five steps (elastic,
     shift, flips, rot90, noise) draw their random number even at probability 0; the four
     added later draw none at 0, so that the original's settings give the same samples as

@@ -61,7 +61,9 @@ MODEL_SPACING_MM = 5.0
 HU_WINDOW = (-1000.0, 300.0)
 DEFAULT_SEED = 42
 
-_COMMON = dict(
+#: The settings every profile starts from (augmentation defaults included: the steps that
+#: read them are listed in :data:`lungseg_utils.augment.PIPELINE`).
+DEFAULTS = dict(
     hu_window=HU_WINDOW,
     seed=DEFAULT_SEED,
     val_fraction=0.15,
@@ -102,13 +104,6 @@ _COMMON = dict(
     folds=3,                 # members of the ensemble notebook 04 trains
 )
 
-#: The augmentation settings (read by :func:`lungseg_utils.augment.augment_pair`).
-AUGMENT_DEFAULTS = {k: _COMMON[k] for k in (
-    "p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox", "p_elastic",
-    "elastic_sigma_mm", "elastic_smooth_mm", "p_affine", "max_rot_deg", "max_scale", "p_zcrop",
-    "zcrop_margin_vox", "p_intensity", "hu_offset", "hu_scale", "gamma", "p_blur",
-    "max_blur_vox", "max_thick")}
-
 #: The recipe that trains the reference from random weights (issue #26): a fixed number of
 #: epochs (the same model on a busy or an idle machine), a warm-up then a cosine schedule,
 #: bfloat16 where the CPU computes it natively, and from the first epoch the augmentation
@@ -120,12 +115,12 @@ _RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_e
                p_intensity=0.5, p_blur=0.3, folds=3)
 
 PROFILES: dict[str, dict] = {
-    "smoke": {**_COMMON, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
+    "smoke": {**DEFAULTS, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
               "reduce_lr_patience": 1, "early_stop_patience": 2, "folds": 2},
-    "main": {**_COMMON, **_RECIPE},
-    "quick": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+    "main": {**DEFAULTS, **_RECIPE},
+    "quick": {**DEFAULTS, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
-    "full": {**_COMMON, "base_filters": 16, "epochs": 150, "batch_size": 2,
+    "full": {**DEFAULTS, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import dataio, preprocess
-from .augment import augment_pair
-from .config import AUGMENT_DEFAULTS, HU_WINDOW, MODEL_SHAPE, import_keras_quietly
+from .augment import AUGMENT_DEFAULTS, augment_pair
+from .config import HU_WINDOW, MODEL_SHAPE, import_keras_quietly
 from .errors import LungsegInputError
 
 keras = import_keras_quietly()
@@ -45,7 +45,7 @@ class LungDataset(keras.utils.PyDataset):
         ``preprocess.preprocess_case``) and kept in memory.
     batch_size : int
     settings : dict, optional
-        Augmentation settings (see :data:`lungseg_utils.config.AUGMENT_DEFAULTS`), e.g. a whole profile.
+        Augmentation settings (see :data:`lungseg_utils.augment.AUGMENT_DEFAULTS`), e.g. a whole profile.
     seed : int
         With the epoch and the sample's position, fixes every random choice.
     augment : bool

@@ -35,7 +35,7 @@ from .errors import LungsegInputError, LungsegWarning, run_command
 
 keras = import_keras_quietly()
 # The modules below use Keras: imported after it, quietly.
-from . import dataset, storage, synthetic, unet  # noqa: E402
+from . import augment, dataset, storage, synthetic, unet  # noqa: E402
 from .callbacks import (  # noqa: E402
     EpochSummary, SeedStateBackup, cosine_schedule, plan_budget, plan_epochs)
 from .distribute import distribution_strategy, replica_batches  # noqa: E402,F401
@@ -112,7 +112,7 @@ def _new_run(data_dir, out_dir, profile, split, deterministic, command, override
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "run_dir": dataio.portable_path(run_dir), "data_dir": dataio.portable_path(data_dir),
         "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
-        "augment": {k: settings[k] for k in config.AUGMENT_DEFAULTS},
+        "augment": {k: settings[k] for k in augment.AUGMENT_DEFAULTS},
         "versions": config.package_versions(), "split": split,
         "input_files": {f"{cid}/{name}": dataio.file_sha256(folders[cid] / name)
                         for cid in used for name in (dataio.CT_NAME, dataio.MASK_NAME)},

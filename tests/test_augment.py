@@ -119,16 +119,16 @@ def test_flip_and_rot90_exact():
 def test_augment_pair_defaults_come_from_config():
     ct, mask = blob_phantom()
     assert {"p_flip", "p_rot90", "p_jitter", "jitter_sigma", "p_shift", "max_shift_vox",
-            "p_elastic", "elastic_sigma_mm", "elastic_smooth_mm"} <= set(config.AUGMENT_DEFAULTS)
-    assert not {"flip_axes", "spacing_mm"} & set(config.AUGMENT_DEFAULTS)
-    assert all(config.AUGMENT_DEFAULTS[k] == config.get_profile("quick")[k]
-               for k in config.AUGMENT_DEFAULTS)
+            "p_elastic", "elastic_sigma_mm", "elastic_smooth_mm"} <= set(augment.AUGMENT_DEFAULTS)
+    assert not {"flip_axes", "spacing_mm"} & set(augment.AUGMENT_DEFAULTS)
+    assert all(augment.AUGMENT_DEFAULTS[k] == config.get_profile("quick")[k]
+               for k in augment.AUGMENT_DEFAULTS)
     runs = [augment.augment_pair(ct, mask, np.random.default_rng(11), s)
-            for s in (None, config.AUGMENT_DEFAULTS, config.get_profile("quick"))]
+            for s in (None, augment.AUGMENT_DEFAULTS, config.get_profile("quick"))]
     for out_ct, out_mask in runs[1:]:                   # a whole profile: extra keys ignored
         np.testing.assert_array_equal(out_ct, runs[0][0])
         np.testing.assert_array_equal(out_mask, runs[0][1])
-    off = {k: 0.0 for k in config.AUGMENT_DEFAULTS if k.startswith("p_")}
+    off = {k: 0.0 for k in augment.AUGMENT_DEFAULTS if k.startswith("p_")}
     out_ct, out_mask = augment.augment_pair(ct, mask, np.random.default_rng(11), off)
     np.testing.assert_array_equal(out_ct, ct)           # every probability 0: unchanged
     np.testing.assert_array_equal(out_mask, mask)
@@ -186,7 +186,7 @@ def test_augment_pair_gives_the_recorded_samples(name, seed):
     import hashlib
 
     settings = {"defaults": None, "main": config.get_profile("main"),
-                "all_on": {k: 1.0 for k in config.AUGMENT_DEFAULTS if k.startswith("p_")}}[name]
+                "all_on": {k: 1.0 for k in augment.AUGMENT_DEFAULTS if k.startswith("p_")}}[name]
     ct, mask = blob_phantom()
     rng = np.random.default_rng(seed)
     out_ct, out_mask = augment.augment_pair(ct, mask, rng, settings)
@@ -203,7 +203,7 @@ def test_pipeline_is_the_one_list_of_steps_and_names_every_setting():
     step at probability 0 changes nothing, at 1 changes its input; the mask moves only under
     the steps that are not CT-only."""
     named = {key for step in augment.PIPELINE for key in (step.p, *step.keys)}
-    assert named == set(config.AUGMENT_DEFAULTS)
+    assert named == set(augment.AUGMENT_DEFAULTS)
     assert len({step.name for step in augment.PIPELINE}) == len(augment.PIPELINE)
     ct, mask = blob_phantom()
     s = config.get_profile("main")

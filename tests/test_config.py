@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lungseg_utils import config
+from lungseg_utils import augment, config
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.synthetic import write_demo_dataset
 
@@ -71,7 +71,7 @@ def test_profiles_and_overrides(monkeypatch):
     with pytest.raises(LungsegInputError, match="Unknown setting"):
         config.get_profile("quick", colour="red")
     for name, prof in config.PROFILES.items():
-        assert set(config.AUGMENT_DEFAULTS) <= set(prof), name     # every profile complete
+        assert set(augment.AUGMENT_DEFAULTS) <= set(prof), name     # every profile complete
         assert set(config.PROFILES["quick"]) == set(prof), name
 
 

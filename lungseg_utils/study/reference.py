@@ -46,8 +46,8 @@ def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
 
 
 def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
-    """Copy an ensemble (its manifest and each member's run artifacts, one model file each)
-    to ``dest`` (default ``results/reference``). Refuses to replace a model unless
+    """Copy an ensemble (its manifest, its ``cross_validation.json`` and each member's run
+    artifacts, one model file each) to ``dest`` (default ``results/reference``). Refuses to replace a model unless
     ``overwrite``; files of a former reference that the new one does not have are left."""
     src, dest = Path(ensemble_dir), Path(dest or config.REFERENCE_DIR)
     manifest = dataio.load_json(src / inference.MANIFEST)
@@ -61,6 +61,8 @@ def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
             if name != "final_model.keras" and (run / name).exists():
                 ensemble.copy_file(run / name, target / name)
         members.append({**m, "file": f"fold_{m['fold']}/{Path(m['file']).name}"})
+    if (src / "cross_validation.json").exists():
+        ensemble.copy_file(src / "cross_validation.json", dest / "cross_validation.json")
     dataio.save_json({**manifest, "members": members, "published_from": str(src)},
                  dest / inference.MANIFEST, overwrite=True)
     return dest
