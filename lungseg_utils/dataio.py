@@ -8,14 +8,10 @@ with the file's name and the problem.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import gzip
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -25,59 +21,9 @@ import nibabel as nib
 import numpy as np
 
 from . import config
-from .errors import LungsegInputError, LungsegWarning
-from .geometry import spacing_from_affine
-
-
-def _temp_prefix(path: Path, folder: bool) -> str:
-    return f".tmp_{path.name if folder else path.stem}_"
-
-
-@contextlib.contextmanager
-def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folder: bool = False):
-    """The project's one way to write a file (``folder``: a folder): ``with atomic_write(path)
-    as tmp: <write to tmp>`` fills a temporary file (``.tmp_<stem>_<random><suffix>``, by
-    default ``path``'s suffix, for writers that pick the format from the name) or folder
-    (``.tmp_<name>_<random>``) beside ``path``, renamed onto it with ordinary permissions on
-    success (a folder it replaces moved aside, then deleted), removed on failure or Ctrl-C:
-    no reader sees half of it; what ``kill -9`` leaves, :func:`remove_stale_temps` removes.
-    Refuses to replace an existing ``path`` unless ``overwrite``; creates missing folders."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise LungsegInputError(f"{path}: {'folder' if path.is_dir() else 'file'} exists; pass "
-                                "overwrite=True (--overwrite) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = _temp_prefix(path, folder)
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    else:
-        suffix = suffix if suffix is not None else ("".join(path.suffixes[-2:]) or ".tmp")
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp)
-    try:
-        yield tmp
-        os.umask(umask := os.umask(0))           # read the umask (only setting it tells it)
-        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)   # mkstemp/mkdtemp: owner only
-        old = folder and path.is_dir() and Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-        if old:                                  # a folder is not renamed onto a full one
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temps(path, folder: bool = False, keep=()) -> list[Path]:
-    """Remove (and return) the temporary files (``folder``: folders) a killed :func:`atomic_write`
-    of ``path`` left, never one of ``keep`` (the inputs); only while nothing else writes it."""
-    path, keep = Path(path), {Path(p).resolve() for p in keep}
-    stale = [p for p in sorted(path.parent.glob(glob.escape(_temp_prefix(path, folder)) + "*"))
-             if p.resolve() not in keep]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    return stale
+from .atomic import all_or_nothing, atomic_write, remove_stale_temps  # noqa: F401 (the writer)
+from .errors import LungsegInputError, LungsegWarning, one_line
+from .geometry import spacing_from_affine, voxel_volume_ml
 
 
 def portable_path(path) -> str:
@@ -129,7 +75,7 @@ class Case:
 
     @property
     def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing_mm)) / 1000.0
+        return voxel_volume_ml(self.affine)
 
     @property
     def lung_volume_ml(self) -> float:
@@ -159,11 +105,6 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
                 f"{data_dir / missing[0] / MASK_NAME}: lung mask missing "
                 f"({len(missing)} case(s) without {MASK_NAME}).")
     return cases
-
-
-def one_line(exc) -> str:
-    """An exception's message on one line (or its type's name)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _read_nifti(path: Path):
@@ -202,12 +143,32 @@ def _read_nifti(path: Path):
         raise LungsegInputError(f"{path}: the NIfTI header is invalid ({one_line(exc)}).") from None
 
 
-def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+def orientation_affine(axcodes: str, spacing_mm) -> np.ndarray:
+    """The (4, 4) affine of voxels stored along ``axcodes`` (e.g. ``"LPS"``: the first array
+    axis runs to the patient's left, ...) with ``spacing_mm``, origin at voxel 0."""
+    codes = str(axcodes).upper()
+    world = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+    if len(codes) != 3 or any(c not in world for c in codes) or len({world[c][0] for c in codes}) != 3:
+        raise LungsegInputError(f"--assume_orientation {axcodes}: three letters, one of R/L, "
+                                "A/P and S/I each, e.g. LPS or RAS.")
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for axis, (code, step) in enumerate(zip(codes, spacing_mm)):
+        row, sign = world[code]
+        affine[row, axis] = sign * float(step)
+    return affine
+
+
+def load_nifti(path, what: str = "image", assume_orientation: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header).
 
     A trailing singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the
     file, for a missing file, a file that is not NIfTI, a truncated ``.gz``, a 2D or 4D image,
-    a singular affine, or NaN/infinite voxels.
+    a singular affine, or NaN/infinite voxels, and for a header without orientation (qform
+    and sform codes 0: nibabel would guess one, and right and left could be swapped) unless
+    ``assume_orientation`` (e.g. ``"LPS"``) says how the voxels are stored
+    (:func:`orientation_affine`, with the header's voxel sizes).
     """
     path = Path(path)
     if not path.exists():
@@ -232,6 +193,15 @@ def load_nifti(path, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.N
         bad = int((~np.isfinite(data)).sum())
         raise LungsegInputError(f"{path}: {bad} voxel(s) are NaN or infinite.")
     affine = np.asarray(img.affine, dtype=np.float64)
+    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
+        if assume_orientation is None:
+            raise LungsegInputError(
+                f"{path}: the header has no orientation (qform and sform codes are 0), so "
+                "right and left cannot be told apart; pass --assume_orientation with how the "
+                "voxels are stored (e.g. LPS or RAS) if you know it.")
+        affine = orientation_affine(assume_orientation, img.header.get_zooms()[:3])
+        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=1)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise LungsegInputError(f"{path}: the header's affine is singular or not finite.")
     return data, affine, img.header
@@ -246,6 +216,10 @@ def hu_problem(ct: np.ndarray) -> str | None:
     if hi <= 1.0 + 1e-6:
         return ("all in [0, 1] (already normalised?); for this project's window that is "
                 "--rescale 1300 -1000")
+    if lo >= 0.0 and hi < 1000.0:
+        return (f"in [{lo:.0f}, {hi:.0f}], too narrow a range for CT numbers (an 8-bit picture "
+                "or a display export?); no rescale recovers HU from it: use the scan as the "
+                "scanner stored it")
     if lo >= 0.0:
         return (f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values without "
                 "their intercept?); usually --rescale 1 -1024")
@@ -265,13 +239,14 @@ def check_hu(ct: np.ndarray, path, refuse: bool = False) -> None:
     warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning, stacklevel=3)
 
 
-def load_ct(path, assume_hu: bool | None = None
+def load_ct(path, assume_hu: bool | None = None, assume_orientation: str | None = None
             ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Load a CT from a NIfTI file or a folder holding ``ct.nii.gz``.
 
     Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header). ``assume_hu``: None warns
     on intensities that do not look like HU (:func:`check_hu`), False refuses them, True
-    accepts them silently. A folder of DICOM files, or values that need a rescale into HU,
+    accepts them silently; ``assume_orientation``: for a header without one
+    (:func:`load_nifti`). A folder of DICOM files, or values that need a rescale into HU,
     are read by :func:`lungseg_utils.scan.reader.load_scan`.
     """
     path = Path(path)
@@ -279,7 +254,7 @@ def load_ct(path, assume_hu: bool | None = None
         raise LungsegInputError(f"{path}: folder holds no {CT_NAME} (a folder of DICOM files "
                                 "is read by lungseg segment).")
     path = path / CT_NAME if path.is_dir() else path
-    ct, affine, header = load_nifti(path, "CT")
+    ct, affine, header = load_nifti(path, "CT", assume_orientation)
     if assume_hu is not True:
         check_hu(ct, path, refuse=assume_hu is False)
     return ct, affine, header

@@ -15,6 +15,11 @@ class LungsegWarning(UserWarning):
     """Suspicious but usable input (an empty mask, intensities that do not look like HU)."""
 
 
+def one_line(exc) -> str:
+    """An exception's message on one line (or its type's name)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def one_line_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings as one line, 'warning: <message>', without the source line that raised them."""
     import sys

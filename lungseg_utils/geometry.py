@@ -46,6 +46,12 @@ def spacing_from_affine(affine: np.ndarray) -> tuple:
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL: |det| of the affine's 3x3 part, right for a sheared grid
+    (a gantry tilt kept in the affine) too, where the product of the spacings is too big."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
 def axial_axis(affine: np.ndarray) -> int:
     """The array axis closest to the world's head-foot (z) direction."""
     a = np.asarray(affine)[:3, :3]

@@ -74,15 +74,30 @@ def _load_keras(path: Path):
         raise LungsegInputError(f"{path}: could not be loaded as a Keras model ({why}).") from None
 
 
+def check_member(path: Path, sha256: str | None, manifest_path: Path) -> None:
+    """Refuse a member file whose SHA-256 is not the one its manifest records (a file swapped
+    or damaged after the ensemble was made): the results would be another model's."""
+    if sha256 is None:
+        raise LungsegInputError(f"{manifest_path}: records no sha256 for {path.name}; "
+                                "the member cannot be checked.")
+    if dataio.file_sha256(path) != sha256:
+        raise LungsegInputError(f"{path}: its SHA-256 differs from the one {manifest_path} "
+                                "records (the file was replaced or damaged); restore it or "
+                                "make the ensemble's manifest again.")
+
+
 def load_model(path=None):
     """Load the model: one ``.keras`` file (a Keras model) or an ensemble folder (an
-    :class:`Ensemble`, its members loaded in the manifest's order); default: the reference."""
+    :class:`Ensemble`, its members loaded in the manifest's order, each checked against the
+    manifest's SHA-256 first: :func:`check_member`); default: the reference."""
     path = resolve_model_path(path)
     if path.is_dir():
         manifest = dataio.load_json(path / MANIFEST)
         files = [path / m["file"] for m in manifest.get("members", [])]
         if not files:
             raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
+        for member, file in zip(manifest["members"], files):
+            check_member(resolve_model_path(file), member.get("sha256"), path / MANIFEST)
         return Ensemble([_load_keras(resolve_model_path(f)) for f in files], manifest, path)
     return _load_keras(path)
 

@@ -39,3 +39,13 @@ def viewer_case():
     unc = np.zeros(SHAPE, np.float32)
     unc[10:22, 6:16, 5:15] = np.abs(pred - mask)[10:22, 6:16, 5:15] * 0.5 + 0.1
     return dict(ct_hu=ct, affine=lps_affine(), mask=mask, pred=pred, uncertainty=unc)
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (a killed writer's)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

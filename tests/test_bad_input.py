@@ -202,7 +202,9 @@ def test_unclear_messages_are_clear_now(tmp_path, scan, smoke_model_path, capsys
         return real(*args, **kwargs)
 
     monkeypatch.setattr(segment.reader, "load_scan", warning_load)
-    stale = tmp_path / ".tmp_m.nii_abc123.nii.gz"
+    from _shared import dead_pid
+
+    stale = tmp_path / f".tmp_m.nii.gz.{dead_pid()}.abc12345.nii.gz"   # a killed write's
     stale.write_bytes(b"half")
     rc, err = _run(capsys, smoke_model_path, "--input", scan, "--output_mask", tmp_path / "m.nii.gz")
     assert rc == 0

@@ -193,8 +193,9 @@ def test_ensemble_folder_averages_its_members(smoke_model_path, tmp_path):
     folder.mkdir()
     shutil.copyfile(smoke_model_path, folder / "fold_0.keras")
     unet.build_unet(base_filters=2, depth=1).save(folder / "fold_1.keras")   # untrained
-    (folder / inference.MANIFEST).write_text(json.dumps(
-        {"members": [{"file": "fold_0.keras"}, {"file": "fold_1.keras"}]}))
+    entries = [{"file": f, "sha256": dataio.file_sha256(folder / f)}
+               for f in ("fold_0.keras", "fold_1.keras")]
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
     ens = inference.load_model(folder)
     assert isinstance(ens, inference.Ensemble) and len(ens) == 2
     x = np.random.default_rng(0).random((1, 64, 64, 64, 1)).astype(np.float32)
@@ -215,6 +216,14 @@ def test_ensemble_folder_averages_its_members(smoke_model_path, tmp_path):
     assert not np.allclose(members[0], members[1])
     (folder / inference.MANIFEST).write_text(json.dumps({"members": []}))
     with pytest.raises(LungsegInputError, match="no members"):
+        inference.load_model(folder)
+    # Issue #27: a member swapped for another file is refused, not used under the manifest's hash
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
+    shutil.copyfile(folder / "fold_0.keras", folder / "fold_1.keras")
+    with pytest.raises(LungsegInputError, match=r"fold_1\.keras: its SHA-256 differs from"):
+        inference.load_model(folder)
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": [{"file": "fold_0.keras"}]}))
+    with pytest.raises(LungsegInputError, match="records no sha256"):
         inference.load_model(folder)
 
 

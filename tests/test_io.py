@@ -10,9 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _shared import dead_pid
 from lungseg_utils.errors import LungsegInputError, LungsegWarning
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.dataio import (
+    all_or_nothing,
     atomic_write,
     describe_case,
     discover_cases,
@@ -252,19 +254,60 @@ def test_atomic_write_of_a_folder_appears_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["patient_001"]   # no temp left
 
 
-def test_stale_temps_of_a_killed_write_are_removed_but_never_an_input(tmp_path):
-    out = tmp_path / "m.nii.gz"
-    stale = tmp_path / ".tmp_m.nii_abc123.nii.gz"         # what kill -9 inside atomic_write left
+def test_stale_temps_of_a_killed_write_are_removed_but_never_an_input_or_a_live_writers(tmp_path):
+    out, dead = tmp_path / "m.nii.gz", dead_pid()
+    stale = tmp_path / f".tmp_m.nii.gz.{dead}.abc12345.nii.gz"   # what kill -9 left
     stale.write_bytes(b"half")
-    kept = tmp_path / ".tmp_m.nii_input.nii.gz"            # an input that happens to look alike
+    live = tmp_path / f".tmp_m.nii.gz.{os.getppid()}.xyz12345.nii.gz"   # a running writer's
+    live.write_bytes(b"being written")
+    kept = tmp_path / f".tmp_m.nii.gz.{dead}.inp12345.nii.gz"    # an input that looks alike
     kept.write_bytes(b"input")
+    scan = tmp_path / ".tmp_m.nii_scan.nii.gz"       # a user's scan (issue #27: was deleted)
+    scan.write_bytes(b"scan")
     other = tmp_path / ".tmp_other_x.nii.gz"
     other.write_bytes(b"other")
-    (tmp_path / ".tmp_case_1_xyz").mkdir()                  # a killed folder write
+    (tmp_path / f".tmp_case_1.{dead}.qwertyui").mkdir()         # a killed folder write
     assert remove_stale_temps(out, keep=[kept]) == [stale]
-    assert kept.exists() and other.exists() and not stale.exists()
-    assert remove_stale_temps(tmp_path / "case_1", folder=True) == [tmp_path / ".tmp_case_1_xyz"]
+    assert kept.exists() and other.exists() and live.exists() and scan.exists()
+    assert remove_stale_temps(tmp_path / "case_1", folder=True) == [
+        tmp_path / f".tmp_case_1.{dead}.qwertyui"]
     assert remove_stale_temps(tmp_path / "missing" / "x.json") == []
+
+
+def test_a_temporary_name_is_this_process_s_and_exclusive(tmp_path):
+    out = tmp_path / "m.nii.gz"
+    with atomic_write(out) as a, atomic_write(out, overwrite=True) as b:   # two writers at once
+        assert a != b and a.name.startswith(f".tmp_m.nii.gz.{os.getpid()}.")
+        assert remove_stale_temps(out) == []                 # neither is stale: both live
+        a.write_bytes(b"a")
+        b.write_bytes(b"b")
+    assert out.read_bytes() == b"a" and not list(tmp_path.glob(".tmp_*"))
+
+
+def test_a_full_disk_names_the_output_and_leaves_none_of_a_scan_s_files(tmp_path, monkeypatch):
+    import errno
+
+    mask, prob = tmp_path / "mask.nii.gz", tmp_path / "prob.nii.gz"
+    data = np.zeros((4, 4, 4), np.uint8)
+
+    def full_disk(img, filename):                        # the disk fills during the 2nd file
+        if "prob" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(img, filename)
+
+    real_save = nib.save
+    monkeypatch.setattr(nib, "save", full_disk)
+    with pytest.raises(LungsegInputError, match=r"prob\.nii\.gz: could not be written .*No space"):
+        with all_or_nothing():
+            save_nifti(data, np.eye(4), mask)
+            save_nifti(data, np.eye(4), prob)
+    assert list(tmp_path.iterdir()) == []                 # neither file, no temporary
+    monkeypatch.setattr(nib, "save", real_save)
+    with all_or_nothing():
+        save_nifti(data, np.eye(4), mask)
+        assert not mask.exists()                           # held back until the block ends
+        save_json({"a": 1}, tmp_path / "s.json")
+    assert mask.exists() and load_json(tmp_path / "s.json") == {"a": 1}
 
 
 def test_portable_path_is_relative_inside_and_beside_the_repository(tmp_path):
@@ -299,3 +342,36 @@ def test_load_cases_max_cases(tmp_path):
     folder = write_demo_dataset(tmp_path / "demo", n_cases=3)
     assert [c.case_id for c in load_cases(folder, max_cases=2)] == ["synth_000", "synth_001"]
     assert len(load_cases(folder)) == 3
+
+
+def test_a_header_without_orientation_is_refused_unless_the_user_says_it(tmp_path):
+    """Issue #27: qform and sform codes 0 — nibabel guesses an orientation, and for voxels
+    stored right to left the right and left lungs would be swapped without a word."""
+    data = np.zeros((6, 5, 4), np.int16)
+    img = nib.Nifti1Image(data, affine=None)
+    img.header.set_zooms((0.8, 0.8, 2.5))
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
+    path = tmp_path / "no_orientation.nii.gz"
+    nib.save(img, path)
+    with pytest.raises(LungsegInputError, match=r"no_orientation\.nii\.gz: the header has no "
+                                                r"orientation .*--assume_orientation"):
+        load_nifti(path)
+    _, affine, _ = load_nifti(path, assume_orientation="LPS")
+    assert "".join(nib.aff2axcodes(affine)) == "LPS"
+    assert np.allclose(np.abs(np.diag(affine)[:3]), (0.8, 0.8, 2.5))
+    _, affine, _ = load_ct(path, assume_hu=True, assume_orientation="ras")
+    assert "".join(nib.aff2axcodes(affine)) == "RAS"
+    with pytest.raises(LungsegInputError, match="--assume_orientation LLS: three letters"):
+        load_nifti(path, assume_orientation="LLS")
+
+
+def test_hu_advice_fits_the_data_it_is_given():
+    """Issue #27: for 8-bit data the advice was '--rescale 1 -1024', which finds no lungs."""
+    from lungseg_utils.dataio import hu_problem
+
+    picture = np.random.default_rng(0).integers(0, 256, (8, 8, 8)).astype(np.float32)
+    why = hu_problem(picture)
+    assert "-1024" not in why and "no rescale recovers HU" in why
+    raw = np.random.default_rng(0).integers(0, 3000, (8, 8, 8)).astype(np.float32)
+    assert "--rescale 1 -1024" in hu_problem(raw)      # raw scanner values: the intercept
+    assert hu_problem(raw - 1024.0) is None

@@ -99,7 +99,7 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     """
     mask = np.asarray(mask) != 0
     spacing = np.array(geometry.spacing_from_affine(affine))
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = geometry.voxel_volume_ml(affine)
     if labels is None:
         labels = anatomy.split_left_right(mask, affine, midline_x_mm=body_midline_x_mm(ct_hu, affine))
     right_ml = float((labels == anatomy.RIGHT_LUNG).sum()) * voxel_ml
