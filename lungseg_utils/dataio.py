@@ -64,6 +64,8 @@ class Case:
     spacing_mm: tuple
     path: Path
     header: nib.Nifti1Header | None = field(default=None, repr=False)
+    #: The mask file's labels above 0 (all of them lung: e.g. (1, 2) for right and left)
+    labels: tuple = ()
 
     @property
     def shape(self) -> tuple:
@@ -263,8 +265,9 @@ def load_ct(path, assume_hu: bool | None = None, assume_orientation: str | None 
 def load_case(case_dir, require_mask: bool = True) -> Case:
     """Load ``case_dir/ct.nii.gz`` and ``case_dir/lung.nii.gz`` into a :class:`Case`.
 
-    The mask is binarised (label > 0 is lung) to uint8. Raises LungsegInputError if a file is
-    missing or bad, or if CT and mask differ in shape or affine; warns for an empty mask or
+    The mask is binarised (label > 0 is lung) to uint8, its labels kept in ``Case.labels``.
+    Raises LungsegInputError if a file is missing or bad, if CT and mask differ in shape or
+    affine, or if the mask's values are not labels (a copy of the CT); warns for an empty mask or
     a CT that does not look like HU.
     """
     case_dir = Path(case_dir)
@@ -280,11 +283,19 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
                 f"{mask_path}: mask shape {m.shape} differs from CT shape {ct.shape}.")
         if not np.allclose(m_affine, affine, atol=1e-3):
             raise LungsegInputError(f"{mask_path}: mask affine differs from the CT's affine.")
+        if m.min() < 0 or not np.array_equal(m, np.round(m)):
+            copy = " (they are the CT's: the mask file is a copy of the CT?)" if np.array_equal(
+                m, ct) else ""
+            raise LungsegInputError(f"{mask_path}: mask values are not labels (negative or "
+                                    f"fractional values{copy}); a lung mask holds 0 and 1, or "
+                                    "integer labels > 0.")
         mask = (m > 0).astype(np.uint8)
+        labels = tuple(int(v) for v in np.unique(m) if v > 0)
         if not mask.any():
             warnings.warn(f"{mask_path}: the lung mask is empty.", LungsegWarning, stacklevel=2)
     return Case(case_id=case_dir.name, ct_hu=ct, mask=mask, affine=affine,
-                spacing_mm=spacing_from_affine(affine), path=ct_path, header=header)
+                spacing_mm=spacing_from_affine(affine), path=ct_path, header=header,
+                labels=labels if mask is not None else ())
 
 
 def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None) -> list[Case]:

@@ -20,6 +20,42 @@ from .errors import LungsegInputError
 keras = import_keras_quietly()
 
 
+#: Most of a lung mask is air: at least this fraction of its voxels lies below -500 HU.
+MIN_AIR_FRACTION = 0.5
+
+
+def check_training_cases(case_dirs) -> list[str]:
+    """Check every case a run will use (training, validation and test) before the run folder
+    is made, so that a bad case is a one-line refusal at once, not a failure hours later.
+
+    Each case must load (:func:`lungseg_utils.dataio.load_case`: files, shapes, affines, mask
+    values that are labels), lie on the model grid, and have a plausible lung mask: not
+    empty, and mostly air (at least :data:`MIN_AIR_FRACTION` of it below -500 HU). Returns
+    the notes to say once (masks whose several labels are merged into one lung).
+    Raises LungsegInputError at the first problem."""
+    merged = []
+    for folder in case_dirs:
+        case = dataio.load_case(folder)
+        mask_path = Path(folder) / dataio.MASK_NAME
+        if case.shape != MODEL_SHAPE:
+            raise LungsegInputError(
+                f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
+                "resample it with lungseg_utils.geometry first.")
+        if not case.mask.any():
+            raise LungsegInputError(f"{mask_path}: the lung mask is empty; a training case "
+                                    "needs its lungs drawn.")
+        air = float((case.ct_hu[case.mask > 0] < -500.0).mean())
+        if air < MIN_AIR_FRACTION:
+            raise LungsegInputError(f"{mask_path}: only {100 * air:.0f} % of the mask lies "
+                                    "below -500 HU; a lung mask is mostly air (is it the right "
+                                    "file, on the CT's grid?).")
+        if len(case.labels) > 1:
+            merged.append(f"{case.case_id} {list(case.labels)}")
+    if merged:
+        return [f"labels merged into one lung (any label > 0 is lung): {', '.join(merged)}"]
+    return []
+
+
 def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
     """Load case folders into float32 arrays X (n, 64, 64, 64, 1) in [0, 1] and Y in {0, 1}."""
     xs, ys = [], []

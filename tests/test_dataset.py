@@ -143,3 +143,42 @@ def test_endless_stream_is_fixed_by_the_index_alone():
     assert stream.epoch == 0                              # no counter to keep in step
     resumed = LungDataset((x, y), batch_size=2, settings=settings, seed=5, endless=True, epoch=1)
     np.testing.assert_array_equal(resumed[0][0], stream[2][0])
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("copy", r"lung\.nii\.gz: mask values are not labels .*a copy of the CT"),
+    ("empty", r"lung\.nii\.gz: the lung mask is empty"),
+    ("bone", r"lung\.nii\.gz: only \d+ % of the mask lies below -500 HU"),
+    ("fraction", r"lung\.nii\.gz: mask values are not labels"),
+])
+def test_training_cases_are_checked_before_a_run_in_one_line(tmp_path, problem, message):
+    """Issue #27: a mask that is a copy of its CT, an empty one, one on the wrong tissue or a
+    probability map is refused in one line naming the file, before any training."""
+    from lungseg_utils import synthetic
+
+    data = synthetic.write_demo_dataset(tmp_path / "data", n_cases=2)
+    folders = dataio.discover_cases(data)
+    assert dataset.check_training_cases(folders) == []            # the good cases pass
+    case = dataio.load_case(folders[1])
+    bad = {"copy": case.ct_hu.astype(np.int16), "empty": np.zeros_like(case.mask),
+           "bone": (case.ct_hu > 0).astype(np.uint8), "fraction": case.mask * 0.7}[problem]
+    dataio.save_nifti(bad, case.affine, folders[1] / dataio.MASK_NAME, overwrite=True)
+    with pytest.raises(LungsegInputError, match=message):
+        dataset.check_training_cases(folders)
+
+
+def test_several_labels_are_merged_and_said_once(tmp_path):
+    """Right and left lungs labelled 1 and 2: one lung mask, said once for all cases."""
+    from lungseg_utils import synthetic
+
+    data = synthetic.write_demo_dataset(tmp_path / "data", n_cases=2)
+    folders = dataio.discover_cases(data)
+    for folder in folders:
+        case = dataio.load_case(folder)
+        sides = case.mask * np.where(np.arange(64)[:, None, None] < 32, 1, 2)
+        dataio.save_nifti(sides.astype(np.uint8), case.affine, folder / dataio.MASK_NAME,
+                          overwrite=True)
+    notes = dataset.check_training_cases(folders)
+    assert len(notes) == 1 and "labels merged into one lung" in notes[0]
+    assert all(f"{f.name} [1, 2]" in notes[0] for f in folders)
+    assert dataio.load_case(folders[0]).mask.max() == 1
