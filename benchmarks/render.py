@@ -88,14 +88,12 @@ def numbers(entry: dict, ref: dict) -> dict:
 
 def checks(entry: dict, ref: dict) -> dict:
     """{name: [passed, what]}: pipeline headroom >= 5x, training and inference < 4 GiB."""
-    n = numbers(entry, ref)
-    out = {"pipeline_headroom": [n["headroom"] >= HEADROOM_MIN,
-                                 f"{n['headroom']:.1f}× (≥ {HEADROOM_MIN:.0f}×)"]
-           if "headroom" in n else [False, "not measured"]}
-    for name, key in (("training_memory", "mem_train"), ("inference_memory", "mem_infer")):
-        out[name] = ([n[key] < MEMORY_TARGET_MIB, f"{_mib(n[key])} (< 4 GiB)"] if key in n
-                     else [False, "not measured"])
-    return out
+    n, memory = numbers(entry, ref), lambda v: [v < MEMORY_TARGET_MIB, f"{_mib(v)} (< 4 GiB)"]
+    rules = {"pipeline_headroom": ("headroom", lambda v: [v >= HEADROOM_MIN,
+                                                          f"{v:.1f}× (≥ {HEADROOM_MIN:.0f}×)"]),
+             "training_memory": ("mem_train", memory), "inference_memory": ("mem_infer", memory)}
+    return {name: rule(n[key]) if key in n else [False, "not measured"]
+            for name, (key, rule) in rules.items()}
 
 
 def _table(header, rows) -> list[str]:
@@ -198,17 +196,16 @@ def summary(results: dict) -> list[str]:
     return out
 
 
-def _machine_line(m: dict) -> str:
-    cpu = m["cpu"]
-    return (f"{cpu.get('model') or 'unknown CPU'}, {cpu.get('logical_cpus')} logical CPUs, "
-            f"{cpu.get('memory_gib', '?')} GiB, flags {' '.join(cpu.get('flags') or ['?'])}; "
-            f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}")
-
-
 def machines(results: dict, keys=tuple(ISA_LABEL)) -> str:
     """Which machine each column was measured on."""
-    return "; ".join(f"{ISA_LABEL[k]}: {_machine_line(results['isa'][k]['machine'])}"
-                     for k in columns(results, keys))
+    out = []
+    for k in columns(results, keys):
+        m, cpu = results["isa"][k]["machine"], results["isa"][k]["machine"]["cpu"]
+        out.append(f"{ISA_LABEL[k]}: {cpu.get('model') or 'unknown CPU'}, "
+                   f"{cpu.get('logical_cpus')} logical CPUs, {cpu.get('memory_gib', '?')} GiB, "
+                   f"flags {' '.join(cpu.get('flags') or ['?'])}; TensorFlow "
+                   f"{m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}")
+    return "; ".join(out)
 
 
 def readme_block(results: dict) -> str:

@@ -17,20 +17,21 @@ One job per module, in the order the data flows; imports only go down this list:
 ``dataset``      the Keras ``PyDataset`` that feeds training
 ``unet``         the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
 ``storage``      a model file without its optimizer, weights stored as float16
-``callbacks``    Keras callbacks of a run: dropout state backup, wall-clock budget, schedule
-``distribute``   the ``tf.distribute`` strategy training runs under
-``runstate``     a training run's folder: finished, resumable, or what is missing
-``train``        ``train()``: one model from random weights into a new run folder
+``callbacks``    the learning-rate schedule and a compact training log
+``train``        the training steps, and ``train()``: one model from random weights into a
+                 new run folder
 ``inference``    load, forward, predict, refine, TTA on any grid and back
 ``experiments``  method comparison, out-of-fold scoring; builds and checks the result JSONs
 ``ensemble``     cross-validation: K fold members and their manifest
 ``viz``          figure style and export, static slice figures
 ``viewer``       the interactive slice viewer
 
-Beside the core, three wings import it (never the other way): ``scan/`` (people's own
-scans: DICOM in, SEG out, the ``segment`` command), ``study/`` (studies the report cites)
-and ``report/`` (numbers and the PDF); ``cli`` is the one ``lungseg`` command over all of
-them. Importing the package imports no TensorFlow; modules that need Keras import it quietly.
+Beside the core, four wings import it (never the other way): ``runs/`` (long training
+runs: resume, wall-clock budget, fine-tuning, several devices; the ``train`` and ``cv``
+commands), ``scan/`` (people's own scans: DICOM in, SEG out, the ``segment`` command),
+``study/`` (studies the report cites) and ``report/`` (numbers and the PDF); ``cli`` is the
+one ``lungseg`` command over all of them. Importing the package imports no TensorFlow;
+modules that need Keras import it quietly.
 """
 
 __version__ = "1.0.0"

@@ -13,8 +13,8 @@ A subcommand's module is imported only when it runs, so ``lungseg --help`` answe
 (no TensorFlow). Exit codes are the module's: 0 done, 1 some scans failed (segment), 2 bad
 input (one line ``error: ...`` on stderr), 130 interrupted.
 
-Nothing in the package imports this module: it is the last layer (core <- scan <- study <-
-report <- cli).
+Nothing in the package imports this module: it is the last layer (core <- runs <- scan <-
+study <- report <- cli).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("scan.segment",
                 "Segment both lungs in chest CT with a trained lungseg 3D U-Net."),
-    "train": ("train", "Train the 3D U-Net on 64^3 lung CT cases, one model."),
-    "cv": ("ensemble", "Cross-validate one training configuration, K fold members."),
+    "train": ("runs.training", "Train the 3D U-Net on 64^3 lung CT cases, one model."),
+    "cv": ("runs.cv", "Cross-validate one training configuration, K fold members."),
     "fetch": ("scan.lctsc", "Download public data (LCTSC from TCIA) into this project's layouts."),
     "report": ("report.build", "The 2-3 page PDF report and the README's results table, both "
                                "built from the result files."),

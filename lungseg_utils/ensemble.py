@@ -11,28 +11,23 @@ An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of
 file) and one run folder per member (``fold_i/``, as :func:`lungseg_utils.train.train` writes
 it); :func:`lungseg_utils.inference.load_model` loads such a folder.
 
-Command line::
-
-    lungseg cv --k 3 --profile main --out_dir results/cv/main
-
-(``lungseg promote RUN`` makes a finished run the committed reference:
-:mod:`lungseg_utils.study.reference`; ``lungseg seeds`` measures the seed spread of one
-member: :mod:`lungseg_utils.study.seeds`.)
+(``lungseg cv`` runs :func:`cross_validate` with the train command's full runs:
+:mod:`lungseg_utils.runs.cv`; ``lungseg promote RUN`` makes a finished run the committed
+reference: :mod:`lungseg_utils.study.reference`; ``lungseg seeds`` measures the seed spread
+of one member: :mod:`lungseg_utils.study.seeds`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import config, dataio, inference, metrics, synthetic, train
-from .errors import LungsegInputError, run_command
+from .errors import LungsegInputError
 
 
 def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> list[dict]:
@@ -90,15 +85,18 @@ def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) ->
 
 
 def train_members(splits, data_dir, out_root, profile=None, verbose=0, init_from=None,
-                  **overrides) -> list[Path]:
-    """The cross-validation loop: for each fold's split, train one member from random
-    weights (or, with ``init_from``, from that ensemble's member i) into ``out_root/fold_i``."""
+                  trainer=None, **overrides) -> list[Path]:
+    """The cross-validation loop: for each fold's split, train one member with ``trainer``
+    (default :func:`lungseg_utils.train.train`: from random weights) into ``out_root/fold_i``;
+    with ``init_from`` member i starts from that ensemble's member i (``init_weights``, which
+    the train command's trainer takes: :func:`lungseg_utils.runs.training.train_run`)."""
+    trainer = trainer or train.train
     inits = member_runs(init_from) if init_from else [None] * len(splits)
     runs = []
     for i, split in enumerate(splits):
-        init = inits[i] / inference.MODEL_FILE if inits[i] else None
-        runs.append(train.train(data_dir, out_dir=Path(out_root) / f"fold_{i}", profile=profile,
-                                split=split, verbose=verbose, init_weights=init, **overrides))
+        init = {"init_weights": inits[i] / inference.MODEL_FILE} if inits[i] else {}
+        runs.append(trainer(data_dir, out_dir=Path(out_root) / f"fold_{i}", profile=profile,
+                            split=split, verbose=verbose, **init, **overrides))
     return runs
 
 
@@ -117,7 +115,7 @@ def score_members(runs, data_dir) -> list[dict]:
 
 
 def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, init_from=None, **overrides) -> dict:
+                   verbose=0, init_from=None, trainer=None, **overrides) -> dict:
     """Train the K members of one configuration and score every case out of fold.
 
     Each member is a normal run folder under ``out_dir/fold_i/`` (default
@@ -128,6 +126,8 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     "fold", metrics...}], "summary": {metric: summary}}``, each case scored on the 64^3 grid
     by the member that never saw it. With ``init_from`` (an ensemble folder of ``k``
     members) member i is fine-tuned: it starts from that ensemble's member i, on its split.
+    ``trainer`` trains each member (:func:`train_members`; default
+    :func:`lungseg_utils.train.train`).
     """
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
@@ -140,7 +140,7 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
         splits = [dataio.load_json(r / "split.json") for r in parents]
     else:
         splits = fold_splits(ids, k, seed, settings["checkpoint"])
-    runs = train_members(splits, data_dir, out_root, profile, verbose, init_from,
+    runs = train_members(splits, data_dir, out_root, profile, verbose, init_from, trainer,
                          **{"seed": seed, **overrides})
     write_manifest(out_root, runs, seed, overwrite=True)
     rows = score_members(runs, data_dir)
@@ -163,7 +163,7 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
 
     ``run_dir`` (default :func:`lungseg_utils.config.active_run_dir`) then has the layout of
     ``results/reference/``: ``cv/fold_i/`` the profile's ``folds`` cross-validation members
-    (:func:`cross_validate`; each within the profile's ``budget_min``), ``manifest.json``
+    (:func:`cross_validate`, each with :func:`lungseg_utils.train.train`), ``manifest.json``
     listing them (the ensemble the inference command averages), ``cross_validation.json``,
     and, at the top, the run artifacts of member 0 but its model (``split.json``,
     ``training_log.csv`` ...: the single model whose held-out split notebook 05 and the
@@ -203,40 +203,3 @@ def assemble_main(run_dir) -> Path:
     dataio.save_json(dataio.load_json(run_dir / "cv" / "cross_validation.json"),
                  run_dir / "cross_validation.json")
     return write_manifest(run_dir, members, int(cv["fold_seed"]))
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog or "python -m lungseg_utils.ensemble",
-        description="Cross-validate one training configuration, K fold members. Each case is "
-                    "scored by the member that never saw it; the members together are an "
-                    "ensemble (manifest.json) that the inference command can use.")
-    p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--profile", choices=sorted(config.PROFILES),
-                   help="training settings (default: $LUNGSEG_PROFILE or "
-                        f"{config.DEFAULT_PROFILE})")
-    p.add_argument("--data_dir", help="folder of patient_XXX/{ct,lung}.nii.gz")
-    p.add_argument("--out_dir", help="where the member runs go (default results/cv)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the folds and the training")
-    p.add_argument("--init_from", metavar="DIR",
-                   help="fine-tune: member i starts from member i of the ensemble DIR, same split")
-    return p
-
-
-def run(args) -> int:
-    """The cross-validation command on parsed ``args`` (:func:`build_parser`); bad input raises."""
-    result = cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
-                            seed=args.seed, init_from=args.init_from)
-    s = result["summary"]["dice"]
-    print(f"{args.k}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
-          f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
-    return 0
-
-
-def main(argv=None, prog: str | None = None) -> int:
-    """``python -m lungseg_utils.ensemble`` (``lungseg cv``): 0 done, 2 bad input."""
-    return run_command(build_parser(prog), run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

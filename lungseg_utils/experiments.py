@@ -3,8 +3,8 @@
 Everything here combines the pipeline's steps (inference, anatomy, metrics, training) into
 the results that notebooks 05 and 06 show and the report prints. The result files
 ``evaluation.json`` and ``tta.json`` are built here (:func:`evaluation_result`,
-:func:`tta_result`) and checked here (:func:`check_evaluation`, :func:`check_tta`): one
-schema, in one place, which :mod:`lungseg_utils.report.build` relies on when it reads them.
+:func:`tta_result`); the report checks them when it reads them
+(:mod:`lungseg_utils.report.schema`).
 
 The two grids every result is given on are named by :data:`GRIDS`: ``grid64`` (the 64^3
 model grid, shown as "64³") and ``native`` (the scan's own grid).
@@ -212,23 +212,6 @@ def optional_result(run_dir, name: str, notebook: str) -> dict | None:
     return result
 
 
-def record_job(run_dir, started_unix_s: float) -> Path:
-    """Write ``run_dir/job.json``: the main job's wall time from ``started_unix_s`` until
-    now, this machine's CPU (model, cores, whether it has AVX-512) and the profile."""
-    import os
-    import platform
-
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), platform.processor() or None)
-    job = {"wall_s": round(time.time() - float(started_unix_s), 1),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "profile": config.profile_name(),
-           "cpu": {"model": model, "logical_cpus": os.cpu_count(),
-                   "avx512": " avx512f" in text, "avx2": " avx2" in text}}
-    return dataio.save_json(job, Path(run_dir) / "job.json", overwrite=True)
-
-
 def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None,
                       scoring: str = "split") -> dict:
     """The contents of ``evaluation.json``.
@@ -238,7 +221,7 @@ def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=No
     :func:`out_of_fold_jobs`; ``"split"``: a single model on its split's test cases), ``cv``
     an additional out-of-fold block for a split-scored run (left out when None or empty).
     With ``run_dir``, ``run`` records :func:`run_identity`. The result passes
-    :func:`check_evaluation` when both grids have rows.
+    :func:`lungseg_utils.report.schema.check_evaluation` when both grids have rows.
     """
     if scoring not in ("split", "out_of_fold"):
         raise LungsegInputError(f"evaluation_result: scoring {scoring!r} is not 'split' or "
@@ -348,63 +331,3 @@ def save_result(result: dict, name: str, run_dir=None) -> Path:
     if config.profile_name() == "smoke" and folder == config.REFERENCE_DIR.resolve():
         folder = config.FIGURES_DIR
     return dataio.save_json(result, folder / name, overwrite=True)
-
-
-# ----------------------------------------------------------------------------- the schema
-def _need(tree: dict, dotted: str, where: str):
-    """``tree[a][b]...`` for ``dotted`` "a.b...", or an error naming ``where`` and the key."""
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise LungsegInputError(f"{where}: missing {dotted!r}; re-run the notebook that "
-                                    "writes it (05: evaluation.json, 06: tta.json).")
-        node = node[part]
-    return node
-
-
-def _check_grids(block: dict, where: str) -> None:
-    for grid, methods in GRID_METHODS.items():
-        cases = _need(block, f"{grid}.cases", where)
-        if not cases:
-            raise LungsegInputError(f"{where}: {grid}.cases is empty; re-run notebook 05 "
-                                    "with the native scans available.")
-        for case in cases:
-            for m in methods:
-                _need(case, f"{m}.dice", f"{where} {grid}.cases[{case.get('case_id')}]")
-        for m in methods:
-            for metric in ("dice", "hd95_mm"):
-                for stat in ("mean", "sd", "median", "worst_case_id", "worst_value"):
-                    _need(block, f"{grid}.summary.{m}.{metric}.{stat}", where)
-
-
-def check_evaluation(ev: dict, where: str = "evaluation.json") -> dict:
-    """Raise :class:`LungsegInputError` naming the first thing ``evaluation.json`` lacks.
-
-    Needs ``test_cases``; for both grids (and in ``cross_validation``, if present, with
-    ``folds``) rows with every method of :data:`GRID_METHODS` and the summaries of Dice and
-    HD95 (mean, SD, median, worst). Returns ``ev``.
-    """
-    _need(ev, "test_cases", where)
-    _check_grids(ev, where)
-    if "cross_validation" in ev:
-        _need(ev, "cross_validation.folds", where)
-        _check_grids(ev["cross_validation"], f"{where} cross_validation")
-    return ev
-
-
-def check_tta(tta: dict, where: str = "tta.json") -> dict:
-    """Raise :class:`LungsegInputError` naming the first thing ``tta.json`` lacks: rows with
-    :data:`TTA_ROW_KEYS` (``grid`` a key of :data:`GRIDS`), both times, both gains with
-    ``mean_diff``, ``lo``, ``hi`` and ``ci``. Returns ``tta``."""
-    for key in ("cases", "time_s.single", "time_s.tta"):
-        _need(tta, key, where)
-    for gain in ("dice_gain", "dice_gain_native"):
-        for stat in ("mean_diff", "lo", "hi", "ci"):
-            _need(tta, f"{gain}.{stat}", where)
-    for i, row in enumerate(tta["cases"]):
-        for key in TTA_ROW_KEYS:
-            _need(row, key, f"{where} cases[{i}]")
-        if row["grid"] not in GRIDS:
-            raise LungsegInputError(f"{where} cases[{i}]: grid {row['grid']!r} is not one of "
-                                    f"{', '.join(GRIDS)}.")
-    return tta

@@ -132,8 +132,8 @@ viz.show_code(unet.compile_model)
 
 # %% [markdown]
 # The callbacks are a plain list: the learning-rate schedule (a short linear warm-up, then
-# half a cosine down to 1 % at the last epoch), the CSV log, and the backups that let a
-# killed run continue where it stopped (`lungseg train --resume RUN`). With
+# half a cosine down to 1 % at the last epoch) and the CSV log. (The `lungseg train` command
+# adds backups that let a killed run continue where it stopped: `--resume RUN`.) With
 # `checkpoint="best"` a checkpoint and early stopping watch the validation loss; the recipe
 # keeps the last weights instead, so its validation cases are only logged.
 
@@ -177,8 +177,8 @@ for i, split in enumerate(splits):
 # `ensemble.train_main` runs the loop above into the run folder: `cv/fold_i/` (each member a
 # normal run folder), `manifest.json` (the ensemble, with a SHA-256 of every member) and, at
 # the top, member 0's split, settings, log and test metrics. A run that is already trained
-# is not trained again. Before each member the train command times a few steps and says
-# what the recipe costs on this machine.
+# is not trained again. Every few epochs a line says how long an epoch takes here and how
+# many minutes are left.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -286,7 +286,7 @@ if not seeds:
 # %% [markdown]
 # ## Results file for the report
 # Everything above goes to the run's `evaluation.json` (`experiments.evaluation_result`
-# builds it, with the run's identity and how the cases were scored; `experiments.check_evaluation`
+# builds it, with the run's identity and how the cases were scored; `report.schema.check_evaluation`
 # is the schema the report checks it against), which the report and the README read: no
 # number in them is typed by hand. The test suite trains and evaluates a smoke run of its
 # own in a temporary folder, so tests never change the committed results.

@@ -211,3 +211,45 @@ def test_unclear_messages_are_clear_now(tmp_path, scan, smoke_model_path, capsys
     assert "warning: something odd about this scan" in err.splitlines()
     assert "warnings.warn" not in err                    # no source line
     assert not stale.exists()
+
+
+def test_a_full_disk_leaves_none_of_the_scan_s_files_and_names_the_output(
+        tmp_path, scan, smoke_model_path, capsys, monkeypatch):
+    """Issue #27: the disk fills while the probability is written: a complete mask stayed for
+    a scan reported as failed, and the error named the input. Now neither file is left and
+    the one line names the output that could not be written."""
+    import errno
+
+    real_save = nib.save
+
+    def full_disk(img, filename):
+        if "prob" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(img, filename)
+
+    monkeypatch.setattr(nib, "save", full_disk)
+    out = tmp_path / "out"
+    rc, err = _run(capsys, smoke_model_path, "--input", scan, "--output_mask", out / "m.nii.gz",
+                   "--output_prob", out / "prob.nii.gz", "--output_json", out / "m.json")
+    line = _one_error_line(err)
+    assert rc == 2 and "prob.nii.gz: could not be written" in line and "No space" in line
+    assert "ct.nii.gz" not in line
+    assert not out.exists() or not list(out.iterdir())          # no mask, no JSON, no temp
+
+
+def test_a_header_without_orientation_needs_assume_orientation(tmp_path, scan, smoke_model_path,
+                                                               capsys):
+    """Issue #27: qform and sform codes 0 were accepted and nibabel's guess written out."""
+    img = nib.load(scan)
+    bare = nib.Nifti1Image(np.asanyarray(img.dataobj), None)
+    bare.header.set_zooms(img.header.get_zooms())
+    path = tmp_path / "bare.nii.gz"
+    nib.save(bare, path)
+    rc, err = _run(capsys, smoke_model_path, "--input", path, "--output_mask", tmp_path / "m.nii.gz")
+    assert rc == 2 and "--assume_orientation" in _one_error_line(err)
+    assert not (tmp_path / "m.nii.gz").exists()
+    rc, _ = _run(capsys, smoke_model_path, "--input", path, "--output_mask", tmp_path / "m.nii.gz",
+                 "--assume_orientation", "LPS")
+    out = nib.load(tmp_path / "m.nii.gz")
+    assert rc == 0 and "".join(nib.aff2axcodes(out.affine)) == "LPS"
+    assert int(out.header["sform_code"]) > 0

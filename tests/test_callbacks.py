@@ -1,12 +1,14 @@
-"""lungseg_utils.callbacks: the cosine schedule's values and the wall-clock budget's decision
-(on a fake clock). SeedStateBackup is tested where it matters, by the bit-identical resume
-in tests/test_train.py."""
+"""lungseg_utils.callbacks: the cosine schedule's values and the compact log; and the train
+command's wall-clock budget's decision (lungseg_utils.runs.budget, on a fake clock). Its
+SeedStateBackup (lungseg_utils.runs.backup) is tested where it matters, by the bit-identical
+resume in tests/test_train.py."""
 
 import math
 
 import pytest
 
 from lungseg_utils import callbacks
+from lungseg_utils.runs import budget
 
 
 def test_cosine_schedule_from_rate_to_floor():
@@ -38,8 +40,8 @@ class _Model:
 def test_wall_clock_budget_stops_before_the_deadline(monkeypatch, deadline, stops_after):
     """Epoch 0 takes 20 s (tracing), the others 10 s; 5 s are kept in reserve."""
     clock = _Clock()
-    monkeypatch.setattr(callbacks.time, "perf_counter", clock)
-    cb = callbacks.WallClockBudget(deadline, reserve_s=5.0, epoch_s=12.0)
+    monkeypatch.setattr(budget.time, "perf_counter", clock)
+    cb = budget.WallClockBudget(deadline, reserve_s=5.0, epoch_s=12.0)
     cb.set_model(_Model())
     for epoch in range(5):
         cb.on_epoch_begin(epoch)

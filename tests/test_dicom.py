@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungseg_utils import anatomy, dataio, geometry
-from lungseg_utils.scan import dicom, quality, reader
+from lungseg_utils import dataio, geometry
+from lungseg_utils.scan import dicom, quality, reader, sides
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,10 +120,10 @@ def test_right_and_left_follow_the_patient_not_the_voxel_order(case64):
     both in-plane axes, gives the same labels at the same anatomy; the lungs are two parts of
     plausible size and the right is where world x (RAS) is larger."""
     for case in [case64, dataio.load_case(DATA64 / "patient_006")]:
-        labels = anatomy.split_left_right(case.mask, case.affine)
+        labels = sides.split_left_right(case.mask, case.affine)
         assert set(np.unique(labels)) == {0, 1, 2}
         np.testing.assert_array_equal(labels != 0, case.mask != 0)
-        flipped = anatomy.split_left_right(*_flip_x(case.mask, case.affine))
+        flipped = sides.split_left_right(*_flip_x(case.mask, case.affine))
         np.testing.assert_array_equal(flipped[::-1], labels)
         ijk = np.indices(case.shape).reshape(3, -1)
         world_x = (case.affine[0, :3] @ ijk + case.affine[0, 3]).reshape(case.shape)
@@ -139,12 +139,12 @@ def test_touching_lungs_are_split_and_one_blob_splits_at_the_midline():
     mask[4:16, 4:16, 4:16] = mask[24:36, 4:16, 4:16] = 1
     mask[16:24, 9:11, 9:11] = 1                               # the bridge
     ras = np.diag([2.0, 2.0, 2.0, 1.0])                       # world x grows with i
-    labels = anatomy.split_left_right(mask, ras)
-    assert (labels[24:36, 4:16, 4:16] == anatomy.RIGHT_LUNG).all()
-    assert (labels[4:16, 4:16, 4:16] == anatomy.LEFT_LUNG).all()
+    labels = sides.split_left_right(mask, ras)
+    assert (labels[24:36, 4:16, 4:16] == sides.RIGHT_LUNG).all()
+    assert (labels[4:16, 4:16, 4:16] == sides.LEFT_LUNG).all()
     one = np.zeros_like(mask)
     one[10:30, 4:16, 4:16] = 1
-    split = anatomy.split_left_right(one, ras)
+    split = sides.split_left_right(one, ras)
     assert (split == 1).sum() == (split == 2).sum() == one.sum() // 2
 
 
@@ -154,8 +154,8 @@ def test_summary_flags_what_a_person_should_look_at(case64):
     assert good["quality"] == {"flag": "ok", "reasons": []}
     assert good["right_lung_ml"] + good["left_lung_ml"] == pytest.approx(good["lung_volume_ml"], abs=0.2)
     assert good["lung_volume_ml"] == pytest.approx(case64.lung_volume_ml, abs=0.1)
-    labels = anatomy.split_left_right(mask, affine)
-    one_side = quality.scan_summary(labels == anatomy.RIGHT_LUNG, ct, affine)
+    labels = sides.split_left_right(mask, affine)
+    one_side = quality.scan_summary(labels == sides.RIGHT_LUNG, ct, affine)
     assert one_side["quality"]["flag"] == "check"
     assert any("left lung holds only" in r for r in one_side["quality"]["reasons"])
     cut = mask.copy()
@@ -221,3 +221,38 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
     labels = np.asanyarray(b.dataobj)            # 1 is the patient's right: larger world x (RAS)
     x_world = {k: (b.affine @ [*np.argwhere(labels == k).mean(axis=0), 1.0])[0] for k in (1, 2)}
     assert x_world[1] > x_world[2]
+
+
+def test_one_lung_in_a_cropped_field_of_view_is_not_split_at_half_a_body():
+    """Issue #27: with only the right lung in view (the field of view cut at the midline) the
+    body's centre is not the midline; the lung was split there (right 536 mL, left 2,298 mL).
+    Now the side is said to be unknown; with the whole body in view a lone lung keeps its side."""
+    from lungseg_utils.config import native_data_dir
+
+    if native_data_dir() is None:
+        pytest.skip("needs the native scans (../shared/data/lctsc_native)")
+    case = dataio.load_case(native_data_dir() / "patient_003")
+    ct, mask, affine = case.ct_hu, case.mask, case.affine
+    labels = sides.split_left_right(mask, affine)
+    ijk = np.indices(ct.shape).reshape(3, -1)
+    world_x = (affine[0, :3] @ ijk + affine[0, 3]).reshape(ct.shape)
+    right_x = world_x[labels == sides.RIGHT_LUNG].mean()
+    lateral = int(np.argmax(np.abs(affine[0, :3])))
+    midline = quality.body_midline_x_mm(ct, affine)
+    assert np.isfinite(midline)                              # the whole body: its centre
+    # keep the voxels on the right lung's side of the midline: half a body, one lung
+    keep = np.sign(world_x - midline) == np.sign(right_x - midline)
+    index = np.flatnonzero(keep.any(axis=tuple(a for a in range(3) if a != lateral)))
+    crop = [slice(None)] * 3
+    crop[lateral] = slice(index.min(), index.max() + 1)
+    shift = np.eye(4)
+    shift[lateral, 3] = index.min()
+    ct_c, mask_c, aff_c = ct[tuple(crop)], (labels == sides.RIGHT_LUNG)[tuple(crop)], affine @ shift
+    assert not np.isfinite(quality.body_midline_x_mm(ct_c, aff_c))   # cut off: no midline
+    summary = quality.scan_summary(mask_c, ct_c, aff_c, baseline=False)
+    assert summary["right_lung_ml"] is None and summary["left_lung_ml"] is None
+    assert any("cannot be told apart" in r for r in summary["quality"]["reasons"])
+    assert summary["lung_volume_ml"] > 0
+    whole = quality.scan_summary(labels == sides.RIGHT_LUNG, ct, affine, baseline=False)
+    assert whole["left_lung_ml"] < 0.01 * whole["lung_volume_ml"]   # a lone lung, whole
+    assert whole["right_lung_ml"] > 0.99 * whole["lung_volume_ml"]  # body: its own side

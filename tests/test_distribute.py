@@ -1,4 +1,4 @@
-"""lungseg_utils.distribute and training under it: two logical CPUs stand in for two GPUs.
+"""lungseg_utils.runs.devices and the train command's run under it: two logical CPUs stand in for two GPUs.
 
 The logical devices must be set before TensorFlow initialises its runtime, which the test
 session has long done, so the distributed run happens in a fresh Python process.
@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
-from lungseg_utils import config, distribute, dataio
+from lungseg_utils import config, dataio
+from lungseg_utils.runs import devices
 from lungseg_utils.errors import LungsegInputError
 
-keras = distribute.keras
+keras = devices.keras
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.distribute needs the TensorFlow backend")
 
@@ -26,11 +27,11 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-from lungseg_utils import distribute, train
+from lungseg_utils.runs import devices, training
 
-strategy = distribute.distribution_strategy(["/cpu:0", "/cpu:1"])
-run_dir = train.train(data_dir=sys.argv[1], out_dir=sys.argv[2], profile="smoke",
-                      base_filters=2, depth=1, strategy=strategy, batch_size=2, verbose=0)
+strategy = devices.distribution_strategy(["/cpu:0", "/cpu:1"])
+run_dir = training.train_run(data_dir=sys.argv[1], out_dir=sys.argv[2], profile="smoke",
+                             base_filters=2, depth=1, strategy=strategy, batch_size=2, verbose=0)
 print("RESULT", json.dumps({"run_dir": str(run_dir),
                             "replicas": strategy.num_replicas_in_sync,
                             "strategy": type(strategy).__name__,
@@ -39,16 +40,16 @@ print("RESULT", json.dumps({"run_dir": str(run_dir),
 
 
 def test_default_strategy_is_one_device():
-    strategy = distribute.distribution_strategy()
+    strategy = devices.distribution_strategy()
     assert strategy.num_replicas_in_sync == 1
     assert type(strategy).__name__ != "MirroredStrategy"
 
 
 def test_devices_need_tensorflow_backend_only_when_given(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    assert distribute.distribution_strategy() is None
+    assert devices.distribution_strategy() is None
     with pytest.raises(LungsegInputError, match="devices"):
-        distribute.distribution_strategy(["/gpu:0", "/gpu:1"])
+        devices.distribution_strategy(["/gpu:0", "/gpu:1"])
 
 
 def test_mirrored_training_on_two_logical_cpus(demo_data, tmp_path):
@@ -77,10 +78,10 @@ def test_replica_batches_keep_every_replica_busy():
     class TwoReplicas:
         num_replicas_in_sync = 2
 
-    one = distribute.distribution_strategy()
-    assert distribute.replica_batches(one, 2, 7, 1) == {"batch_size": 2}
-    assert distribute.replica_batches(TwoReplicas(), 2, 12, 3) == {"batch_size": 2,
+    one = devices.distribution_strategy()
+    assert devices.replica_batches(one, 2, 7, 1) == {"batch_size": 2}
+    assert devices.replica_batches(TwoReplicas(), 2, 12, 3) == {"batch_size": 2,
                                                                    "samples_per_epoch": 6}
     for batch, samples in ((3, 12), (2, 7)):
         with pytest.raises(LungsegInputError, match="replicas"):
-            distribute.replica_batches(TwoReplicas(), batch, samples, 1)
+            devices.replica_batches(TwoReplicas(), batch, samples, 1)

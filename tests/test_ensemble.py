@@ -1,7 +1,7 @@
 """lungseg_utils.ensemble: the K folds, cross-validation scoring every case once with the
 member that never saw it, the manifest an ensemble loads from, publishing, promoting a run,
-and the command line. The cross-validation is the session's shared ``smoke_cv``
-(tests/conftest.py: two one-epoch members on four phantoms)."""
+and the command line (lungseg_utils.runs.cv). The cross-validation is the session's shared
+``smoke_cv`` (tests/conftest.py: two one-epoch members on four phantoms)."""
 
 import shutil
 from pathlib import Path
@@ -11,6 +11,7 @@ import pytest
 
 from lungseg_utils import config, ensemble, experiments, inference, dataio, metrics, train
 from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.runs import cv, training
 from lungseg_utils.study import reference, seeds
 
 IDS = ["synth_000", "synth_001", "synth_002", "synth_003"]
@@ -91,27 +92,28 @@ def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
 
 
 def test_command_line(smoke_cv, demo_data, tmp_path, monkeypatch, capsys):
-    assert ensemble.main(["--k", "5", "--data_dir", str(demo_data),
-                          "--out_dir", str(tmp_path / "cv")]) == 2
+    assert cv.main(["--k", "5", "--data_dir", str(demo_data),
+                    "--out_dir", str(tmp_path / "cv")]) == 2
     assert "k=5" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()                  # refused before training
     seen = {}
 
-    def fake(k, data_dir, out_dir, profile, seed, init_from):
+    def fake(k, data_dir, out_dir, profile, seed, init_from, trainer):
         seen.update(k=k, data_dir=data_dir, out_dir=out_dir, profile=profile, seed=seed,
-                    init_from=init_from)
+                    init_from=init_from, trainer=trainer)
         return smoke_cv[2]
 
     monkeypatch.setattr(ensemble, "cross_validate", fake)
-    assert ensemble.main(["--k", "2", "--profile", "smoke", "--data_dir", "d", "--out_dir", "o",
-                          "--init_from", "p", "--seed", "3"]) == 0
-    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, init_from="p")
+    assert cv.main(["--k", "2", "--profile", "smoke", "--data_dir", "d", "--out_dir", "o",
+                    "--init_from", "p", "--seed", "3"]) == 0
+    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, init_from="p",
+                        trainer=training.train_run)   # each member a full run of the command
     s = smoke_cv[2]["summary"]["dice"]
     assert capsys.readouterr().out.strip() == (
         f"2-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
         f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")
     with pytest.raises(SystemExit):
-        ensemble.main(["--help"])
+        cv.main(["--help"])
     assert "--init_from" in capsys.readouterr().out
 
 
@@ -196,7 +198,8 @@ def fine_tuned(smoke_cv, demo_data, tmp_path_factory):
 
     ft = tmp_path_factory.mktemp("fine_tuned") / "ft"
     return ft, ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=ft,
-                                       init_from=smoke_cv[0], **SMOKE)
+                                       init_from=smoke_cv[0], trainer=training.train_run,
+                                       **SMOKE)
 
 
 @pytest.fixture(scope="module")

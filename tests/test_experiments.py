@@ -2,7 +2,7 @@
 evaluation and TTA pipelines of notebooks 05 and 06 end to end (with the session's shared
 smoke model). Cross-validation and promoting runs: tests/test_ensemble.py.
 
-The result files' schema (check_evaluation, check_tta) is tested on fixed values in
+The result files' schema (lungseg_utils.report.schema) is tested on fixed values in
 tests/test_report.py; here the pipeline that builds them runs on real models."""
 
 import json
@@ -12,6 +12,7 @@ import pytest
 
 from lungseg_utils import config, experiments, inference, dataio, metrics
 from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.report import schema
 from lungseg_utils.geometry import lps_affine, spacing_from_affine
 from lungseg_utils.dataio import Case, load_json
 from lungseg_utils.synthetic import make_phantom
@@ -58,7 +59,9 @@ def test_run_identity_and_its_check(tmp_path):
 def test_record_job_writes_the_wall_time_and_the_cpu(tmp_path):
     import time
 
-    path = experiments.record_job(tmp_path, time.time() - 90)
+    from lungseg_utils.report.build import record_job
+
+    path = record_job(tmp_path, time.time() - 90)
     job = dataio.load_json(path)
     assert path == tmp_path / "job.json" and 90 <= job["wall_s"] < 150
     assert job["cpu"]["logical_cpus"] >= 1 and isinstance(job["cpu"]["avx512"], bool)
@@ -133,7 +136,7 @@ def test_evaluation_pipeline_end_to_end(smoke_model_path, demo_data, native_copi
     row = experiments.compare_methods(forwards[smoke_model_path], case, with_ceiling=True)[0]
     assert blocks["native"]["cases"][1]["baseline"] == row["baseline"]
     assert blocks["native"]["cases"][1]["unet"] == row["unet"]
-    result = experiments.check_evaluation(experiments.evaluation_result(smoke_model_path, blocks))
+    result = schema.check_evaluation(experiments.evaluation_result(smoke_model_path, blocks))
     assert result["test_cases"] == ["synth_002", "synth_003"] and "cross_validation" not in result
     only64 = experiments.evaluate_jobs(jobs[:1], {"grid64": demo_data, "native": None}, forwards)
     assert only64["native"] == {"methods": list(experiments.GRID_METHODS["native"]),
@@ -152,7 +155,7 @@ def test_tta_pipeline_end_to_end(smoke_model_path, smoke_forward, demo_data, nat
     assert rows[2]["dice_tta"] == pytest.approx(metrics.dice(tta_mask, case.mask))
     times = experiments.time_inference(smoke_forward, np.zeros((64, 64, 64), np.float32), repeats=1)
     assert set(times) == {"single", "tta"} and 0 < times["single"] and 0 < times["tta"]
-    result = experiments.check_tta(experiments.tta_result(rows, times, 0.75, "synth_003"))
+    result = schema.check_tta(experiments.tta_result(rows, times, 0.75, "synth_003"))
     gain = result["dice_gain"]
     singles = [r["dice_single"] for r in rows if r["grid"] == "grid64"]
     ttas = [r["dice_tta"] for r in rows if r["grid"] == "grid64"]

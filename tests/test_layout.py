@@ -1,10 +1,11 @@
-"""The shape of the project (issues #9 and #24): one house, three wings, one door.
+"""The shape of the project (issues #9 and #24): one house, four wings, one door.
 
-``lungseg_utils`` (top-level modules) is the course core the notebooks import; ``scan/``
-(people's own scans), ``study/`` (studies the report cites) and ``report/`` (numbers and the
-PDF) are its wings; ``cli`` is the one door (the ``lungseg`` command). Imports go one way:
-core <- scan <- study <- report <- cli; the core's modules only go down the list in the
-package docstring; no cycle; no module named after a standard-library module; no private
+``lungseg_utils`` (top-level modules) is the course core the notebooks import; ``runs/``
+(long training runs: resume, budget, fine-tuning, devices), ``scan/`` (people's own scans),
+``study/`` (studies the report cites) and ``report/`` (numbers and the PDF) are its wings;
+``cli`` is the one door (the ``lungseg`` command). Imports go one way:
+core <- runs <- scan <- study <- report <- cli; the core's modules only go down the list in
+the package docstring; no cycle; no module named after a standard-library module; no private
 name imported from another module; each module reads in one sitting (at most 450 lines);
 the modules the notebooks reach stay small; every notebook cell fits on a screen.
 
@@ -29,10 +30,13 @@ MAX_CELL_LINES = 20
 MAX_BENCHMARK_LINES = 1000
 #: The course core as the notebooks reach it through their imports: 5,856 lines when issue
 #: #24 was filed, 5,070 after the wings (2026-12-06; the viewer app's scan/ modules, 443
-#: lines more, counted apart). The issue's target is 3,500; this is a ratchet that only goes down.
-MAX_NOTEBOOK_REACH_LINES = 5100
+#: lines more, counted apart), 4,659 after the runs/ wing took the machinery of long training
+#: runs, report/ the result files' schema and scan/ the lungs' sides (2026-12-06; 4,453
+#: without #27's atomic writer and training-case checks, which landed meanwhile). The issue's
+#: target is 3,500; this is a ratchet that only goes down.
+MAX_NOTEBOOK_REACH_LINES = 4680
 #: Wings in the order imports may go: a module may import its own wing and those before it.
-LAYERS = ("", "scan", "study", "report", "cli")
+LAYERS = ("", "runs", "scan", "study", "report", "cli")
 
 
 # ----------------------------------------------------------------------------- checkers
@@ -220,14 +224,15 @@ def test_package_has_no_import_cycle():
     graph = package_imports(PACKAGE)
     assert {"train", "inference", "experiments", "scan.segment", "report.build"} <= set(graph)
     assert "anatomy" in graph["metrics"] and "dataio" in graph["experiments"]   # edges are seen
-    assert "scan.quality" in graph["scan.segment"] and "anatomy" in graph["scan.segment"]
+    assert "scan.quality" in graph["scan.segment"] and "anatomy" in graph["scan.sides"]
+    assert "train" in graph["runs.training"] and "runs.training" in graph["runs.cv"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_wings_import_the_core_never_the_other_way():
     graph = package_imports(PACKAGE)
-    assert {m.split(".")[0] for m in graph} >= {"scan", "study", "report", "cli"}
+    assert {m.split(".")[0] for m in graph} >= {"runs", "scan", "study", "report", "cli"}
     assert wrong_way_imports(graph) == []
     assert wrong_way_imports({"dataio": {"scan.dicom"}, "scan.dicom": set()}) == [
         "dataio -> scan.dicom"]                                                    # can fail
@@ -250,7 +255,7 @@ def test_every_module_is_listed_in_its_wing_docstring_in_import_order():
     """Each of the core and the wings lists its modules in the order data flows, "imports
     only go down this list"."""
     graph = package_imports(PACKAGE)
-    for wing in ("", "scan", "study", "report"):
+    for wing in ("", "runs", "scan", "study", "report"):
         folder = PACKAGE / wing if wing else PACKAGE
         order = documented_order(folder / "__init__.py")
         names = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__", "cli"}

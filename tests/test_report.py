@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lungseg_utils import config, experiments, metrics
-from lungseg_utils.report import build, claims, conditions
+from lungseg_utils.report import build, claims, conditions, schema
 from lungseg_utils.errors import LungsegInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,7 +334,7 @@ def test_result_files_built_by_experiments_pass_its_own_check():
     report reads, and the numbers of the fixture (whose summaries and gains were made so)."""
     ev = _load(FIXTURE, "evaluation.json")
     blocks = {g: experiments.method_block(ev[g]["cases"], g) for g in experiments.GRIDS}
-    built = experiments.check_evaluation(experiments.evaluation_result(
+    built = schema.check_evaluation(experiments.evaluation_result(
         config.REPO_ROOT / "results" / "x.keras", blocks,
         {g: experiments.method_block(ev["cross_validation"][g]["cases"], g)
          for g in experiments.GRIDS}))
@@ -346,9 +346,9 @@ def test_result_files_built_by_experiments_pass_its_own_check():
     no_cv = experiments.evaluation_result("x.keras", blocks, None)
     assert "cross_validation" not in no_cv
     with pytest.raises(LungsegInputError, match="native.cases is empty"):
-        experiments.check_evaluation({**no_cv, "native": experiments.method_block([], "native")})
+        schema.check_evaluation({**no_cv, "native": experiments.method_block([], "native")})
     tta = _load(FIXTURE, "tta.json")
-    built = experiments.check_tta(experiments.tta_result(tta["cases"], tta["time_s"], 0.9, "p"))
+    built = schema.check_tta(experiments.tta_result(tta["cases"], tta["time_s"], 0.9, "p"))
     for gain in ("dice_gain", "dice_gain_native"):
         assert built[gain] == pytest.approx(tta[gain])
 

@@ -1,6 +1,7 @@
-"""lungseg_utils.train: the command line writes every artifact, the same seed gives the same
-first epoch, a run killed mid-way resumes to the numbers of an uninterrupted one, and the
-test cases are scored as the metrics module scores them.
+"""lungseg_utils.train and the train command (lungseg_utils.runs.training): the command line
+writes every artifact, the same seed gives the same first epoch, a run killed mid-way resumes
+to the numbers of an uninterrupted one, the test cases are scored as the metrics module
+scores them, and the core's trainer refuses what only the command does.
 
 Every run here is tiny (base 2 filters, depth 1, four 64^3 phantoms, batch 1) and the
 uninterrupted reference is the session's shared ``smoke_run`` (tests/conftest.py).
@@ -12,6 +13,7 @@ import pytest
 from lungseg_utils import config, dataset, dataio, metrics
 from lungseg_utils import train as trainer
 from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.runs import budget, state, training
 
 keras = trainer.keras
 
@@ -29,17 +31,17 @@ def test_command_line_writes_every_artifact(demo_data, tmp_path, capsys, tiny_sm
     out = tmp_path / "runs"
     argv = ["--profile", "smoke", "--data_dir", str(demo_data), "--out_dir", str(out),
             "--verbose", "0"]
-    assert trainer.main(argv) == 0
+    assert training.main(argv) == 0
     stdout = capsys.readouterr().out
     (run_dir,) = out.glob("run_*")
     for name in trainer.RUN_ARTIFACTS:
         assert (run_dir / name).is_file(), name
-    assert not (run_dir / trainer.BACKUP_DIR).exists()
+    assert not (run_dir / state.BACKUP_DIR).exists()
     assert f"Run folder: {run_dir}" in stdout and "Test Dice" in stdout
 
     cfg = dataio.load_json(run_dir / "train_config.json")
     split = dataio.load_json(run_dir / "split.json")
-    assert cfg["command"] == ["python", "-m", "lungseg_utils.train", *argv]
+    assert cfg["command"] == ["python", "-m", "lungseg_utils.runs.training", *argv]
     assert cfg["split"] == split and cfg["settings"]["base_filters"] == 2
     assert cfg["settings"]["profile"] == "smoke" and cfg["settings"]["epochs"] == 1
     assert len(cfg["input_files"]) == 2 * 4 and cfg["versions"]["keras"] == keras.__version__
@@ -66,8 +68,8 @@ def test_command_line_writes_every_artifact(demo_data, tmp_path, capsys, tiny_sm
 
 
 def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
-    assert trainer.main(["--profile", "smoke", "--data_dir", str(tmp_path / "none"),
-                         "--out_dir", str(tmp_path / "runs")]) == 2
+    assert training.main(["--profile", "smoke", "--data_dir", str(tmp_path / "none"),
+                          "--out_dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'none'}: data folder does not exist."]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -75,7 +77,7 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
 
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
-        trainer.main(["--help"])
+        training.main(["--help"])
     text = capsys.readouterr().out
     for flag in ("--data_dir", "--out_dir", "--base_filters", "--reg_l2", "--dropout_enc",
                  "--dropout_dec", "--dropout_bot", "--epochs", "--batch_size", "--p_jitter",
@@ -92,10 +94,12 @@ class _Interrupt(keras.callbacks.Callback):
 
 @pytest.fixture(scope="module")
 def interrupted_run(demo_data, smoke_settings, tmp_path_factory):
-    """A run with the shared run's settings, killed after its first epoch (of two)."""
+    """A run of the train command with the shared run's settings, killed after its first
+    epoch (of two)."""
     out = tmp_path_factory.mktemp("interrupted")
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(demo_data, out, verbose=0, callbacks=[_Interrupt()], **smoke_settings)
+        training.train_run(demo_data, out, verbose=0, callbacks=[_Interrupt()],
+                           **smoke_settings)
     (run_dir,) = out.glob("run_*")
     return run_dir
 
@@ -112,12 +116,12 @@ def test_resume_after_interruption(smoke_run, interrupted_run, training_log):
     run_dir = interrupted_run
     assert [r["epoch"] for r in training_log(run_dir)] == ["0"]
     assert not (run_dir / "final_model.keras").exists()
-    assert (run_dir / trainer.BACKUP_DIR).is_dir()
+    assert (run_dir / state.BACKUP_DIR).is_dir()
     # A kill between the log row and the backup leaves a row for an epoch that will run again.
     with open(run_dir / "training_log.csv", "a", newline="") as f:
         f.write("1" + ",0.5" * (len(training_log(run_dir)[0]) - 1) + "\n")
 
-    assert trainer.train(resume=run_dir, verbose=0) == run_dir
+    assert training.train_run(resume=run_dir, verbose=0) == run_dir
     resumed = training_log(run_dir)
     assert [r["epoch"] for r in resumed] == ["0", "1"]
     # Same weights, optimizer, dropout state and augmentation: same numbers as without a stop.
@@ -127,12 +131,12 @@ def test_resume_after_interruption(smoke_run, interrupted_run, training_log):
                                                                  rel=1e-5), key
     for name in trainer.RUN_ARTIFACTS:
         assert (run_dir / name).is_file(), name
-    assert not (run_dir / trainer.BACKUP_DIR).exists()
+    assert not (run_dir / state.BACKUP_DIR).exists()
     assert dataio.load_json(run_dir / "test_metrics.json")["training"]["resumed_at_epoch"] == 1
     assert len(list(run_dir.parent.glob("run_*"))) == 1  # no new folder for the resumed run
 
     with pytest.raises(LungsegInputError, match="finished"):
-        trainer.train(resume=run_dir)
+        training.train_run(resume=run_dir)
 
 
 def test_resume_refuses_new_settings(demo_data, tmp_path):
@@ -140,9 +144,42 @@ def test_resume_refuses_new_settings(demo_data, tmp_path):
     run_dir.mkdir()
     dataio.save_json({"settings": {}, "data_dir": str(demo_data)}, run_dir / "train_config.json")
     with pytest.raises(LungsegInputError, match="keeps its settings"):
-        trainer.train(resume=run_dir, base_filters=8)
+        training.train_run(resume=run_dir, base_filters=8)
     with pytest.raises(LungsegInputError, match="keeps its settings"):
-        trainer.train(resume=run_dir, profile="quick")
+        training.train_run(resume=run_dir, profile="quick")
+
+
+def test_the_core_trainer_refuses_what_only_the_command_does(demo_data, tmp_path):
+    """train.train trains a new run from random weights: a budget, a resume, starting
+    weights or a strategy are refused in one line before any folder is made, not ignored."""
+    for option in ({"budget_min": 1.0}, {"resume": tmp_path}, {"init_weights": "m.keras"},
+                   {"strategy": object()}):
+        with pytest.raises(LungsegInputError, match="lungseg train") as err:
+            trainer.train(demo_data, tmp_path / "runs", profile="smoke", **option)
+        assert str(err.value).startswith(f"train: {next(iter(option))} ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_broken_test_case_is_refused_before_training_and_leaves_no_folder(demo_data, tmp_path):
+    """Issue #27: a bad case (here the mask is a copy of the CT) was found only when the test
+    case was scored, hours later; now every case the split uses is checked first, in one
+    line, and the refused run leaves no half-made folder (the command: exit 2)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    test_case = dataio.make_split([p.name for p in dataio.discover_cases(data)],
+                                  seed=config.get_profile("smoke")["seed"])["test"][0]
+    case = dataio.load_case(data / test_case)
+    dataio.save_nifti(case.ct_hu.astype(np.int16), case.affine,
+                      data / test_case / dataio.MASK_NAME, overwrite=True)
+    with pytest.raises(LungsegInputError, match=rf"{test_case}/lung\.nii\.gz: mask values are "
+                                                "not labels .*copy of the CT"):
+        trainer.train(data, tmp_path / "runs", profile="smoke", verbose=0)
+    assert not (tmp_path / "runs").exists()
+    assert training.main(["--profile", "smoke", "--data_dir", str(data), "--out_dir",
+                          str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
 
 
 def test_split_must_name_cases_of_the_data_folder(demo_data, tmp_path):
@@ -212,11 +249,11 @@ def test_plan_epochs_fits_the_budget(monkeypatch):
         def __getitem__(self, i):
             return np.zeros(1), np.zeros(1)
 
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock["now"])
-    monkeypatch.setattr(trainer.unet, "build_from_settings", lambda s: None)
-    monkeypatch.setattr(trainer.unet, "compile_model", lambda m, loss, lr: Probe())
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(budget.unet, "build_from_settings", lambda s: None)
+    monkeypatch.setattr(budget.unet, "compile_model", lambda m, loss, lr: Probe())
     settings = config.get_profile("quick", budget_min=2.0)
-    plan = trainer.plan_epochs(settings, Batches(), n_val=3, elapsed_s=10.0)
+    plan = budget.plan_epochs(settings, Batches(), n_val=3, elapsed_s=10.0)
     # a step 1 s; an epoch 6 steps + 3 validation cases at a third of a step + 0.6 s = 7.6 s;
     # reserve 15 + 2 steps = 17 s; (120 - 10 elapsed - 4 tracing - 17) // 7.6 = 11 epochs
     assert plan["step_s"] == 1.0 and plan["epoch_s"] == pytest.approx(7.6)
@@ -224,7 +261,7 @@ def test_plan_epochs_fits_the_budget(monkeypatch):
     assert "1.00 s a training step (batch 2)" in plan["message"]
     assert "Budget 2 min: 11 epochs planned." in plan["message"]
     clock["calls"] = 0
-    assert trainer.plan_epochs(config.get_profile("quick"), Batches(), 3)["epochs"] == 150
+    assert budget.plan_epochs(config.get_profile("quick"), Batches(), 3)["epochs"] == 150
     clock["calls"] = 0
-    tiny = trainer.plan_epochs(config.get_profile("quick", budget_min=0.1), Batches(), 3)
+    tiny = budget.plan_epochs(config.get_profile("quick", budget_min=0.1), Batches(), 3)
     assert tiny["epochs"] == 1                                  # at least one epoch

@@ -1,7 +1,7 @@
 """Training killed at any point: resumed to the same artifacts, or told what is missing.
 
 Each test runs the train command in a subprocess with the tiny smoke network and
-``LUNGSEG_FAULT_AT=<point>`` (lungseg_utils.runstate.fault), so that the process kills
+``LUNGSEG_FAULT_AT=<point>`` (lungseg_utils.runs.state.fault), so that the process kills
 itself with SIGKILL exactly there, as a power cut would; then it resumes the run with
 ``--resume`` in a fresh process and compares with a run that was never interrupted: the
 session's ``smoke_run`` (tests/conftest.py), trained with the same settings.
@@ -22,14 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from lungseg_utils import dataio, runstate
+from lungseg_utils import dataio
+from lungseg_utils.runs import state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 #: The train command with the tests' tiny network (the command line has no --depth flag).
-COMMAND = ("import sys; from lungseg_utils import config, train; "
+COMMAND = ("import sys; from lungseg_utils import config; "
+           "from lungseg_utils.runs import training; "
            "config.PROFILES['smoke'].update(depth=1, base_filters=2, epochs=2); "
-           "sys.exit(train.main(sys.argv[1:]))")
+           "sys.exit(training.main(sys.argv[1:]))")
 
 
 def _train(args, fault=None) -> subprocess.CompletedProcess:
@@ -46,7 +48,7 @@ POINTS = ("epoch_end:0", "mid_final_save", "before_test_metrics", "after_split")
 
 
 def _log(run_dir) -> list[dict]:
-    with open(run_dir / runstate.LOG_NAME, newline="") as f:
+    with open(run_dir / state.LOG_NAME, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -83,10 +85,10 @@ def killed(demo_data, tmp_path_factory):
 def _refused_as_finished(run_dir, capsys):
     """``--resume`` of a finished run: exit status 2 and a one-line reason (in this process:
     the check comes before any training)."""
-    from lungseg_utils import train
+    from lungseg_utils.runs import training
 
     capsys.readouterr()
-    assert train.main(["--resume", str(run_dir)]) == 2
+    assert training.main(["--resume", str(run_dir)]) == 2
     assert "has finished" in capsys.readouterr().err
 
 
@@ -94,14 +96,14 @@ def _refused_as_finished(run_dir, capsys):
 def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(killed, tmp_path, smoke_run, point,
                                                             capsys):
     run_dir, whole = killed(point, tmp_path), smoke_run
-    assert not runstate.is_finished(run_dir)
+    assert not state.is_finished(run_dir)
     if point == "mid_final_save":
         assert list(run_dir.glob(".tmp_*"))             # the half-written model, not final's
         assert not (run_dir / "final_model.keras").exists()
     resumed = _train(["--resume", run_dir])
     assert resumed.returncode == 0, resumed.stderr
-    assert runstate.is_finished(run_dir) and not list(run_dir.glob(".tmp_*"))
-    assert not (run_dir / runstate.BACKUP_DIR).exists()
+    assert state.is_finished(run_dir) and not list(run_dir.glob(".tmp_*"))
+    assert not (run_dir / state.BACKUP_DIR).exists()
     assert [r["epoch"] for r in _log(run_dir)] == ["0", "1"]          # no row twice
     for key in ("loss", "val_loss", "dice"):
         assert [float(r[key]) for r in _log(run_dir)] == pytest.approx(
@@ -112,12 +114,12 @@ def test_a_run_killed_anywhere_resumes_to_the_same_artifacts(killed, tmp_path, s
 
 
 def test_a_run_killed_before_its_settings_says_what_to_do(killed, tmp_path, capsys):
-    from lungseg_utils import train
+    from lungseg_utils.runs import training
 
     run_dir = killed("after_split", tmp_path)
     assert (run_dir / "split.json").is_file() and not (run_dir / "train_config.json").exists()
     capsys.readouterr()
-    assert train.main(["--resume", str(run_dir)]) == 2     # refused before any training
+    assert training.main(["--resume", str(run_dir)]) == 2  # refused before any training
     stderr = capsys.readouterr().err
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert "no train_config.json" in line and "start a new run" in line
@@ -132,7 +134,7 @@ def test_an_empty_model_left_by_an_old_version_is_recovered(killed, tmp_path, sm
     (run_dir / ".tmp_final_model_x.keras").write_bytes(b"partial")
     resumed = _train(["--resume", run_dir])
     assert resumed.returncode == 0, resumed.stderr
-    assert runstate.is_valid_model(run_dir / "final_model.keras")
+    assert state.is_valid_model(run_dir / "final_model.keras")
     assert not list(run_dir.glob(".tmp_*"))
     assert dataio.load_json(run_dir / "test_metrics.json")["mean_dice"] == pytest.approx(
         dataio.load_json(whole / "test_metrics.json")["mean_dice"], rel=1e-5)

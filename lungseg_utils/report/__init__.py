@@ -4,6 +4,7 @@ Imports the core and the studies' result schemas, never the other way. Imports o
 this list:
 
 ``formatting``         numbers as printed: fixed decimals by kind of value, minus, n/a
+``schema``             what evaluation.json and tta.json must hold, checked as they are read
 ``conditions``         how a claim is declared; the tests on printed numbers claims share
 ``claims_methods``     the claims on how the run was scored and trained
 ``claims_results``     the claims on what it measured: versus the classical pipeline, TTA ...

@@ -31,12 +31,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from .. import config, experiments, dataio
+from .. import config, dataio
 from ..errors import LungsegInputError, run_command
 from ..dataio import portable_path as rel_path  # main() prints paths as result files store them
 from ..experiments import METHOD_LABELS
@@ -188,6 +191,20 @@ def printed_figures(results_dir=None, figures_dir=None) -> list[dict]:
     return found
 
 
+def record_job(run_dir, started_unix_s: float) -> Path:
+    """Write ``run_dir/job.json``: the main job's wall time from ``started_unix_s`` until
+    now, this machine's CPU (model, cores, whether it has AVX-512) and the profile."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.processor() or None)
+    job = {"wall_s": round(time.time() - float(started_unix_s), 1),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "profile": config.profile_name(),
+           "cpu": {"model": model, "logical_cpus": os.cpu_count(),
+                   "avx512": " avx512f" in text, "avx2": " avx2" in text}}
+    return dataio.save_json(job, Path(run_dir) / "job.json", overwrite=True)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or "python -m lungseg_utils.report.build",
                                 description=__doc__.split("\n")[0])
@@ -208,7 +225,7 @@ def run(args) -> int:
     if not args.no_readme:
         print(f"updated the results block of {rel_path(update_readme(args.readme, args.results_dir))}")
     if args.job_started is not None:
-        job = experiments.record_job(args.results_dir or config.active_run_dir(), args.job_started)
+        job = record_job(args.results_dir or config.active_run_dir(), args.job_started)
         print(f"the main job took {dataio.load_json(job)['wall_s'] / 60:.1f} min ({rel_path(job)})")
     return 0
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from .. import config, dataio, experiments, metrics
 from ..errors import LungsegInputError
-from ..experiments import GRIDS, METHOD_LABELS, check_evaluation, check_tta
+from ..experiments import GRIDS, METHOD_LABELS
 from .figures import figure_info
+from .schema import check_evaluation, check_tta
 from .formatting import fmt_general, fmt_number, format_tree, format_value
 from .values_studies import (
     OPTIONAL_FILES,
@@ -62,7 +63,7 @@ def read_results(results_dir=None) -> dict:
 
     ``results_dir`` defaults to :func:`lungseg_utils.config.active_run_dir`. Raises
     :class:`LungsegInputError` naming the first file of :data:`RESULT_FILES` that is missing
-    or unreadable, a key that the report needs and the file lacks (``experiments.check_*``),
+    or unreadable, a key that the report needs and the file lacks (``schema.check_*``),
     or a result file about another run's model (``experiments.check_identity``).
     """
     folder = Path(results_dir) if results_dir is not None else config.active_run_dir()

@@ -8,6 +8,7 @@ It imports the core, never the other way. Imports only go down this list:
 ``rtstruct``   expert contours from a DICOM RTSTRUCT, filled into a mask
 ``reader``     any scan: NIfTI file, case folder or DICOM folder -> (HU, affine, header, info)
 ``outputs``    output paths checked before any work: suffix, folder, never an input
+``sides``      the right and the left lung: a lung mask split by the patient's side
 ``quality``    a segmented scan's volumes, right/left and quality flag
 ``dicom_seg``  the mask as a DICOM Segmentation object (highdicom)
 ``segment``    the inference command: a scan in; masks, summary, flag out

@@ -45,7 +45,7 @@ def _read(path: Path):
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)   # no preamble: read too
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
         raise LungsegInputError(f"{path}: not a readable DICOM file "
                                 f"({' '.join(str(exc).split())}).") from None

@@ -3,7 +3,7 @@
 ``lungseg segment`` or ``python -m lungseg_utils.inference`` (this module's :func:`main`)
 checks every output path first (:mod:`lungseg_utils.scan.outputs`), loads the model once, and for each scan: reads it
 (:func:`lungseg_utils.scan.reader.load_scan`), predicts (:func:`lungseg_utils.inference.predict_volume`),
-splits right and left (:func:`lungseg_utils.anatomy.split_left_right`), writes the mask and
+splits right and left (:func:`lungseg_utils.scan.sides.split_left_right`), writes the mask and
 probability on the input's grid, and summarises (:func:`lungseg_utils.scan.quality.scan_summary`):
 one JSON per scan and, in folder mode, a CSV over all of them. A bad scan is one line on
 stderr; in folder mode the others still run.
@@ -19,8 +19,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .. import anatomy, config, dataio
+from .. import config, dataio
 from . import outputs, quality, reader
+from .sides import UNKNOWN_SIDE, split_left_right
+from .dicom import series_choice_line
 from ..errors import LungsegInputError, run_command
 from ..inference import (
     EAGER_MAX_SCANS,
@@ -133,7 +135,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "read), or a folder of patient folders")
     p.add_argument("--series", default=None,
                    help="DICOM input: the SeriesInstanceUID to read (default: the CT series "
-                        "with most slices)")
+                        "with most slices, then the thinnest, then a lung reconstruction; "
+                        "when there are several, a line says which was read and lists the "
+                        "others)")
     p.add_argument("--output_mask", default=None,
                    help="where to write the lung mask (uint8 NIfTI) for a single scan")
     p.add_argument("--output_prob", default=None,
@@ -153,6 +157,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--assume_hu", action="store_true",
                    help="accept intensities that do not look like HU (by default such a scan "
                         "is refused: the model would see nothing it knows)")
+    p.add_argument("--assume_orientation", metavar="AXCODES", default=None,
+                   help="for a NIfTI header without orientation (qform and sform codes 0, "
+                        "refused by default): how its voxels are stored, e.g. LPS or RAS")
     p.add_argument("--output_seg", default=None,
                    help="DICOM input, single scan: also write the mask as a DICOM Segmentation "
                         "object (.dcm) referencing the series, for 3D Slicer or a PACS")
@@ -205,18 +212,22 @@ def run(args) -> int:
     for name, scan_path, mask_out, prob_out, json_out in bar:
         t0 = time.perf_counter()
         try:
-            ct, affine, header, info = reader.load_scan(scan_path, args.series, args.rescale,
-                                                    assume_hu=args.assume_hu)
+            ct, affine, header, info = reader.load_scan(
+                scan_path, args.series, args.rescale, assume_hu=args.assume_hu,
+                assume_orientation=args.assume_orientation)
+            if (choice := series_choice_line(info)) is not None:   # several CT series: say which
+                (bar.write(choice) if len(jobs) > 1 else print(choice))
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
                                  postprocess=args.postprocess, refine=not args.no_refine,
                                  members=True)
-            sides = anatomy.split_left_right(
+            sides = split_left_right(
                 res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(ct, affine, res["body"]))
+            if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
+                raise LungsegInputError(
+                    f"{name}: right and left cannot be told apart (one lung in view, and the "
+                    "body cut off at the scan's side: no midline to place it by); run with "
+                    "--labels lung.")
             mask = sides if args.labels == "lr" else res["mask"]
-            dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
-            if prob_out is not None:
-                dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out, header=header,
-                              overwrite=args.overwrite)
             summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"])
             summary = {"case": name, "input": {**info, "orientation": "".join(
                            nib.aff2axcodes(affine))}, "model": model_info,
@@ -224,13 +235,19 @@ def run(args) -> int:
                        "mask": str(mask_out), **summary,
                        "seconds": round(time.perf_counter() - t0, 2)}
             if args.output_seg:
-                from .dicom_seg import write_seg
-
-                write_seg(mask, affine, info["files"], args.output_seg, overwrite=args.overwrite,
-                          label_kind=args.labels)
                 summary["seg"] = str(args.output_seg)
-            if json_out is not None:
-                dataio.save_json(summary, json_out, overwrite=args.overwrite)
+            with dataio.all_or_nothing():     # a scan's files all, or none (a full disk)
+                dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
+                if prob_out is not None:
+                    dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out,
+                                      header=header, overwrite=args.overwrite)
+                if args.output_seg:
+                    from .dicom_seg import write_seg
+
+                    write_seg(mask, affine, info["files"], args.output_seg,
+                              overwrite=args.overwrite, label_kind=args.labels)
+                if json_out is not None:
+                    dataio.save_json(summary, json_out, overwrite=args.overwrite)
             summaries.append(summary)
             timing("scan", t0)
         except (ValueError, OSError) as exc:       # LungsegInputError, or a write that failed
@@ -239,10 +256,11 @@ def run(args) -> int:
             bar.write(f"error: {why}", file=sys.stderr)   # on its own line, above the bar
             continue
         flag = summary["quality"]
+        sided = (f" (right {summary['right_lung_ml']:.0f}, left {summary['left_lung_ml']:.0f})"
+                 if summary["right_lung_ml"] is not None else "")
         msg = (f"{name}: no lungs found (empty mask; the scan shows no lungs?), "
                f"{time.perf_counter() - t0:.2f} s -> {mask_out}") if not mask.any() else (
-               f"{name}: lung volume {summary['lung_volume_ml']:.0f} mL (right "
-               f"{summary['right_lung_ml']:.0f}, left {summary['left_lung_ml']:.0f}), quality "
+               f"{name}: lung volume {summary['lung_volume_ml']:.0f} mL{sided}, quality "
                f"{flag['flag']}{': ' + '; '.join(flag['reasons']) if flag['reasons'] else ''}, "
                f"{time.perf_counter() - t0:.2f} s -> {mask_out}")
         (bar.write(msg) if len(jobs) > 1 else print(msg))

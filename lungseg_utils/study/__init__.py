@@ -1,8 +1,8 @@
 """Studies whose result files the report cites, each runnable on its own (``lungseg ...``).
 
-They import the core (and ``scan`` for its output checks), never the other way; notebook 05
-reads what they wrote through :func:`lungseg_utils.experiments.optional_result`. Imports only
-go down this list:
+They import the core (and ``runs`` to train, ``scan`` for its output checks), never the
+other way; notebook 05 reads what they wrote through
+:func:`lungseg_utils.experiments.optional_result`. Imports only go down this list:
 
 ``reference``      a finished run made the committed reference (``lungseg promote``)
 ``seeds``          seed spread: one member trained again with other seeds (``lungseg seeds``)

@@ -186,6 +186,33 @@ def flag_power(rows: list[dict], method: str, dice_below: float = 0.97) -> dict:
     return out
 
 
+#: The methods of a robustness row scored out of fold (each by members that never saw the case).
+OUT_OF_FOLD = ("member", "member_2", "member_3", "ensemble_oof")
+
+
+def choose_flag_threshold(rows: list[dict], methods=OUT_OF_FOLD, dice_below: float = 0.97,
+                          max_false_alarm: float = 0.10, step: float = 0.0025) -> dict:
+    """The quality flag's threshold on the agreement with the classical baseline, chosen on
+    out-of-fold predictions: the highest multiple of ``step`` that flags at most
+    ``max_false_alarm`` of the predictions with Dice >= ``dice_below`` (so it catches as many
+    below as it can). Returns ``{"threshold", "n", "n_below", "caught", "false_alarms",
+    "sensitivity", "specificity"}`` (counts over every (row, method) pair)."""
+    pairs = [(r[m], r[f"{m}_vs_baseline"]) for r in rows for m in methods if m in r]
+    if not pairs:
+        raise LungsegInputError("choose_flag_threshold: no out-of-fold predictions in the rows.")
+    dice, score = np.array(pairs, float).T
+    low = dice < dice_below
+    best = None
+    for t in np.round(np.arange(0.5, 1.0, step), 6):
+        if (score[~low] < t).mean() <= max_false_alarm:
+            best = float(t)
+    flagged = score < best
+    return {"threshold": best, "n": int(len(dice)), "n_below": int(low.sum()),
+            "caught": int((flagged & low).sum()), "false_alarms": int((flagged & ~low).sum()),
+            "sensitivity": float(flagged[low].mean()) if low.any() else float("nan"),
+            "specificity": float((~flagged[~low]).mean())}
+
+
 def summarise(rows: list[dict], methods) -> dict:
     """``{shift: {method: {"mean", "worst_value", "worst_case_id", "n"}}}`` over cases."""
     out = {}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config, dataio, experiments, inference, metrics, synthetic, train
+from .. import config, dataio, experiments, inference, metrics, synthetic
 from ..errors import LungsegInputError, run_command
+from ..runs import training
 
 GRIDS = experiments.GRIDS
 
@@ -40,7 +41,7 @@ def train_seeds(ensemble_dir, seeds, fold: int = 0, data_dir=None, out_dir=None,
     runs = {int(member["seed"]): run}
     for seed in seeds:
         if int(seed) not in runs:
-            runs[int(seed)] = train.train(
+            runs[int(seed)] = training.train_run(
                 data_dir, out_dir=Path(out_dir or folder / "seeds") / f"seed_{seed}",
                 profile=cfg["settings"]["profile"], split=run / "split.json", verbose=verbose,
                 init_weights=init, **{**settings, "seed": int(seed)})

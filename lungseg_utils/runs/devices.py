@@ -1,20 +1,20 @@
-"""Where training runs: one device, or mirrored over several (``tf.distribute``).
+"""Where a training run runs: one device, or mirrored over several (``tf.distribute``).
 
-:func:`lungseg_utils.train.train` builds and compiles the model under the strategy that
-:func:`distribution_strategy` returns, and sizes the validation batches with
+:func:`lungseg_utils.runs.training.train_run` builds and compiles the model under the
+strategy that :func:`distribution_strategy` returns, and sizes the validation batches with
 :func:`replica_batches` so that no replica ever gets an empty share of a batch.
 """
 
 from __future__ import annotations
 
-from .config import import_keras_quietly
-from .errors import LungsegInputError
+from ..config import import_keras_quietly
+from ..errors import LungsegInputError
 
 keras = import_keras_quietly()
 
 
 def distribution_strategy(devices=None):
-    """The ``tf.distribute`` strategy that :func:`train` builds and trains the model under.
+    """The ``tf.distribute`` strategy that a run builds and trains the model under.
 
     Parameters
     ----------
@@ -58,3 +58,9 @@ def replica_batches(strategy, batch: int, samples: int, n_val: int) -> dict:
             f"strategy with {replicas} replicas: batch_size={batch} must be a multiple of "
             f"{replicas} and samples_per_epoch={samples} a multiple of batch_size.")
     return {"batch_size": replicas, "samples_per_epoch": n_val * replicas}
+
+
+def strategy_record(strategy) -> dict:
+    """What ``train_config.json`` records of the strategy: its class and its replicas."""
+    return {"strategy": type(strategy).__name__ if strategy is not None else None,
+            "replicas": int(getattr(strategy, "num_replicas_in_sync", 1))}

@@ -5,8 +5,8 @@ the first epoch), one ``training_log.csv`` row and a backup (``backup/``) per ep
 ``final_model.keras`` and ``best_model.keras``, and last ``test_metrics.json``; each file
 appears whole or not at all (:func:`lungseg_utils.dataio.atomic_write`). So a run is *finished*
 when ``test_metrics.json`` is there and both models are valid; anything short of that can
-be resumed (``--resume RUN_DIR``) from its last backed-up epoch, or, if it was killed
-before its settings were saved, is said to be empty in one line.
+be resumed (``--resume RUN_DIR``) from its last backed-up epoch (:func:`resumed_run`), or, if
+it was killed before its settings were saved, is said to be empty in one line.
 
 :func:`fault` is a test hook: with ``LUNGSEG_FAULT_AT=<point>`` in the environment, the
 process kills itself (SIGKILL, like a power cut) at that point, so the tests can check
@@ -18,16 +18,16 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import warnings
 import zipfile
 from pathlib import Path
 
-from . import dataio
-from .errors import LungsegInputError
+from .. import config, dataio
+from ..errors import LungsegInputError, LungsegWarning
+from ..train import LOG_NAME, RUN_ARTIFACTS
 
+#: The folder, inside a run, of the training state while it runs (removed at the end).
 BACKUP_DIR = "backup"
-LOG_NAME = "training_log.csv"
-RUN_ARTIFACTS = ("split.json", "train_config.json", LOG_NAME, "best_model.keras",
-                 "final_model.keras", "test_metrics.json")
 MODELS = ("best_model.keras", "final_model.keras")
 
 
@@ -109,3 +109,35 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
         else:
             log.unlink()
     return done, best
+
+
+def resumed_run(run_dir, data_dir=None, profile=None, split=None, overrides=None):
+    """An interrupted run, checked and made ready to continue: ``(run_dir, settings, split,
+    folders, cfg, initial_epoch, best_val_loss)`` as :func:`lungseg_utils.train.new_run`
+    gives a new one, with the epochs done and the best val_loss so far (:func:`resume_state`).
+
+    The run keeps its settings, split and data folder: only ``epochs`` may be overridden;
+    an input file that changed since the run started is warned about.
+    """
+    run_dir, overrides = Path(run_dir), overrides or {}
+    check_resumable(run_dir)
+    clean_temporary(run_dir)
+    cfg = dataio.load_json(run_dir / "train_config.json")
+    extra = sorted(k for k, v in overrides.items() if v is not None and k != "epochs")
+    extra += ["profile"] * bool(profile) + ["split"] * (split is not None)
+    if extra:
+        raise LungsegInputError(
+            f"resume={run_dir}: a resumed run keeps its settings; only epochs may change "
+            f"(got {extra}).")
+    settings = dict(cfg["settings"])
+    if overrides.get("epochs"):
+        settings["epochs"] = int(overrides["epochs"])
+    data_dir = Path(data_dir) if data_dir else config.REPO_ROOT / cfg["data_dir"]
+    folders = {p.name: p for p in dataio.discover_cases(data_dir)}
+    for rel, digest in cfg.get("input_files", {}).items():
+        path = data_dir / rel
+        if not path.exists() or dataio.file_sha256(path) != digest:
+            warnings.warn(f"{path}: differs from the file this run started with.",
+                          LungsegWarning, stacklevel=3)
+    return (run_dir, settings, dataio.load_json(run_dir / "split.json"), folders, cfg,
+            *resume_state(run_dir))
