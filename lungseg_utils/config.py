@@ -93,7 +93,6 @@ DEFAULTS = dict(
     p_blur=0.0, max_blur_vox=1.0, max_thick=3,
     mixed_precision=False,   # True: bfloat16; "auto": bfloat16 where the CPU has it
     warmup_epochs=0,         # linear warm-up before the cosine schedule
-    ema_momentum=None,       # e.g. 0.99: the model is Adam's moving average of the weights
     samples_per_epoch=None,
     workers=1,
     reduce_lr_patience=10,

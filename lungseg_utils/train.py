@@ -131,7 +131,7 @@ def build_model(settings: dict):
     """The network of ``settings`` (:func:`lungseg_utils.unet.build_from_settings`),
     compiled with its loss and learning rate (:func:`lungseg_utils.unet.compile_model`)."""
     return unet.compile_model(unet.build_from_settings(settings), settings["loss"],
-                              settings["learning_rate"], settings.get("ema_momentum"))
+                              settings["learning_rate"])
 
 
 def model_record(model) -> dict:

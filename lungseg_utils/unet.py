@@ -307,14 +307,10 @@ class IoU(_HardMetric):
         super().__init__(name=name, threshold=threshold, dtype=dtype)
 
 
-def compile_model(model, loss: str = "dice", learning_rate: float = 1e-3,
-                  ema_momentum: float | None = None):
-    """Compile with Adam, the named loss and the ``dice`` / ``iou`` metrics; returns model.
-    ``ema_momentum``: Adam also keeps an exponential moving average of the weights, which
-    replace the weights when ``fit`` ends (validation during training sees the raw ones)."""
-    adam = keras.optimizers.Adam(learning_rate, use_ema=ema_momentum is not None,
-                                 ema_momentum=ema_momentum or 0.99)
-    model.compile(optimizer=adam, loss=get_loss(loss), metrics=[Dice(), IoU()])
+def compile_model(model, loss: str = "dice", learning_rate: float = 1e-3):
+    """Compile with Adam, the named loss and the ``dice`` / ``iou`` metrics; returns model."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=get_loss(loss),
+                  metrics=[Dice(), IoU()])
     return model
 
 

@@ -146,22 +146,3 @@ def test_hard_metrics_threshold_at_half():
     metric.update_state(t, p)
     assert metric.name == "dice" and float(metric.result()) == pytest.approx(1.0)
     assert unet.IoU().name == "iou"
-
-
-def test_ema_replaces_the_weights_by_their_moving_average_when_fit_ends():
-    """``ema_momentum``: after ``fit`` the model's weights are Adam's moving average of them."""
-    import numpy as np
-
-    from lungseg_utils import unet
-
-    x = np.random.default_rng(0).random((2, 8, 8, 8, 1)).astype("float32")
-    y = (x > 0.5).astype("float32")
-    model = unet.compile_model(unet.build_unet(input_shape=(8, 8, 8, 1), base_filters=2, depth=1),
-                               "dice", 1e-2, ema_momentum=0.9)
-    assert model.optimizer.use_ema
-    model.fit(x, y, epochs=3, batch_size=1, verbose=0)
-    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
-    for w, a in zip(model.trainable_weights, averages):
-        np.testing.assert_allclose(w.numpy(), a, rtol=1e-6)
-    plain = unet.compile_model(unet.build_unet(input_shape=(8, 8, 8, 1), base_filters=2, depth=1))
-    assert not plain.optimizer.use_ema
