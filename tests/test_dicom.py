@@ -187,7 +187,9 @@ def test_command_reads_dicom_and_gives_the_nifti_answer(tmp_path):
     scout.ImageType, scout.SeriesInstanceUID = ["ORIGINAL", "PRIMARY", "LOCALIZER"], "1.2.3"
     scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
     scout.save_as(tmp_path / "dicom" / "series" / "scout")
-    run = [sys.executable, "-m", "lungseg_utils.inference"]
+    # one member of the reference: the question is DICOM against NIfTI, not the ensemble
+    member = next((ROOT / "results" / "reference" / "cv" / "fold_0").glob("run_*/best_model.keras"))
+    run = [sys.executable, "-m", "lungseg_utils.inference", "--model", str(member)]
     subprocess.run(run + ["--input", str(nifti), "--output_mask", str(tmp_path / "a.nii.gz")],
                    check=True, capture_output=True, cwd=ROOT)
     done = subprocess.run(run + ["--input", str(tmp_path / "dicom"), "--output_mask",
