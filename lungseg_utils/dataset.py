@@ -24,6 +24,12 @@ keras = import_keras_quietly()
 MIN_AIR_FRACTION = 0.5
 
 
+def _check_model_grid(case) -> None:
+    if case.shape != MODEL_SHAPE:
+        raise LungsegInputError(f"{case.path}: shape {case.shape} is not the model grid "
+                                f"{MODEL_SHAPE}; resample it with lungseg_utils.geometry first.")
+
+
 def check_training_cases(case_dirs) -> list[str]:
     """Check every case a run will use (training, validation and test) before the run folder
     is made, so that a bad case is a one-line refusal at once, not a failure hours later.
@@ -37,10 +43,7 @@ def check_training_cases(case_dirs) -> list[str]:
     for folder in case_dirs:
         case = dataio.load_case(folder)
         mask_path = Path(folder) / dataio.MASK_NAME
-        if case.shape != MODEL_SHAPE:
-            raise LungsegInputError(
-                f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
-                "resample it with lungseg_utils.geometry first.")
+        _check_model_grid(case)
         if not case.mask.any():
             raise LungsegInputError(f"{mask_path}: the lung mask is empty; a training case "
                                     "needs its lungs drawn.")
@@ -61,10 +64,7 @@ def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
     xs, ys = [], []
     for folder in case_dirs:
         case = dataio.load_case(folder)
-        if case.shape != MODEL_SHAPE:
-            raise LungsegInputError(
-                f"{case.path}: shape {case.shape} is not the model grid {MODEL_SHAPE}; "
-                "resample it with lungseg_utils.geometry first.")
+        _check_model_grid(case)
         x, y = preprocess.preprocess_case(case.ct_hu, case.mask, hu_window)
         xs.append(x)
         ys.append(y)

@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..dataio import one_line, remove_stale_temps
-from ..errors import LungsegInputError
+from ..atomic import remove_stale_temps
+from ..errors import LungsegInputError, one_line
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -28,7 +28,7 @@ def check_output_paths(outputs, inputs=(), overwrite: bool = False) -> None:
     suffixes, must not be a folder, an input or another output, must not exist unless
     ``overwrite``; its folder must accept a file, or be one that can be created. Temporary
     files an earlier, killed write of the same output left are removed
-    (:func:`lungseg_utils.dataio.remove_stale_temps`; never an input).
+    (:func:`lungseg_utils.atomic.remove_stale_temps`; never an input).
     """
     inputs = {Path(p).resolve() for p in inputs}
     seen: dict[Path, str] = {}
