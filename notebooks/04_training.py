@@ -177,8 +177,8 @@ for i, split in enumerate(splits):
 # `ensemble.train_main` runs the loop above into the run folder: `cv/fold_i/` (each member a
 # normal run folder), `manifest.json` (the ensemble, with a SHA-256 of every member) and, at
 # the top, member 0's split, settings, log and test metrics. A run that is already trained
-# is not trained again. Every few epochs a line says how long an epoch takes here and how
-# many minutes are left.
+# is not trained again (as below, for the committed reference). While it trains, every few
+# epochs a line says how long an epoch takes here and how many minutes are left.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
