@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "seeds": ("study.seeds", "Seed spread: train one member of an ensemble again with other "
                              "seeds and write the spread of their Dice on its unseen cases "
                              "(seed_spread.json)."),
+    "refine-hu": ("study.refine", "Choose the boundary rule's thresholds out of fold and "
+                                  "write refine.json into the ensemble's folder."),
     "storage": ("study.compact", "Store an ensemble's member weights at half precision (half "
                                  "the bytes)."),
 }

@@ -26,9 +26,10 @@ from .errors import LungsegInputError
 #: The grids results are given on: key in the result files -> label in tables and figures.
 GRIDS = {"grid64": "64³", "native": "native"}
 #: The methods of :func:`compare_methods` each grid's block of ``evaluation.json`` holds.
-#: ``unet_raw`` (the network's 5 mm boundary) and ``ceiling`` differ from ``unet`` and the
-#: reference only off the model grid, so they are reported on the native grid alone.
-GRID_METHODS = {"grid64": ("unet", "unet_post", "baseline"),
+#: ``unet_raw`` is the network's boundary before :func:`~lungseg_utils.inference.refine_boundary`
+#: redraws it; ``ceiling`` differs from the reference only off the model grid, so it is
+#: reported on the native grid alone.
+GRID_METHODS = {"grid64": ("unet_raw", "unet", "unet_post", "baseline"),
                 "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
 #: How the methods are named in tables and figures (notebook 05, the report, the README).
 METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
@@ -135,7 +136,7 @@ def reference_jobs(reference_dir=None) -> list[tuple]:
     return [(cid, "reference", reference_dir / inference.MODEL_FILE) for cid in sorted(split["test"])]
 
 
-def _forward(model_path, forwards: dict):
+def model_forward(model_path, forwards: dict):
     """The compiled forward pass of ``model_path``, loaded once into ``forwards``."""
     if model_path not in forwards:
         forwards[model_path] = inference.compiled_forward(inference.load_model(model_path))
@@ -168,7 +169,7 @@ def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
     forwards = {} if forwards is None else forwards
     rows = {grid: [] for grid in GRIDS}
     for cid, label, model_path in jobs:
-        fwd = _forward(model_path, forwards)
+        fwd = model_forward(model_path, forwards)
         for grid in GRIDS:
             if folders.get(grid) is not None:
                 case = dataio.load_case(Path(folders[grid]) / cid)
@@ -241,7 +242,7 @@ def tta_rows(jobs, folders: dict, forwards: dict | None = None) -> list[dict]:
     forwards = {} if forwards is None else forwards
     rows = []
     for cid, _, model_path in jobs:
-        fwd = _forward(model_path, forwards)
+        fwd = model_forward(model_path, forwards)
         for grid in GRIDS:
             if folders.get(grid) is None:
                 continue

@@ -199,7 +199,12 @@ def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int 
 
 
 #: HU below which a voxel near the predicted boundary counts as lung (see refine_boundary).
+#: Both thresholds are chosen out of fold by :mod:`lungseg_utils.study.refine`
+#: (``refine.json`` of the reference).
 REFINE_HU = -200.0
+#: On the model grid itself: HU below which a voxel just outside the network's boundary is
+#: lung (see :func:`masks_from_prob64`).
+REFINE_HU_MODEL_GRID = -300.0
 
 
 def boundary_band64(prob64: np.ndarray, grid, threshold: float = 0.5) -> np.ndarray:
@@ -222,8 +227,8 @@ def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band:
     near the boundary, :func:`boundary_band64`) a voxel is lung if it is darker than
     ``refine_hu`` and the network gave it at least ``min_prob``; elsewhere ``mask`` stands.
     The threshold marks where partial-volume voxels between aerated lung (about -850 HU) and
-    the chest wall stop being lung in the LCTSC contours (chosen on the reference model's
-    training cases; -300 and -400 HU gave lower Dice there).
+    the chest wall stop being lung in the LCTSC contours (chosen out of fold among -350 to
+    -150 HU by :mod:`lungseg_utils.study.refine`).
 
     mask uint8, prob float32, ct_hu, band bool: same shape (X, Y, Z). Returns uint8.
     """
@@ -237,9 +242,8 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
                    body=None) -> dict:
     """Segment the lungs of one CT on its own grid.
 
-    With ``refine`` (default) and an input finer than the model grid, the boundary is
-    redrawn at the input's resolution by :func:`refine_boundary`; a 64^3, 5 mm input is left
-    as the network drew it. ``postprocess`` keeps the one or two largest components and
+    With ``refine`` (default) the boundary is redrawn from the image by
+    :func:`refine_boundary` (see :func:`masks_from_prob64`). ``postprocess`` keeps the one or two largest components and
     fills holes (:func:`lungseg_utils.anatomy.postprocess_lungs`). ``centre_mm`` places the
     model cube at that world point instead of the lungs' centre estimated from the image.
 
@@ -268,9 +272,17 @@ MIN_LUNG_ML = 100.0
 
 
 def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool = True,
-                      body=None) -> dict:
+                      body=None, refine_hu: float | None = None) -> dict:
     """The model-grid probability back on the input's grid, thresholded and (with
-    ``refine``, on a grid finer than the model's) its boundary redrawn from the image.
+    ``refine``) its boundary redrawn from the image.
+
+    On a grid finer than the model's, within about 5 mm of the boundary a voxel is lung if
+    darker than ``refine_hu`` (default :data:`REFINE_HU`). On the model grid itself (a 64^3,
+    5 mm input, like the course data) only the voxels just outside the network's boundary
+    are looked at, with ``refine_hu`` default :data:`REFINE_HU_MODEL_GRID`: the course masks
+    call a 5 mm voxel lung when more than half of it is, and the network draws its boundary
+    a little inside that (out of fold it under-counts the volume by about 1 %); a neighbour
+    darker than the threshold is mostly air, so lung.
 
     The mask is then kept to the patient's body (``body``: bool, the input's shape, as
     :func:`lungseg_utils.anatomy.body_mask` gives it; computed here when None): the network
@@ -282,8 +294,13 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
     prob = geometry.from_model_grid(prob64, grid)
     mask_network = (prob >= threshold).astype(np.uint8)
     mask = mask_network
-    if refine and not grid.passthrough:
-        mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold))
+    if refine and grid.passthrough:
+        mask = refine_boundary(mask_network, prob, ct_hu,
+                               anatomy.boundary(mask_network, mode="outer"),
+                               REFINE_HU_MODEL_GRID if refine_hu is None else refine_hu)
+    elif refine:
+        mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold),
+                               REFINE_HU if refine_hu is None else refine_hu)
     affine = grid.source_affine
     if body is None:
         body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine))

@@ -390,3 +390,15 @@ def test_length_checkers_fail_on_long_files_and_cells(tmp_path):
     cells = code_cells(nb.read_text())
     assert [(n, len(lines)) for n, lines in cells] == [(37, 20), (60, 21)]
     assert long_cells([nb], 20) == ["nb.py:60 (21 lines)"]
+
+
+def test_every_wing_is_a_package_the_installer_lists():
+    """A wing missing from pyproject's ``packages`` works in an editable install and is
+    absent from a built one (``lungseg_utils.runs`` was, until issue #26's review)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in
+             (ROOT / "lungseg_utils").rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert listed == found

@@ -33,7 +33,7 @@ from .values_studies import (
     robustness_numbers,
     seed_numbers,
 )
-from ..inference import FLIPS, REFINE_HU
+from ..inference import FLIPS, REFINE_HU, REFINE_HU_MODEL_GRID
 from ..anatomy import classical_lung_mask
 
 #: The result files of a run that the report reads.
@@ -209,6 +209,7 @@ def report_numbers(results_dir=None, figures_dir=None) -> dict:
                  "extent_mm": fmt_number(config.MODEL_SHAPE[0] * config.MODEL_SPACING_MM, 0),
                  "hu_low": fmt_number(hu[0], 0), "hu_high": fmt_number(hu[1], 0),
                  "tta_flips": str(len(FLIPS)), "refine_hu": fmt_number(REFINE_HU, 0),
+                 "refine_hu_64": fmt_number(REFINE_HU_MODEL_GRID, 0),
                  "classical_hu": fmt_number(_default(classical_lung_mask, "threshold_hu"), 0),
                  "n_boot": f"{_default(metrics.paired_bootstrap_ci, 'n_boot'):,}".replace(",", " ")},
         "n_cases": {k: str(len(raw["split"][k])) for k in ("train", "val", "test")}
