@@ -173,19 +173,3 @@ class LungDataset(keras.utils.PyDataset):
     def on_epoch_end(self):
         if not self.endless:
             self.epoch += 1
-
-
-class EpochSetter(keras.callbacks.Callback):
-    """Tell a :class:`LungDataset` which epoch ``fit`` is in, before the epoch's batches.
-
-    Keras calls the dataset's ``on_epoch_end`` once before training starts, and a resumed
-    run starts at a later epoch; with this callback the augmentation of epoch e is the same
-    in a resumed run as in an uninterrupted one.
-    """
-
-    def __init__(self, dataset: LungDataset):
-        super().__init__()
-        self.dataset = dataset
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.dataset.epoch = int(epoch)

@@ -305,20 +305,9 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
     if body is None:
         body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine))
     mask = (mask.astype(bool) & body).astype(np.uint8)
-    voxel_ml = float(np.prod(geometry.spacing_from_affine(affine))) / 1000.0
-    if mask.sum() * voxel_ml < MIN_LUNG_ML:
+    if mask.sum() * geometry.voxel_volume_ml(affine) < MIN_LUNG_ML:
         mask = np.zeros_like(mask)
     return {"prob": prob, "mask_network": mask_network, "mask": mask, "body": body}
-
-
-def predict_case(case, model=None, forward=None, **kwargs) -> dict:
-    """:func:`predict_volume` for a :class:`~lungseg_utils.dataio.Case` or a path (file or folder)."""
-    if not isinstance(case, dataio.Case):
-        ct, affine, header = dataio.load_ct(case)
-        case = dataio.Case(Path(case).name, ct, None, affine, geometry.spacing_from_affine(affine), Path(case), header)
-    if forward is None:
-        forward = compiled_forward(model if model is not None else load_model())
-    return predict_volume(forward, case.ct_hu, case.affine, **kwargs)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,6 @@ def window_normalise(ct_hu: np.ndarray, hu_window=HU_WINDOW) -> np.ndarray:
     return (np.clip(ct_hu, lo, hi) - lo) / (hi - lo)     # float32: lo, hi are Python floats
 
 
-def denormalise(x01: np.ndarray, hu_window=HU_WINDOW) -> np.ndarray:
-    """Inverse of :func:`window_normalise` inside the window: [0, 1] back to HU (float32)."""
-    lo, hi = float(hu_window[0]), float(hu_window[1])
-    return (np.asarray(x01, dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
-
-
 def binarise_mask(mask: np.ndarray) -> np.ndarray:
     """Any label > 0 is lung: returns uint8 {0, 1} of the same shape."""
     return (np.asarray(mask) > 0).astype(np.uint8)

@@ -17,7 +17,7 @@ MaxPool3D. Only the storage changes.
 
 from __future__ import annotations
 
-import io as _bytes_io
+import io
 import zipfile
 from pathlib import Path
 
@@ -53,20 +53,6 @@ def _copy_h5(src, dst, dtype: str) -> int:
     return converted
 
 
-def weights_dtype(path) -> str:
-    """The dtype the float weights of a ``.keras`` file are stored in: ``"float32"``,
-    ``"float16"``, or ``"mixed"``."""
-    import h5py
-
-    path = Path(path)
-    with zipfile.ZipFile(path) as archive, h5py.File(
-            _bytes_io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r") as h5:
-        found = set()
-        h5.visititems(lambda _, item: found.add(str(item.dtype)) if isinstance(
-            item, h5py.Dataset) and item.dtype.kind == "f" else None)
-    return found.pop() if len(found) == 1 else ("mixed" if found else "float32")
-
-
 def convert_weights(path, dtype: str = "float16") -> int:
     """Rewrite the weights of the ``.keras`` archive ``path`` in place (atomically): every
     float32 or float16 array stored as ``dtype`` (``"float16"`` or ``"float32"``). The
@@ -87,8 +73,8 @@ def convert_weights(path, dtype: str = "float16") -> int:
     with dataio.atomic_write(path, overwrite=True) as tmp, zipfile.ZipFile(tmp, "w") as out:
         for info, data in entries:
             if info.filename == WEIGHTS_ENTRY:
-                buffer = _bytes_io.BytesIO()
-                with h5py.File(_bytes_io.BytesIO(data), "r") as src, h5py.File(buffer, "w") as dst:
+                buffer = io.BytesIO()
+                with h5py.File(io.BytesIO(data), "r") as src, h5py.File(buffer, "w") as dst:
                     converted = _copy_h5(src, dst, dtype)
                 data = buffer.getvalue()
             out.writestr(info, data)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lungseg_utils import dataset, dataio, preprocess
-from lungseg_utils.dataset import EpochSetter, LungDataset, load_training_arrays
+from lungseg_utils.dataset import LungDataset, load_training_arrays
 from lungseg_utils.errors import LungsegInputError
 from _shared import THRESHOLD, blob_phantom
 
@@ -111,22 +111,6 @@ def test_load_training_arrays_needs_the_model_grid(demo_data, tmp_path):
     dataio.save_nifti(case.mask[:32], case.affine, small / dataio.MASK_NAME)
     with pytest.raises(LungsegInputError, match="model grid"):
         load_training_arrays([small])
-
-
-def test_epoch_setter_keeps_worker_threads_in_step_with_fit():
-    x, y = _arrays(4)
-    ds = LungDataset((x, y), batch_size=2, seed=0, workers=2, use_multiprocessing=False)
-    seen = []
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append((epoch, ds.epoch))
-
-    inp = keras.Input((64, 64, 64, 1))
-    m = keras.Model(inp, keras.layers.Conv3D(1, 1, activation="sigmoid")(inp))
-    m.compile("sgd", "mse")
-    m.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[EpochSetter(ds), Record()])
-    assert seen == [(0, 0), (1, 1)]
 
 
 def test_endless_stream_is_fixed_by_the_index_alone():

@@ -25,11 +25,11 @@ def tiny_model_file(tmp_path):
 
 def test_float16_storage_halves_the_weights_and_loads_with_plain_keras(tiny_model_file):
     keras, model, path = tiny_model_file
-    assert storage.weights_dtype(path) == "float32"
+    assert compact.weights_dtype(path) == "float32"
     size32 = path.stat().st_size
     n = storage.convert_weights(path, "float16")
     assert n == len(model.weights)                        # every float32 array converted
-    assert storage.weights_dtype(path) == "float16"
+    assert compact.weights_dtype(path) == "float16"
     saved = size32 - path.stat().st_size                    # 2 of each weight's 4 bytes
     assert 0.95 * 2 * model.count_params() <= saved <= 2 * model.count_params()
     with zipfile.ZipFile(path) as archive:                 # still a whole .keras archive
@@ -65,7 +65,7 @@ def test_compact_model_file_drops_the_optimizer_and_halves_the_weights(tiny_mode
     n_bytes = path.stat().st_size                          # moments gone, weights halved
     # Adam's two moments (8 bytes a weight) gone, and 2 of each weight's own 4 bytes:
     assert with_optimizer - n_bytes >= 0.95 * (8 + 2) * model.count_params()
-    assert storage.weights_dtype(path) == "float16"
+    assert compact.weights_dtype(path) == "float16"
     keras.saving.load_model(path)
     storage.compact_model_file(path.with_name("missing.keras"))   # a missing file: no-op
     assert not path.with_name("missing.keras").exists()
@@ -82,7 +82,7 @@ def test_compact_ensemble_updates_the_manifest_and_records_each_case(smoke_cv, d
     for m in manifest["members"]:                          # the manifest still tells the truth
         assert dataio.file_sha256(folder / m["file"]) == m["sha256"]
         assert (folder / m["file"]).stat().st_size == m["bytes"]
-        assert storage.weights_dtype(folder / m["file"]) == "float16"
+        assert compact.weights_dtype(folder / m["file"]) == "float16"
     held_out = sorted(c for m in manifest["members"] for c in m["test"])
     assert sorted(r["case_id"] for r in result["rows"]) == held_out
     assert result["bytes_after"] < result["bytes_before"]

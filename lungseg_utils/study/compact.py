@@ -10,13 +10,29 @@ with its cost in Dice beside it::
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import experiments, inference, dataio, metrics
 from ..errors import LungsegInputError, run_command
-from ..storage import STORAGE_DTYPES, convert_weights, weights_dtype
+from ..storage import STORAGE_DTYPES, WEIGHTS_ENTRY, convert_weights
+
+
+def weights_dtype(path) -> str:
+    """The dtype the float weights of a ``.keras`` file are stored in: ``"float32"``,
+    ``"float16"``, or ``"mixed"``."""
+    import h5py
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive, h5py.File(
+            io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r") as h5:
+        found = set()
+        h5.visititems(lambda _, item: found.add(str(item.dtype)) if isinstance(
+            item, h5py.Dataset) and item.dtype.kind == "f" else None)
+    return found.pop() if len(found) == 1 else ("mixed" if found else "float32")
 
 
 def member_scores(model_path, case_ids, folders: dict) -> dict:
