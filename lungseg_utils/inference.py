@@ -26,10 +26,6 @@ from .errors import LungsegInputError
 #: The 8 flip combinations of the three axes (the first is the identity).
 FLIPS = [tuple(a for a, f in zip(range(3), bits) if f) for bits in itertools.product((0, 1), repeat=3)]
 MODEL_FILE = "best_model.keras"
-#: The inference command predicts up to this many scans eagerly, more through a traced graph
-#: (:func:`compiled_forward`): measured on an AVX2 CPU with the three-member reference, the
-#: trace costs 3.5 s once and saves about 0.9 s a scan.
-EAGER_MAX_SCANS = 3
 MANIFEST = "manifest.json"
 
 

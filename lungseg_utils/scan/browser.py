@@ -136,10 +136,10 @@ def unet_predictor(run_dir, tta: bool = True):
 
     def predict(ct_hu, affine) -> dict:
         from .. import geometry, inference
+        from .runtime import ensemble_forward
 
         if "forward" not in state:
-            state["forward"] = inference.compiled_forward(inference.load_model(run_dir),
-                                                          compile=False)
+            state["forward"] = ensemble_forward(run_dir)
         res = inference.predict_volume(state["forward"], ct_hu, affine, tta=tta)
         unc = geometry.from_model_grid(res["std64"], res["grid"]) if tta else None
         return {"mask": res["mask"], "uncertainty": unc,

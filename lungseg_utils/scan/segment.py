@@ -24,15 +24,8 @@ from . import outputs, quality, reader
 from .sides import UNKNOWN_SIDE, split_left_right
 from .dicom import series_choice_line
 from ..errors import LungsegInputError, run_command
-from ..inference import (
-    EAGER_MAX_SCANS,
-    MANIFEST,
-    REFINE_HU,
-    compiled_forward,
-    load_model,
-    predict_volume,
-    resolve_model_path,
-)
+from ..inference import MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume, resolve_model_path
+from .runtime import ensemble_forward
 
 
 def _is_dicom_scan(folder: Path) -> bool:
@@ -172,9 +165,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--postprocess", action="store_true",
                    help="keep the one or two largest components and fill holes")
     p.add_argument("--no_refine", action="store_true",
-                   help="keep the boundary as the 5 mm model grid drew it (by default, on a "
-                        "scan finer than 5 mm, voxels within 5 mm of the boundary are "
-                        f"redrawn: lung if below {REFINE_HU:.0f} HU)")
+                   help="keep the boundary as the 5 mm model grid drew it (by default it is "
+                        "redrawn from the image: on a scan finer than 5 mm, voxels within 5 mm "
+                        f"of it are lung if below {REFINE_HU:.0f} HU; on a 64^3, 5 mm scan, "
+                        f"voxels just outside it if below {REFINE_HU_MODEL_GRID:.0f} HU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--verbose", action="store_true",
                    help="also say on stderr what start-up and each scan cost ('timing NAME "
@@ -200,10 +194,8 @@ def run(args) -> int:
     config.import_keras_quietly()
     timing("keras_import", t0)
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    forward = ensemble_forward(args.model)          # built once, traced at the first scan
     timing("model_load", t0)
-    # Tracing the graph costs more than it saves for a few scans (module docstring).
-    forward = compiled_forward(model, compile=len(jobs) > EAGER_MAX_SCANS, members=True)
     from tqdm import tqdm          # the text bar: messages written through it keep their lines
 
     failed, summaries = [], []

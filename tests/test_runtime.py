@@ -1,0 +1,74 @@
+"""The scan tool's runtime (issue #28): the ensemble built once, its members' weights read
+into it, one traced function of (weights, input): the same probabilities as the members
+loaded one by one, under the CPU's precision or any other."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lungseg_utils import config, dataio, inference
+from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.scan import runtime
+
+
+def _ensemble(folder, smoke_model_path, other=None):
+    """A two-member ensemble folder: the smoke model and a re-initialised copy (``other``:
+    another model for the second member)."""
+    keras = config.import_keras_quietly()
+    folder.mkdir()
+    shutil.copyfile(smoke_model_path, folder / "fold_0.keras")
+    second = other or keras.models.clone_model(inference.load_model(smoke_model_path))
+    second.save(folder / "fold_1.keras")
+    entries = [{"file": f, "sha256": dataio.file_sha256(folder / f)}
+               for f in ("fold_0.keras", "fold_1.keras")]
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
+    return folder
+
+
+def test_one_network_with_each_member_s_weights_gives_each_member_s_probability(
+        smoke_model_path, tmp_path):
+    folder = _ensemble(tmp_path / "ensemble", smoke_model_path)
+    x = np.random.default_rng(0).random((2, 64, 64, 64, 1)).astype(np.float32)
+    expected = inference.compiled_forward(inference.load_model(folder), members=True)(x)
+    assert not np.allclose(expected[0], expected[1])
+    forward = runtime.ensemble_forward(folder, policy="float32")
+    got = forward(x)
+    assert got.shape == (2, 2, 64, 64, 64, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(forward(x[:1]), expected[:, :1], rtol=1e-5, atol=1e-6)
+    mean = runtime.ensemble_forward(folder, members=False, policy="float32")(x)
+    np.testing.assert_allclose(mean, expected.mean(axis=0), rtol=1e-5, atol=1e-6)
+    # bfloat16 (where a CPU computes it, the default): close, not equal
+    bf16 = runtime.ensemble_forward(folder, policy="mixed_bfloat16")(x)
+    assert np.abs(bf16 - expected).max() < 0.05
+
+
+def test_the_precision_changes_every_layer_but_the_input_and_the_output(smoke_model_path):
+    network = runtime.architecture(smoke_model_path)
+    mixed = runtime.with_policy(network, "mixed_bfloat16")
+    names = {layer["config"]["name"]: layer["config"].get("dtype", {}) for layer in
+             mixed["config"]["layers"]}
+    found = mixed["config"]["output_layers"]
+    output = found[0] if isinstance(found[0], str) else found[0][0]
+    policies = {n: d["config"]["name"] for n, d in names.items() if isinstance(d, dict)
+                and d.get("class_name") == "DTypePolicy"}
+    assert policies[output] == "float32"
+    assert {p for n, p in policies.items() if n != output} == {"mixed_bfloat16"}
+    assert runtime.with_policy(mixed, "float32") == runtime.with_policy(network, "float32")
+    assert runtime.inference_policy() == config.training_precision("auto")
+
+
+def test_members_are_checked_and_another_architecture_still_runs(smoke_model_path, tmp_path):
+    from lungseg_utils import unet
+
+    folder = _ensemble(tmp_path / "mixed", smoke_model_path,
+                       other=unet.build_unet(base_filters=2, depth=1))
+    x = np.random.default_rng(1).random((1, 64, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(runtime.ensemble_forward(folder)(x),
+                               inference.compiled_forward(inference.load_model(folder),
+                                                          members=True)(x), atol=1e-6)
+    shutil.copyfile(folder / "fold_0.keras", folder / "fold_1.keras")
+    with pytest.raises(LungsegInputError, match=r"fold_1\.keras: its SHA-256 differs"):
+        runtime.ensemble_forward(folder)
