@@ -83,11 +83,11 @@ def reference_info(previous: dict | None = None) -> dict:
         if (previous or {}).get("time_to_dice"):
             out["time_to_dice"] = {**previous["time_to_dice"], "from_earlier_reference": True}
     elif log_csv.exists():
-        log = [row["val_dice"] for row in values.read_training_log(log_csv)]
+        rows = values.read_training_log(log_csv)      # val_dice: validated epochs only
+        log = {r["epoch"] + 1: r["val_dice"] for r in rows if "val_dice" in r}
         out["time_to_dice"] = {
-            **ORIGINAL, "reference_epochs": len(log), "best_val_dice": max(log),
-            "reach_epoch": next((i + 1 for i, d in enumerate(log) if d >= ORIGINAL["val_dice"]),
-                                None),
+            **ORIGINAL, "reference_epochs": len(rows), "best_val_dice": max(log.values()),
+            "reach_epoch": next((e for e, d in log.items() if d >= ORIGINAL["val_dice"]), None),
             "reference_steps_per_epoch": math.ceil((s["samples_per_epoch"] or 7) / s["batch_size"]),
             "same_network": all(config.get_profile("full")[k] == s[k]
                                 for k in ("base_filters", "depth", "norm", "use_transpose"))}

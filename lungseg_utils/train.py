@@ -192,10 +192,19 @@ def progress(settings: dict, verbose) -> tuple[int, list]:
 
 def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2):
     """``model.fit`` over the run's epochs: one pass of ``train_ds`` an epoch, ``val_ds``
-    scored after each, ``callbacks`` called at every step of the way. Returns the History."""
+    scored after the epochs of :func:`validation_epochs`, ``callbacks`` called at every step
+    of the way. Returns the History."""
     return model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                      steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=verbose,
-                     shuffle=False)
+                     shuffle=False, validation_freq=validation_epochs(settings))
+
+
+def validation_epochs(settings: dict) -> list[int]:
+    """The epochs (1-based) after which the validation cases are scored: every
+    ``validate_every``-th, the first and the last (a log has its columns from the start and
+    its last value). Epochs without are ``NA`` in ``training_log.csv``."""
+    epochs, every = int(settings["epochs"]), max(1, int(settings.get("validate_every") or 1))
+    return sorted({1, epochs, *range(every, epochs + 1, every)})
 
 
 def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:

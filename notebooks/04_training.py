@@ -142,7 +142,10 @@ viz.show_code(train.make_callbacks)
 
 # %% [markdown]
 # `fit` then runs the epochs: one pass over the augmented training samples (notebook 03's
-# pipeline, drawn afresh every epoch), the validation cases scored after each.
+# pipeline, drawn afresh every epoch), the validation cases scored after the epochs
+# `train.validation_epochs` lists (the recipe: every 5th, the first and the last — as they
+# choose nothing, scoring them less often draws the same curve cheaper and trains the same
+# model).
 
 # %%
 viz.show_code(train.fit_model)
@@ -209,13 +212,14 @@ members = ensemble.member_runs(run)
 logs = [np.atleast_1d(np.genfromtxt(m / train.LOG_NAME, delimiter=",", names=True))
         for m in members]
 last = settings.get("checkpoint") == "last"   # the weights kept: the last, or the best val_loss
-kept = [len(log) - 1 if last else int(np.argmin(log["val_loss"])) for log in logs]
+kept = [len(log) - 1 if last else int(np.nanargmin(log["val_loss"])) for log in logs]
 fig, axes = plt.subplots(1, 2, figsize=(viz.COL_IN, 1.9))   # printed one column wide
 for i, (log, k) in enumerate(zip(logs, kept)):
     epoch, colour = log["epoch"] + 1, f"C{i}"
     for ax, key in zip(axes, ("loss", "dice")):
         ax.plot(epoch, log[key], color=colour, lw=0.9, label=f"member {i}" if i == 0 else str(i))
-        ax.plot(epoch, log[f"val_{key}"], color=colour, lw=0.9, ls="--")
+        scored = ~np.isnan(log[f"val_{key}"])    # epochs with validation (validate_every)
+        ax.plot(epoch[scored], log[f"val_{key}"][scored], color=colour, lw=0.9, ls="--")
         ax.plot(epoch[k], log[f"val_{key}"][k], "o", color=colour, ms=3.5)
 axes[0].set(xlabel="epoch", ylabel="Dice loss", yscale="log")
 axes[1].set(xlabel="epoch", ylabel="Dice", ylim=(0.5, 1.0))

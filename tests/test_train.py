@@ -265,3 +265,26 @@ def test_plan_epochs_fits_the_budget(monkeypatch):
     clock["calls"] = 0
     tiny = budget.plan_epochs(config.get_profile("quick", budget_min=0.1), Batches(), 3)
     assert tiny["epochs"] == 1                                  # at least one epoch
+
+
+def test_validating_less_often_logs_na_and_trains_the_same_model(demo_data, smoke_settings,
+                                                                  tmp_path):
+    """``validate_every`` (issue #26: the recipe validates every 5th epoch): validation
+    chooses nothing under the last-weights rule, so the weights are those of a run validated
+    after every epoch, and the log says NA where there was no validation."""
+    assert trainer.validation_epochs({"epochs": 10, "validate_every": 4}) == [1, 4, 8, 10]
+    runs = [trainer.train(demo_data, tmp_path / str(every), verbose=0, **{
+        **smoke_settings, "epochs": 3, "checkpoint": "last", "validate_every": every})
+        for every in (1, 3)]
+    rows = (runs[1] / trainer.LOG_NAME).read_text().splitlines()
+    assert "val_dice" in rows[0] and len(rows) == 4
+    assert [("NA" in r) for r in rows[1:]] == [False, True, False]
+    assert "NA" not in (runs[0] / trainer.LOG_NAME).read_text()
+    from lungseg_utils.report.values import read_training_log
+
+    assert ["val_dice" in r for r in read_training_log(runs[1] / trainer.LOG_NAME)] == [
+        True, False, True]
+    same = [keras.saving.load_model(r / "final_model.keras", compile=False).get_weights()
+            for r in runs]
+    for a, b in zip(*same):
+        np.testing.assert_array_equal(a, b)

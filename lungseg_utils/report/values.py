@@ -46,10 +46,11 @@ FEW_CASES = 5
 
 # ----------------------------------------------------------------------------- reading
 def read_training_log(path) -> list[dict]:
-    """Rows of a Keras ``CSVLogger`` file (a path) as dicts of floats (``epoch`` as int)."""
+    """Rows of a Keras ``CSVLogger`` file (a path) as dicts of floats (``epoch`` as int); an
+    epoch without validation (``validate_every``) has no ``val_*`` keys."""
     with open(path, newline="") as f:
         rows = [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
-                 if k is not None and v not in (None, "")} for row in csv.DictReader(f)]
+                 if k is not None and v not in (None, "", "NA")} for row in csv.DictReader(f)]
     if not rows:
         raise LungsegInputError(f"{path}: the training log has no rows.")
     for col in ("epoch", "loss", "val_loss", "val_dice"):
@@ -89,7 +90,7 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
     for an ensemble), its ``training_log.csv`` and ``test_metrics.json``: the schedule, the
     weights kept, the precision, where the weights started, the time and the versions."""
     settings = cfg["settings"]
-    best = min(log, key=lambda r: r["val_loss"])  # the checkpoint kept under "best"
+    best = min((r for r in log if "val_loss" in r), key=lambda r: r["val_loss"])  # under "best"
     wall_s = (test_metrics.get("training") or {}).get("wall_s_this_session")
     params = (cfg.get("model") or {}).get("params")
     lr, lr0 = log[-1].get("learning_rate"), log[0].get("learning_rate")
