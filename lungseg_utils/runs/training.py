@@ -159,6 +159,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"],
                    help="best_model.keras: the epoch with the lowest val_loss (with early "
                         "stopping), or the last epoch's weights (validation only logged)")
+    p.add_argument("--validate_every", type=int, metavar="N",
+                   help="score the validation cases after every Nth epoch (and the first and "
+                        "last; the main profile: 5); the model is the same")
     p.add_argument("--mixed_precision", action="store_true", default=None, help="bfloat16")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
                    help="0 silent, 1 progress bar of steps, 2 one line per epoch "
