@@ -284,7 +284,8 @@ def _details(e: dict, ref: dict) -> dict:
                   f"{_mib(nat['peak_rss_mib_no_tta'])} / {_mib(nat['peak_rss_mib'])}"})
         if "ensemble_total_s" in nat:
             ens, one = nat["ensemble_total_s"], nat["stages_s"]["total"]
-            d[f"Native scan: ensemble of {nat['ensemble_members']} (one graph) vs member 0"] = (
+            d[f"Native scan: ensemble of {nat['ensemble_members']} (the command's runtime) "
+              "vs member 0"] = (
                 f"{fmt_s(ens)} vs {fmt_s(one)} ({ens['median'] / one['median']:.2f}×), Dice "
                 f"{nat['dice_ensemble']:.4f} vs {nat['dice_single']:.4f}")
         if "ensemble_bf16_total_s" in nat:

@@ -173,9 +173,10 @@ def run_task(name: str, params: dict, env: dict, timeout_s: float = 1800) -> dic
     return result
 
 
-def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
-    """Every planned task under ``isa``: the entry for ``results["isa"][isa]``. A tiny run
-    only checks the code: it runs two tasks at a time and waits for nothing."""
+def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict, only=()) -> dict:
+    """Every planned task under ``isa`` (``only``: those keys): the entry for
+    ``results["isa"][isa]``. A tiny run only checks the code: it runs two tasks at a time
+    and waits for nothing."""
     t0, waited, env = time.perf_counter(), 0.0, ISA_ENV[isa]
 
     def one(key, task, params):
@@ -193,7 +194,7 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict) -> dict:
                   f"{result['other_load_cores']:.2f} cores during {key}")
         return result
 
-    todo = plan(ref, tiny, isa)
+    todo = [t for t in plan(ref, tiny, isa) if not only or t[0] in only]
     if tiny:  # two at a time
         with ThreadPoolExecutor(2) as pool:
             tasks = dict(zip([k for k, *_ in todo], pool.map(lambda a: one(*a), todo)))
@@ -227,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true", help="measure nothing, re-render")
     ap.add_argument("--job", type=Path, metavar="JOB_JSON",
                     help="measure nothing: add a make-all run's job.json, re-render")
+    ap.add_argument("--only", type=lambda s: s.split(","), default=(), metavar="KEY,...",
+                    help="measure these tasks only (e.g. native,cli), keep the column's others")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
                     help="wait up to S s in all for an idle CPU")
@@ -254,7 +257,10 @@ def main(argv=None) -> int:
                    **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
         ref = reference_info((results or {}).get("reference"))
         entries = merge(results, isa, args.tiny)
-        entries[isa] = entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref)
+        entries[isa] = entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref,
+                                       args.only)
+        if args.only and isa in (results or {}).get("isa", {}):     # the column's other tasks
+            entry["tasks"] = {**results["isa"][isa]["tasks"], **entry["tasks"]}
         entry["checks"], entry["machine"] = render.checks(entry, ref), machine
         results = {"schema": SCHEMA, "isa": entries,
                    "reference": {k: v for k, v in ref.items() if k not in ("split", "model_path")},

@@ -190,8 +190,10 @@ def task_inference(p) -> dict:
 
 def task_native(p) -> dict:
     """One native scan end to end as the command does it (load, predict_volume, save), without
-    and with TTA; the ``ensemble`` in one graph (``bf16``: also in bfloat16), time and Dice."""
+    and with TTA; the ``ensemble`` as the command runs it (``scan.runtime``, float32 and with
+    ``bf16`` bfloat16), time and Dice."""
     from lungseg_utils import dataio, inference, metrics
+    from lungseg_utils.scan import runtime
 
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
     case, reps = Path(p["case_dir"]), int(p["reps"])
@@ -209,15 +211,14 @@ def task_native(p) -> dict:
         plain = [once(False) for _ in range(reps + 1)][1:]             # the first: warm-up
         rss_plain = peak_rss_mib()
         tta = [once(True)[0][-1] for _ in range(reps + 1)][1:]
-        ens, model = {}, p.get("ensemble") and inference.load_model(p["ensemble"])
-        bf16 = p.get("bf16") and model and inference.Ensemble([_network(p["settings"], "bf16",
-            model_path=model.folder / m["file"]) for m in model.manifest["members"]], {}, None)
-        for tag, m in filter(lambda pair: pair[1], (("", model), ("_bf16", bf16))):
-            efwd, truth = inference.compiled_forward(m), dataio.load_case(case).mask
-            runs = [once(False, efwd) for _ in range(reps + 1)][1:]
-            ens.update({"ensemble_members": len(model), f"ensemble{tag}_total_s": summarise(
-                [r[0][-1] for r in runs]), "dice_single": metrics.dice(plain[-1][3], truth),
-                f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})
+        ens, policies = {}, ("float32", "mixed_bfloat16") if p.get("bf16") else ("float32",)
+        for tag, policy in zip(("", "_bf16"), policies if p.get("ensemble") else ()):
+            efwd = runtime.ensemble_forward(p["ensemble"], members=True, policy=policy)
+            runs, truth = [once(False, efwd) for _ in range(reps + 1)][1:], dataio.load_case(case).mask
+            ens.update({"ensemble_members": len(runtime.member_files(p["ensemble"])),
+                        f"ensemble{tag}_total_s": summarise([r[0][-1] for r in runs]),
+                        "dice_single": metrics.dice(plain[-1][3], truth),
+                        f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})
     stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
     _, shape, affine, _ = plain[-1]
     return {"case_id": case.name, "shape": list(shape),
