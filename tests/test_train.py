@@ -269,13 +269,14 @@ def test_plan_epochs_fits_the_budget(monkeypatch):
 
 def test_validating_less_often_logs_na_and_trains_the_same_model(demo_data, smoke_settings,
                                                                   tmp_path):
-    """``validate_every`` (issue #26: the recipe validates every 5th epoch): validation
-    chooses nothing under the last-weights rule, so the weights are those of a run validated
-    after every epoch, and the log says NA where there was no validation."""
+    """``validate_every`` and ``workers`` (issue #26: the recipe validates every 5th epoch and
+    augments in two threads): validation chooses nothing under the last-weights rule and each
+    batch is fixed by its index, so the weights are those of a run validated after every
+    epoch with one worker, and the log says NA where there was no validation."""
     assert trainer.validation_epochs({"epochs": 10, "validate_every": 4}) == [1, 4, 8, 10]
     runs = [trainer.train(demo_data, tmp_path / str(every), verbose=0, **{
-        **smoke_settings, "epochs": 3, "checkpoint": "last", "validate_every": every})
-        for every in (1, 3)]
+        **smoke_settings, "epochs": 3, "checkpoint": "last", "validate_every": every,
+        "workers": workers}) for every, workers in ((1, 1), (3, 2))]
     rows = (runs[1] / trainer.LOG_NAME).read_text().splitlines()
     assert "val_dice" in rows[0] and len(rows) == 4
     assert [("NA" in r) for r in rows[1:]] == [False, True, False]
