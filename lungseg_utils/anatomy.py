@@ -50,17 +50,34 @@ def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
         return np.zeros(mask.shape, bool)
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][:max(int(max_components), 1)]
-    keep = [i + 1 for i in order
-            if sizes[i] >= max(min_fraction * sizes[order[0]], min_voxels, 1)]
-    return np.isin(labels, keep)
+    keep = np.zeros(n + 1, bool)                  # a look-up table: label -> kept
+    keep[[i + 1 for i in order if sizes[i] >= max(min_fraction * sizes[order[0]],
+                                                  min_voxels, 1)]] = True
+    return keep[labels]
+
+
+def holes(mask, in_slices: bool = False) -> np.ndarray:
+    """The background a 3D ``mask`` encloses: background voxels that no path of face
+    neighbours joins to the array's border; with ``in_slices``, within each slice across the
+    last axis. What ``scipy.ndimage.binary_fill_holes`` fills (slice by slice), found in one
+    labelling of the background. Returns bool, the mask's shape."""
+    cross = ndi.generate_binary_structure(3, 1)
+    if in_slices:
+        cross[:, :, [0, 2]] = False
+    labels, n = ndi.label(~np.asarray(mask, bool), cross)
+    border = np.zeros(n + 1, bool)
+    faces = [labels[[0, -1]], labels[:, [0, -1]]] + ([] if in_slices else [labels[..., [0, -1]]])
+    for face in faces:
+        border[face] = True
+    border[0] = True                              # label 0: the mask itself
+    return ~border[labels]
 
 
 def fill_holes(mask, axis: int = 2) -> np.ndarray:
     """Fill enclosed holes in 3D, then in every slice across ``axis``. Returns bool."""
-    out = np.moveaxis(ndi.binary_fill_holes(np.asarray(mask) != 0), axis, -1)
-    for z in np.flatnonzero(out.any(axis=(0, 1))):
-        out[:, :, z] = ndi.binary_fill_holes(out[:, :, z])
-    return np.moveaxis(out, -1, axis)
+    out = np.asarray(mask) != 0
+    out = np.moveaxis(out | holes(out), axis, -1)
+    return np.moveaxis(out | holes(out, in_slices=True), -1, axis)
 
 
 def postprocess_lungs(mask, max_components: int = 2, min_fraction: float = 0.1,
@@ -123,18 +140,17 @@ def body_mask(ct_hu, threshold_hu: float = -400.0, axis: int = 2) -> np.ndarray:
     """
     air = np.moveaxis(np.asarray(ct_hu) < threshold_hu, axis, -1)
     body = largest_components(~air, 1, connectivity=1)
-    inside = np.zeros(air.shape, bool)
+    closed = np.pad(body, ((1, 1), (1, 1), (0, 0)))
     for z in np.flatnonzero(body.any(axis=(0, 1))):
         cut = body[:, :, z]
-        closed = np.pad(cut, 1)
         for ax in (0, 1):
             for side in (0, -1):
                 hits = np.flatnonzero(np.take(cut, side, axis=ax))
                 if hits.size:                 # close the padding along this edge's contacts
-                    edge = [slice(None), slice(None)]
+                    edge = [slice(None), slice(None), z]
                     edge[ax], edge[1 - ax] = side, slice(hits[0] + 1, hits[-1] + 2)
                     closed[tuple(edge)] = True
-        inside[:, :, z] = ndi.binary_fill_holes(closed)[1:-1, 1:-1]
+    inside = (closed | holes(closed, in_slices=True))[1:-1, 1:-1]
     return np.moveaxis(inside, -1, axis)
 
 
@@ -177,7 +193,7 @@ def airway(cand, spacing_mm, max_area_mm2: float = 1000.0, seed_depth_mm: float 
 
 # ----------------------------------------------------------------------------- baseline
 def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
-                        rim_hu: float | None = -300.0, axis: int = 2) -> np.ndarray:
+                        rim_hu: float | None = -300.0, axis: int = 2, body=None) -> np.ndarray:
     """Non-learning lung segmentation: threshold, body, airways, components, holes.
 
     Steps: (1) air = HU below ``threshold_hu``; (2) keep the air that the body encloses in
@@ -188,12 +204,13 @@ def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
     dependent, denser lung at the edge), then fill holes again.
 
     ct_hu : ndarray (X, Y, Z), HU; spacing_mm : 3 floats; axis : the head-foot axis (head
-    at high indices). Returns uint8 {0, 1}, same shape as ``ct_hu``.
+    at high indices); body : bool (X, Y, Z), ``body_mask(ct_hu, threshold_hu, axis)`` where
+    already made. Returns uint8 {0, 1}, same shape as ``ct_hu``.
     """
     ct = np.asarray(ct_hu, dtype=np.float32)
     if ct.ndim != 3:
         raise LungsegInputError(f"ct_hu must be 3D, got shape {ct.shape}.")
-    inside = body_mask(ct, threshold_hu, axis)
+    inside = body_mask(ct, threshold_hu, axis) if body is None else np.asarray(body, bool)
     cand = (ct < threshold_hu) & inside
     airways = airway(cand, spacing_mm, axis=axis)
     lungs = postprocess_lungs(cand & ~airways, axis=axis) > 0

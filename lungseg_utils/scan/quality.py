@@ -83,10 +83,11 @@ def members_agreement(members64, threshold: float = 0.5) -> float:
     return float(min(pairs)) if pairs else float("nan")
 
 
-def baseline_mask(ct_hu, affine) -> np.ndarray:
-    """The classical baseline's lung mask (uint8 (X, Y, Z)) for a CT on its own grid."""
+def baseline_mask(ct_hu, affine, body=None) -> np.ndarray:
+    """The classical baseline's lung mask (uint8 (X, Y, Z)) for a CT on its own grid
+    (``body``: its body mask where already made, as the prediction's ``"body"``)."""
     return anatomy.classical_lung_mask(ct_hu, geometry.spacing_from_affine(affine),
-                                       axis=geometry.axial_axis(affine))
+                                       axis=geometry.axial_axis(affine), body=body)
 
 
 def baseline_agreement(mask, ct_hu, affine, baseline=None) -> float:

@@ -18,7 +18,9 @@ ensemble whose members differ in architecture, or another Keras backend, falls b
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -74,16 +76,44 @@ def member_files(path=None) -> list[Path]:
     return files
 
 
-def member_weights(model, files) -> list[tuple[list, list]]:
-    """Each file's weights read into ``model`` in turn, kept as float32 arrays:
-    ``[(trainable, non_trainable), ...]`` in ``model``'s variable order."""
-    weights = []
-    for file in files:
-        model.load_weights(file)
-        weights.append(tuple([np.asarray(v.numpy(), np.float32) for v in variables]
-                             for variables in (model.trainable_variables,
-                                               model.non_trainable_variables)))
-    return weights
+def store_keys(model) -> list[str]:
+    """The name each of ``model.layers`` has in a ``.keras`` archive's weights file, as Keras
+    saves them: the class name in snake case, numbered from the second on (``conv3d``,
+    ``conv3d_1`` ...)."""
+    used, keys = {}, []
+    for layer in model.layers:
+        name = re.sub(r"\W+", "", type(layer).__name__)
+        name = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)).lower()
+        used[name] = used.get(name, -1) + 1
+        keys.append(f"{name}_{used[name]}" if used[name] else name)
+    return keys
+
+
+def member_weights(model, file) -> tuple[list, list]:
+    """One member's weights, float32, in ``model``'s variable order (trainable, then the
+    rest), read straight from the archive's HDF5 file (``layers/KEY/vars/I``,
+    :func:`store_keys`): 0.04 s a member against 0.7 s for Keras's ``load_weights``, which
+    is used instead where the file is laid out otherwise."""
+    import h5py
+
+    values = {}
+    with zipfile.ZipFile(file) as archive, h5py.File(
+            io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+        for layer, key in zip(model.layers, store_keys(model)):
+            own = layer.trainable_weights + layer.non_trainable_weights
+            stored = h5.get(f"layers/{key}/vars") if own else {}
+            arrays = [stored[str(i)][()].astype(np.float32) for i in range(len(own))   # numpy casts
+                      if stored is not None and str(i) in stored]
+            if stored is None or len(stored) != len(own) or any(
+                    a.shape != tuple(v.shape) for a, v in zip(arrays, own)):
+                model.load_weights(file)                       # another layout: Keras reads it
+                return tuple([np.asarray(v.numpy(), np.float32) for v in variables] for variables
+                             in (model.trainable_variables, model.non_trainable_variables))
+            values.update({id(v): a for v, a in zip(own, arrays)})
+    # every trained weight comes from the file; other state (a dropout layer's seed, unused
+    # at inference) is the freshly built network's
+    return ([values[id(v)] for v in model.trainable_variables],
+            [values.get(id(v), np.asarray(v.numpy())) for v in model.non_trainable_variables])
 
 
 def ensemble_forward(path=None, members: bool = True, policy: str | None = None):
@@ -107,8 +137,8 @@ def ensemble_forward(path=None, members: bool = True, policy: str | None = None)
 
     model = keras.saving.deserialize_keras_object(with_policy(networks[0],
                                                               policy or inference_policy()))
-    weights = [tuple([tf.constant(a) for a in arrays] for arrays in pair)
-               for pair in member_weights(model, files)]
+    weights = [tuple([tf.constant(a) for a in arrays] for arrays in member_weights(model, f))
+               for f in files]
 
     @tf.function(reduce_retracing=True, jit_compile=False)
     def one(trainable, non_trainable, x):

@@ -220,7 +220,9 @@ def run(args) -> int:
                     "body cut off at the scan's side: no midline to place it by); run with "
                     "--labels lung.")
             mask = sides if args.labels == "lr" else res["mask"]
-            summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"])
+            baseline = res["mask"].any() and quality.baseline_mask(ct, affine, res["body"])
+            summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"],
+                                           baseline)
             summary = {"case": name, "input": {**info, "orientation": "".join(
                            nib.aff2axcodes(affine))}, "model": model_info,
                        "threshold": args.thr, "tta": args.tta, "labels": args.labels,
