@@ -57,10 +57,8 @@ def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
 
 
 def holes(mask, in_slices: bool = False) -> np.ndarray:
-    """The background a 3D ``mask`` encloses: background voxels that no path of face
-    neighbours joins to the array's border; with ``in_slices``, within each slice across the
-    last axis. What ``scipy.ndimage.binary_fill_holes`` fills (slice by slice), found in one
-    labelling of the background. Returns bool, the mask's shape."""
+    """What ``scipy.ndimage.binary_fill_holes`` fills in a 3D ``mask`` (``in_slices``: in each
+    slice across the last axis), found in one labelling of the background. Returns bool."""
     cross = ndi.generate_binary_structure(3, 1)
     if in_slices:
         cross[:, :, [0, 2]] = False

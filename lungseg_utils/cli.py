@@ -93,5 +93,12 @@ def main(argv=None) -> int:
     return module.main(rest, prog=f"lungseg {name}")
 
 
+def entry() -> None:
+    """The installed ``lungseg`` script: :func:`main`, then ``scan.runtime.exit_now``."""
+    from .scan.runtime import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -109,12 +109,9 @@ DEFAULTS = dict(
 #: epochs (the same model on a busy or an idle machine), a warm-up then a cosine schedule,
 #: bfloat16 where the CPU computes it natively, and from the first epoch the augmentation
 #: along the axes real scans differ (rotation and scaling, z-crop, HU recalibration, blur,
-#: thick slices), the last weights of each of ``folds`` cross-validation members. With the
-#: last weights kept and a fixed schedule, validation chooses nothing: scoring the held-out
-#: cases every 5th epoch draws the same learning curve at a fifth of the cost, and two threads
-#: that augment the next batch while the network trains on this one (each batch is fixed by
-#: its index) train the same model (``tests/test_train.py``): 7.3 s an epoch instead of 9.4
-#: (2 AVX-512 cores).
+#: thick slices), the last weights of each of ``folds`` cross-validation members. Validation
+#: every 5th epoch and two augmenting threads train the same model (``tests/test_train.py``)
+#: in 7.3 s an epoch instead of 9.4 (2 AVX-512 cores).
 _RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
                learning_rate=2e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
                mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,

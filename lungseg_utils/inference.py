@@ -98,18 +98,13 @@ def load_model(path=None):
     return _load_keras(path)
 
 
-def compiled_forward(model, compile: bool = True, members: bool = False):
+def compiled_forward(model, members: bool = False):
     """A fast forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> ndarray``.
 
     ``model``: a Keras model or an :class:`Ensemble`, whose members' probabilities are
     averaged in the same compiled graph. ``model.predict`` sets up a data pipeline on every
     call (0.67 s for one volume here); a direct call under the backend's compiler takes
     half that (0.31 s). Falls back to ``predict_on_batch`` on other backends.
-
-    ``compile=False`` calls the members eagerly instead: no graph is traced, which costs
-    seconds before the first prediction (3.5 s for the three-member reference on an AVX2
-    CPU) but saves a little on every later call, so it pays for a process that predicts
-    only a few volumes (the inference command on one scan) and not for a long one.
 
     ``members=True`` returns each member's probability, stacked: (M, b, 64, 64, 64, 1), at
     the same cost; :func:`predict_prob64` averages them and can return them too.
@@ -121,8 +116,6 @@ def compiled_forward(model, compile: bool = True, members: bool = False):
         stacked = keras.ops.stack([m(x, training=False) for m in models])
         return stacked if members else keras.ops.mean(stacked, axis=0)
 
-    if not compile:
-        return lambda x: np.asarray(mean(np.asarray(x, np.float32)))
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -272,13 +265,10 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
     """The model-grid probability back on the input's grid, thresholded and (with
     ``refine``) its boundary redrawn from the image.
 
-    On a grid finer than the model's, within about 5 mm of the boundary a voxel is lung if
-    darker than ``refine_hu`` (default :data:`REFINE_HU`). On the model grid itself (a 64^3,
-    5 mm input, like the course data) only the voxels just outside the network's boundary
-    are looked at, with ``refine_hu`` default :data:`REFINE_HU_MODEL_GRID`: the course masks
-    call a 5 mm voxel lung when more than half of it is, and the network draws its boundary
-    a little inside that (out of fold it under-counts the volume by about 1 %); a neighbour
-    darker than the threshold is mostly air, so lung.
+    On a grid finer than the model's, a voxel within about 5 mm of the boundary is lung if
+    darker than ``refine_hu`` (default :data:`REFINE_HU`); on the model grid itself, a voxel
+    just outside the boundary (the network draws it a little inside the course masks') if
+    darker than ``refine_hu`` (default :data:`REFINE_HU_MODEL_GRID`): mostly air, so lung.
 
     The mask is then kept to the patient's body (``body``: bool, the input's shape, as
     :func:`lungseg_utils.anatomy.body_mask` gives it; computed here when None): the network

@@ -201,8 +201,7 @@ def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=
 
 def validation_epochs(settings: dict) -> list[int]:
     """The epochs (1-based) after which the validation cases are scored: every
-    ``validate_every``-th, the first and the last (a log has its columns from the start and
-    its last value). Epochs without are ``NA`` in ``training_log.csv``."""
+    ``validate_every``-th, the first and the last; the others are ``NA`` in the log."""
     epochs, every = int(settings["epochs"]), max(1, int(settings.get("validate_every") or 1))
     return sorted({1, epochs, *range(every, epochs + 1, every)})
 

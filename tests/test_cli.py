@@ -59,7 +59,7 @@ def scripts(tmp_path_factory):
 
 
 def test_every_installed_script_answers_help(scripts):
-    assert "lungseg" in SCRIPTS and SCRIPTS["lungseg"] == "lungseg_utils.cli:main"
+    assert "lungseg" in SCRIPTS and SCRIPTS["lungseg"] == "lungseg_utils.cli:entry"
     for name, target in SCRIPTS.items():
         module, func = target.split(":")
         # an install older than pyproject.toml would run another function: reinstall

@@ -11,6 +11,7 @@ It imports the core, never the other way. Imports only go down this list:
 ``sides``      the right and the left lung: a lung mask split by the patient's side
 ``quality``    a segmented scan's volumes, right/left and quality flag
 ``dicom_seg``  the mask as a DICOM Segmentation object (highdicom)
+``runtime``    the ensemble built once and traced once: a scan at the warm speed
 ``segment``    the inference command: a scan in; masks, summary, flag out
 ``lctsc``      the whole LCTSC from TCIA, converted into this project's layouts
 ``browser``    the viewer app's case browser: any scan, segmented on demand

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -150,3 +152,15 @@ def ensemble_forward(path=None, members: bool = True, policy: str | None = None)
         return stacked if members else stacked.mean(axis=0)
 
     return forward
+
+
+def exit_now(code: int):
+    """End a command's process with ``code``: where TensorFlow is loaded, at once once
+    stdout and stderr are flushed (its thread pools take about a second to tear down after
+    every output is written); otherwise as ``sys.exit`` does. For a command's ``__main__``
+    and console script only, never inside a notebook or a test."""
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))

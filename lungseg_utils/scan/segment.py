@@ -25,7 +25,7 @@ from .sides import UNKNOWN_SIDE, split_left_right
 from .dicom import series_choice_line
 from ..errors import LungsegInputError, run_command
 from ..inference import MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume, resolve_model_path
-from .runtime import ensemble_forward
+from .runtime import ensemble_forward, exit_now
 
 
 def _is_dicom_scan(folder: Path) -> bool:
@@ -274,5 +274,10 @@ def main(argv=None, prog: str | None = None) -> int:
 
 
 
+def entry() -> None:
+    """The installed ``lungseg-infer`` script: :func:`main`, then ``exit_now``."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
