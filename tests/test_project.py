@@ -117,11 +117,11 @@ def test_committed_models_are_the_members_once_and_load_with_keras_alone():
     ref = config.REFERENCE_DIR.relative_to(ROOT).as_posix()
     assert sorted(tracked) == sorted(f"{ref}/{m['file']}" for m in members)
     # What a clone downloads: the members stored as float16 (storage; measured by compact), 60 MB at most.
-    from lungseg_utils import storage
+    from lungseg_utils.study import compact
 
     total_bytes = sum((config.REFERENCE_DIR / m["file"]).stat().st_size for m in members)
     assert total_bytes <= 60e6, f"committed models take {total_bytes / 1e6:.1f} MB"
-    assert all(storage.weights_dtype(config.REFERENCE_DIR / m["file"]) == "float16"
+    assert all(compact.weights_dtype(config.REFERENCE_DIR / m["file"]) == "float16"
                for m in members)
     keras = config.import_keras_quietly()
     x = np.zeros((1, 64, 64, 64, 1), np.float32)
