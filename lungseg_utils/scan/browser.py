@@ -129,21 +129,25 @@ class CaseBrowser:
         return viewer.with_picture(self.widget._repr_mimebundle_(**kwargs), self.viewer.png())
 
 
-def unet_predictor(run_dir, tta: bool = True):
+def unet_predictor(run_dir, tta: bool | None = None):
     """A ``predict`` for :class:`CaseBrowser`: the model or ensemble of ``run_dir``, loaded
-    on the first call; with ``tta`` the spread of the 8 flips is the uncertainty."""
+    on the first call. The uncertainty is the spread of an ensemble's members (one pass
+    each), or with ``tta`` (default: for a single model) the spread of the 8 flips."""
     state = {}
 
     def predict(ct_hu, affine) -> dict:
         from .. import geometry, inference
-        from .runtime import ensemble_forward
+        from .runtime import ensemble_forward, member_files
 
         if "forward" not in state:
             state["forward"] = ensemble_forward(run_dir)
-        res = inference.predict_volume(state["forward"], ct_hu, affine, tta=tta)
-        unc = geometry.from_model_grid(res["std64"], res["grid"]) if tta else None
-        return {"mask": res["mask"], "uncertainty": unc,
-                "source": "3D U-Net" + (" with TTA" if tta else "")}
+            state["tta"] = len(member_files(run_dir)) < 2 if tta is None else tta
+        res = inference.predict_volume(state["forward"], ct_hu, affine, tta=state["tta"],
+                                       members=True)
+        spread = res["std64"] if state["tta"] else res["members64"].std(axis=0)
+        return {"mask": res["mask"], "uncertainty": geometry.from_model_grid(spread, res["grid"]),
+                "source": "3D U-Net" + (" with TTA" if state["tta"] else
+                                        f", the spread of its {len(res['members64'])} members")}
 
     return predict
 
@@ -156,7 +160,7 @@ def classical_predictor(ct_hu, affine) -> dict:
             "uncertainty": None, "source": "classical baseline"}
 
 
-def predictor_for(run_dir, tta: bool = True):
+def predictor_for(run_dir, tta: bool | None = None):
     """:func:`unet_predictor` of ``run_dir`` if it holds a model or an ensemble, else
     :func:`classical_predictor`."""
     from ..inference import MANIFEST, MODEL_FILE
