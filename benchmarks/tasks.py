@@ -215,7 +215,7 @@ def task_native(p) -> dict:
         for tag, policy in zip(("", "_bf16"), policies if p.get("ensemble") else ()):
             efwd = runtime.ensemble_forward(p["ensemble"], members=True, policy=policy)
             runs, truth = [once(False, efwd) for _ in range(reps + 1)][1:], dataio.load_case(case).mask
-            ens.update({"ensemble_members": len(runtime.member_files(p["ensemble"])),
+            ens.update({"ensemble_members": len(inference.member_files(p["ensemble"])),
                         f"ensemble{tag}_total_s": summarise([r[0][-1] for r in runs]),
                         "dice_single": metrics.dice(plain[-1][3], truth),
                         f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})

@@ -3,13 +3,7 @@
 The flow for one scan: CT (any grid) -> model grid (64^3, 5 mm, centred from the image) ->
 [0, 1] window -> network (optionally on the 8 flips, averaged) -> 64^3 probability -> back to
 the input's grid -> threshold -> (optional) post-processing -> NIfTI with the input's affine.
-
-Command line (``python -m lungseg_utils.inference --help``, implemented in
-:mod:`lungseg_utils.scan.segment`, which reads the scan, writes the outputs and the summary)::
-
-    python -m lungseg_utils.inference --input patient_001/ --output_mask pred.nii.gz
-    python -m lungseg_utils.inference --input ct.nii.gz --output_mask m.nii.gz --output_prob p.nii.gz --tta
-    python -m lungseg_utils.inference --input patients/ --output_dir predictions/ --postprocess
+``python -m lungseg_utils.inference`` runs the command (:mod:`lungseg_utils.scan.segment`).
 """
 
 from __future__ import annotations
@@ -36,8 +30,8 @@ def resolve_model_path(path=None) -> Path:
     if path.is_dir() and not (path / MANIFEST).exists():
         path = path / MODEL_FILE
     if not path.exists():
-        raise LungsegInputError(f"{path}: model file is missing (train one with "
-                                "python -m lungseg_utils.train, or use results/reference/).")
+        raise LungsegInputError(f"{path}: model file is missing (train one with lungseg "
+                                "train, or use results/reference/).")
     return path
 
 
@@ -82,29 +76,35 @@ def check_member(path: Path, sha256: str | None, manifest_path: Path) -> None:
                                 "make the ensemble's manifest again.")
 
 
+def member_files(path=None) -> list[Path]:
+    """The ``.keras`` files of a model (default: the reference): one file, or an ensemble's
+    members in its manifest's order, each checked by :func:`check_member`."""
+    path = resolve_model_path(path)
+    if not path.is_dir():
+        return [path]
+    members = dataio.load_json(path / MANIFEST).get("members", [])
+    if not members:
+        raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
+    files = [resolve_model_path(path / m["file"]) for m in members]
+    for member, file in zip(members, files):
+        check_member(file, member.get("sha256"), path / MANIFEST)
+    return files
+
+
 def load_model(path=None):
     """Load the model: one ``.keras`` file (a Keras model) or an ensemble folder (an
-    :class:`Ensemble`, its members loaded in the manifest's order, each checked against the
-    manifest's SHA-256 first: :func:`check_member`); default: the reference."""
+    :class:`Ensemble` of :func:`member_files`); default: the reference."""
     path = resolve_model_path(path)
-    if path.is_dir():
-        manifest = dataio.load_json(path / MANIFEST)
-        files = [path / m["file"] for m in manifest.get("members", [])]
-        if not files:
-            raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
-        for member, file in zip(manifest["members"], files):
-            check_member(resolve_model_path(file), member.get("sha256"), path / MANIFEST)
-        return Ensemble([_load_keras(resolve_model_path(f)) for f in files], manifest, path)
-    return _load_keras(path)
+    models = [_load_keras(f) for f in member_files(path)]
+    return Ensemble(models, dataio.load_json(path / MANIFEST), path) if path.is_dir() else models[0]
 
 
 def compiled_forward(model, members: bool = False):
     """A fast forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> ndarray``.
 
     ``model``: a Keras model or an :class:`Ensemble`, whose members' probabilities are
-    averaged in the same compiled graph. ``model.predict`` sets up a data pipeline on every
-    call (0.67 s for one volume here); a direct call under the backend's compiler takes
-    half that (0.31 s). Falls back to ``predict_on_batch`` on other backends.
+    averaged in the same compiled graph: half the time of ``model.predict``, which sets up a
+    data pipeline on every call. Falls back to ``predict_on_batch`` on other backends.
 
     ``members=True`` returns each member's probability, stacked: (M, b, 64, 64, 64, 1), at
     the same cost; :func:`predict_prob64` averages them and can return them too.

@@ -137,11 +137,12 @@ def unet_predictor(run_dir, tta: bool | None = None):
 
     def predict(ct_hu, affine) -> dict:
         from .. import geometry, inference
-        from .runtime import ensemble_forward, member_files
+        from .runtime import ensemble_forward
 
         if "forward" not in state:
             state["forward"] = ensemble_forward(run_dir)
-            state["tta"] = len(member_files(run_dir)) < 2 if tta is None else tta
+            ensemble = (Path(run_dir) / inference.MANIFEST).exists()
+            state["tta"] = not ensemble if tta is None else tta
         res = inference.predict_volume(state["forward"], ct_hu, affine, tta=state["tta"],
                                        members=True)
         spread = res["std64"] if state["tta"] else res["members64"].std(axis=0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config, dataio, inference
+from .. import config, inference
 from ..errors import LungsegInputError
 
 
@@ -62,22 +62,6 @@ def with_policy(network: dict, policy: str) -> dict:
     return network
 
 
-def member_files(path=None) -> list[Path]:
-    """The ``.keras`` files of a model: one file, or an ensemble's members in its manifest's
-    order, each checked against the manifest's SHA-256 (default: the reference)."""
-    path = inference.resolve_model_path(path)
-    if not path.is_dir():
-        return [path]
-    manifest = dataio.load_json(path / inference.MANIFEST)
-    members = manifest.get("members", [])
-    if not members:
-        raise LungsegInputError(f"{path / inference.MANIFEST}: lists no members.")
-    files = [inference.resolve_model_path(path / m["file"]) for m in members]
-    for member, file in zip(members, files):
-        inference.check_member(file, member.get("sha256"), path / inference.MANIFEST)
-    return files
-
-
 def store_keys(model) -> list[str]:
     """The name each of ``model.layers`` has in a ``.keras`` archive's weights file, as Keras
     saves them: the class name in snake case, numbered from the second on (``conv3d``,
@@ -85,7 +69,8 @@ def store_keys(model) -> list[str]:
     used, keys = {}, []
     for layer in model.layers:
         name = re.sub(r"\W+", "", type(layer).__name__)
-        name = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)).lower()
+        name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+        name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
         used[name] = used.get(name, -1) + 1
         keys.append(f"{name}_{used[name]}" if used[name] else name)
     return keys
@@ -128,7 +113,7 @@ def ensemble_forward(path=None, members: bool = True, policy: str | None = None)
     every member and every later scan; otherwise, or when the members' architectures differ,
     :func:`lungseg_utils.inference.compiled_forward` of the loaded model (as trained).
     """
-    files = member_files(path)
+    files = inference.member_files(path)
     keras = config.import_keras_quietly()
     networks = [architecture(f) for f in files]
     if keras.backend.backend() != "tensorflow" or any(n != networks[0] for n in networks):

@@ -24,7 +24,8 @@ from . import outputs, quality, reader
 from .sides import UNKNOWN_SIDE, split_left_right
 from .dicom import series_choice_line
 from ..errors import LungsegInputError, run_command
-from ..inference import MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume, resolve_model_path
+from ..inference import (MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume,
+                         resolve_model_path)
 from .runtime import ensemble_forward, exit_now
 
 
