@@ -1,11 +1,6 @@
 """The lungseg U-Net under ``KERAS_BACKEND=jax``: a training step, one volume, 8-flip TTA.
 
-For a GPU machine whose image has JAX but no TensorFlow (on a CPU, JAX uses the CPU). Needs
-only Keras, NumPy and ``lungseg_utils.unet``; random input, as content does not change cost.
-Writes ``benchmarks/gpu_results.json``, which the next ``run.py`` puts into RESULTS.md.
-"""
-
-from __future__ import annotations
+For a GPU machine with JAX (no TensorFlow needed): ``gpu_results.json``, for the next run.py."""
 
 import argparse
 import importlib.util
@@ -32,23 +27,18 @@ def main(argv=None) -> int:
     os.environ["KERAS_BACKEND"] = "jax"
     import jax
     import numpy as np
-
     from lungseg_utils import unet
     from render import fmt_s
     from tasks import TRAIN_STEP_FORWARDS, peak_rss_mib, seeded_keras, timeit
-
     keras = seeded_keras(args.precision)  # seeded, with the precision's global policy
     n, b = args.size, args.batch
     model = unet.compile_model(unet.build_unet((n, n, n, 1), base_filters=args.base_filters))
     x = np.random.default_rng(0).random((max(b, 8), n, n, n, 1), dtype=np.float32)
     y = (x > 0.5).astype(np.float32)
     call = jax.jit(lambda tv, ntv, v: model.stateless_call(tv, ntv, v, training=False)[0])
-
-    def fwd(v):  # inference.compiled_forward's JAX branch, with the weights as they are now
-        tv, ntv = ([w.value for w in ws] for ws in (model.trainable_variables,
-                                                     model.non_trainable_variables))
-        return np.asarray(call(tv, ntv, v))
-
+    fwd = lambda v: np.asarray(call(  # noqa: E731  (inference.compiled_forward's JAX branch)
+        *([w.value for w in ws] for ws in (model.trainable_variables,
+                                           model.non_trainable_variables)), v))
     flops, t0 = unet.count_flops(model), time.perf_counter()
     train = timeit(lambda: model.train_on_batch(x[:b], y[:b]), args.reps, warmup=2)
     infer = timeit(lambda: fwd(x[:1]), args.reps, warmup=2)

@@ -1,10 +1,4 @@
-"""``results.json`` -> README's bench block, RESULTS.md and scaling.png.
-
-Reads the results only (no measuring, no TensorFlow), so ``run.py --render`` re-renders at
-any time. With results for two ISAs the summary shows them side by side with their ratio.
-"""
-
-from __future__ import annotations
+"""``results.json`` -> README's bench block, RESULTS.md and scaling.png (no TensorFlow needed)."""
 
 import functools
 import json
@@ -28,6 +22,13 @@ _t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
 _mib = lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"  # noqa: E731
 _pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
 _ok = lambda passed: "✓" if passed else "✗"  # noqa: E731
+#: The tasks of one ISA that ran (not skipped or failed); the ``keys`` results.json has a column of.
+_measured = lambda e: {k: v for k, v in e["tasks"].items() if v and "skipped" not in v}  # noqa
+columns = lambda results, keys=tuple(ISA_LABEL): [  # noqa: E731
+    k for k in ISA_LABEL if k in results["isa"] and k in keys]
+_table = lambda header, rows: [  # noqa: E731  (a Markdown table)
+    "| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header),
+    *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
 def fmt_s(t) -> str:
@@ -36,13 +37,8 @@ def fmt_s(t) -> str:
     return f"{t['median'] * k:.3g} {unit} ({t['min'] * k:.3g}–{t['max'] * k:.3g}, n={t['n']})"
 
 
-def _measured(entry: dict) -> dict:
-    """The tasks of one ISA that ran (not skipped, not failed)."""
-    return {k: v for k, v in entry["tasks"].items() if v and "skipped" not in v}
-
-
-#: The figures of the summary and the checks, in order: name -> the keys that lead to it in
-#: the tasks, or f(numbers so far, tasks, ref's time_to_dice, batch).
+#: The summary's and the checks' figures, in order: name -> its keys in the tasks, or f(numbers so
+#: far, tasks, ref's time_to_dice, batch); ttd: the original's time to its val Dice / ours.
 FIGURES = {
     "ceil_f32": "ceiling f32_gflops", "ceil_bf16": "ceiling bf16_gflops",
     "row_f32": lambda n, t, r, b: next(x for x in t["train_f32"]["rows"] if x["batch"] == b),
@@ -64,23 +60,20 @@ FIGURES = {
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
     "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
     "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
-    "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in
-                                        ("inference_f32", "native") if k in t),
-    # time to the original's val Dice: original epochs x its epoch / the reference's
+    "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
+                                        if k in t),
     "ttd": lambda n, t, r, b: [e * (r["steps_per_epoch"] * n["step"] + n["overhead"]) / (
         r["reach_epoch"] * (r["reference_steps_per_epoch"] * n["step"] + n["overhead"]))
-        for e in r["epochs"] if r["same_network"]],
-}
+        for e in r["epochs"] if r["same_network"]]}
 
 
 def numbers(entry: dict, ref: dict) -> dict:
     """FIGURES of one ISA's results; a figure whose measurement is missing is left out."""
-    b = int(ref["settings"]["batch_size"])
-    n, t = {"batch": b}, _measured(entry)
+    n, t = {"batch": int(ref["settings"]["batch_size"])}, _measured(entry)
     for name, fn in FIGURES.items():
         try:
             n[name] = (functools.reduce(operator.getitem, fn.split(), t) if isinstance(fn, str)
-                       else fn(n, t, ref.get("time_to_dice") or {}, b))
+                       else fn(n, t, ref.get("time_to_dice") or {}, n["batch"]))
         except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
             pass
     return n
@@ -96,11 +89,6 @@ def checks(entry: dict, ref: dict) -> dict:
             for name, (key, rule) in rules.items()}
 
 
-def _table(header, rows) -> list[str]:
-    return ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
-
-
 def _cell(fn, *args) -> str:
     try:
         return fn(*args)
@@ -108,11 +96,11 @@ def _cell(fn, *args) -> str:
         return "–"
 
 
-def _summary_rows(ref: dict) -> list[tuple]:
-    """(label, cell from a numbers() dict, the figure whose ISA ratio to show: a time, or
-    "1/" and a speed; None for no ratio)."""
+def summary(results: dict) -> list[str]:
+    """The summary table (a column per measured SUMMARY_COLUMNS, then the RATIOS) and notes."""
+    ref, isas = results["reference"], columns(results, SUMMARY_COLUMNS)
     ttd, b = ref.get("time_to_dice") or {}, ref["settings"]["batch_size"]
-    rows = [
+    rows = [  # label, cell from numbers(), the figure whose ratio to show (a time; "1/" a speed)
         ("**Machine ceiling** (large matrix product), float32",
          lambda n: f"{n['ceil_f32']:.0f} GFLOP/s", "1/ceil_f32"),
         ("Machine ceiling, bfloat16", lambda n: f"{n['ceil_bf16']:.0f} GFLOP/s", "1/ceil_bf16"),
@@ -121,9 +109,8 @@ def _summary_rows(ref: dict) -> list[tuple]:
                    f"({_pct(n['step_gflops'] / n['ceil_f32'])} of the ceiling)", "step"),
         ("An epoch with validation (measured)",
          lambda n: f"{_t(n['epoch'])} ({n['steps_per_epoch']} steps)", "epoch"),
-        (f"bfloat16 training step (batch {b})",
-         lambda n: f"{_t(n['step_bf16'])} ({n['step'] / n['step_bf16']:.2f}× float32's speed)",
-         "step_bf16"),
+        (f"bfloat16 training step (batch {b})", lambda n: f"{_t(n['step_bf16'])} "
+         f"({n['step'] / n['step_bf16']:.2f}× float32's speed)", "step_bf16"),
         ("**Inference**, one 64³ volume: compiled call vs `model.predict`",
          lambda n: f"{_t(n['compiled'])} ({_pct(n['infer_frac'])} of the ceiling) vs "
                    f"{_t(n['predict'])}", "compiled"),
@@ -131,10 +118,9 @@ def _summary_rows(ref: dict) -> list[tuple]:
          lambda n: f"{_t(n['compiled_bf16'])} ({_pct(n['infer_frac_bf16'])} of the bf16 "
                    f"ceiling), Dice {n['dice_f32']:.4f} → {n['dice_bf16']:.4f}", "compiled_bf16"),
         ("8-flip TTA, one volume", lambda n: _t(n["tta"]), "tta"),
-        ("**A native scan end to end** (load, model grid, predict, back, refine, save), "
-         "without / with TTA",
-         lambda n: f"{_t(n['native'])} / {_t(n['native_tta'])} ({n['native_shape']} voxels)",
-         "native"),
+        ("**A native scan end to end** (load, model grid, predict, back, refine, save), without "
+         "/ with TTA", lambda n: f"{_t(n['native'])} / {_t(n['native_tta'])} "
+         f"({n['native_shape']} voxels)", "native"),
         ("**Inference command** on that scan, a fresh process: in all (start-up before "
          "the scan, of which loading the model; the scan itself)",
          lambda n: f"{_t(n['cli'])} ({_t(n['cli_startup'])}, {_t(n['cli_load'])}; "
@@ -151,40 +137,22 @@ def _summary_rows(ref: dict) -> list[tuple]:
                      f"({ttd['reach_epoch'] * ttd['reference_steps_per_epoch']} steps, epoch "
                      f"{ttd['reach_epoch']}, instead of the original's {lo}–{hi})",
                      lambda n: f"{n['ttd'][0]:.2f}×–{n['ttd'][1]:.2f}× less", None))
-    return rows
-
-
-def _ratio(key: str, slow: dict, fast: dict) -> str:
-    """How many times as long column ``slow`` takes as ``fast``; "1/x": x is a speed."""
-    x = key.removeprefix("1/")
-    return _cell(lambda: f"{(fast[x] / slow[x] if key != x else slow[x] / fast[x]):.2f}×")
-
-
-def columns(results: dict, keys=tuple(ISA_LABEL)) -> list[str]:
-    """The columns of ``keys`` that results.json holds, in ISA_LABEL's order."""
-    return [k for k in ISA_LABEL if k in results["isa"] and k in keys]
-
-
-def summary(results: dict) -> list[str]:
-    """The summary table (a column per measured variant of SUMMARY_COLUMNS, then the RATIOS
-    whose two columns both exist) and notes."""
-    ref, isas = results["reference"], columns(results, SUMMARY_COLUMNS)
     nums = {k: numbers(results["isa"][k], ref) for k in isas}
-    ratios = [(label, a, b) for label, a, b in RATIOS if a in nums and b in nums]
+    ratios = [(label, nums[a], nums[b]) for label, a, b in RATIOS if a in nums and b in nums]
+    ratio = lambda x, slow, fast: fast[x[2:]] / slow[x[2:]] if x[:2] == "1/" else slow[x] / fast[x]
     header = ["", *(f"{ISA_LABEL[k]} ({results['isa'][k]['created'][:10]})" for k in isas),
               *(label for label, *_ in ratios)]
     out = _table(header, [[label, *(_cell(fn, nums[k]) for k in isas),
-                           *(_ratio(key, nums[a], nums[b]) if key else "" for _, a, b in ratios)]
-                          for label, fn, key in _summary_rows(ref)]) + [""]
-    ttd = ref.get("time_to_dice") or {}
+                           *(_cell(lambda: f"{ratio(key, slow, fast):.2f}×") if key else ""
+                             for _, slow, fast in ratios)]
+                          for label, fn, key in rows]) + [""]
     if ttd.get("reach_epoch"):
         out.append(f"- The quick profile then trains on to epoch {ttd['reference_epochs']} "
                    f"({ttd['reference_epochs'] * ttd['reference_steps_per_epoch']} steps) and "
-                   f"val Dice {ttd['best_val_dice']:.3f}" + (
-                       " (the training log of the earlier reference, trained from scratch: the "
-                       "present one's members were fine-tuned from such runs)."
-                       if ttd.get("from_earlier_reference") else "."))
-    out += [f"- {job_line(results)}"] if job_line(results) else []
+                   f"val Dice {ttd['best_val_dice']:.3f}" + (" (the training log of the earlier "
+                   "reference, trained from scratch: the present one's members were fine-tuned "
+                   "from such runs)." if ttd.get("from_earlier_reference") else "."))
+    out += [f"- {job}"] if (job := job_line(results)) else []
     for k in columns(results):
         e = results["isa"][k]
         busy = ", ".join(f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
@@ -197,37 +165,33 @@ def summary(results: dict) -> list[str]:
 
 
 def machines(results: dict, keys=tuple(ISA_LABEL)) -> str:
-    """Which machine each column was measured on."""
-    out = []
-    for k in columns(results, keys):
-        m, cpu = results["isa"][k]["machine"], results["isa"][k]["machine"]["cpu"]
-        out.append(f"{ISA_LABEL[k]}: {cpu.get('model') or 'unknown CPU'}, "
-                   f"{cpu.get('logical_cpus')} logical CPUs, {cpu.get('memory_gib', '?')} GiB, "
-                   f"flags {' '.join(cpu.get('flags') or ['?'])}; TensorFlow "
-                   f"{m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}")
-    return "; ".join(out)
+    return "; ".join(
+        f"{ISA_LABEL[k]}: {cpu.get('model') or 'unknown CPU'}, {cpu.get('logical_cpus')} logical "
+        f"CPUs, {cpu.get('memory_gib', '?')} GiB, flags {' '.join(cpu.get('flags') or ['?'])}; "
+        f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}"
+        for k in columns(results, keys)
+        for m in [results["isa"][k]["machine"]] for cpu in [m["cpu"]])
 
 
 def readme_block(results: dict) -> str:
     return "\n".join([f"Measured by `make bench` (2 cores, no GPU) on "
-                      f"{machines(results, SUMMARY_COLUMNS)}:", "",
-                      *summary(results), "", "Details, spreads, scaling and how each number is "
-                      "measured: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
+                      f"{machines(results, SUMMARY_COLUMNS)}:", "", *summary(results), "",
+                      "Details, spreads, scaling and how each number is measured: "
+                      "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
 
 
 def job_line(results: dict) -> str:
     """`make all` from a fresh clone per CPU kind (run.py --job); "" if never measured."""
     jobs = (results.get("job") or {}).get("make_all") or {}
-    return jobs and ("**`make all` from a fresh clone** (its `job.json`; runs before "
-                     "2026-12-06 trained the former main profile, 10 min a member): " + ", ".join(
+    return jobs and ("**`make all` from a fresh clone** (its `job.json`; runs before 2026-12-06 "
+                     "trained the former main profile, 10 min a member): " + ", ".join(
                          f"{v['wall_s'] / 60:.0f} min on {ISA_LABEL[k]} ({v['cpu']['model']}, "
                          f"{v['cpu']['logical_cpus']} cores, {v['finished'][:10]})"
                          for k, v in sorted(jobs.items())) + ".")
 
 
 def update_readme(path, results: dict) -> bool:
-    """Replace the text between README's bench markers (and its job markers, where there);
-    False (and no change) without the bench markers."""
+    """Replace README's bench block (and job line, if marked); False (no change) if unmarked."""
     text = Path(path).read_text()
     if README_START not in text or README_END not in text:
         return False
@@ -247,52 +211,48 @@ def _details(e: dict, ref: dict) -> dict:
         d[f"Ceiling: {k}, n = {v['n']} (best, median)"] = (
             f"{v['gflops_best']:.0f}, {v['gflops_median']:.0f} GFLOP/s")
     scales = sorted((k for k in t if k.startswith("scale_")), key=lambda k: int(k[6:]))
-    for s in (t[k] for k in ("train_f32", "train_bf16", *scales) if k in t):
-        for r in s["rows"]:
-            g, ceil = r["gflop_per_step"] / r["step_s"]["median"], n.get(f"ceil_{s['precision']}")
-            d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"] = (
-                f"{fmt_s(r['step_s'])}; {g:.0f} GFLOP/s" + (f" ({_pct(g / ceil)})" if ceil else "")
-                + f"; {_mib(r['peak_rss_mib'])}")
+    for s, r in ((t[k], r) for k in ("train_f32", "train_bf16", *scales) if k in t
+                 for r in t[k]["rows"]):
+        g, ceil = r["gflop_per_step"] / r["step_s"]["median"], n.get(f"ceil_{s['precision']}")
+        d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"] = (
+            f"{fmt_s(r['step_s'])}; {g:.0f} GFLOP/s" + (f" ({_pct(g / ceil)})" if ceil else "")
+            + f"; {_mib(r['peak_rss_mib'])}")
     if "epoch" in t:
-        ep, p = t["epoch"], t["epoch"]["pipeline"]
-        d.update({f"`train.train`: epoch ({ep['steps_per_epoch']} steps, after "
+        ep, p, w = t["epoch"], t["epoch"]["pipeline"], "`train.train`:"
+        d.update({f"{w} epoch ({ep['steps_per_epoch']} steps, after "
                   f"{len(ep['warmup_epochs_s'])} warm-up)": fmt_s(ep["epoch_s"]),
-                  "`train.train`: a step as `fit` runs it": fmt_s(ep["fit_step_s"]),
-                  "`train.train`: validation": fmt_s(ep["val_s"]),
-                  "`train.train`: an epoch beyond its steps": fmt_s(ep["overhead_s"]),
-                  "`train.train`: peak memory": _mib(ep["peak_rss_mib"]),
+                  f"{w} a step as `fit` runs it": fmt_s(ep["fit_step_s"]),
+                  f"{w} validation": fmt_s(ep["val_s"]),
+                  f"{w} an epoch beyond its steps": fmt_s(ep["overhead_s"]),
+                  f"{w} peak memory": _mib(ep["peak_rss_mib"]),
                   f"Augmentation, an epoch of {p['samples_per_epoch']} samples (one thread)":
                   f"{fmt_s(p['augment_epoch_s'])} = {p['augment_samples_per_s']:.1f} samples/s"})
-    for prec in ("f32", "bf16"):
-        i = t.get(f"inference_{prec}")
-        if i:
-            cases = ", ".join(f"{c} {v:.4f}" for c, v in i["test_cases"].items())
-            d.update({f"Inference {prec}: `model.predict`": fmt_s(i["predict_s"]),
-                      f"Inference {prec}: compiled call": fmt_s(i["compiled_s"]),
-                      f"Inference {prec}: 8-flip TTA": fmt_s(i["tta8_s"]),
-                      f"Inference {prec}: test Dice" + ("" if i["trained"] else " (untrained)"):
-                      f"{i['mean_test_dice']:.4f} ({cases})",
-                      f"Inference {prec}: peak memory": _mib(i["peak_rss_mib"])})
-    if "native" in t:
-        nat = t["native"]
-        d["Native scan end to end"] = (f"{nat['case_id']}, {n['native_shape']} voxels of "
-                                       f"{' × '.join(f'{v:.3g}' for v in nat['spacing_mm'])} mm")
-        d.update({f"Native scan: {k.replace('_', ' ')}": fmt_s(v)
-                  for k, v in nat["stages_s"].items()})
-        d.update({"Native scan: total with 8-flip TTA": fmt_s(nat["tta8_total_s"]),
-                  "Native scan: peak memory without / with TTA":
+    for w, i in ((f"Inference {p}:", t[f"inference_{p}"]) for p in ("f32", "bf16")
+                 if t.get(f"inference_{p}")):
+        cases = ", ".join(f"{c} {v:.4f}" for c, v in i["test_cases"].items())
+        d.update({f"{w} `model.predict`": fmt_s(i["predict_s"]),
+                  f"{w} compiled call": fmt_s(i["compiled_s"]),
+                  f"{w} 8-flip TTA": fmt_s(i["tta8_s"]),
+                  f"{w} test Dice" + ("" if i["trained"] else " (untrained)"):
+                  f"{i['mean_test_dice']:.4f} ({cases})",
+                  f"{w} peak memory": _mib(i["peak_rss_mib"])})
+    if nat := t.get("native"):
+        w = "Native scan:"
+        d.update({"Native scan end to end": f"{nat['case_id']}, {n['native_shape']} voxels of "
+                  f"{' × '.join(f'{v:.3g}' for v in nat['spacing_mm'])} mm",
+                  **{f"{w} {k.replace('_', ' ')}": fmt_s(v) for k, v in nat["stages_s"].items()},
+                  f"{w} total with 8-flip TTA": fmt_s(nat["tta8_total_s"]),
+                  f"{w} peak memory without / with TTA":
                   f"{_mib(nat['peak_rss_mib_no_tta'])} / {_mib(nat['peak_rss_mib'])}"})
         if "ensemble_total_s" in nat:
             ens, one = nat["ensemble_total_s"], nat["stages_s"]["total"]
-            d[f"Native scan: ensemble of {nat['ensemble_members']} (the command's runtime) "
-              "vs member 0"] = (
+            d[f"{w} ensemble of {nat['ensemble_members']} (the command's runtime) vs member 0"] = (
                 f"{fmt_s(ens)} vs {fmt_s(one)} ({ens['median'] / one['median']:.2f}×), Dice "
                 f"{nat['dice_ensemble']:.4f} vs {nat['dice_single']:.4f}")
         if "ensemble_bf16_total_s" in nat:
-            d["Native scan: the ensemble in bfloat16"] = (
+            d[f"{w} the ensemble in bfloat16"] = (
                 f"{fmt_s(nat['ensemble_bf16_total_s'])}, Dice {nat['dice_ensemble_bf16']:.4f}")
-    if "cli" in t:
-        c = t["cli"]
+    if c := t.get("cli"):
         d["Inference command (a fresh process, default model): in all"] = fmt_s(c["wall_s"])
         d.update({f"Inference command: {k.replace('_', ' ')}": fmt_s(c[k])
                   for k in ("imports", "keras_import", "model_load", "scan") if k in c})
@@ -336,17 +296,14 @@ def results_markdown(results: dict) -> str:
 def plot_scaling(results: dict, path) -> Path:
     """Training step time against input size (batch 1) and batch (64³), one line per ISA."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global state to manage
-
-    fig = Figure(figsize=(8, 3.2))
-    axes = fig.subplots(1, 2)
+    axes = (fig := Figure(figsize=(8, 3.2))).subplots(1, 2)
     for isa, style in (("avx512", "-"), ("avx2", "--"), ("avx2_eigen", ":")):
         t = _measured(results["isa"][isa]) if isa in results["isa"] else {}
         by_size = sorted((v["size"], v["rows"][0]["step_s"]["median"]) for k, v in t.items()
                          if k.startswith(("scale_", "train_f32")) and v["rows"][0]["batch"] == 1)
-        lines = [(axes[0], "f32", by_size)] + [
-            (axes[1], p, [(r["batch"], r["step_s"]["median"]) for r in t[f"train_{p}"]["rows"]])
-            for p in ("f32", "bf16") if f"train_{p}" in t]
-        for ax, prec, pts in lines:
+        for ax, prec, pts in [(axes[0], "f32", by_size)] + [
+                (axes[1], p, [(r["batch"], r["step_s"]["median"]) for r in t[f"train_{p}"]["rows"]])
+                for p in ("f32", "bf16") if f"train_{p}" in t]:
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", label=f"{ISA_LABEL[isa]} {prec}",
                         color={"f32": "#0072B2", "bf16": "#D55E00"}[prec])
@@ -364,12 +321,9 @@ def plot_scaling(results: dict, path) -> Path:
 def write_all(results: dict, out_dir: Path, readme: Path | None) -> list[Path]:
     """results.json, RESULTS.md and scaling.png in ``out_dir``; README's block if ``readme``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.json", out_dir / "RESULTS.md"]
-    tmp = paths[0].with_suffix(".tmp")
+    paths, tmp = [out_dir / "results.json", out_dir / "RESULTS.md"], out_dir / "results.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=float) + "\n")
     tmp.replace(paths[0])
     paths[1].write_text(results_markdown(results) + "\n")
     paths.append(plot_scaling(results, out_dir / "scaling.png"))
-    if readme is not None and update_readme(readme, results):
-        paths.append(readme)
-    return paths
+    return paths + [readme] if readme is not None and update_readme(readme, results) else paths

@@ -1,12 +1,4 @@
-"""``make bench``: what the project costs on this machine, measured in one command.
-
-Writes ``results.json`` (per ISA: ``results["isa"]["avx512"|"avx2"]``; a run replaces its
-own ISA's entry and keeps the other's if measured on the same CPU), ``RESULTS.md``,
-``scaling.png`` and README.md's bench block. Each measurement runs in a fresh process
-(``tasks.py``) once other processes leave the CPU idle.
-"""
-
-from __future__ import annotations
+"""``make bench``: what the project costs on this machine, measured in one command."""
 
 import argparse
 import json
@@ -29,22 +21,15 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
 import render  # noqa: E402  (benchmarks/render.py: results -> Markdown and plot, no TF)
 
 SCHEMA = "lungseg-bench/3"
-#: results.json's columns (labels: render.ISA_LABEL) -> the measuring processes' environment.
-#: ``avx2_capped``: oneDNN and OpenBLAS held to AVX2 on an AVX-512 CPU; ``*_eigen``: oneDNN off,
-#: as TensorFlow has it without AVX-512 VNNI/BF16 or AMX unless config asks (the "before").
-ISA_ENV = {
-    "avx512": {}, "avx2": {},
-    "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
-    "avx2_capped": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
-}
-assert set(ISA_ENV) == set(render.ISA_LABEL)
-#: Measured: under the AVX2 cap TF still picks oneDNN's bfloat16 kernels (from the CPU's own
-#: flags), which then fail; without AVX-512 BF16 there is no bfloat16 hardware to measure.
+#: results.json's columns -> their processes' environment (*_eigen: oneDNN off, the "before").
+ISA_ENV = {"avx512": {}, "avx2": {}, "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+           "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+           "avx2_capped": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
+#: Under the AVX2 cap TF still picks oneDNN's bfloat16 kernels (from the CPU's flags), which fail.
 BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16 (or oneDNN held to AVX2)"
 EIGEN_SKIP = "not measured with oneDNN off (the before column measures the main figures only)"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
-#: The original project: 7 training cases at batch 2 (4 steps an epoch), 80-150 epochs,
-#: validation Dice 0.973 after 80 (../shared/GUIDE.md).
+#: The original: 7 training cases at batch 2, 80-150 epochs, val Dice 0.973 after 80 (GUIDE.md).
 ORIGINAL = {"steps_per_epoch": 4, "epochs": [80, 150], "val_dice": 0.973}
 
 
@@ -64,11 +49,9 @@ def cpu_info() -> dict:
 
 def reference_info(previous: dict | None = None) -> dict:
     """Settings, split and model of results/reference/ (else the quick profile), and when its
-    training log first reached the original's validation Dice; a fine-tuned reference
-    (``init_weights``) keeps ``previous``'s figure, marked ``"from_earlier_reference"``."""
+    log reached the original's val Dice (fine-tuned: ``previous``'s, from_earlier_reference)."""
     from lungseg_utils import config, dataio
     from lungseg_utils.report import values
-
     folder, log_csv = config.REFERENCE_DIR, config.REFERENCE_DIR / "training_log.csv"
     cfg, split, manifest = (dataio.load_json(folder / f) if (folder / f).exists() else None
                             for f in ("train_config.json", "split.json", "manifest.json"))
@@ -95,12 +78,10 @@ def reference_info(previous: dict | None = None) -> dict:
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
-    """(key, task, params) of every measurement of column ``isa`` (a key of ISA_ENV);
-    ``tiny``: base 2, depth 2, 2 repetitions. A ``*_eigen`` column measures the main
-    figures only (no scaling, no bfloat16), as its steps are several times slower."""
+    """(key, task, params) of each measurement of column ``isa`` (tiny: base 2, depth 1, 2 reps;
+    ``*_eigen``: the main figures only, no scaling or bfloat16, as its steps are slow)."""
     from lungseg_utils import config, synthetic
-
-    s = {**ref["settings"], **({"base_filters": 2, "depth": 2, "samples_per_epoch": 4}
+    s = {**ref["settings"], **({"base_filters": 2, "depth": 1, "samples_per_epoch": 4}
                                if tiny else {})}
     r = (lambda full, few=2: few if tiny else full)  # noqa: E731  (a full run's, a tiny run's)
     eigen = {"skip": EIGEN_SKIP} if isa.endswith("_eigen") and not tiny else {}
@@ -108,22 +89,21 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
     step = {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15}
     infer = {"precision": "f32", "model_path": r(ref["model_path"], None), "reps": r(5)}
     tasks = [("ceiling", "ceiling", {"n": r(3072, 256), "reps": r(5), "bf16": not skip}),
-             ("train_f32", "train", {**step, "batches": r([1, 2, 4], [1, 2])}),
+             ("train_f32", "train", {**step, "batches": r([1, 2, 4], [2])}),
              ("train_bf16", "train", {**step, "precision": "bf16", "batches": [2], **skip}),
              *((f"scale_{n}", "train", {**step, "size": n, "batches": [1], "reps": r(3),
                                         "max_s": 20, **eigen}) for n in r((96, 128), (32,))),
-             ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3)}),
+             ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3, 1)}),
              ("inference_f32", "inference", infer),
              ("inference_bf16", "inference", {**infer, "precision": "bf16", **skip})]
     native = config.native_data_dir()
     if native is not None:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
-        tasks += [("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 1),
-                                        "bf16": not skip,
-                                        "ensemble": r(str(config.REFERENCE_DIR), None)}),
-                  ("cli", "cli", {"case_dir": str(case), "reps": r(3, 1),
-                                  "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)})]
+        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1),
+                                  "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)}),
+                  ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
+                                        not skip, "ensemble": r(str(config.REFERENCE_DIR), None)})]
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
     return [(k, t, {**common, **p}) for k, t, p in tasks]
 
@@ -138,8 +118,7 @@ def _busy_cpu_s() -> float | None:
 
 
 def wait_until_quiet(budget_s: float) -> float:
-    """Wait (at most about ``budget_s``) until other processes use under CONTENDED_CORES
-    cores, measured over a second while this process sleeps; returns the seconds waited."""
+    """Seconds waited (about ``budget_s`` at most) until others use < CONTENDED_CORES cores."""
     t0 = time.perf_counter()
     while True:
         b0 = _busy_cpu_s()
@@ -149,57 +128,55 @@ def wait_until_quiet(budget_s: float) -> float:
             return time.perf_counter() - t0
 
 
-def run_task(name: str, params: dict, env: dict, timeout_s: float = 1800) -> dict:
-    """``tasks.py NAME`` in a fresh process with ``env`` added: its result, or {"error"}.
-    Adds ``other_load_cores``, the cores other processes used meanwhile on average."""
+def run_tasks(todo: dict, env: dict, timeout_s: float = 1800) -> dict:
+    """{key: result or {"error"}} of ``todo`` ({key: (task, params)}) in a process under ``env``."""
     mine0 = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])  # user + system CPU seconds
-    busy0, t0 = _busy_cpu_s(), time.perf_counter()
+    busy0, t0, timeout_s = _busy_cpu_s(), time.perf_counter(), timeout_s * len(todo)
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as tmp:
         out = Path(tmp) / "result.json"
         try:
             proc = subprocess.run(
-                [sys.executable, str(BENCH_DIR / "tasks.py"), name, json.dumps(params), str(out)],
-                cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
+                [sys.executable, BENCH_DIR / "tasks.py", json.dumps(todo), out], cwd=REPO_ROOT,
+                capture_output=True, text=True, timeout=timeout_s,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", **env})
+            error = f"exit status {proc.returncode}\n{proc.stderr[-2000:]}"
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s"}
-        if proc.returncode != 0 or not out.exists():
-            return {"error": f"exit status {proc.returncode}\n{proc.stderr[-2000:]}"}
-        result = json.loads(out.read_text())
-    result["process_wall_s"] = wall = time.perf_counter() - t0
-    if busy0 is not None:
-        mine = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - mine0
-        result["other_load_cores"] = round(max(0.0, _busy_cpu_s() - busy0 - mine) / wall, 3)
-    return result
+            error = f"timed out after {timeout_s:.0f} s"
+        if not out.exists():
+            return {k: {"error": error} for k in todo}
+        results, wall = json.loads(out.read_text()), time.perf_counter() - t0
+    load = {} if busy0 is None else {"other_load_cores": round(max(0.0, _busy_cpu_s() - busy0 - (
+        sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - mine0)) / wall, 3)}
+    return {k: r if "error" in r else {**r, "process_wall_s": wall, **load}
+            for k, r in results.items()}
 
 
 def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict, only=()) -> dict:
-    """Every planned task under ``isa`` (``only``: those keys): the entry for
-    ``results["isa"][isa]``. A tiny run only checks the code: it runs two tasks at a time
-    and waits for nothing."""
+    """``results["isa"][isa]``: the planned tasks (``only``: those), a fresh process each; a tiny
+    run only checks the code: it waits for nothing, runs them in two processes side by side."""
     t0, waited, env = time.perf_counter(), 0.0, ISA_ENV[isa]
+    todo = {k: (t, p) for k, t, p in plan(ref, tiny, isa) if not only or k in only}
+    tasks = {k: {"skipped": p["skip"]} for k, (_, p) in todo.items() if p.get("skip")}
+    keys = [k for k in todo if k not in tasks]
+    groups = [g for g in (keys[::2], keys[1::2]) if g] if tiny else [[k] for k in keys]
 
-    def one(key, task, params):
+    def run(group):
         nonlocal waited
-        if params.get("skip"):
-            return {"skipped": params["skip"]}
         if quiet_wait_s > waited:
             waited += wait_until_quiet(quiet_wait_s - waited)
-        print(f"[bench {isa}] {key} at {time.perf_counter() - t0:.0f} s ...", flush=True)
-        result = run_task(task, params, env)
-        if tiny:  # the task running beside it is no outside load
-            result.pop("other_load_cores", None)
-        elif result.get("other_load_cores", 0) > render.CONTENDED_CORES:
-            print(f"[bench {isa}] warning: other processes used "
-                  f"{result['other_load_cores']:.2f} cores during {key}")
-        return result
+        print(f"[bench {isa}] {', '.join(group)} at {time.perf_counter() - t0:.0f} s ...\n",
+              end="", flush=True)
+        for key, result in run_tasks({k: todo[k] for k in group}, env).items():
+            tasks[key] = result
+            if tiny:  # the process beside it is no outside load
+                result.pop("other_load_cores", None)
+            elif result.get("other_load_cores", 0) > render.CONTENDED_CORES:
+                print(f"[bench {isa}] warning: other processes used "
+                      f"{result['other_load_cores']:.2f} cores during {key}")
 
-    todo = [t for t in plan(ref, tiny, isa) if not only or t[0] in only]
-    if tiny:  # two at a time
-        with ThreadPoolExecutor(2) as pool:
-            tasks = dict(zip([k for k, *_ in todo], pool.map(lambda a: one(*a), todo)))
-    else:  # in the main thread, so that Ctrl-C stops the whole run
-        tasks = {key: one(key, task, params) for key, task, params in todo}
+    with ThreadPoolExecutor(2) as pool:  # tiny: side by side; else in the main thread (Ctrl-C)
+        list((pool.map if tiny else map)(run, groups))
+    tasks = {k: tasks[k] for k in todo}
     errors = {k: v.pop("error") for k, v in tasks.items() if "error" in v}
     for key, text in errors.items():
         print(f"[bench {isa}] {key} FAILED: {text}", file=sys.stderr)
@@ -209,11 +186,9 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict, only=()) -> di
 
 
 def merge(old: dict | None, key: str, tiny: bool) -> dict:
-    """The columns of ``old`` to keep beside a new measurement of ``key``: every other
-    column of the same schema and tiny-ness (each names its own machine)."""
-    if not old or old.get("schema") != SCHEMA:
-        return {}
-    return {k: e for k, e in old["isa"].items() if k != key and e["tiny"] == tiny}
+    """The columns of ``old`` to keep beside a new ``key``: the others of its schema, tiny-ness."""
+    ok = (old or {}).get("schema") == SCHEMA
+    return {k: e for k, e in old["isa"].items() if k != key and e["tiny"] == tiny} if ok else {}
 
 
 def main(argv=None) -> int:
@@ -222,23 +197,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder (benchmarks/)")
     ap.add_argument("--isa", choices=["avx512", "avx2"],
                     help="oneDNN's ISA (default the CPU's; avx2 on AVX-512: avx2_capped)")
-    ap.add_argument("--eigen", action="store_true",
-                    help="oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): the 'before' column")
-    ap.add_argument("--tiny", action="store_true", help="base-2 network, two repetitions")
-    ap.add_argument("--render", action="store_true", help="measure nothing, re-render")
+    for flag, text in (("--eigen", "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): the 'before' column"),
+                       ("--tiny", "base-2 network, two repetitions"),
+                       ("--render", "measure nothing, re-render"),
+                       ("--no-readme", "leave README.md alone")):
+        ap.add_argument(flag, action="store_true", help=text)
     ap.add_argument("--job", type=Path, metavar="JOB_JSON",
                     help="measure nothing: add a make-all run's job.json, re-render")
     ap.add_argument("--only", type=lambda s: s.split(","), default=(), metavar="KEY,...",
                     help="measure these tasks only (e.g. native,cli), keep the column's others")
-    ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
                     help="wait up to S s in all for an idle CPU")
     args = ap.parse_args(argv)
-    path = args.out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else None
+    results = json.loads(path.read_text()) if (path := args.out / "results.json").exists() else None
     if ((args.render or args.job) and results is None) or (args.job and not args.job.is_file()):
-        print(f"error: needs {path}" + (f" and {args.job}" if args.job else "")
-              + "; a run of benchmarks/run.py that measures writes the former.", file=sys.stderr)
+        print(f"error: needs {path}" + (f" and {args.job}" if args.job else "") + "; a run of "
+              "benchmarks/run.py that measures writes the former.", file=sys.stderr)
         return 2
     if args.job:
         job, args.render = json.loads(args.job.read_text()), True
@@ -246,23 +220,19 @@ def main(argv=None) -> int:
         old = (results.get("job") or {}).get("make_all") or {}
         results["job"] = {"make_all": {**old, kind: {**job, "run": args.job.parent.name}}}
     if not args.render:
-        cpu = cpu_info()
-        has512 = "avx512f" in cpu["flags"]
-        isa = args.isa or ("avx512" if has512 else "avx2")
-        if isa == "avx512" and not has512:
+        has512 = "avx512f" in (cpu := cpu_info())["flags"]
+        if args.isa == "avx512" and not has512:
             ap.error("this CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")  # exit status 2
-        isa = "avx2_capped" if isa == "avx2" and has512 else isa
-        isa = f"{isa.removesuffix('_capped')}_eigen" if args.eigen else isa
-        machine = {"cpu": cpu, "python": platform.python_version(),
-                   **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
+        isa = ("avx512" if has512 and args.isa != "avx2" else "avx2") + (
+            "_eigen" if args.eigen else "_capped" if has512 and args.isa == "avx2" else "")
         ref = reference_info((results or {}).get("reference"))
-        entries = merge(results, isa, args.tiny)
-        entries[isa] = entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref,
-                                       args.only)
+        entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref, args.only)
         if args.only and isa in (results or {}).get("isa", {}):     # the column's other tasks
             entry["tasks"] = {**results["isa"][isa]["tasks"], **entry["tasks"]}
-        entry["checks"], entry["machine"] = render.checks(entry, ref), machine
-        results = {"schema": SCHEMA, "isa": entries,
+        entry["checks"] = render.checks(entry, ref)
+        entry["machine"] = {"cpu": cpu, "python": platform.python_version(),
+                            **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
+        results = {"schema": SCHEMA, "isa": {**merge(results, isa, args.tiny), isa: entry},
                    "reference": {k: v for k, v in ref.items() if k not in ("split", "model_path")},
                    "job": (results or {}).get("job")}
     gpu = BENCH_DIR / "gpu_results.json"
@@ -272,8 +242,7 @@ def main(argv=None) -> int:
         print("wrote", p)
     if args.render:
         return 0
-    failed = [k for k, (ok, _) in entry["checks"].items() if not ok]
-    if failed:
+    if failed := [k for k, (ok, _) in entry["checks"].items() if not ok]:
         print(f"[bench {isa}] checks failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if entry["errors"] or (failed and not args.tiny) else 0
 

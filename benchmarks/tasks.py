@@ -1,17 +1,14 @@
-"""The measurements of ``run.py``: ``python benchmarks/tasks.py TASK PARAMS_JSON OUT_JSON``.
+"""The measurements: ``tasks.py PLAN OUT_JSON`` runs PLAN's ``{key: [task, params]}``, writes
+``{key: result or {"error"}}``; ``run.py`` gives each its own process (a tiny run shares one)."""
 
-One process per measurement: its peak memory (``ru_maxrss``) is its own, no precision policy
-leaks into the next. Every timing: repetitions after a warm-up call, :func:`summarise`d.
-"""
-
-from __future__ import annotations
-
+import inspect
 import json
 import os
 import resource
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +16,15 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-#: A training step costs about three forward passes (forward, input and weight gradients).
-TRAIN_STEP_FORWARDS = 3
-NET_KEYS = ("base_filters", "depth", "reg_l2", "dropout_enc", "dropout_dec", "dropout_bot",
-            "use_transpose", "norm")
+TRAIN_STEP_FORWARDS = 3  # a training step: forward, input and weight gradients
+#: Peak resident MiB of this process (``RUSAGE_CHILDREN``: of its largest finished child).
+peak_rss_mib = lambda who=resource.RUSAGE_SELF: resource.getrusage(who).ru_maxrss / 1024  # noqa
 
 
 def summarise(values) -> dict:
     """Median, min, max, n and the values of repeated timings (seconds)."""
-    v = [float(x) for x in values]
-    if not v:
-        raise ValueError("summarise: no values.")
-    return {"median": float(np.median(v)), "min": min(v), "max": max(v), "n": len(v),
+    v = [float(x) for x in values]  # min(): ValueError without values
+    return {"min": min(v), "max": max(v), "median": float(np.median(v)), "n": len(v),
             "values": [round(x, 6) for x in v]}
 
 
@@ -46,16 +40,9 @@ def timeit(fn, reps: int, warmup: int = 1, max_s: float = float("inf")) -> dict:
     return summarise(times)
 
 
-def peak_rss_mib(who=resource.RUSAGE_SELF) -> float:
-    """Peak resident memory so far, MiB (Linux: ``ru_maxrss`` in KiB) of this process, or
-    with ``RUSAGE_CHILDREN`` of the largest of its finished children."""
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
 def seeded_keras(precision: str = "f32"):
     """Keras, seeded, with the global policy of ``precision`` (f32 or bf16)."""
     from lungseg_utils import config
-
     keras = config.import_keras_quietly()
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
@@ -63,14 +50,12 @@ def seeded_keras(precision: str = "f32"):
 
 
 def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=None):
-    """The U-Net of ``settings`` at ``size``³ built under ``precision`` (under bf16 every layer
-    but the float32 output computes in bfloat16), with the weights of ``model_path`` if any."""
+    """The U-Net of ``settings`` at ``size``³ under ``precision``, weights from ``model_path``."""
     from lungseg_utils import inference, unet
-
     saved = inference.load_model(model_path) if seeded_keras() and model_path else None
     seeded_keras(precision)
-    model = unet.build_unet(input_shape=(size, size, size, 1),
-                            **{k: settings[k] for k in NET_KEYS if k in settings})
+    model = unet.build_unet(input_shape=(size, size, size, 1), **{
+        k: settings[k] for k in inspect.signature(unet.build_unet).parameters if k in settings})
     if saved:
         model.set_weights(saved.get_weights())
     return model
@@ -79,7 +64,6 @@ def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=
 def _split(params) -> dict:
     """Case folders by role: the reference's split, else all but two sorted cases, val, test."""
     from lungseg_utils import dataio
-
     folders = {p.name: p for p in dataio.discover_cases(params["data_dir"])}
     split, ids = params.get("split") or {}, sorted(folders)
     if not split or not set(split.get("train", [])) <= set(folders):
@@ -92,19 +76,17 @@ def task_ceiling(p) -> dict:
     """An n x n by n x n matrix product (2 n^3 FLOP): NumPy f32, TensorFlow f32 and bf16."""
     seeded_keras()
     import tensorflow as tf
-
-    n, reps, runs = int(p["n"]), int(p["reps"]), {}
+    n, runs = int(p["n"]), {}
     a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in (0, 1))
     fns = {"numpy_f32": ("float32", lambda: a @ b)}
     for name, dtype in [("tf_f32", tf.float32)] + [("tf_bf16", tf.bfloat16)] * p["bf16"]:
         ta, tb = tf.cast(a, dtype), tf.cast(b, dtype)
         fns[name] = (dtype.name, lambda ta=ta, tb=tb: tf.linalg.matmul(ta, tb).numpy())
     for name, (dtype, fn) in fns.items():
-        t = timeit(fn, reps)
+        t = timeit(fn, int(p["reps"]))
         runs[name] = {"n": n, "dtype": dtype, "gflops_best": 2 * n ** 3 / t["min"] / 1e9,
                       "gflops_median": 2 * n ** 3 / t["median"] / 1e9, "time": t}
-    return {"runs": runs, "f32_gflops": max(runs["numpy_f32"]["gflops_best"],
-                                            runs["tf_f32"]["gflops_best"]),
+    return {"runs": runs, "f32_gflops": max(runs[k]["gflops_best"] for k in fns if "f32" in k),
             "bf16_gflops": runs.get("tf_bf16", {}).get("gflops_best")}
 
 
@@ -112,16 +94,13 @@ def task_train(p) -> dict:
     """Seconds per ``train_on_batch`` step by batch size (random volumes: content costs nothing)."""
     seeded_keras(p["precision"])
     import tensorflow as tf
-
     from lungseg_utils import unet
-
     tf.config.experimental.enable_op_determinism()  # as lungseg_utils.train does
     size, s, b_max = int(p["size"]), p["settings"], max(p["batches"])
     model = unet.compile_model(_network(s, p["precision"], size), s.get("loss", "dice"),
                                s.get("learning_rate", 1e-3))
     x = np.random.default_rng(0).random((b_max, size, size, size, 1), dtype=np.float32)
-    g = np.indices((size,) * 3) - size / 2
-    y = np.repeat(((g ** 2).sum(0) < (size / 3) ** 2)[None, ..., None], b_max, 0).astype("float32")
+    y = (x > 0.5).astype(np.float32)
     flops, rows = unet.count_flops(model), []
     for b in p["batches"]:  # ascending: the peak so far is this batch's peak
         t = timeit(lambda: model.train_on_batch(x[:b], y[:b]), int(p["reps"]), max_s=p["max_s"])
@@ -131,25 +110,21 @@ def task_train(p) -> dict:
 
 
 def task_epoch(p) -> dict:
-    """The augmentation data set's speed, then a real ``train.train`` run of a few epochs
-    with all its callbacks; its peak memory is that of a quick-profile training run."""
+    """The augmentation's speed, then a ``train.train`` run of a few epochs (peak memory)."""
     keras = seeded_keras()
     from lungseg_utils import config, dataset, train
-
     s, split = p["settings"], _split(p)
     x, y = dataset.load_training_arrays(split["train"])
     samples = int(s.get("samples_per_epoch") or len(x))
     ds = dataset.LungDataset((x, y), int(s["batch_size"]), s, seed=0, augment=True,
                              samples_per_epoch=samples)
     aug = timeit(lambda: ([ds[i] for i in range(len(ds))], ds.on_epoch_end()), int(p["aug_reps"]))
-    # per epoch: its start and each step's end ("steps"), validation's start and end, its end
-    now, eps = time.perf_counter, []
+    # per epoch, "steps": its start, each step's end, its end; "val": validation's start, end
+    eps, mark = [], lambda key: lambda *a, **kw: eps[-1][key].append(time.perf_counter())
     timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda *a, **kw: eps.append({"steps": [now()], "val": []}),
-        on_train_batch_end=lambda *a, **kw: eps[-1]["steps"].append(now()),
-        on_test_begin=lambda *a, **kw: eps[-1]["val"].append(now()),
-        on_test_end=lambda *a, **kw: eps[-1]["val"].append(now()),
-        on_epoch_end=lambda *a, **kw: eps[-1].update(end=now()))
+        on_epoch_begin=lambda *a, **kw: eps.append({"steps": [time.perf_counter()], "val": []}),
+        on_train_batch_end=mark("steps"), on_test_begin=mark("val"), on_test_end=mark("val"),
+        on_epoch_end=mark("steps"))
     profile = s.get("profile") if s.get("profile") in config.PROFILES else "quick"  # retired
     known = config.get_profile(profile)                # settings of a retired profile: all kept
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
@@ -157,26 +132,24 @@ def task_epoch(p) -> dict:
         train.train(data_dir=p["data_dir"], out_dir=out, profile=profile, verbose=0,
                     split={"seed": 0, **{k: [f.name for f in v] for k, v in split.items()}},
                     callbacks=[timer], epochs=int(p["epochs"]), **overrides)
-    w, spans = int(p["warmup_epochs"]), [e["end"] - e["steps"][0] for e in eps]
-    steps = [b - a for e in eps[w:] for a, b in zip(e["steps"], e["steps"][1:])]
+    w, spans = int(p["warmup_epochs"]), [e["steps"][-1] - e["steps"][0] for e in eps]
+    steps = [b - a for e in eps[w:] for a, b in zip(e["steps"], e["steps"][1:-1])]
     return {"pipeline": {"samples_per_epoch": samples, "augment_epoch_s": aug,
                          "augment_samples_per_s": samples / aug["median"]},
             "epochs_run": len(eps), "warmup_epochs_s": spans[:w],
             "epoch_s": summarise(spans[w:]), "fit_step_s": summarise(steps),
             "val_s": summarise([e["val"][-1] - e["val"][0] for e in eps[w:] if e["val"]] or [0.0]),
-            "overhead_s": summarise([e["end"] - e["steps"][-1] for e in eps[w:]]),
+            "overhead_s": summarise([e["steps"][-1] - e["steps"][-2] for e in eps[w:]]),
             "steps_per_epoch": len(ds), "peak_rss_mib": peak_rss_mib()}
 
 
 def task_inference(p) -> dict:
     """One 64³ volume: ``model.predict`` vs the compiled call, 8-flip TTA, test-case Dice."""
     from lungseg_utils import dataset, inference, metrics
-
     model = _network(p["settings"], p["precision"], model_path=p.get("model_path"))
     split, reps = _split(p), int(p["reps"])
     tests = split["test"] or split["val"]
-    x, y = dataset.load_training_arrays(tests)
-    fwd = inference.compiled_forward(model)
+    (x, y), fwd = dataset.load_training_arrays(tests), inference.compiled_forward(model)
     out = {"precision": p["precision"], "trained": bool(p.get("model_path")),
            "predict_s": timeit(lambda: model.predict(x[:1], verbose=0), reps, warmup=2),
            "compiled_s": timeit(lambda: fwd(x[:1]), reps + 2, warmup=2),
@@ -189,18 +162,19 @@ def task_inference(p) -> dict:
 
 
 def task_native(p) -> dict:
-    """One native scan end to end as the command does it (load, predict_volume, save), without
-    and with TTA; the ``ensemble`` as the command runs it (``scan.runtime``, float32 and with
-    ``bf16`` bfloat16), time and Dice."""
+    """A native scan as the command does it (load, predict, save), without and with TTA; the
+    ``ensemble`` as its runtime does (with ``bf16`` also in bfloat16): time and Dice."""
     from lungseg_utils import dataio, inference, metrics
-    from lungseg_utils.scan import runtime
-
+    from lungseg_utils.scan import reader, runtime
     fwd = inference.compiled_forward(_network(p["settings"], model_path=p.get("model_path")))
     case, reps = Path(p["case_dir"]), int(p["reps"])
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_native_") as out:
-        def once(use_tta: bool, forward=fwd):
+        def runs(use_tta: bool, forward=fwd):  # reps + 1 runs, less the first (a warm-up) if any
+            return [once(use_tta, forward) for _ in range(reps + 1)][min(reps, 1):]
+
+        def once(use_tta, forward):
             t = [time.perf_counter()]
-            ct, affine, header = dataio.load_ct(case / "ct.nii.gz")
+            ct, affine, header = reader.load_ct(case / "ct.nii.gz")
             t.append(time.perf_counter())
             mask = inference.predict_volume(forward, ct, affine, tta=use_tta)["mask"]
             t.append(time.perf_counter())
@@ -208,17 +182,16 @@ def task_native(p) -> dict:
             t.append(time.perf_counter())
             return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine, mask
 
-        plain = [once(False) for _ in range(reps + 1)][1:]             # the first: warm-up
-        rss_plain = peak_rss_mib()
-        tta = [once(True)[0][-1] for _ in range(reps + 1)][1:]
+        plain, rss_plain = runs(False), peak_rss_mib()
+        tta = [r[0][-1] for r in runs(True)]
         ens, policies = {}, ("float32", "mixed_bfloat16") if p.get("bf16") else ("float32",)
         for tag, policy in zip(("", "_bf16"), policies if p.get("ensemble") else ()):
-            efwd = runtime.ensemble_forward(p["ensemble"], members=True, policy=policy)
-            runs, truth = [once(False, efwd) for _ in range(reps + 1)][1:], dataio.load_case(case).mask
+            done = runs(False, runtime.ensemble_forward(p["ensemble"], members=True, policy=policy))
+            truth = dataio.load_case(case).mask
             ens.update({"ensemble_members": len(inference.member_files(p["ensemble"])),
-                        f"ensemble{tag}_total_s": summarise([r[0][-1] for r in runs]),
+                        f"ensemble{tag}_total_s": summarise([r[0][-1] for r in done]),
                         "dice_single": metrics.dice(plain[-1][3], truth),
-                        f"dice_ensemble{tag}": metrics.dice(runs[-1][3], truth)})
+                        f"dice_ensemble{tag}": metrics.dice(done[-1][3], truth)})
     stages = zip(("load", "predict_volume", "save", "total"), zip(*(r[0] for r in plain)))
     _, shape, affine, _ = plain[-1]
     return {"case_id": case.name, "shape": list(shape),
@@ -228,11 +201,9 @@ def task_native(p) -> dict:
 
 
 def task_cli(p) -> dict:
-    """The inference command on one native scan in a fresh process each time, default model;
-    its ``--verbose`` lines split start-up (imports, model load) from the scan itself."""
+    """The inference command on a native scan, a fresh process each time (``--verbose``)."""
     import re
     import subprocess
-
     ct, runs = Path(p["case_dir"]) / "ct.nii.gz", []
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
         for i in range(int(p["reps"])):
@@ -241,24 +212,26 @@ def task_cli(p) -> dict:
                    *(["--model", p["model"]] if p.get("model") else [])]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-            wall = time.perf_counter() - t0
+            runs.append({"wall_s": time.perf_counter() - t0, **{k: float(v) for k, v in re.findall(
+                r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)}})
             if proc.returncode != 0:
                 raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
-            found = re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)
-            runs.append({"wall_s": wall, **{k: float(v) for k, v in found}})
-    keys = sorted({k for r in runs for k in r})
     return {"case_id": ct.parent.name, "model": p.get("model"),
             "command_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
-            **{k: summarise([r[k] for r in runs if k in r]) for k in keys}}
+            **{k: summarise([r[k] for r in runs if k in r]) for k in sorted(set().union(*runs))}}
 
 
 TASKS = {"ceiling": task_ceiling, "cli": task_cli, "train": task_train, "epoch": task_epoch,
          "inference": task_inference, "native": task_native}
 
 if __name__ == "__main__":
-    name, params, out_path = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
-    t0 = time.perf_counter()
-    result = TASKS[name](params)
-    result.update(task_wall_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(),
-                  onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"))
-    out_path.write_text(json.dumps(result, indent=1, default=float))
+    results = {}
+    for key, (name, params) in json.loads(sys.argv[1]).items():
+        t0 = time.perf_counter()
+        try:
+            results[key] = {**TASKS[name](params), "task_wall_s": time.perf_counter() - t0,
+                            "peak_rss_mib": peak_rss_mib(),
+                            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+        except Exception:  # noqa: BLE001  (this task's error; the next one runs)
+            results[key] = {"error": traceback.format_exc()}
+    Path(sys.argv[2]).write_text(json.dumps(results, indent=1, default=float))

@@ -2,8 +2,8 @@
 
 One job per module, in the order the data flows; imports only go down this list:
 
-``errors``       the project's exception and warning types, the one command-line error handler
-``atomic``       the one atomic writer: whole files and folders, all of a scan's or none
+``errors``       the project's exception and warning types
+``atomic``       the one atomic writer: whole files and folders or nothing
 ``config``       profiles, paths, seeds, quiet Keras import (finding data writes nothing)
 ``anatomy``      body, airways, components, holes, boundaries: post-processing and the
                  classical baseline, one algorithm each

@@ -1,12 +1,7 @@
 """Anatomy from the image: body, airways, connected components, holes, boundaries.
 
-One algorithm for each idea, shared by everything that needs it: the model grid's centring
-(:mod:`lungseg_utils.geometry`), post-processing of a predicted mask, the classical
-(non-learning) baseline, the metrics' surfaces and the viewer's outlines.
-
-Conventions: a mask is any array, nonzero is foreground. The head-foot (axial) axis is an
-argument (``axis``, default 2, the head at high indices as :mod:`lungseg_utils.dataio` delivers
-L,P,S / R,A,S volumes; :func:`lungseg_utils.geometry.axial_axis` finds it from an affine).
+One algorithm for each idea, shared by everything that needs it. A mask is any array, nonzero
+the foreground; ``axis`` is the head-foot axis (default 2, the head at high indices).
 """
 
 from __future__ import annotations
@@ -20,30 +15,17 @@ from .errors import LungsegInputError
 def check_spacing(spacing_mm, ndim: int) -> tuple:
     """``spacing_mm`` as ``ndim`` positive floats (one number is repeated); else an error."""
     spacing = tuple(float(s) for s in np.ravel(spacing_mm))
-    if len(spacing) == 1:
-        spacing = spacing * ndim
+    spacing = spacing * ndim if len(spacing) == 1 else spacing
     if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise LungsegInputError(f"spacing_mm {spacing_mm} must be {ndim} positive numbers.")
     return spacing
 
 
-# ----------------------------------------------------------------------------- components
 def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
                        min_voxels: int = 0, connectivity: int = 3) -> np.ndarray:
-    """Keep the largest connected component and up to ``max_components - 1`` more.
-
-    A further component is kept only if it holds at least ``min_fraction`` of the largest
-    one's voxels; every kept component needs at least ``min_voxels`` voxels.
-
-    Parameters
-    ----------
-    mask : ndarray, any shape and dtype; nonzero = foreground.
-    connectivity : 1 (face neighbours) up to ``mask.ndim`` (corners too).
-
-    Returns
-    -------
-    ndarray bool, same shape (all False if nothing qualifies).
-    """
+    """The largest component of ``mask`` and up to ``max_components - 1`` more with
+    ``min_fraction`` of its voxels, all of at least ``min_voxels``; ``connectivity`` 1 (faces)
+    to ``mask.ndim`` (corners). Returns bool, same shape (all False if nothing qualifies)."""
     mask = np.asarray(mask) != 0
     labels, n = ndi.label(mask, structure=ndi.generate_binary_structure(mask.ndim, connectivity))
     if n == 0:
@@ -80,27 +62,15 @@ def fill_holes(mask, axis: int = 2) -> np.ndarray:
 
 def postprocess_lungs(mask, max_components: int = 2, min_fraction: float = 0.1,
                       axis: int = 2) -> np.ndarray:
-    """Clean a lung mask: keep the lungs' components, drop specks, fill enclosed holes.
-
-    The largest 3D component (26-connectivity) is kept; the next ones (up to
-    ``max_components`` in all) only if each holds at least ``min_fraction`` of the largest's
-    voxels, since the two lungs may touch at the anterior junction and form one component.
-    Holes are then filled in 3D and in every slice across ``axis``.
-
-    mask: ndarray (X, Y, Z), nonzero = lung. Returns uint8 {0, 1}, same shape.
-    """
-    kept = largest_components(mask, max_components, min_fraction)
-    return fill_holes(kept, axis).astype(np.uint8)
+    """Clean a lung mask (X, Y, Z): :func:`largest_components` (the two lungs may touch and
+    form one), then :func:`fill_holes`. Returns uint8 {0, 1}, same shape."""
+    return fill_holes(largest_components(mask, max_components, min_fraction), axis).astype(np.uint8)
 
 
-# ----------------------------------------------------------------------------- boundaries
 def boundary(mask, mode: str = "inner") -> np.ndarray:
-    """Boundary voxels of a mask, face neighbours (like scikit-image's ``find_boundaries``).
-
-    ``mode``: ``"inner"`` the mask's voxels with a face neighbour outside it (the outside of
-    the array counts as background, MONAI's surface convention); ``"outer"`` the background
-    voxels with a face neighbour inside; ``"thick"`` both. Any number of axes; returns bool.
-    """
+    """Boundary voxels of a mask (any number of axes; bool): ``"inner"`` the mask's voxels with
+    a face neighbour outside it (or the array's edge, MONAI's convention), ``"outer"`` the
+    background voxels with one inside, ``"thick"`` both."""
     m = np.asarray(mask) != 0
     cross = ndi.generate_binary_structure(m.ndim, 1)
     inner = m & ~ndi.binary_erosion(m, cross, border_value=0)
@@ -125,17 +95,10 @@ def boundary_band(mask, spacing_mm, width_mm: float) -> np.ndarray:
     return np.where(m, inside, outside) <= width_mm
 
 
-# ----------------------------------------------------------------------------- body
 def body_mask(ct_hu, threshold_hu: float = -400.0, axis: int = 2) -> np.ndarray:
-    """The area the patient's body encloses on each axial slice (bool, same shape).
-
-    The body is the largest 3D component of non-air (``ct_hu >= threshold_hu``), which
-    drops the couch where an air gap separates it. On each axial slice, holes in the body
-    (lungs, airways, bowel gas) are filled. Where the field of view cuts the body, the image
-    edge is first closed between the body's outermost contacts with that edge: a lung
-    touching the edge stays inside, while the air around the body, which reaches the edge
-    beyond the body, stays outside.
-    """
+    """The area the patient's body encloses on each axial slice (bool, same shape): the largest
+    component of ``ct_hu >= threshold_hu``, its holes filled per slice, the image edge closed
+    between its outermost contacts (a field of view that cuts the body keeps the lungs in)."""
     air = np.moveaxis(np.asarray(ct_hu) < threshold_hu, axis, -1)
     body = largest_components(~air, 1, connectivity=1)
     closed = np.pad(body, ((1, 1), (1, 1), (0, 0)))
@@ -154,14 +117,9 @@ def body_mask(ct_hu, threshold_hu: float = -400.0, axis: int = 2) -> np.ndarray:
 
 def airway(cand, spacing_mm, max_area_mm2: float = 1000.0, seed_depth_mm: float = 15.0,
            axis: int = 2) -> np.ndarray:
-    """Trachea and main bronchi in a mask of air inside the body, traced from the top.
-
-    Seeds are the small 2D pieces (area <= ``max_area_mm2``) within ``seed_depth_mm`` of the
-    largest component's top. Going down, a piece is airway if it overlaps the previous
-    slice's airway (dilated by one voxel) and is small, or no larger than the previous
-    slice's airway (the pharynx). The trace ends where the airway enters a lung: the piece
-    there is large and growing. Returns bool, same shape as ``cand``.
-    """
+    """Trachea and main bronchi in a mask of air inside the body, traced down from the pieces
+    of at most ``max_area_mm2`` within ``seed_depth_mm`` of its top: a piece under the airway
+    is airway if small or not growing; a lung ends the trace. Returns bool, ``cand``'s shape."""
     spacing = check_spacing(spacing_mm, 3)
     spacing = tuple(np.array(spacing)[[i for i in range(3) if i != axis] + [axis]])
     main = largest_components(np.moveaxis(np.asarray(cand) != 0, axis, -1))
@@ -189,21 +147,14 @@ def airway(cand, spacing_mm, max_area_mm2: float = 1000.0, seed_depth_mm: float 
     return np.moveaxis(out, -1, axis)
 
 
-# ----------------------------------------------------------------------------- baseline
 def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
                         rim_hu: float | None = -300.0, axis: int = 2, body=None) -> np.ndarray:
     """Non-learning lung segmentation: threshold, body, airways, components, holes.
 
-    Steps: (1) air = HU below ``threshold_hu``; (2) keep the air that the body encloses in
-    each axial slice (:func:`body_mask`, robust to a field of view that cuts the body);
-    (3) remove the trachea and main bronchi (:func:`airway`); (4) keep the lungs'
-    components and fill holes (:func:`postprocess_lungs`); (5) if ``rim_hu`` is given, add
-    the one-voxel rim around the lungs that is below ``rim_hu`` (partial-volume voxels and
-    dependent, denser lung at the edge), then fill holes again.
-
-    ct_hu : ndarray (X, Y, Z), HU; spacing_mm : 3 floats; axis : the head-foot axis (head
-    at high indices); body : bool (X, Y, Z), ``body_mask(ct_hu, threshold_hu, axis)`` where
-    already made. Returns uint8 {0, 1}, same shape as ``ct_hu``.
+    Air below ``threshold_hu`` inside :func:`body_mask` (or ``body``, bool, where made), less
+    the :func:`airway`, through :func:`postprocess_lungs`; with ``rim_hu``, plus the one-voxel
+    rim below ``rim_hu`` (partial-volume lung), holes filled again. ``ct_hu`` (X, Y, Z), HU;
+    ``spacing_mm`` 3 floats. Returns uint8 {0, 1}, same shape as ``ct_hu``.
     """
     ct = np.asarray(ct_hu, dtype=np.float32)
     if ct.ndim != 3:

@@ -2,9 +2,7 @@
 
 :func:`atomic_write` fills a temporary file (or folder) created exclusively beside the output
 and renames it onto the output only when it is complete, so no reader and no later run ever
-sees half of it; :func:`all_or_nothing` holds several such renames back until a whole block
-(one scan's mask, probability and summary) has succeeded; :func:`remove_stale_temps` removes
-what a killed process left, and nothing else. Every writer of the project goes through here.
+sees half of it. Every writer of the project goes through here.
 """
 
 from __future__ import annotations
@@ -12,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import glob
+import functools
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,43 +25,26 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
 
 def _temp_prefix(path: Path) -> str:
     """``.tmp_<name>.<pid>.``: the start of every temporary name of ``path`` this process
-    makes; the process id tells a live writer's temporary file from a killed one's."""
+    makes (the process id tells a live writer's from a killed one's:
+    :func:`lungseg_utils.scan.outputs.remove_stale_temps`)."""
     return f".tmp_{path.name}.{os.getpid()}."
 
 
-def _temp_pattern(path: Path) -> re.Pattern:
-    """The exact shape of a temporary name :func:`atomic_write` gives ``path`` (any process):
-    ``.tmp_<name>.<pid>.<8 characters of mkstemp><suffix>``."""
-    return re.compile(rf"\.tmp_{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}(\.[^/]*)?")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # another user's process: alive
-        return True
-    return True
-
-
-#: The renames an :func:`all_or_nothing` block holds back until all its files are written.
-_HELD: contextvars.ContextVar[list | None] = contextvars.ContextVar("lungseg_held", default=None)
-
-
-def _discard(tmp: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+#: Inside a :func:`lungseg_utils.scan.outputs.all_or_nothing` block, the list to which each
+#: :func:`atomic_write` hands its finished ``(tmp, rename)`` instead of renaming.
+HELD_RENAMES = contextvars.ContextVar("lungseg_held", default=None)
 
 
 def _put_in_place(tmp: Path, path: Path, folder: bool) -> None:
     """Rename ``tmp`` onto ``path`` (a folder it replaces moved aside, then deleted)."""
-    old = folder and path.is_dir() and Path(tempfile.mkdtemp(prefix=_temp_prefix(path),
-                                                             dir=path.parent))
-    if old:                                      # a folder is not renamed onto a full one
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    with _naming(path):
+        old = folder and path.is_dir() and Path(tempfile.mkdtemp(prefix=_temp_prefix(path),
+                                                                 dir=path.parent))
+        if old:                                  # a folder is not renamed onto a full one
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -82,15 +62,13 @@ def _naming(path: Path):
 @contextlib.contextmanager
 def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folder: bool = False):
     """The project's one way to write a file (``folder``: a folder): ``with atomic_write(path)
-    as tmp: <write to tmp>`` fills a temporary file (``.tmp_<name>.<pid>.<random><suffix>``,
-    by default ``path``'s suffix, for writers that pick the format from the name) or folder,
-    created exclusively beside ``path`` (so it can collide with no input and no other
-    process's), renamed onto it with ordinary permissions on success, removed on failure or
-    Ctrl-C: no reader sees half of it; what ``kill -9`` leaves, :func:`remove_stale_temps`
-    removes. Inside :func:`all_or_nothing` the rename waits for the block's other files. A
-    write that fails for want of space or permission raises LungsegInputError naming
-    ``path``. Refuses to replace an existing ``path`` unless ``overwrite``; creates missing
-    folders."""
+    as tmp: <write to tmp>``. ``tmp`` (``.tmp_<name>.<pid>.<random><suffix>``, by default
+    ``path``'s suffixes, for writers that pick the format from the name) is created
+    exclusively beside ``path``, renamed onto it with ordinary permissions on success (inside
+    an ``all_or_nothing`` block, :data:`HELD_RENAMES`, when the block ends), removed on failure
+    or Ctrl-C; missing folders are created. Refuses to replace an existing ``path`` unless
+    ``overwrite``; a write that fails for want of space or permission raises
+    LungsegInputError naming ``path``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise LungsegInputError(f"{path}: {'folder' if path.is_dir() else 'file'} exists; pass "
@@ -104,55 +82,17 @@ def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folde
             fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
             os.close(fd)
             tmp = Path(tmp)
-    held = _HELD.get()
+    held = HELD_RENAMES.get()
     try:
         with _naming(path):
             yield tmp
             os.umask(umask := os.umask(0))       # read the umask (only setting it tells it)
             os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)  # mkstemp/mkdtemp: owner only
             if held is not None:
-                held.append((tmp, path, folder))
+                held.append((tmp, functools.partial(_put_in_place, tmp, path, folder)))
                 return
             _put_in_place(tmp, path, folder)
     finally:
-        if held is None or not any(t == tmp for t, _, _ in held):
-            _discard(tmp)
+        if held is None or not any(t == tmp for t, _ in held):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
-
-@contextlib.contextmanager
-def all_or_nothing():
-    """All of a block's files or none: every :func:`atomic_write` inside ``with
-    all_or_nothing(): ...`` (the mask, the probability, the summary of one scan) writes its
-    temporary file, and only when the whole block has succeeded are they renamed onto their
-    paths; a failure half way (a full disk while the second file is written) leaves none."""
-    held: list = []
-    token = _HELD.set(held)
-    try:
-        yield
-        _HELD.reset(token)
-        token = None
-        for tmp, path, folder in held:
-            with _naming(path):
-                _put_in_place(tmp, path, folder)
-    finally:
-        if token is not None:
-            _HELD.reset(token)
-        for tmp, _, _ in held:
-            if tmp.exists():
-                _discard(tmp)
-
-
-def remove_stale_temps(path, folder: bool = False, keep=()) -> list[Path]:
-    """Remove (and return) the temporary files or folders a killed :func:`atomic_write` of
-    ``path`` left: names of exactly its shape whose process is gone, never a live writer's
-    (this or another process), never one of ``keep`` (the inputs)."""
-    path, keep = Path(path), {Path(p).resolve() for p in keep}
-    pattern, stale = _temp_pattern(path), []
-    for p in sorted(path.parent.glob(glob.escape(f".tmp_{path.name}.") + "*")):
-        match = pattern.fullmatch(p.name)
-        if (not match or p.resolve() in keep or p.is_dir() != folder
-                or int(match[1]) == os.getpid() or _process_alive(int(match[1]))):
-            continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        stale.append(p)
-    return stale

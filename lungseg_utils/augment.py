@@ -1,11 +1,9 @@
 """Data augmentation in pure NumPy (the Keras data set that applies it is :mod:`.dataset`).
 
-Every transform takes the CT (float32 (X, Y, Z) in [0, 1], from
-:func:`~lungseg_utils.preprocess.window_normalise`) and its mask (uint8 or float (X, Y, Z),
-{0, 1}) and returns both transformed *the same way*: shapes kept, the mask still binary,
-CT and mask still aligned. Randomness comes from an explicit ``numpy.random.Generator``;
-each transform applies itself with probability ``p``. :data:`PIPELINE` lists the steps that
-:func:`augment_pair` (the training data's augmentation) applies, in order.
+Each transform takes the CT (float32 (X, Y, Z) in [0, 1]) and its mask (uint8 or float
+(X, Y, Z), {0, 1}), applies itself with probability ``p`` using an explicit
+``numpy.random.Generator``, and returns both transformed the same way: shapes kept, the mask
+binary. :data:`PIPELINE` lists the steps of :func:`augment_pair`, in order.
 """
 
 from __future__ import annotations
@@ -20,14 +18,12 @@ from .errors import LungsegInputError
 
 
 def _chance(rng, p: float) -> bool:
-    """True with probability ``p``; draws no random number when ``p`` is 0 (see
-    :func:`augment_pair`)."""
+    """True with probability ``p``; draws no random number when ``p`` is 0."""
     return p > 0 and rng.random() < p
 
 
 def _check_pair(ct, mask):
-    ct = np.asarray(ct, dtype=np.float32)
-    mask = np.asarray(mask)
+    ct, mask = np.asarray(ct, dtype=np.float32), np.asarray(mask)
     if ct.ndim != 3 or ct.shape != mask.shape:
         raise LungsegInputError(
             f"augment: expected CT and mask of the same 3D shape, got {ct.shape} and {mask.shape}.")
@@ -44,10 +40,7 @@ def random_flip(ct, mask, rng, p: float = 0.5, axes=(0, 1, 2)):
 
 
 def random_rot90(ct, mask, rng, p: float = 1.0):
-    """With probability ``p``, rotate by 90, 180 or 270 degrees in one of the three planes.
-
-    Rotating a cube keeps its shape; a non-cubic volume is only rotated in a square plane.
-    """
+    """With probability ``p``, rotate by 90, 180 or 270 degrees in one of the square planes."""
     ct, mask = _check_pair(ct, mask)
     if rng.random() >= p:
         return ct, mask
@@ -61,7 +54,7 @@ def random_rot90(ct, mask, rng, p: float = 1.0):
 
 
 def intensity_jitter(ct, rng, sigma: float = 0.03, p: float = 0.5):
-    """With probability ``p``, add Gaussian noise (std ``sigma``) to the [0, 1] CT, clip to [0, 1]."""
+    """With probability ``p``, add Gaussian noise (std ``sigma``) to the CT, clipped to [0, 1]."""
     ct = np.asarray(ct, dtype=np.float32)
     if rng.random() >= p or sigma <= 0:
         return ct
@@ -71,13 +64,9 @@ def intensity_jitter(ct, rng, sigma: float = 0.03, p: float = 0.5):
 
 def elastic_field(shape, rng, sigma_mm: float = 3.0, smooth_mm: float = 40.0,
                   spacing_mm: float = 5.0) -> np.ndarray:
-    """A smooth random displacement field, in voxels.
-
-    White noise smoothed by a Gaussian of std ``smooth_mm`` (in the Fourier domain, so with
-    periodic boundaries, which a stationary random field does not mind), scaled so that the
-    largest displacement length is ``sigma_mm``. Returns float32 (3, X, Y, Z): the
-    displacement along each axis, in voxels of ``spacing_mm``.
-    """
+    """A smooth random displacement field: white noise smoothed by a Gaussian of std
+    ``smooth_mm`` (in the Fourier domain), scaled so that the longest displacement is
+    ``sigma_mm``. Returns float32 (3, X, Y, Z), in voxels of ``spacing_mm``."""
     shape = tuple(int(s) for s in shape)
     s_vox = smooth_mm / spacing_mm
     noise = rng.standard_normal((3, *shape))
@@ -92,32 +81,23 @@ def elastic_field(shape, rng, sigma_mm: float = 3.0, smooth_mm: float = 40.0,
 
 def elastic_deform(ct, mask, rng, sigma_mm: float = 3.0, smooth_mm: float = 40.0,
                    spacing_mm: float = MODEL_SPACING_MM, field=None, p: float = 1.0):
-    """With probability ``p``, warp CT and mask by one smooth displacement field (see
-    :func:`elastic_field`).
-
-    CT: trilinear, outside the volume = 0 (air). Mask: trilinear then thresholded at 0.5, so
-    it stays binary. ``field`` (3, X, Y, Z), if given, is used instead of a random one.
-    Returns (ct float32, mask of the input's dtype).
-    """
+    """With probability ``p``, warp CT and mask by a smooth displacement field (``field``
+    (3, X, Y, Z), else :func:`elastic_field`): trilinear, air (0.0) outside; the mask then
+    thresholded at 0.5. Returns (ct float32, mask of the input's dtype)."""
     ct, mask = _check_pair(ct, mask)
     if rng.random() >= p:
         return ct, mask
     if field is None:
         field = elastic_field(ct.shape, rng, sigma_mm, smooth_mm, spacing_mm)
-    grid = np.indices(ct.shape, dtype=np.float32)
-    coords = grid + field
-    ct_w = ndi.map_coordinates(ct, coords, order=1, mode="constant", cval=0.0)
-    m_w = ndi.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
-    return ct_w.astype(np.float32), (m_w >= 0.5).astype(mask.dtype)
+    coords = np.indices(ct.shape, dtype=np.float32) + field
+    warp = lambda v: ndi.map_coordinates(v, coords, order=1, mode="constant",  # noqa: E731
+                                         cval=0.0)
+    return warp(ct).astype(np.float32), (warp(mask.astype(np.float32)) >= 0.5).astype(mask.dtype)
 
 
 def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
-    """With probability ``p``, translate by up to ``max_shift_vox`` whole voxels along each axis.
-
-    Voxels shifted in are air: 0.0 in the normalised CT, 0 in the mask. Teaches the model
-    that the lungs need not sit at the centre of the grid (a grid centred from the image
-    rather than from the label is off by a few voxels).
-    """
+    """With probability ``p``, translate by up to ``max_shift_vox`` whole voxels along each
+    axis; voxels shifted in are air (0.0 in the CT, 0 in the mask)."""
     ct, mask = _check_pair(ct, mask)
     if rng.random() >= p or max_shift_vox <= 0:
         return ct, mask
@@ -133,11 +113,7 @@ def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
 def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1,
                   p: float = 1.0):
     """With probability ``p``, rotate about each axis by up to ``max_rot_deg`` and scale by
-    1 ± ``max_scale``, about the volume's centre (different scanners, patient positions and
-    body sizes).
-
-    CT: trilinear, air (0.0) outside; mask: trilinear then >= 0.5. Returns (ct, mask).
-    """
+    1 ± ``max_scale`` about the centre; trilinear, air outside, the mask then >= 0.5."""
     ct, mask = _check_pair(ct, mask)
     if not _chance(rng, p):
         return ct, mask
@@ -160,9 +136,8 @@ def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0
 
 def random_intensity(ct, rng, hu_offset: float = 50.0, hu_scale: float = 0.1,
                      gamma: float = 0.2, hu_window=HU_WINDOW, p: float = 1.0):
-    """With probability ``p``, another scanner's calibration: HU' = s * HU + o (s in
-    1 ± ``hu_scale``, o in ± ``hu_offset``), then a gamma in [1 / (1 + ``gamma``),
-    1 + ``gamma``] on the [0, 1] CT."""
+    """With probability ``p``, another scanner's calibration: HU' = s * HU + o (s in 1 ±
+    ``hu_scale``, o in ± ``hu_offset``), then a gamma in [1 / (1 + ``gamma``), 1 + ``gamma``]."""
     if not _chance(rng, p):
         return np.asarray(ct, np.float32)
     lo, hi = float(hu_window[0]), float(hu_window[1])
@@ -174,9 +149,8 @@ def random_intensity(ct, rng, hu_offset: float = 50.0, hu_scale: float = 0.1,
 
 
 def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3, p: float = 1.0):
-    """With probability ``p``, a softer reconstruction kernel (Gaussian blur, sigma up to
-    ``max_sigma_vox`` along each axis) and, half the time, thicker slices (a box average of
-    2..``max_thick`` voxels along the head-foot axis 2)."""
+    """With probability ``p``, a Gaussian blur (sigma up to ``max_sigma_vox`` per axis) and, half
+    the time, thicker slices (a box average of 2..``max_thick`` voxels along axis 2)."""
     ct = np.asarray(ct, np.float32)
     if not _chance(rng, p):
         return ct
@@ -190,8 +164,7 @@ def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3, p: floa
 
 def random_z_crop(ct, mask, rng, max_margin_vox: int = 4, p: float = 1.0):
     """With probability ``p``, a scan framed tightly around the lungs: everything more than
-    0..``max_margin_vox`` voxels above the lungs' top or below their base (axis 2) becomes
-    air, as in a scan whose field of view ends there. Returns (ct, mask)."""
+    0..``max_margin_vox`` voxels above their top or below their base (axis 2) becomes air."""
     ct, mask = _check_pair(ct, mask)
     if not _chance(rng, p):
         return ct, mask
@@ -218,8 +191,8 @@ class Step(NamedTuple):
     ct_only: bool = False
 
 
-#: The augmentation pipeline, in the order :func:`augment_pair` applies it. A new
-#: augmentation is a transform above, one entry here and its defaults in config.DEFAULTS.
+#: The augmentation, in order. A new step is a transform above, an entry here and its defaults
+#: in config.DEFAULTS.
 PIPELINE = [
     Step("elastic", elastic_deform, "p_elastic", ("elastic_sigma_mm", "elastic_smooth_mm")),
     Step("rotate and scale", random_affine, "p_affine", ("max_rot_deg", "max_scale")),
@@ -239,15 +212,10 @@ AUGMENT_DEFAULTS = {k: DEFAULTS[k] for step in PIPELINE for k in (step.p, *step.
 
 
 def augment_pair(x, y, rng, settings: dict | None = None):
-    """Apply the same random transform to CT ``x`` and mask ``y``: the steps of
-    :data:`PIPELINE` in order, each with its probability.
-
-    ``settings`` overrides :data:`AUGMENT_DEFAULTS` (extra keys are
-    ignored, so a whole profile can be passed). The original project's five steps (elastic,
-    shift, flips, rot90, noise) draw their random number even at probability 0; the four
-    added later draw none at 0, so that the original's settings give the same samples as
-    before those were added. x, y: (X, Y, Z) or (X, Y, Z, 1). Returns (float32 x, y of y's
-    dtype), same shapes.
+    """The steps of :data:`PIPELINE`, in order, on CT ``x`` and mask ``y`` (X, Y, Z) or
+    (X, Y, Z, 1). ``settings`` (a whole profile will do) overrides :data:`AUGMENT_DEFAULTS`.
+    The original five steps (elastic, shift, flips, rot90, noise) draw their random number even
+    at probability 0, the other four do not. Returns (float32 x, y of y's dtype), same shapes.
     """
     s = {**AUGMENT_DEFAULTS, **(settings or {})}
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
@@ -266,8 +234,8 @@ def augment_pair(x, y, rng, settings: dict | None = None):
 
 
 def pipeline_rows(settings: dict | None = None) -> list[dict]:
-    """:data:`PIPELINE` with its values from ``settings`` (over the defaults), one dict a step:
-    ``{"step", "transform", "probability", "settings", "applies to"}`` (for a table)."""
+    """:data:`PIPELINE` with the values of ``settings`` (over the defaults), one row a step:
+    ``{"step", "transform", "probability", "settings", "applies to"}``."""
     s = {**AUGMENT_DEFAULTS, **(settings or {})}
     return [{"step": step.name, "transform": step.transform.__name__,
              "probability": f"{step.p}={s[step.p]}",

@@ -1,11 +1,5 @@
-"""The Keras callbacks of the course's training beyond Keras's own.
-
-``cosine_schedule``   a warm-up, then a learning rate that decays to nearly zero at the last epoch
-``EpochSummary``      a compact log: a line every few epochs instead of one an epoch
-
-The callbacks that long runs add (backups to resume from, a wall-clock budget) are in
-:mod:`lungseg_utils.runs`.
-"""
+"""The course's training callbacks beyond Keras's own: a cosine learning-rate schedule and a
+compact log. Long runs add theirs (backups, a budget) in :mod:`lungseg_utils.runs`."""
 
 from __future__ import annotations
 
@@ -18,9 +12,8 @@ keras = import_keras_quietly()
 
 
 class EpochSummary(keras.callbacks.Callback):
-    """A compact training log: one line every ``every`` epochs and at the last one (loss,
-    Dice and their validation values, seconds an epoch and the minutes left) instead of a line or a progress bar
-    per epoch; what a notebook shows in a handful of lines."""
+    """A compact training log for notebooks: one line every ``every`` epochs and at the last
+    (loss, Dice, their validation values, seconds an epoch, minutes left)."""
 
     def __init__(self, epochs: int, every: int):
         super().__init__()

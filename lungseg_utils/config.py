@@ -1,29 +1,13 @@
 """Profiles, paths and seeds: the few settings every other module reads.
 
-A *profile* is a named set of training and evaluation settings:
-
-``main``
-    the recipe (``make all``, ``make reference``, the default): an ensemble of ``folds``
-    cross-validation members trained from random weights for a fixed number of epochs
-    (the same model on a busy or an idle machine; a timing before training says how long it
-    will take), bfloat16 where the CPU computes it natively, warm-up then cosine schedule,
-    the augmentation along the axes real scans differ, the last weights of each member.
-``smoke``
-    seconds: four cases, tiny filters, one epoch. Used by the test suite.
-``quick``
-    one model of the original student project's network and schedule (150 epochs of 12
-    augmented samples, plateau schedule, best validation checkpoint).
-``full``
-    the original student project's settings (150 epochs, base 16), meant for a GPU.
-
-Any profile takes ``budget_min`` (``--budget_min``): a wall-clock budget for students in a
-hurry; the train command times a few steps first and plans as many epochs as fit. A run
-trained under it records so in ``train_config.json`` (``plan``) and is not the recipe.
-``folds`` is the number of members notebook 04 trains (cross-validation folds over all cases).
-The active profile comes from the ``LUNGSEG_PROFILE`` environment variable (default
-``main``), so that the same notebook runs in seconds under the tests and for real in the
-main command. The active *run* (:func:`active_run_dir`), the folder notebook 04 trains into
-and notebooks 05, 06, the viewer and the report read, comes from ``LUNGSEG_RUN``.
+A *profile* is a named set of training and evaluation settings (:data:`PROFILES`, described in
+docs/training.md): ``main`` the recipe and the default, ``smoke`` seconds (the tests'),
+``quick`` one model of the original student project's network and schedule, ``full`` the
+original's settings, meant for a GPU. Any profile takes ``budget_min``, a wall-clock budget
+the epochs are planned to fit; such a run records its ``plan`` and is not the recipe.
+The active profile comes from ``$LUNGSEG_PROFILE`` (default ``main``), so that the same
+notebook runs in seconds under the tests and for real in the main command; the active run
+(:func:`active_run_dir`) from ``$LUNGSEG_RUN``.
 """
 
 from __future__ import annotations
@@ -32,17 +16,17 @@ import contextlib
 import datetime as _dt
 import os
 import random
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import LungsegInputError
 
-#: TensorFlow turns its oneDNN CPU kernels on by default only where it finds AVX-512 VNNI,
-#: BF16 or AMX; on an AVX2-only CPU (most laptops) it falls back to Eigen's kernels, and a
-#: training step of the U-Net took 9.5 s instead of 2.2 s (an AVX2 AMD EPYC, benchmarks/).
-#: The variable must be set before TensorFlow is first imported, so it is set here, where
-#: every module that imports Keras starts; ``TF_ENABLE_ONEDNN_OPTS=0`` still switches it off.
+#: oneDNN's CPU kernels also where TensorFlow would not turn them on (CPUs without AVX-512
+#: VNNI, BF16 or AMX: most laptops), as they are much faster there too (benchmarks/); set
+#: before TensorFlow is first imported, so here. ``TF_ENABLE_ONEDNN_OPTS=0`` still turns them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 #: Repository root (the folder holding ``lungseg_utils/``).
@@ -64,28 +48,11 @@ DEFAULT_SEED = 42
 #: The settings every profile starts from (augmentation defaults included: the steps that
 #: read them are listed in :data:`lungseg_utils.augment.PIPELINE`).
 DEFAULTS = dict(
-    hu_window=HU_WINDOW,
-    seed=DEFAULT_SEED,
-    val_fraction=0.15,
-    test_fraction=0.2,
-    reg_l2=1e-5,
-    dropout_enc=0.05,
-    dropout_dec=0.05,
-    dropout_bot=0.2,
-    use_transpose=False,
-    depth=4,
-    norm="group",
-    loss="dice",
-    learning_rate=1e-3,
-    p_flip=0.5,
-    p_rot90=0.5,
-    p_jitter=0.5,
-    jitter_sigma=0.03,
-    p_shift=0.5,
-    max_shift_vox=4,
-    p_elastic=0.3,
-    elastic_sigma_mm=3.0,
-    elastic_smooth_mm=40.0,
+    hu_window=HU_WINDOW, seed=DEFAULT_SEED, val_fraction=0.15, test_fraction=0.2,
+    reg_l2=1e-5, dropout_enc=0.05, dropout_dec=0.05, dropout_bot=0.2,
+    use_transpose=False, depth=4, norm="group", loss="dice", learning_rate=1e-3,
+    p_flip=0.5, p_rot90=0.5, p_jitter=0.5, jitter_sigma=0.03, p_shift=0.5, max_shift_vox=4,
+    p_elastic=0.3, elastic_sigma_mm=3.0, elastic_smooth_mm=40.0,
     # Shifts of real scans (all off in the original's settings; see augment.augment_pair):
     p_affine=0.0, max_rot_deg=10.0, max_scale=0.1,
     p_zcrop=0.0, zcrop_margin_vox=4,
@@ -93,10 +60,7 @@ DEFAULTS = dict(
     p_blur=0.0, max_blur_vox=1.0, max_thick=3,
     mixed_precision=False,   # True: bfloat16; "auto": bfloat16 where the CPU has it
     warmup_epochs=0,         # linear warm-up before the cosine schedule
-    samples_per_epoch=None,
-    workers=1,
-    reduce_lr_patience=10,
-    early_stop_patience=30,
+    samples_per_epoch=None, workers=1, reduce_lr_patience=10, early_stop_patience=30,
     lr_schedule="plateau",   # or "cosine": decays to 1 % at the planned last epoch
     checkpoint="best",       # best_model.keras: lowest val_loss, or "last": the final weights
     budget_min=None,         # wall-clock budget of a run; the epochs are planned to fit it
@@ -105,21 +69,19 @@ DEFAULTS = dict(
     folds=3,                 # members of the ensemble notebook 04 trains
 )
 
-#: The recipe that trains the reference from random weights (issue #26): a fixed number of
-#: epochs (the same model on a busy or an idle machine), a warm-up then a cosine schedule,
-#: bfloat16 where the CPU computes it natively, and from the first epoch the augmentation
-#: along the axes real scans differ (rotation and scaling, z-crop, HU recalibration, blur,
-#: thick slices), the last weights of each of ``folds`` cross-validation members. Validation
-#: every 5th epoch and two augmenting threads train the same model (``tests/test_train.py``)
-#: in 7.3 s an epoch instead of 9.4 (2 AVX-512 cores).
+#: The recipe that trains the reference from random weights: a fixed number of epochs (the
+#: same model on a busy or an idle machine), a warm-up then a cosine schedule, bfloat16 where
+#: the CPU computes it natively, from the first epoch the augmentation along the axes real scans
+#: differ, the last weights of each of ``folds`` cross-validation members. Validation every 5th
+#: epoch and two augmenting threads train the same model faster (``tests/test_train.py``).
 _RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
                learning_rate=2e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
                mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,
                p_intensity=0.5, p_blur=0.3, folds=3, validate_every=5, workers=2)
 
 PROFILES: dict[str, dict] = {
-    "smoke": {**DEFAULTS, "base_filters": 4, "epochs": 1, "batch_size": 1, "max_cases": 4,
-              "reduce_lr_patience": 1, "early_stop_patience": 2, "folds": 2},
+    "smoke": {**DEFAULTS, "base_filters": 2, "depth": 1, "epochs": 1, "batch_size": 1,
+              "max_cases": 4, "reduce_lr_patience": 1, "early_stop_patience": 2, "folds": 2},
     "main": {**DEFAULTS, **_RECIPE},
     "quick": {**DEFAULTS, "base_filters": 16, "epochs": 150, "batch_size": 2,
               "samples_per_epoch": 12},
@@ -135,8 +97,7 @@ def profile_name(name: str | None = None) -> str:
     """Return the active profile's name: ``name`` if given, else ``$LUNGSEG_PROFILE``, else main."""
     name = name or os.environ.get("LUNGSEG_PROFILE", DEFAULT_PROFILE)
     if name not in PROFILES:
-        raise LungsegInputError(
-            f"Unknown profile {name!r}: choose one of {', '.join(PROFILES)}.")
+        raise LungsegInputError(f"Unknown profile {name!r}: choose one of {', '.join(PROFILES)}.")
     return name
 
 
@@ -152,14 +113,11 @@ def get_profile(name: str | None = None, **overrides) -> dict:
 
 
 def active_run_dir() -> Path:
-    """The run the main job works on: ``$LUNGSEG_RUN`` if set, else ``results/reference``.
+    """The run the main job works on: ``$LUNGSEG_RUN`` (relative to the repository root) if
+    set, else ``results/reference``; writes nothing.
 
-    ``make all`` sets it to a new folder ``results/models/main_YYYYMMDD-HHMMSS``: notebook
-    04 trains the profile's ensemble into it, notebooks 05 and 06 evaluate it and write
-    their result files into it, the viewer shows it and the report describes it. Pointed at a
-    folder that already holds a trained ensemble or model (``make all RUN=results/reference``:
-    the committed reference), 04 trains nothing and shows how that run was trained. A
-    relative path is taken from the repository root. Writes nothing.
+    Notebook 04 trains the profile's ensemble into it (nothing if it holds a trained one), 05
+    and 06 evaluate it and write their result files there, the viewer and the report show it.
     """
     env = os.environ.get("LUNGSEG_RUN")
     if not env:
@@ -178,20 +136,17 @@ def shared_data_root() -> Path:
 
 
 def find_data_dir() -> Path | None:
-    """Find the folder of cases, in the documented order; writes nothing.
+    """The folder of cases, in the documented order; writes nothing.
 
-    1. ``$LUNGSEG_DATA`` (must exist and hold ``*/ct.nii.gz``, else an error);
-    2. ``data/`` of the repository, if it holds cases;
-    3. ``../shared/data/lctsc64`` beside the checkout;
-    4. otherwise None (:func:`lungseg_utils.synthetic.resolve_data_dir` then writes and
-       announces a synthetic demo set).
+    ``$LUNGSEG_DATA`` (it must hold ``*/ct.nii.gz``), else ``data/`` if it holds cases, else
+    ``../shared/data/lctsc64`` beside the checkout, else None (then
+    :func:`lungseg_utils.synthetic.resolve_data_dir` writes and announces a synthetic demo set).
     """
     env = os.environ.get("LUNGSEG_DATA")
     if env:
         folder = Path(env).expanduser().resolve()
         if not _has_cases(folder):
-            raise LungsegInputError(
-                f"LUNGSEG_DATA={env} holds no case folders with a ct.nii.gz.")
+            raise LungsegInputError(f"LUNGSEG_DATA={env} holds no case folders with a ct.nii.gz.")
         return folder
     for folder in (REPO_ROOT / "data", shared_data_root() / "lctsc64"):
         if _has_cases(folder):
@@ -224,20 +179,15 @@ def package_versions() -> dict:
     return versions
 
 
-def cpu_has_bfloat16() -> bool:
-    """True where the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16, Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def training_precision(setting) -> str:
     """Keras dtype policy of a run: ``"mixed_bfloat16"`` for ``True``, or for ``"auto"`` on a
-    CPU with native bfloat16 (:func:`cpu_has_bfloat16`); ``"float32"`` otherwise."""
+    CPU that computes bfloat16 natively (AVX512_BF16 or AMX-BF16, Linux); else ``"float32"``."""
     if setting == "auto":
-        return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        setting = "avx512_bf16" in flags or "amx_bf16" in flags
     return "mixed_bfloat16" if setting else "float32"
 
 
@@ -246,8 +196,6 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
     random.seed(seed)
     np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
-    import sys
-
     if "keras" in sys.modules:
         import keras
 
@@ -265,50 +213,34 @@ def new_run_dir(root: Path | None = None, prefix: str = "run") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1, 1000):
         folder = root / (f"{prefix}_{stamp}" if i == 1 else f"{prefix}_{stamp}_{i}")
-        try:
+        with contextlib.suppress(FileExistsError):
             folder.mkdir()
             return folder
-        except FileExistsError:
-            continue
     raise RuntimeError(f"Could not create a new run folder in {root}.")
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Redirect file descriptor 2 to /dev/null (C++ libraries write there directly)."""
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def import_keras_quietly():
     """Import Keras (TensorFlow backend by default) without TensorFlow's start-up noise.
 
-    TensorFlow prints oneDNN and CUDA lines on file descriptor 2 at import; they do not obey
-    ``TF_CPP_MIN_LOG_LEVEL`` and they break nbval's output comparison. Switching oneDNN off
-    would remove them but halves the speed, so instead fd 2 is silenced around the import.
-    Returns the ``keras`` module.
+    TensorFlow prints oneDNN and CUDA lines on file descriptor 2 at import, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says, and they would break nbval's output comparison: fd 2 goes
+    to /dev/null during the import. Returns the ``keras`` module.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    with _stderr_silenced():
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
         if os.environ["KERAS_BACKEND"] == "tensorflow":
             import tensorflow as tf
 
             tf.get_logger().setLevel("ERROR")
-            # Two cores: let TF use them without oversubscribing the augmentation workers.
         import keras
-    import warnings
-
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
     warnings.filterwarnings("ignore", module="keras")
     return keras

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from . import config
-from .atomic import all_or_nothing, atomic_write, remove_stale_temps  # noqa: F401 (the writer)
+from .atomic import atomic_write  # noqa: F401 (the writer)
 from .errors import LungsegInputError, LungsegWarning, one_line
 from .geometry import spacing_from_affine, voxel_volume_ml
 
@@ -40,21 +40,13 @@ MASK_NAME = "lung.nii.gz"
 
 @dataclass
 class Case:
-    """One scan in memory.
+    """One scan in memory, its arrays in the file's voxel order.
 
-    Attributes
-    ----------
-    case_id : str
-        Folder name, e.g. ``patient_001``.
-    ct_hu : ndarray, float32, shape (X, Y, Z)
-        CT in Hounsfield units, in the file's voxel order.
-    mask : ndarray, uint8 {0, 1}, shape (X, Y, Z), or None if the case has no label.
-    affine : ndarray, float64, shape (4, 4)
-        Voxel to world (mm) transform from the header.
-    spacing_mm : tuple of 3 floats
-        Voxel size along each array axis, from the header.
-    path : Path
-        The CT file.
+    ``case_id`` the folder's name (``patient_001``); ``ct_hu`` float32 (X, Y, Z) in Hounsfield
+    units; ``mask`` uint8 {0, 1} (X, Y, Z), or None if the case has no label; ``affine``
+    float64 (4, 4), voxel to world (mm), and ``spacing_mm`` (3 floats, along each array axis)
+    from the header; ``path`` the CT file; ``labels`` the mask file's labels above 0, all of
+    them lung (e.g. (1, 2) for right and left).
     """
 
     case_id: str
@@ -64,7 +56,6 @@ class Case:
     spacing_mm: tuple
     path: Path
     header: nib.Nifti1Header | None = field(default=None, repr=False)
-    #: The mask file's labels above 0 (all of them lung: e.g. (1, 2) for right and left)
     labels: tuple = ()
 
     @property
@@ -76,14 +67,10 @@ class Case:
         return "".join(nib.aff2axcodes(self.affine))
 
     @property
-    def voxel_volume_ml(self) -> float:
-        return voxel_volume_ml(self.affine)
-
-    @property
     def lung_volume_ml(self) -> float:
         if self.mask is None:
             return float("nan")
-        return float(self.mask.sum()) * self.voxel_volume_ml
+        return float(self.mask.sum()) * voxel_volume_ml(self.affine)
 
 
 def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
@@ -110,12 +97,11 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
 
 
 def _read_nifti(path: Path):
-    """The NIfTI image in ``path``, read in full from memory and verified.
+    """The NIfTI image in ``path``, read in full into memory and verified.
 
-    A ``.gz`` file is decompressed completely first, so a damaged file (its CRC or length
-    does not match) is refused instead of being read half as garbage; a plain NIfTI file
-    named ``.gz`` is read as what it is; other formats nibabel knows (an ``.hdr``/``.img``
-    pair) are left to ``nib.load``. Every error becomes one line naming the file.
+    A ``.gz`` file is decompressed completely first, so a damaged one (CRC or length) is refused,
+    not read half as garbage; a plain NIfTI file named ``.gz`` is read as what it is; other
+    formats (an ``.hdr``/``.img`` pair) are left to ``nib.load``. Errors name the file.
     """
     if not path.name.endswith((".nii", ".nii.gz", ".gz")):
         try:
@@ -145,32 +131,15 @@ def _read_nifti(path: Path):
         raise LungsegInputError(f"{path}: the NIfTI header is invalid ({one_line(exc)}).") from None
 
 
-def orientation_affine(axcodes: str, spacing_mm) -> np.ndarray:
-    """The (4, 4) affine of voxels stored along ``axcodes`` (e.g. ``"LPS"``: the first array
-    axis runs to the patient's left, ...) with ``spacing_mm``, origin at voxel 0."""
-    codes = str(axcodes).upper()
-    world = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-    if len(codes) != 3 or any(c not in world for c in codes) or len({world[c][0] for c in codes}) != 3:
-        raise LungsegInputError(f"--assume_orientation {axcodes}: three letters, one of R/L, "
-                                "A/P and S/I each, e.g. LPS or RAS.")
-    affine = np.eye(4)
-    affine[:3, :3] = 0.0
-    for axis, (code, step) in enumerate(zip(codes, spacing_mm)):
-        row, sign = world[code]
-        affine[row, axis] = sign * float(step)
-    return affine
-
-
-def load_nifti(path, what: str = "image", assume_orientation: str | None = None
+def load_nifti(path, what: str = "image", allow_unoriented: bool = False
                ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header).
 
     A trailing singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the
-    file, for a missing file, a file that is not NIfTI, a truncated ``.gz``, a 2D or 4D image,
-    a singular affine, or NaN/infinite voxels, and for a header without orientation (qform
-    and sform codes 0: nibabel would guess one, and right and left could be swapped) unless
-    ``assume_orientation`` (e.g. ``"LPS"``) says how the voxels are stored
-    (:func:`orientation_affine`, with the header's voxel sizes).
+    file, for a missing file, one that is not NIfTI, a truncated ``.gz``, a 2D or 4D image, a
+    singular affine, NaN/infinite voxels, and a header without orientation (nibabel would
+    guess one: right and left could swap) unless ``allow_unoriented`` (the caller then sets
+    one: :func:`lungseg_utils.scan.reader.load_scan`).
     """
     path = Path(path)
     if not path.exists():
@@ -184,10 +153,7 @@ def load_nifti(path, what: str = "image", assume_orientation: str | None = None
         raise LungsegInputError(f"{path}: voxel data cannot be read ({one_line(exc)}).") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise LungsegInputError(
-            f"{path}: expected a 3D volume but the image has shape {tuple(data.shape)}.")
-    if min(data.shape) < 2:
+    if data.ndim != 3 or min(data.shape) < 2:
         raise LungsegInputError(
             f"{path}: expected a 3D volume but the image has shape {tuple(data.shape)}.")
     data = np.asarray(data, dtype=np.float32)
@@ -195,15 +161,12 @@ def load_nifti(path, what: str = "image", assume_orientation: str | None = None
         bad = int((~np.isfinite(data)).sum())
         raise LungsegInputError(f"{path}: {bad} voxel(s) are NaN or infinite.")
     affine = np.asarray(img.affine, dtype=np.float64)
-    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
-        if assume_orientation is None:
-            raise LungsegInputError(
-                f"{path}: the header has no orientation (qform and sform codes are 0), so "
-                "right and left cannot be told apart; pass --assume_orientation with how the "
-                "voxels are stored (e.g. LPS or RAS) if you know it.")
-        affine = orientation_affine(assume_orientation, img.header.get_zooms()[:3])
-        img.set_sform(affine, code=1)
-        img.set_qform(affine, code=1)
+    unoriented = int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
+    if unoriented and not allow_unoriented:
+        raise LungsegInputError(
+            f"{path}: the header has no orientation (qform and sform codes are 0), so "
+            "right and left cannot be told apart; pass --assume_orientation with how the "
+            "voxels are stored (e.g. LPS or RAS) if you know it.")
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise LungsegInputError(f"{path}: the header's affine is singular or not finite.")
     return data, affine, img.header
@@ -228,54 +191,24 @@ def hu_problem(ct: np.ndarray) -> str | None:
     return f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
 
 
-def check_hu(ct: np.ndarray, path, refuse: bool = False) -> None:
-    """Warn (LungsegWarning), or with ``refuse`` raise LungsegInputError, if intensities do
-    not look like Hounsfield units (:func:`hu_problem`)."""
-    why = hu_problem(ct)
-    if why is None:
-        return
-    if refuse:
-        raise LungsegInputError(f"{path}: intensities do not look like HU: {why}; pass "
-                                "--rescale SLOPE INTERCEPT to turn them into HU, or --assume_hu "
-                                "if they are HU.")
-    warnings.warn(f"{path}: intensities do not look like HU: {why}.", LungsegWarning, stacklevel=3)
-
-
-def load_ct(path, assume_hu: bool | None = None, assume_orientation: str | None = None
-            ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Load a CT from a NIfTI file or a folder holding ``ct.nii.gz``.
-
-    Returns (ct_hu float32 (X, Y, Z), affine (4, 4) RAS mm, header). ``assume_hu``: None warns
-    on intensities that do not look like HU (:func:`check_hu`), False refuses them, True
-    accepts them silently; ``assume_orientation``: for a header without one
-    (:func:`load_nifti`). A folder of DICOM files, or values that need a rescale into HU,
-    are read by :func:`lungseg_utils.scan.reader.load_scan`.
-    """
-    path = Path(path)
-    if path.is_dir() and not (path / CT_NAME).exists():
-        raise LungsegInputError(f"{path}: folder holds no {CT_NAME} (a folder of DICOM files "
-                                "is read by lungseg segment).")
-    path = path / CT_NAME if path.is_dir() else path
-    ct, affine, header = load_nifti(path, "CT", assume_orientation)
-    if assume_hu is not True:
-        check_hu(ct, path, refuse=assume_hu is False)
-    return ct, affine, header
-
-
 def load_case(case_dir, require_mask: bool = True) -> Case:
     """Load ``case_dir/ct.nii.gz`` and ``case_dir/lung.nii.gz`` into a :class:`Case`.
 
     The mask is binarised (label > 0 is lung) to uint8, its labels kept in ``Case.labels``.
     Raises LungsegInputError if a file is missing or bad, if CT and mask differ in shape or
     affine, or if the mask's values are not labels (a copy of the CT); warns for an empty mask or
-    a CT that does not look like HU.
+    a CT that does not look like HU (:func:`hu_problem`).
     """
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise LungsegInputError(f"{case_dir}: case folder does not exist.")
     ct_path, mask_path = case_dir / CT_NAME, case_dir / MASK_NAME
-    ct, affine, header = load_ct(ct_path)
-    mask = None
+    ct, affine, header = load_nifti(ct_path, "CT")
+    why = hu_problem(ct)
+    if why is not None:
+        warnings.warn(f"{ct_path}: intensities do not look like HU: {why}.", LungsegWarning,
+                      stacklevel=2)
+    mask, labels = None, ()
     if mask_path.exists() or require_mask:
         m, m_affine, _ = load_nifti(mask_path, "lung mask")
         if m.shape != ct.shape:
@@ -295,7 +228,7 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
             warnings.warn(f"{mask_path}: the lung mask is empty.", LungsegWarning, stacklevel=2)
     return Case(case_id=case_dir.name, ct_hu=ct, mask=mask, affine=affine,
                 spacing_mm=spacing_from_affine(affine), path=ct_path, header=header,
-                labels=labels if mask is not None else ())
+                labels=labels)
 
 
 def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None) -> list[Case]:
@@ -308,12 +241,10 @@ def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
                overwrite: bool = False) -> Path:
-    """Write ``data`` with ``affine`` to ``path`` atomically.
+    """Write ``data`` with ``affine`` to ``path`` atomically (a crash never leaves half a file).
 
-    The file is written to a temporary name in the same folder and renamed, so a crash never
-    leaves half a file. ``header`` (e.g. the input's) is copied so that units and codes carry
-    over; the data type is the array's. Refuses to replace an existing file unless
-    ``overwrite``.
+    ``header`` (e.g. the input's) is copied so that units and codes carry over; the data type
+    is the array's. Refuses to replace an existing file unless ``overwrite``.
     """
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=hdr)
@@ -370,12 +301,8 @@ def save_json(obj, path, overwrite: bool = False) -> Path:
 
 
 def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.ndarray)):
+        return o.tolist()                     # NumPy scalars as int and float, arrays as lists
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
@@ -383,7 +310,6 @@ def _json_default(o):
 
 def load_json(path) -> dict:
     """Read a JSON file, with a clear error if it is missing or malformed."""
-
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -394,12 +320,9 @@ def load_json(path) -> dict:
 
 
 def describe_case(case: Case) -> dict:
-    """One row of the data table: shape, voxel size, orientation, HU range, lung volume.
-
-    Returns a dict with ``case_id, shape, spacing_mm, axcodes, hu_min, hu_max, lung_volume_ml,
-    lung_fraction`` (share of the volume's voxels that are lung), ``lung_mean_hu`` and
-    ``touches_border`` (whether the mask reaches a face of the volume).
-    """
+    """One row of the data table: a dict of ``case_id, shape, spacing_mm, axcodes, hu_min,
+    hu_max, lung_volume_ml, lung_fraction`` (of the volume's voxels), ``lung_mean_hu`` and
+    ``touches_border`` (whether the mask reaches a face of the volume)."""
     mask = case.mask if case.mask is not None else np.zeros(case.shape, np.uint8)
     m = mask > 0
     faces = [m[0], m[-1], m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]]

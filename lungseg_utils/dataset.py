@@ -1,8 +1,7 @@
 """The Keras ``PyDataset`` that feeds training: cases in memory, augmented on the fly.
 
-The data set draws one generator per sample from ``(seed, epoch, position in the epoch)``,
-so a batch is the same whatever the order in which worker threads compute it, and each
-epoch sees a new augmentation of every case (:func:`lungseg_utils.augment.augment_pair`).
+Each sample's generator is seeded from ``(seed, epoch, position in the epoch)``, so a batch
+is the same whichever worker thread computes it, and each epoch augments every case anew.
 """
 
 from __future__ import annotations
@@ -24,26 +23,23 @@ keras = import_keras_quietly()
 MIN_AIR_FRACTION = 0.5
 
 
-def _check_model_grid(case) -> None:
+def _on_model_grid(case):
+    """``case``, refused if it is not on the model grid."""
     if case.shape != MODEL_SHAPE:
         raise LungsegInputError(f"{case.path}: shape {case.shape} is not the model grid "
                                 f"{MODEL_SHAPE}; resample it with lungseg_utils.geometry first.")
+    return case
 
 
 def check_training_cases(case_dirs) -> list[str]:
-    """Check every case a run will use (training, validation and test) before the run folder
-    is made, so that a bad case is a one-line refusal at once, not a failure hours later.
-
-    Each case must load (:func:`lungseg_utils.dataio.load_case`: files, shapes, affines, mask
-    values that are labels), lie on the model grid, and have a plausible lung mask: not
-    empty, and mostly air (at least :data:`MIN_AIR_FRACTION` of it below -500 HU). Returns
-    the notes to say once (masks whose several labels are merged into one lung).
-    Raises LungsegInputError at the first problem."""
+    """Check every case a run will use before its folder is made: each must load
+    (:func:`lungseg_utils.dataio.load_case`), lie on the model grid and have a plausible lung
+    mask (not empty, at least :data:`MIN_AIR_FRACTION` of it below -500 HU). Raises
+    LungsegInputError at the first problem; returns the notes to say once (merged labels)."""
     merged = []
     for folder in case_dirs:
-        case = dataio.load_case(folder)
+        case = _on_model_grid(dataio.load_case(folder))
         mask_path = Path(folder) / dataio.MASK_NAME
-        _check_model_grid(case)
         if not case.mask.any():
             raise LungsegInputError(f"{mask_path}: the lung mask is empty; a training case "
                                     "needs its lungs drawn.")
@@ -61,55 +57,26 @@ def check_training_cases(case_dirs) -> list[str]:
 
 def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
     """Load case folders into float32 arrays X (n, 64, 64, 64, 1) in [0, 1] and Y in {0, 1}."""
-    xs, ys = [], []
-    for folder in case_dirs:
-        case = dataio.load_case(folder)
-        _check_model_grid(case)
-        x, y = preprocess.preprocess_case(case.ct_hu, case.mask, hu_window)
-        xs.append(x)
-        ys.append(y)
-    return np.stack(xs), np.stack(ys)
+    cases = (_on_model_grid(dataio.load_case(folder)) for folder in case_dirs)
+    pairs = [preprocess.preprocess_case(case.ct_hu, case.mask, hu_window) for case in cases]
+    return np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs])
 
 
 class LungDataset(keras.utils.PyDataset):
-    """Batches of (CT, mask) for ``model.fit``, augmented on the fly.
+    """Batches (x, y), float32 (b, 64, 64, 64, 1) each, of (CT, mask) for ``model.fit``.
 
-    Parameters
-    ----------
-    cases : list of case folders, or a tuple (X, Y) of preloaded arrays
-        X, Y: float32 (n, 64, 64, 64, 1). Folders are loaded once (``dataio.load_case`` +
-        ``preprocess.preprocess_case``) and kept in memory.
-    batch_size : int
-    settings : dict, optional
-        Augmentation settings (see :data:`lungseg_utils.augment.AUGMENT_DEFAULTS`), e.g. a whole profile.
-    seed : int
-        With the epoch and the sample's position, fixes every random choice.
-    augment : bool
-        False for validation: the cases as they are, in order.
-    samples_per_epoch : int, optional
-        Samples drawn per epoch (default: one pass over the cases). More than the number of
-        cases repeats them with different augmentations.
-    shuffle : bool, optional
-        Reshuffle the order each epoch (default: ``augment``).
-    epoch : int
-        The epoch to start at (for resumed runs); ``on_epoch_end`` increments it.
-    endless : bool
-        One stream of batches over all epochs, for ``fit(..., steps_per_epoch=len(ds))``:
-        ``ds[i]`` is batch ``i % len(ds)`` of epoch ``epoch + i // len(ds)``, so every
-        batch is fixed by its index alone (no epoch counter to keep in step), and Keras
-        keeps one input iterator for the whole run instead of replacing a prefetching one
-        at every epoch's start (that replacement stalled the first step of an epoch by up
-        to 9 s).
-    **kwargs
-        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
-
-    ``ds[i]`` returns (x, y), float32 (b, 64, 64, 64, 1) each.
-    """
+    ``cases``: case folders (loaded once, kept in memory) or a tuple (X, Y) of arrays
+    (n, 64, 64, 64, 1). ``settings`` override :data:`~lungseg_utils.augment.AUGMENT_DEFAULTS`.
+    ``seed``, with the epoch and the sample's position, fixes every random choice. ``augment``
+    False: the cases as they are, in order. ``samples_per_epoch``: default one pass over the
+    cases. ``shuffle``: default ``augment``. ``epoch``: the first epoch (resumed runs).
+    ``endless``: one stream over all epochs, ``ds[i]`` being batch ``i % len(ds)`` of epoch
+    ``epoch + i // len(ds)``, so that Keras keeps one input iterator for the whole run.
+    ``kwargs`` (``workers``, ...) go to ``PyDataset``."""
 
     def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
                  augment: bool = True, samples_per_epoch: int | None = None,
-                 shuffle: bool | None = None, epoch: int = 0, endless: bool = False,
-                 **kwargs):
+                 shuffle: bool | None = None, epoch: int = 0, endless: bool = False, **kwargs):
         super().__init__(**kwargs)
         settings = settings or {}
         if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
@@ -160,15 +127,14 @@ class LungDataset(keras.utils.PyDataset):
         order = self.order(epoch)
         positions = range(index * self.batch_size,
                            min((index + 1) * self.batch_size, self.samples_per_epoch))
-        xs, ys = [], []
+        batch = []
         for pos in positions:
             x, y = self.x[order[pos]], self.y[order[pos]]
             if self.augment:
                 rng = np.random.default_rng([self.seed, epoch, pos])
                 x, y = augment_pair(x, y, rng, self.settings)
-            xs.append(x)
-            ys.append(y)
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+            batch.append((x, y))
+        return tuple(np.stack(arrays).astype(np.float32) for arrays in zip(*batch))
 
     def on_epoch_end(self):
         if not self.endless:

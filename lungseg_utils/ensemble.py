@@ -2,19 +2,14 @@
 
 As nnU-Net does by default, the cases are split into K seeded folds; member i trains on the
 other folds, so every case is scored once by a model that never saw it (out of fold), and
-the K members, averaged, are the model the project ships. With the ``main`` profile a
-member keeps its last weights (``checkpoint="last"``): its fold's cases are its validation
-data only to be logged, never to choose anything. With ``checkpoint="best"`` (the ``quick``
-and ``full`` profiles) one case of the other folds is held out for choosing the checkpoint.
+the K members, averaged, are the model the project ships. With ``checkpoint="last"`` (the
+``main`` profile) a member's own fold is its validation data, only logged; with
+``checkpoint="best"`` one case of the other folds is held out to choose the checkpoint.
 
 An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of each model
 file) and one run folder per member (``fold_i/``, as :func:`lungseg_utils.train.train` writes
-it); :func:`lungseg_utils.inference.load_model` loads such a folder.
-
-(``lungseg cv`` runs :func:`cross_validate` with the train command's full runs:
-:mod:`lungseg_utils.runs.cv`; ``lungseg promote RUN`` makes a finished run the committed
-reference: :mod:`lungseg_utils.study.reference`; ``lungseg seeds`` measures the seed spread
-of one member: :mod:`lungseg_utils.study.seeds`.)
+it); :func:`lungseg_utils.inference.load_model` loads it. ``lungseg cv`` runs
+:func:`cross_validate` with the train command's runs (:mod:`lungseg_utils.runs.cv`).
 """
 
 from __future__ import annotations
@@ -51,13 +46,6 @@ def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> l
         splits.append({"seed": seed, "train": [c for c in rest if c not in val], "val": val,
                        "test": test})
     return splits
-
-
-def copy_file(src, dest) -> Path:
-    """Copy one file to ``dest`` through the one atomic writer (replacing it)."""
-    with dataio.atomic_write(dest, overwrite=True) as tmp:
-        shutil.copyfile(src, tmp)
-    return Path(dest)
 
 
 def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) -> Path:
@@ -118,16 +106,13 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
                    verbose=0, init_from=None, trainer=None, **overrides) -> dict:
     """Train the K members of one configuration and score every case out of fold.
 
-    Each member is a normal run folder under ``out_dir/fold_i/`` (default
-    ``results/cv/``), trained on the other folds (:func:`fold_splits`; ``seed`` is the
-    fold assignment's and, unless overridden, the training's). ``out_dir`` then holds
-    ``manifest.json`` (an ensemble :func:`lungseg_utils.inference.load_model` can load) and
-    ``cross_validation.json``: ``{"folds", "profile", "settings", "cases": [{"case_id",
-    "fold", metrics...}], "summary": {metric: summary}}``, each case scored on the 64^3 grid
-    by the member that never saw it. With ``init_from`` (an ensemble folder of ``k``
-    members) member i is fine-tuned: it starts from that ensemble's member i, on its split.
-    ``trainer`` trains each member (:func:`train_members`; default
-    :func:`lungseg_utils.train.train`).
+    Member i is a run folder ``out_dir/fold_i/`` (default ``results/cv/``) that ``trainer``
+    (:func:`train_members`) trains on the other folds (:func:`fold_splits`; ``seed`` is the
+    folds' and, unless overridden, the training's); with ``init_from`` (an ensemble of ``k``
+    members) it is fine-tuned from that ensemble's member i, on its split. Writes
+    ``out_dir/manifest.json`` and ``cross_validation.json``, which it returns: ``{"folds",
+    "profile", "settings", "cases": [{"case_id", "fold", metrics...}], "summary": {metric:
+    summary}}``, each case scored on the 64^3 grid by the member that never saw it.
     """
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
@@ -161,16 +146,12 @@ def member_runs(ensemble_dir) -> list[Path]:
 def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides) -> dict:
     """What notebook 04 trains: the reference's kind of model, into ``run_dir``.
 
-    ``run_dir`` (default :func:`lungseg_utils.config.active_run_dir`) then has the layout of
-    ``results/reference/``: ``cv/fold_i/`` the profile's ``folds`` cross-validation members
-    (:func:`cross_validate`, each with :func:`lungseg_utils.train.train`), ``manifest.json``
-    listing them (the ensemble the inference command averages), ``cross_validation.json``,
-    and, at the top, the run artifacts of member 0 but its model (``split.json``,
-    ``training_log.csv`` ...: the single model whose held-out split notebook 05 and the
-    report describe first). A folder that already holds ``manifest.json`` is trained no
-    further: ``{"trained": False}``. A folder with other files is refused (nothing is
-    overwritten). ``overrides`` replace single settings of the profile (as in
-    :func:`cross_validate`). Returns ``{"run_dir", "trained", "manifest", "wall_s"}``.
+    ``run_dir`` (default :func:`lungseg_utils.config.active_run_dir`) gets the profile's
+    ``folds`` members in ``cv/fold_i/`` (:func:`cross_validate`) and the layout of
+    ``results/reference/`` (:func:`assemble_main`). A folder that already holds
+    ``manifest.json`` is trained no further (``"trained": False``); one with other files is
+    refused. ``overrides`` replace single settings of the profile. Returns ``{"run_dir",
+    "trained", "manifest", "wall_s"}``.
     """
     run_dir = Path(run_dir) if run_dir else config.active_run_dir()
     if (run_dir / inference.MANIFEST).exists():
@@ -190,16 +171,18 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
 
 
 def assemble_main(run_dir) -> Path:
-    """Give a finished cross-validation in ``run_dir/cv`` (:func:`cross_validate`) the layout
-    of ``results/reference/``: member 0's run artifacts but its model files (the members
-    under ``cv/`` hold them; no file is committed twice), ``cross_validation.json`` and a
-    ``manifest.json`` of the members at the top. Returns the manifest's path."""
+    """Give a finished cross-validation in ``run_dir/cv`` the layout of ``results/reference/``:
+    at the top, member 0's run artifacts but its models (``split.json``, ``training_log.csv``
+    ...: the single model notebook 05 and the report describe first),
+    ``cross_validation.json`` and a ``manifest.json`` of the members (the ensemble the
+    inference command averages). Returns the manifest's path."""
     run_dir = Path(run_dir)
     cv = dataio.load_json(run_dir / "cv" / inference.MANIFEST)
     members = member_runs(run_dir / "cv")
     for name in train.RUN_ARTIFACTS:             # member 0's run files, not its models
         if not name.endswith(".keras") and (members[0] / name).exists():
-            copy_file(members[0] / name, run_dir / name)
+            with dataio.atomic_write(run_dir / name, overwrite=True) as tmp:
+                shutil.copyfile(members[0] / name, tmp)
     dataio.save_json(dataio.load_json(run_dir / "cv" / "cross_validation.json"),
                  run_dir / "cross_validation.json")
     return write_manifest(run_dir, members, int(cv["fold_seed"]))

@@ -1,21 +1,14 @@
-"""Experiments: methods compared on labelled cases, cross-validation, out-of-fold scoring.
+"""Experiments: methods compared on labelled cases, scored out of fold (notebooks 05, 06).
 
-Everything here combines the pipeline's steps (inference, anatomy, metrics, training) into
-the results that notebooks 05 and 06 show and the report prints. The result files
-``evaluation.json`` and ``tta.json`` are built here (:func:`evaluation_result`,
-:func:`tta_result`); the report checks them when it reads them
-(:mod:`lungseg_utils.report.schema`).
-
-The two grids every result is given on are named by :data:`GRIDS`: ``grid64`` (the 64^3
-model grid, shown as "64³") and ``native`` (the scan's own grid).
-
-Training the folds themselves (cross-validation, the reference ensemble) is
-:mod:`lungseg_utils.ensemble`.
+Builds ``evaluation.json`` and ``tta.json`` (:func:`evaluation_result`, :func:`tta_result`),
+which the report checks as it reads them (:mod:`lungseg_utils.report.schema`), on the two
+grids of :data:`GRIDS`. Training the folds is :mod:`lungseg_utils.ensemble`.
 """
 
 from __future__ import annotations
 
-import time
+import timeit
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +18,8 @@ from .errors import LungsegInputError
 
 #: The grids results are given on: key in the result files -> label in tables and figures.
 GRIDS = {"grid64": "64³", "native": "native"}
-#: The methods of :func:`compare_methods` each grid's block of ``evaluation.json`` holds.
-#: ``unet_raw`` is the network's boundary before :func:`~lungseg_utils.inference.refine_boundary`
-#: redraws it; ``ceiling`` differs from the reference only off the model grid, so it is
-#: reported on the native grid alone.
+#: The methods of :func:`compare_methods` each grid's block of ``evaluation.json`` holds;
+#: ``ceiling`` differs from the reference only off the model grid, so only ``native`` has it.
 GRID_METHODS = {"grid64": ("unet_raw", "unet", "unet_post", "baseline"),
                 "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
 #: How the methods are named in tables and figures (notebook 05, the report, the README).
@@ -39,33 +30,19 @@ METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
                  "member": "U-Net, the member that never saw the case",
                  "ensemble_oof": "U-Net, members that never saw the case, averaged",
                  "ensemble_all": "U-Net, all members averaged (some trained on the case)"}
-#: The metrics summarised for every method (:func:`lungseg_utils.metrics.evaluate_masks`).
-METRICS = tuple(metrics.METRICS)   # the registry's keys, in its order
 #: The keys of every row of ``tta.json``'s ``cases``.
 TTA_ROW_KEYS = ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")
 
 
 def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False):
-    """Segment one labelled case with every method and score each against its mask.
-
-    Methods: ``unet`` (the inference pipeline: the network's probability thresholded at 0.5
-    on the case's own grid, its boundary redrawn at that grid's resolution where it is finer
-    than 5 mm), ``unet_raw`` (without that refinement), ``unet_post`` (``unet`` after
-    :func:`lungseg_utils.anatomy.postprocess_lungs`), ``baseline`` (:func:`lungseg_utils.anatomy.classical_lung_mask`)
-    and, with ``with_ceiling``, ``ceiling`` (the reference mask taken to the model grid and
-    back: the best any 64^3 model can do on this grid).
-
-    Parameters
-    ----------
-    forward : callable from :func:`lungseg_utils.inference.compiled_forward`
-    case : :class:`lungseg_utils.dataio.Case` with a mask
-
-    Returns
-    -------
-    row : dict ``{"case_id", method: evaluate_masks(...) for each method}``
-    masks : dict method -> uint8 mask on the case's grid
-    prediction : the dict of :func:`lungseg_utils.inference.predict_volume`
-    """
+    """Segment one labelled case (a ``Case`` with a mask) with every method and score each:
+    ``unet`` (:func:`lungseg_utils.inference.predict_volume`'s mask), ``unet_raw`` (that mask
+    before its boundary is redrawn on grids finer than 5 mm), ``unet_post`` (``unet`` after
+    :func:`~lungseg_utils.anatomy.postprocess_lungs`), ``baseline``
+    (:func:`~lungseg_utils.anatomy.classical_lung_mask`) and, ``with_ceiling``, ``ceiling``
+    (the reference mask taken to the model grid and back: the best any 64^3 model can do).
+    Returns ``(row, masks, prediction)``: ``{"case_id", method: evaluate_masks(...)}``,
+    ``{method: uint8 mask on the case's grid}`` and ``predict_volume``'s dict."""
     if case.mask is None:
         raise LungsegInputError(f"{case.path}: compare_methods needs a case with a lung mask.")
     axis = geometry.axial_axis(case.affine)
@@ -77,27 +54,21 @@ def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False
     if with_ceiling:
         masks["ceiling"] = geometry.round_trip_mask(case.mask, case.affine, ct_hu=case.ct_hu)
     row = {"case_id": case.case_id}
-    row.update({m: metrics.evaluate_masks(mask, case.mask, case.spacing_mm) for m, mask in masks.items()})
+    row.update({m: metrics.evaluate_masks(mask, case.mask, case.spacing_mm)
+                for m, mask in masks.items()})
     return row, masks, pred
 
 
-def summarise_methods(rows: list[dict], methods, keys=METRICS) -> dict:
+def summarise_methods(rows: list[dict], methods, keys=tuple(metrics.METRICS)) -> dict:
     """``{method: {metric: summarise(...)}}`` over rows of :func:`compare_methods`."""
-    out = {}
-    for m in methods:
-        flat = [{"case_id": r["case_id"], **r[m]} for r in rows]
-        out[m] = {k: metrics.summarise(flat, k) for k in keys}
-    return out
+    flat = {m: [{"case_id": r["case_id"], **r[m]} for r in rows] for m in methods}
+    return {m: {k: metrics.summarise(flat[m], k) for k in keys} for m in methods}
 
 
 def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
-    """Which model may score which case: ``[(case_id, source, model_path), ...]``.
-
-    If ``run_dir`` holds an ensemble (``manifest.json``), every case of a member's test
-    fold is paired with that member's model (all cases, each scored by the one model that
-    never saw it; source ``"CV fold i"``). Otherwise the run's own model is paired with its
-    split's test cases (source ``"reference"``). Sorted by case id; the first ``max_cases``
-    if given.
+    """Which model may score which case: ``[(case_id, source, model_path), ...]``, sorted by
+    case id (the first ``max_cases``). An ensemble (``manifest.json``) pairs each case with
+    the member whose test fold holds it (``"CV fold i"``); other runs: :func:`reference_jobs`.
     """
     run_dir = Path(run_dir)
     if (run_dir / inference.MANIFEST).exists():
@@ -111,11 +82,8 @@ def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
 
 
 def jobs_are_out_of_fold(run_dir, jobs) -> bool:
-    """True if no job's case is one its model trained on or was chosen by.
-
-    A model's seen cases are its run's ``split.json`` ``train``, and ``val`` unless the
-    validation cases are its test cases (``checkpoint="last"``: logged, never used). A model
-    outside ``run_dir``'s members and model counts as having seen every case."""
+    """True if every job's model is one of ``run_dir``'s and neither trained on nor was chosen
+    by its case: its ``split.json`` ``train``, and ``val`` unless that is its test set."""
     run_dir, seen = Path(run_dir), {}
     manifest = run_dir / inference.MANIFEST
     files = ([run_dir / m["file"] for m in dataio.load_json(manifest)["members"]]
@@ -133,7 +101,8 @@ def reference_jobs(reference_dir=None) -> list[tuple]:
     (the same form as :func:`out_of_fold_jobs`), sorted by case id."""
     reference_dir = Path(reference_dir or config.REFERENCE_DIR)
     split = dataio.load_json(reference_dir / "split.json")
-    return [(cid, "reference", reference_dir / inference.MODEL_FILE) for cid in sorted(split["test"])]
+    return [(cid, "reference", reference_dir / inference.MODEL_FILE)
+            for cid in sorted(split["test"])]
 
 
 def model_forward(model_path, forwards: dict):
@@ -143,47 +112,39 @@ def model_forward(model_path, forwards: dict):
     return forwards[model_path]
 
 
+def _job_cases(jobs, folders: dict, forwards: dict | None):
+    """``(case_id, model_label, forward, grid, case)`` for every job on each grid with a folder."""
+    forwards = {} if forwards is None else forwards
+    for cid, label, model_path in jobs:
+        fwd = model_forward(model_path, forwards)
+        for grid in GRIDS:
+            if folders.get(grid) is not None:
+                yield cid, label, fwd, grid, dataio.load_case(Path(folders[grid]) / cid)
+
+
 def method_block(rows: list[dict], grid: str) -> dict:
-    """One grid's block of ``evaluation.json``: ``{"methods", "cases", "summary"}``, the
-    methods of :data:`GRID_METHODS`, the rows of :func:`compare_methods` and their summaries
-    (``{}`` when there are no rows)."""
+    """One grid's block of ``evaluation.json``: its :data:`GRID_METHODS`, the rows of
+    :func:`compare_methods` and their summaries (``{}`` without rows)."""
     methods = list(GRID_METHODS[grid])
     return {"methods": methods, "cases": rows,
             "summary": summarise_methods(rows, methods) if rows else {}}
 
 
 def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
-    """Score every job's case with every method (:func:`compare_methods`) on both grids.
-
-    Parameters
-    ----------
-    jobs : ``[(case_id, model_label, model_path)]``, from :func:`reference_jobs` or
-        :func:`out_of_fold_jobs`; each case is predicted by its own model.
-    folders : ``{"grid64": folder, "native": folder or None}``, where the cases are on each
-        grid (a grid whose folder is None gets no rows).
-    forwards : dict, optional: compiled models by path, filled as models are loaded.
-
-    Returns ``{grid: method_block(...)}`` for both grids of :data:`GRIDS`; each row also names
-    the model that scored it (``"model"``: ``"reference"``, ``"CV fold 0"`` ...).
-    """
-    forwards = {} if forwards is None else forwards
+    """Score every job's case (jobs of :func:`out_of_fold_jobs`) with every method on both
+    grids: ``{grid: method_block(...)}``, each row naming its ``"model"`` (``"CV fold 0"``).
+    ``folders``: ``{"grid64": folder, "native": folder or None}`` (None: no rows);
+    ``forwards``: compiled models by path, filled as models are loaded."""
     rows = {grid: [] for grid in GRIDS}
-    for cid, label, model_path in jobs:
-        fwd = model_forward(model_path, forwards)
-        for grid in GRIDS:
-            if folders.get(grid) is not None:
-                case = dataio.load_case(Path(folders[grid]) / cid)
-                row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
-                rows[grid].append({**row, "model": label})
+    for _, label, fwd, grid, case in _job_cases(jobs, folders, forwards):
+        row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
+        rows[grid].append({**row, "model": label})
     return {grid: method_block(rows[grid], grid) for grid in GRIDS}
 
 
 def run_identity(run_dir) -> dict:
-    """What a result file says about the run it describes: ``{"run": its folder (relative to
-    the repository where it can be), "model_sha256": of its best_model.keras (an
-    ensemble's: member 0's),
-    "manifest_sha256": of its manifest.json (None without one)}``. The report refuses
-    result files whose identity is not that of the run folder it reads."""
+    """What a result file records of its run: ``{"run": its portable path, "model_sha256": of
+    best_model.keras (an ensemble's member 0's), "manifest_sha256": of manifest.json or None}``."""
     run_dir = Path(run_dir)
     digest = (lambda p: dataio.file_sha256(p) if p.exists() else None)  # noqa: E731
     model = run_dir / inference.MODEL_FILE
@@ -215,15 +176,10 @@ def optional_result(run_dir, name: str, notebook: str) -> dict | None:
 
 def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None,
                       scoring: str = "split") -> dict:
-    """The contents of ``evaluation.json``.
-
-    ``test`` and ``cv`` are results of :func:`evaluate_jobs`: ``test`` the cases as scored
-    (``scoring="out_of_fold"``: every case by the ensemble member that never saw it, from
-    :func:`out_of_fold_jobs`; ``"split"``: a single model on its split's test cases), ``cv``
-    an additional out-of-fold block for a split-scored run (left out when None or empty).
-    With ``run_dir``, ``run`` records :func:`run_identity`. The result passes
-    :func:`lungseg_utils.report.schema.check_evaluation` when both grids have rows.
-    """
+    """The contents of ``evaluation.json``. ``test``, ``cv``: results of :func:`evaluate_jobs`,
+    ``test`` as ``scoring`` says (``"out_of_fold"`` or ``"split"``: one model's test cases),
+    ``cv`` an out-of-fold block for a split-scored run (left out if empty); with ``run_dir``,
+    ``run`` (:func:`run_identity`)."""
     if scoring not in ("split", "out_of_fold"):
         raise LungsegInputError(f"evaluation_result: scoring {scoring!r} is not 'split' or "
                                 "'out_of_fold'.")
@@ -237,22 +193,16 @@ def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=No
 
 
 def tta_rows(jobs, folders: dict, forwards: dict | None = None) -> list[dict]:
-    """Single pass against 8-flip TTA for every job's case on both grids: one row per case
-    and grid (keys :data:`TTA_ROW_KEYS`; ``grid`` a key of :data:`GRIDS`)."""
-    forwards = {} if forwards is None else forwards
+    """Single pass against 8-flip TTA for every job's case (arguments as in
+    :func:`evaluate_jobs`): one row per case and grid, keys :data:`TTA_ROW_KEYS`."""
     rows = []
-    for cid, _, model_path in jobs:
-        fwd = model_forward(model_path, forwards)
-        for grid in GRIDS:
-            if folders.get(grid) is None:
-                continue
-            case = dataio.load_case(Path(folders[grid]) / cid)
-            row = {"case_id": cid, "grid": grid}
-            for name, flag in (("single", False), ("tta", True)):
-                mask = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=flag)["mask"]
-                row[f"dice_{name}"] = metrics.dice(mask, case.mask)
-                row[f"hd95_{name}_mm"] = metrics.hd95_mm(mask, case.mask, case.spacing_mm)
-            rows.append({k: row[k] for k in TTA_ROW_KEYS})
+    for cid, _, fwd, grid, case in _job_cases(jobs, folders, forwards):
+        row = {"case_id": cid, "grid": grid}
+        for name, flag in (("single", False), ("tta", True)):
+            mask = inference.predict_volume(fwd, case.ct_hu, case.affine, tta=flag)["mask"]
+            row[f"dice_{name}"] = metrics.dice(mask, case.mask)
+            row[f"hd95_{name}_mm"] = metrics.hd95_mm(mask, case.mask, case.spacing_mm)
+        rows.append({k: row[k] for k in TTA_ROW_KEYS})
     return rows
 
 
@@ -261,22 +211,16 @@ def time_inference(forward, x64, repeats: int = 5) -> dict:
     warm-up call each): ``{"single": s, "tta": s}``. ``x64``: (64, 64, 64) in [0, 1]."""
     times = {}
     for name, flag in (("single", False), ("tta", True)):
-        inference.predict_prob64(forward, x64, tta=flag)
-        runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            inference.predict_prob64(forward, x64, tta=flag)
-            runs.append(time.perf_counter() - t0)
-        times[name] = float(np.median(runs))
+        call = partial(inference.predict_prob64, forward, x64, tta=flag)
+        call()                                                           # warm-up
+        times[name] = float(np.median(timeit.repeat(call, number=1, repeat=repeats)))
     return times
 
 
 def method_difference(result: dict, grid: str, a: str = "baseline", b: str = "unet",
                       ci: float = 0.95, seed: int = 0) -> dict:
-    """Method ``b`` against method ``a`` on the cases of ``evaluation.json``'s ``grid``,
-    paired by case: ``{"mean_diff", "lo", "hi"}`` of Dice ``b - a`` (a paired bootstrap
-    interval, :func:`lungseg_utils.metrics.paired_bootstrap_ci`), ``ci``, ``n`` cases and
-    ``n_better``, the cases where ``b`` scores higher."""
+    """Dice of method ``b`` minus ``a`` on ``evaluation.json``'s ``grid``, paired by case:
+    ``metrics.paired_bootstrap_ci``'s interval, ``ci``, ``n`` and ``n_better`` (b higher)."""
     cases = result[grid]["cases"]
     da, db = [c[a]["dice"] for c in cases], [c[b]["dice"] for c in cases]
     return {**metrics.paired_bootstrap_ci(da, db, ci=ci, seed=seed), "ci": ci, "n": len(cases),
@@ -284,9 +228,8 @@ def method_difference(result: dict, grid: str, a: str = "baseline", b: str = "un
 
 
 def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
-    """Per grid, TTA's Dice gain over the single pass as a paired bootstrap interval
-    (:func:`lungseg_utils.metrics.paired_bootstrap_ci` plus ``ci``); grids with fewer than
-    two cases are left out."""
+    """Per grid with two cases or more, TTA's Dice gain over the single pass: the paired
+    bootstrap interval (:func:`~lungseg_utils.metrics.paired_bootstrap_ci`) and ``ci``."""
     gains = {}
     for grid in GRIDS:
         sub = [r for r in rows if r["grid"] == grid]
@@ -298,9 +241,8 @@ def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
 
 
 def tta_recommendation(tta: dict) -> dict:
-    """Whether to run TTA by default, from ``tta.json``: only if its Dice gain on the native
-    grid (what the inference command delivers) has a paired interval above zero.
-    ``{"default": bool, "text": one sentence with the numbers}``."""
+    """Whether to run TTA by default: only if ``tta.json``'s native-grid Dice gain has a paired
+    interval above zero. ``{"default": bool, "text": one sentence with the numbers}``."""
     g, slow = tta["dice_gain_native"], tta["time_s"]["tta"] / tta["time_s"]["single"]
     gain = f"{g['mean_diff']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]"
     if g["lo"] > 0:
@@ -313,21 +255,17 @@ def tta_recommendation(tta: dict) -> dict:
 
 def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str,
                run_dir=None) -> dict:
-    """The contents of ``tta.json``: the rows of :func:`tta_rows`, the times of
-    :func:`time_inference`, the uncertainty's error-detection AUC on ``focus_case`` and the
-    Dice gains of :func:`tta_gains` (``dice_gain`` on grid64, ``dice_gain_native``); with
-    ``run_dir``, ``run`` (:func:`run_identity`)."""
+    """The contents of ``tta.json``: :func:`tta_rows`, :func:`time_inference`, the uncertainty's
+    error AUC on ``focus_case``, :func:`tta_gains` (``dice_gain``: grid64) and ``run``."""
     gains = tta_gains(rows)
-    return {**({"run": run_identity(run_dir)} if run_dir is not None else {}), "cases": rows, "time_s": time_s, "uncertainty_error_auc": auc,
-            "focus_case": focus_case, "dice_gain": gains.get("grid64", {}),
-            "dice_gain_native": gains.get("native", {})}
+    return {**({"run": run_identity(run_dir)} if run_dir is not None else {}), "cases": rows,
+            "time_s": time_s, "uncertainty_error_auc": auc, "focus_case": focus_case,
+            "dice_gain": gains.get("grid64", {}), "dice_gain_native": gains.get("native", {})}
 
 
 def save_result(result: dict, name: str, run_dir=None) -> Path:
-    """Write a result file into the run it describes, ``run_dir`` (default
-    :func:`lungseg_utils.config.active_run_dir`). Under the smoke profile a result about the
-    committed reference goes to :data:`lungseg_utils.config.FIGURES_DIR` instead, so that a
-    test run never replaces the committed results."""
+    """Write a result file into its run (default :func:`~lungseg_utils.config.active_run_dir`);
+    under the smoke profile, one about the reference goes to ``config.FIGURES_DIR`` instead."""
     folder = Path(run_dir or config.active_run_dir()).resolve()
     if config.profile_name() == "smoke" and folder == config.REFERENCE_DIR.resolve():
         folder = config.FIGURES_DIR

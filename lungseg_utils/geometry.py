@@ -1,23 +1,9 @@
-"""The model grid, and the way there and back; the affine helpers everything else uses.
+"""The model grid, the way there and back, and the affine helpers everything else uses.
 
-The network sees a 64 x 64 x 64 cube of 5 mm voxels (320 mm) in the axis order of the
-course data: array axis 0 points to the patient's Left, axis 1 Posterior, axis 2 Superior
-(nibabel axis codes ``L, P, S``). :func:`to_model_grid` takes any CT (any shape, voxel size
-and orientation) onto that cube, centred on the lungs *as seen in the image* (the low-HU
-region inside the body; never the label). :func:`from_model_grid` takes a 64^3 probability
-back onto the input's own grid, with the input's shape and affine, where it is thresholded.
-
-A CT that already is 64^3 at 5 mm (the course format) goes through unchanged, apart from an
-exact axis reordering if its orientation is not L, P, S.
-
-All resampling is one affine map per direction (``scipy.ndimage.affine_transform``): from
-model voxel to world mm (the grid's affine) to input voxel (the inverse of the input's
-affine). Going down in resolution, the input is first smoothed (anti-aliasing), as the course
-data was made.
-
-This module is also the one home of the small helpers that read an affine (voxel -> world
-mm, RAS): :func:`spacing_from_affine`, :func:`axial_axis`, :func:`bbox_centre_mm` and
-:data:`LPS_TO_RAS` (DICOM's patient coordinates to NIfTI's).
+The network sees a 64 x 64 x 64 cube of 5 mm voxels, array axes to the patient's Left,
+Posterior, Superior (``L, P, S``). :func:`to_model_grid` takes any CT onto it, centred on the
+lungs as seen in the image (never the label), in one affine map (smoothed first when going down
+in resolution); :func:`from_model_grid` takes a 64^3 probability back onto the input's grid.
 """
 
 from __future__ import annotations
@@ -32,23 +18,17 @@ from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .errors import LungsegInputError
 from .anatomy import body_mask, largest_components
 
-#: Model-grid axis directions, as nibabel axis codes.
-MODEL_AXCODES = ("L", "P", "S")
+MODEL_AXCODES = ("L", "P", "S")              # model-grid axis directions, nibabel axis codes
 AIR_HU = -1000.0
-#: DICOM's patient coordinates (L, P, S mm) -> NIfTI's world (R, A, S mm), and back (its own
-#: inverse); homogeneous 4 x 4 (``LPS_TO_RAS[:3, :3]`` for points).
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-# ----------------------------------------------------------------------------- affines
 def spacing_from_affine(affine: np.ndarray) -> tuple:
     """Voxel size in mm along each array axis: the column norms of the affine's 3x3 part."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
-    """Volume of one voxel in mL: |det| of the affine's 3x3 part, right for a sheared grid
-    (a gantry tilt kept in the affine) too, where the product of the spacings is too big."""
+    """Volume of one voxel in mL: |det| of the affine's 3x3 part (right for a sheared grid too)."""
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
 
 
@@ -67,41 +47,6 @@ def bbox_centre_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return (np.asarray(affine, dtype=np.float64) @ np.r_[(idx.min(0) + idx.max(0)) / 2.0, 1.0])[:3]
 
 
-# ----------------------------------------------------------------------------- the model grid
-
-
-@dataclass(frozen=True)
-class ModelGrid:
-    """Where the 64^3 model cube lies in the world.
-
-    Attributes
-    ----------
-    affine : ndarray float64 (4, 4)
-        Model voxel -> world mm.
-    source_shape : tuple of 3 ints
-        Shape of the input volume it was made from.
-    source_affine : ndarray float64 (4, 4)
-        Affine of the input volume.
-    passthrough : bool
-        True when the input was already a 64^3, 5 mm grid (no interpolation was done).
-    """
-
-    affine: np.ndarray
-    source_shape: tuple
-    source_affine: np.ndarray
-    passthrough: bool = False
-
-    @property
-    def shape(self) -> tuple:
-        return MODEL_SHAPE
-
-    @property
-    def centre_mm(self) -> np.ndarray:
-        """World position (mm) of the cube's centre."""
-        c = (np.array(MODEL_SHAPE) - 1) / 2.0
-        return (self.affine @ np.r_[c, 1.0])[:3]
-
-
 def lps_affine(shape, spacing_mm, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
     """An axis-aligned L, P, S affine of a grid of ``shape`` voxels (``spacing_mm`` each,
     one number or one per axis) whose centre lies at world ``centre_mm``."""
@@ -111,6 +56,23 @@ def lps_affine(shape, spacing_mm, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
     return aff
 
 
+@dataclass(frozen=True)
+class ModelGrid:
+    """Where the 64^3 model cube lies in the world: ``affine`` float64 (4, 4), model voxel ->
+    world mm; ``source_shape`` and ``source_affine``, those of the input volume;
+    ``passthrough``, True when the input already was a 64^3, 5 mm grid (no interpolation)."""
+
+    affine: np.ndarray
+    source_shape: tuple
+    source_affine: np.ndarray
+    passthrough: bool = False
+
+    @property
+    def centre_mm(self) -> np.ndarray:
+        """World position (mm) of the cube's centre."""
+        return (self.affine @ np.r_[(np.array(MODEL_SHAPE) - 1) / 2.0, 1.0])[:3]
+
+
 def model_affine(centre_mm) -> np.ndarray:
     """Affine of the model cube (64^3, 5 mm, L, P, S) centred on world ``centre_mm``."""
     return lps_affine(MODEL_SHAPE, MODEL_SPACING_MM, centre_mm)
@@ -118,9 +80,8 @@ def model_affine(centre_mm) -> np.ndarray:
 
 def is_model_sized(shape, affine, tol_mm: float = 1e-3) -> bool:
     """True if a volume is 64^3 with 5 mm voxels along axes that are aligned with the world."""
-    if tuple(shape) != MODEL_SHAPE:
-        return False
-    if not np.allclose(spacing_from_affine(affine), MODEL_SPACING_MM, atol=tol_mm):
+    if tuple(shape) != MODEL_SHAPE or not np.allclose(spacing_from_affine(affine),
+                                                      MODEL_SPACING_MM, atol=tol_mm):
         return False
     m = np.abs(np.asarray(affine)[:3, :3]) / MODEL_SPACING_MM
     return np.allclose(np.sort(m, axis=0)[:2], 0.0, atol=1e-4)
@@ -131,17 +92,10 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
                    second_fraction: float = 0.2) -> np.ndarray:
     """Estimate the centre of the lungs' bounding box (world mm) from the image alone.
 
-    Low-HU voxels inside the body, components smaller than ``min_volume_ml`` dropped (noise),
-    the largest kept and a second one only if it holds ``second_fraction`` of the largest's
-    volume (the other lung, when the two do not touch; bowel or stomach gas is far smaller
-    than a lung); axial slices where they are thinner than ``trim_fraction`` of their largest
-    area dropped (the trachea). Returns the centre of their bounding box, like the course
-    data's label-centred framing; falls back to the body's (or the volume's) centre.
-
-    The same anatomy gives the same centre however it is stored: the scan is first put in
-    R,A,S axis order (an exact reordering), the components are found on a copy subsampled
-    to about 4 mm, and the bounding box is measured on the full-resolution voxels of those
-    components, so a finer or coarser grid moves it by at most about a voxel.
+    Low-HU components inside the body on a copy subsampled to about 4 mm (R, A, S): the largest
+    of at least ``min_volume_ml`` and a second with ``second_fraction`` of its volume (the other
+    lung). Their box is measured at full resolution, less axial slices under ``trim_fraction``
+    of the largest area (the trachea). Falls back to the body's (or the volume's) centre.
     """
     ornt = nib.orientations.io_orientation(affine)
     affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, np.shape(ct_hu))
@@ -149,8 +103,7 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
     spacing = np.array(spacing_from_affine(affine))
     step = np.maximum(1, np.floor(4.0 / spacing)).astype(int)
     sub = ct_hu[::step[0], ::step[1], ::step[2]]
-    ax = 2                                                       # R,A,S: slices along S
-    body = body_mask(sub, threshold_hu, axis=ax)
+    body = body_mask(sub, threshold_hu, axis=2)                  # R, A, S: slices along S
     low = ndi.binary_opening((sub < threshold_hu) & body, iterations=1)
     voxel_ml = float(np.prod(spacing * step)) / 1000.0
     region = largest_components(low, 2, min_fraction=second_fraction,
@@ -158,26 +111,20 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
     if not region.any():
         region = body if body.any() else np.ones(sub.shape, bool)
         return bbox_centre_mm(region, affine @ np.diag([*step, 1]))   # the subsampled grid
-    # back to full resolution: the low-HU voxels of the kept components (dilated by one
-    # subsampled voxel), so that the box does not depend on the subsampling's phase
+    # full resolution: low HU near the components, whatever the subsampling's phase
     near = ndi.binary_dilation(region, iterations=1)
     up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
                        for n, k, m in zip(ct_hu.shape, step, near.shape)))]
     full = up & (ct_hu < threshold_hu)
-    if trim_fraction > 0:
-        # The trachea runs up from the lungs into the neck: drop axial slices whose
-        # low-HU area is a small fraction of the largest (lung apices are larger).
+    if trim_fraction > 0:                  # the trachea: slices with a small low-HU area
         area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
         full &= (area >= trim_fraction * area.max())[None, None, :]
     return bbox_centre_mm(full, affine)
 
 
 def resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smooth=False):
-    """Sample ``volume`` (on ``src_affine``) at the voxels of a ``dst`` grid (float32).
-
-    With ``smooth``, a Gaussian anti-aliasing filter of sigma (factor - 1) / 2 input voxels is
-    applied first along each input axis that the destination samples more coarsely.
-    """
+    """Sample ``volume`` (on ``src_affine``) at the voxels of a ``dst`` grid (float32); with
+    ``smooth``, first a Gaussian anti-aliasing along the input axes sampled more coarsely."""
     vol = np.asarray(volume, dtype=np.float32)
     matrix = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
     rot, offset = matrix[:3, :3], matrix[:3, 3]
@@ -201,80 +148,58 @@ def make_model_grid(ct_hu: np.ndarray, affine: np.ndarray, centre_mm=None) -> Mo
     if ct_hu.ndim != 3:
         raise LungsegInputError(f"to_model_grid: expected a 3D CT, got shape {ct_hu.shape}.")
     if centre_mm is None and is_model_sized(ct_hu.shape, affine):
-        import nibabel as nib
-
         ornt = nib.orientations.io_orientation(affine)
         to_lps = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(MODEL_AXCODES))
         grid_affine = affine @ nib.orientations.inv_ornt_aff(to_lps, ct_hu.shape)
         return ModelGrid(grid_affine, tuple(ct_hu.shape), affine, passthrough=True)
-    if centre_mm is None:
-        centre_mm = lung_centre_mm(ct_hu, affine)
+    centre_mm = lung_centre_mm(ct_hu, affine) if centre_mm is None else centre_mm
     return ModelGrid(model_affine(centre_mm), tuple(ct_hu.shape), affine)
 
 
 def to_model_grid(ct_hu: np.ndarray, affine: np.ndarray, centre_mm=None):
-    """Take a CT onto the 64^3, 5 mm, L-P-S model grid.
+    """Take a CT (X, Y, Z), HU, with its affine (voxel -> world mm) onto the model grid.
 
-    Parameters
-    ----------
-    ct_hu : ndarray (X, Y, Z), HU, any real dtype
-    affine : ndarray (4, 4), voxel -> world mm, from the header
-    centre_mm : optional world point for the cube's centre; default: estimated from the
-        image by :func:`lung_centre_mm` (or the input's own grid if it is already 64^3, 5 mm).
-
-    Returns
-    -------
-    ct64_hu : ndarray float32 (64, 64, 64); outside the input's field of view reads -1000 HU.
-    grid : ModelGrid, to bring results back with :func:`from_model_grid`.
+    ``centre_mm``: the cube's centre (default :func:`lung_centre_mm`, or the input's own grid
+    if it already is 64^3, 5 mm). Returns ``(ct64_hu, grid)``: float32 (64, 64, 64), -1000 HU
+    outside the input, and the :class:`ModelGrid` that brings results back.
     """
     ct_hu = np.asarray(ct_hu)
     grid = make_model_grid(ct_hu, affine, centre_mm)
     ct64 = resample(ct_hu, grid.source_affine, grid.affine, MODEL_SHAPE, order=1,
-                     cval=AIR_HU, smooth=not grid.passthrough)
+                    cval=AIR_HU, smooth=not grid.passthrough)
     return ct64, grid
 
 
 def mask_to_model_grid(mask: np.ndarray, grid: ModelGrid) -> np.ndarray:
-    """Take a mask (same grid as the CT that made ``grid``) to the model grid.
-
-    Returns float32 (64, 64, 64) in [0, 1]: the anti-aliased fraction of lung in each model
-    voxel. Threshold at 0.5 for a training label.
-    """
+    """Take a mask (same grid as the CT that made ``grid``) to the model grid: float32
+    (64, 64, 64) in [0, 1], the fraction of lung in each model voxel (0.5 and up: a label)."""
     mask = np.asarray(mask)
     if mask.shape != tuple(grid.source_shape):
         raise LungsegInputError(
             f"mask_to_model_grid: mask shape {mask.shape} differs from the CT's {grid.source_shape}.")
     out = resample((mask > 0).astype(np.float32), grid.source_affine, grid.affine, MODEL_SHAPE,
-                    order=1, cval=0.0, smooth=not grid.passthrough)
+                   order=1, cval=0.0, smooth=not grid.passthrough)
     return np.clip(out, 0.0, 1.0)
 
 
 def from_model_grid(volume64: np.ndarray, grid: ModelGrid, order: int = 1) -> np.ndarray:
-    """Bring a 64^3 model-grid volume (a probability, usually) back onto the input's grid.
-
-    Returns float32 with the input's shape (``grid.source_shape``); outside the model cube
-    reads 0. Threshold the result on the input grid (``prob >= 0.5``) rather than bringing
-    a binary 64^3 mask back: it keeps the sub-voxel information of the probability.
-    """
+    """Bring a 64^3 model-grid volume (a probability, usually) back onto the input's grid:
+    float32, ``grid.source_shape``, 0 outside the cube. Threshold it there, not before."""
     volume64 = np.asarray(volume64, dtype=np.float32)
     if volume64.shape[-1] == 1 and volume64.ndim == 4:
         volume64 = volume64[..., 0]
     if volume64.shape != MODEL_SHAPE:
         raise LungsegInputError(f"from_model_grid: expected a {MODEL_SHAPE} volume, got {volume64.shape}.")
     return resample(volume64, grid.affine, grid.source_affine, grid.source_shape,
-                     order=order, cval=0.0, smooth=False)
+                    order=order, cval=0.0, smooth=False)
 
 
 def round_trip_mask(mask: np.ndarray, affine: np.ndarray, ct_hu: np.ndarray | None = None,
                     threshold: float = 0.5) -> np.ndarray:
-    """The reference mask taken to the model grid and back (uint8, input grid).
-
-    This is the *resolution ceiling*: the best any 64^3 model can do on this scan. The cube is
-    placed as for the CT (from ``ct_hu`` if given, else centred on the mask).
-    """
-    if ct_hu is not None:
-        grid = make_model_grid(np.asarray(ct_hu), affine)
-    else:
-        grid = make_model_grid(np.asarray(mask), affine, centre_mm=bbox_centre_mm(mask > 0, affine))
+    """The reference mask taken to the model grid and back (uint8, input grid): the
+    *resolution ceiling*, the best any 64^3 model can do on this scan. The cube is placed as
+    for the CT (from ``ct_hu`` if given, else centred on the mask)."""
+    centre = None if ct_hu is not None else bbox_centre_mm(mask > 0, affine)
+    grid = make_model_grid(np.asarray(mask if ct_hu is None else ct_hu), affine, centre)
     prob64 = mask_to_model_grid(mask, grid)
     return (from_model_grid(prob64, grid) >= threshold).astype(np.uint8)

@@ -1,14 +1,14 @@
-"""Prediction on any scan and test-time augmentation (TTA); the command is in :mod:`.segment`.
+"""Prediction on any scan and test-time augmentation (TTA).
 
-The flow for one scan: CT (any grid) -> model grid (64^3, 5 mm, centred from the image) ->
-[0, 1] window -> network (optionally on the 8 flips, averaged) -> 64^3 probability -> back to
-the input's grid -> threshold -> (optional) post-processing -> NIfTI with the input's affine.
+CT (any grid) -> model grid (64^3, 5 mm) -> [0, 1] window -> network (optionally on the 8 flips,
+averaged) -> 64^3 probability -> the input's grid -> threshold -> (optional) post-processing.
 ``python -m lungseg_utils.inference`` runs the command (:mod:`lungseg_utils.scan.segment`).
 """
 
 from __future__ import annotations
 
 import itertools
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,12 @@ from .errors import LungsegInputError
 FLIPS = [tuple(a for a, f in zip(range(3), bits) if f) for bits in itertools.product((0, 1), repeat=3)]
 MODEL_FILE = "best_model.keras"
 MANIFEST = "manifest.json"
+#: HU below which a voxel near the predicted boundary is lung (:func:`masks_from_prob64`), on
+#: a finer grid and on the model grid itself, chosen by :mod:`lungseg_utils.study.refine`.
+REFINE_HU = -200.0
+REFINE_HU_MODEL_GRID = -300.0
+#: Less predicted lung than this (mL) is no lung in view (the abdomen, say): an empty mask.
+MIN_LUNG_ML = 100.0
 
 
 def resolve_model_path(path=None) -> Path:
@@ -37,8 +43,8 @@ def resolve_model_path(path=None) -> Path:
 
 @dataclass
 class Ensemble:
-    """Members of an ensemble and its manifest (``folder/manifest.json``: ``members``, a list
-    of ``{"file", "fold", "train", "test", "sha256"}``, plus the settings they share)."""
+    """An ensemble's Keras models, its ``folder`` and its manifest (``folder/manifest.json``:
+    ``members``, a list of ``{"file", "fold", "train", "test", "sha256"}``, and shared settings)."""
 
     members: list
     manifest: dict
@@ -49,14 +55,11 @@ class Ensemble:
 
 
 def _load_keras(path: Path):
-    import zipfile
-
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise LungsegInputError(f"{path}: not a Keras model file (a .keras file is a zip "
                                 "archive saved by model.save).")
     keras = config.import_keras_quietly()
     from . import unet  # noqa: F401  (registers the losses and metrics)
-
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, KeyError (no config.json), ...
@@ -64,30 +67,25 @@ def _load_keras(path: Path):
         raise LungsegInputError(f"{path}: could not be loaded as a Keras model ({why}).") from None
 
 
-def check_member(path: Path, sha256: str | None, manifest_path: Path) -> None:
-    """Refuse a member file whose SHA-256 is not the one its manifest records (a file swapped
-    or damaged after the ensemble was made): the results would be another model's."""
-    if sha256 is None:
-        raise LungsegInputError(f"{manifest_path}: records no sha256 for {path.name}; "
-                                "the member cannot be checked.")
-    if dataio.file_sha256(path) != sha256:
-        raise LungsegInputError(f"{path}: its SHA-256 differs from the one {manifest_path} "
-                                "records (the file was replaced or damaged); restore it or "
-                                "make the ensemble's manifest again.")
-
-
 def member_files(path=None) -> list[Path]:
     """The ``.keras`` files of a model (default: the reference): one file, or an ensemble's
-    members in its manifest's order, each checked by :func:`check_member`."""
+    members in its manifest's order, each refused unless its SHA-256 is the manifest's."""
     path = resolve_model_path(path)
     if not path.is_dir():
         return [path]
-    members = dataio.load_json(path / MANIFEST).get("members", [])
+    manifest = path / MANIFEST
+    members = dataio.load_json(manifest).get("members", [])
     if not members:
-        raise LungsegInputError(f"{path / MANIFEST}: lists no members.")
+        raise LungsegInputError(f"{manifest}: lists no members.")
     files = [resolve_model_path(path / m["file"]) for m in members]
     for member, file in zip(members, files):
-        check_member(file, member.get("sha256"), path / MANIFEST)
+        if member.get("sha256") is None:
+            raise LungsegInputError(f"{manifest}: records no sha256 for {file.name}; "
+                                    "the member cannot be checked.")
+        if dataio.file_sha256(file) != member["sha256"]:
+            raise LungsegInputError(f"{file}: its SHA-256 differs from the one {manifest} "
+                                    "records (the file was replaced or damaged); restore it or "
+                                    "make the ensemble's manifest again.")
     return files
 
 
@@ -100,15 +98,9 @@ def load_model(path=None):
 
 
 def compiled_forward(model, members: bool = False):
-    """A fast forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> ndarray``.
-
-    ``model``: a Keras model or an :class:`Ensemble`, whose members' probabilities are
-    averaged in the same compiled graph: half the time of ``model.predict``, which sets up a
-    data pipeline on every call. Falls back to ``predict_on_batch`` on other backends.
-
-    ``members=True`` returns each member's probability, stacked: (M, b, 64, 64, 64, 1), at
-    the same cost; :func:`predict_prob64` averages them and can return them too.
-    """
+    """A compiled forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> (b, 64, 64, 64, 1)``
+    of a Keras model or an :class:`Ensemble` (its members' mean; ``members=True``: stacked,
+    (M, b, 64, 64, 64, 1)); ``predict_on_batch`` on backends other than TensorFlow and JAX."""
     keras = config.import_keras_quietly()
     models = model.members if isinstance(model, Ensemble) else [model]
 
@@ -119,12 +111,10 @@ def compiled_forward(model, members: bool = False):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
-
         fn = tf.function(mean, reduce_retracing=True, jit_compile=False)
         return lambda x: np.asarray(fn(np.asarray(x, np.float32)))
     if backend == "jax":
         import jax
-
         @jax.jit
         def fn(states, x):
             outs = [m.stateless_call(tv, ntv, x, training=False)[0]
@@ -144,12 +134,10 @@ def compiled_forward(model, members: bool = False):
 def flip_tta(forward, x64: np.ndarray, flips=FLIPS, batch_size: int = 8) -> np.ndarray:
     """Test-time augmentation by flips: flip the input, predict, flip the prediction back.
 
-    ``forward``: batch float32 (b, 64, 64, 64, 1) -> probabilities (b, 64, 64, 64, 1), or
-    (M, b, 64, 64, 64, 1) for the M members of an ensemble (``compiled_forward(...,
-    members=True)``). ``x64``: float32 (64, 64, 64). ``flips``: axes to flip, one tuple per
-    variant (:data:`FLIPS`: all 8). The flipped inputs go through ``forward`` ``batch_size``
-    at a time. Returns float32 (variants, M, 64, 64, 64), M = 1 for a forward that returns
-    one probability; :func:`predict_prob64` averages it.
+    ``forward``: float32 (b, 64, 64, 64, 1) -> (b, 64, 64, 64, 1), or (M, b, 64, 64, 64, 1)
+    for an ensemble's M members; ``x64``: float32 (64, 64, 64); ``flips``: the axes to flip,
+    one tuple per variant (:data:`FLIPS`: all 8), ``batch_size`` at a time through ``forward``.
+    Returns float32 (variants, M, 64, 64, 64), M = 1 for a forward that returns one probability.
     """
     inputs = np.stack([np.flip(x64, f) for f in flips])[..., None]          # every flip
     outputs = [np.asarray(forward(inputs[i:i + batch_size]))[..., 0]       # predict
@@ -161,21 +149,13 @@ def flip_tta(forward, x64: np.ndarray, flips=FLIPS, batch_size: int = 8) -> np.n
 
 def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int = 8,
                    return_members: bool = False):
-    """Network probability on the model grid.
+    """Network probability on the model grid, with ``tta`` the mean over the 8 flips.
 
-    Parameters
-    ----------
-    forward : callable from :func:`compiled_forward` (or a Keras model); with
-        ``members=True`` there, its members' probabilities are averaged here
-    x64 : float32 (64, 64, 64) or (64, 64, 64, 1), windowed to [0, 1]
-    tta : average over the 8 flip combinations (:func:`flip_tta`)
-    return_members : also return each member's probability (TTA-averaged), float32
-        (M, 64, 64, 64); M = 1 for a forward that averages its members itself
-
-    Returns
-    -------
-    prob : float32 (64, 64, 64); std : float32 (64, 64, 64), the voxel-wise standard deviation
-    over the TTA variants (zeros without TTA); with ``return_members``, the members' probabilities.
+    ``forward``: from :func:`compiled_forward` (with ``members=True``, averaged here);
+    ``x64``: float32 (64, 64, 64) or (64, 64, 64, 1), windowed to [0, 1]. Returns ``(prob,
+    std)``, float32 (64, 64, 64): the mean and standard deviation over the TTA variants (std
+    zeros without TTA); ``return_members`` adds each member's probability, float32
+    (M, 64, 64, 64) (M = 1 for a forward that averages its members itself).
     """
     if not callable(forward):
         raise LungsegInputError("predict_prob64: forward must be callable.")
@@ -187,40 +167,18 @@ def predict_prob64(forward, x64: np.ndarray, tta: bool = False, batch_size: int 
     return (prob, std, preds.mean(axis=0)) if return_members else (prob, std)
 
 
-#: HU below which a voxel near the predicted boundary counts as lung (see refine_boundary).
-#: Both thresholds are chosen out of fold by :mod:`lungseg_utils.study.refine`
-#: (``refine.json`` of the reference).
-REFINE_HU = -200.0
-#: On the model grid itself: HU below which a voxel just outside the network's boundary is
-#: lung (see :func:`masks_from_prob64`).
-REFINE_HU_MODEL_GRID = -300.0
-
-
 def boundary_band64(prob64: np.ndarray, grid, threshold: float = 0.5) -> np.ndarray:
-    """Voxels of the input grid within about one model voxel (5 mm) of the predicted boundary.
-
-    Computed on the 64^3 grid (the thick boundary of the thresholded probability,
-    :func:`lungseg_utils.anatomy.boundary`) and carried back like the probability: far cheaper than distance
-    transforms on a 256 x 256 x 150 scan. Returns bool with the input's shape.
-    """
+    """Voxels of the input grid within about one model voxel (5 mm) of the predicted boundary:
+    the thick boundary on the 64^3 grid carried back like the probability (bool, input shape)."""
     band64 = anatomy.boundary(np.asarray(prob64) >= threshold, mode="thick")
     return geometry.from_model_grid(band64.astype(np.float32), grid) >= 0.5
 
 
 def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band: np.ndarray,
                     refine_hu: float = REFINE_HU, min_prob: float = 0.01) -> np.ndarray:
-    """Redraw the lung boundary at the input's own resolution, guided by the image.
-
-    A 5 mm model grid cannot place a boundary finer than 5 mm, and the network's nearly
-    binary probability carries little sub-voxel information back. Inside ``band`` (voxels
-    near the boundary, :func:`boundary_band64`) a voxel is lung if it is darker than
-    ``refine_hu`` and the network gave it at least ``min_prob``; elsewhere ``mask`` stands.
-    The threshold marks where partial-volume voxels between aerated lung (about -850 HU) and
-    the chest wall stop being lung in the LCTSC contours (chosen out of fold among -350 to
-    -150 HU by :mod:`lungseg_utils.study.refine`).
-
-    mask uint8, prob float32, ct_hu, band bool: same shape (X, Y, Z). Returns uint8.
-    """
+    """Redraw the lung boundary from the image: inside ``band`` (:func:`boundary_band64`) a
+    voxel is lung if darker than ``refine_hu`` with ``prob`` at least ``min_prob``; elsewhere
+    ``mask`` stands. mask uint8, prob float32, ct_hu, band bool, (X, Y, Z). Returns uint8."""
     refined = np.where(band, (np.asarray(ct_hu) < refine_hu) & (prob >= min_prob), mask > 0)
     return refined.astype(np.uint8)
 
@@ -231,18 +189,11 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
                    body=None) -> dict:
     """Segment the lungs of one CT on its own grid.
 
-    With ``refine`` (default) the boundary is redrawn from the image by
-    :func:`refine_boundary` (see :func:`masks_from_prob64`). ``postprocess`` keeps the one or two largest components and
-    fills holes (:func:`lungseg_utils.anatomy.postprocess_lungs`). ``centre_mm`` places the
-    model cube at that world point instead of the lungs' centre estimated from the image.
-
-    Returns a dict: ``prob`` float32 (input shape) the lung probability, ``mask`` uint8 (input
-    shape; inside the body, see :func:`masks_from_prob64`), ``mask_network`` uint8 the
-    thresholded probability before refinement, ``body`` bool the body mask,
-    ``prob64`` and ``std64`` float32 (64, 64, 64) on the model grid, ``ct64`` the model-grid
-    CT in HU, ``grid`` the :class:`~lungseg_utils.geometry.ModelGrid`; with ``members``
-    (``forward`` from ``compiled_forward(..., members=True)``) also ``members64`` float32
-    (M, 64, 64, 64), each member's probability.
+    ``refine``: see :func:`masks_from_prob64`; ``postprocess``:
+    :func:`lungseg_utils.anatomy.postprocess_lungs`; ``centre_mm``: the cube's centre (default:
+    the lungs', from the image). Returns :func:`masks_from_prob64`'s dict and, on the model grid,
+    ``prob64``, ``std64`` float32 (64, 64, 64), ``ct64`` (HU) and its ``grid``; with ``members``
+    (``compiled_forward(..., members=True)``) also ``members64`` float32 (M, 64, 64, 64).
     """
     ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
@@ -255,38 +206,22 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     return {**out, "prob64": prob64, "std64": std64, "ct64": ct64, "grid": grid}
 
 
-#: Predicted lung totalling less than this (mL) is no lung at all: a scan without lungs in
-#: view (the abdomen below them, say) gets an empty mask rather than bowel gas called lung.
-MIN_LUNG_ML = 100.0
-
-
 def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool = True,
                       body=None, refine_hu: float | None = None) -> dict:
-    """The model-grid probability back on the input's grid, thresholded and (with
-    ``refine``) its boundary redrawn from the image.
-
-    On a grid finer than the model's, a voxel within about 5 mm of the boundary is lung if
-    darker than ``refine_hu`` (default :data:`REFINE_HU`); on the model grid itself, a voxel
-    just outside the boundary (the network draws it a little inside the course masks') if
-    darker than ``refine_hu`` (default :data:`REFINE_HU_MODEL_GRID`): mostly air, so lung.
-
-    The mask is then kept to the patient's body (``body``: bool, the input's shape, as
-    :func:`lungseg_utils.anatomy.body_mask` gives it; computed here when None): the network
-    sees only a 64^3 cube and can call the air around a patient, or a scan of air, lung.
-    Less than :data:`MIN_LUNG_ML` left means no lungs in view: an empty mask.
-
-    Returns ``{"prob", "mask_network", "mask", "body"}`` with the input's shape (see
-    :func:`predict_volume`)."""
+    """The model-grid probability on the input's grid, thresholded, and with ``refine`` a voxel
+    darker than ``refine_hu`` made lung: within about 5 mm of the boundary on a finer grid
+    (default :data:`REFINE_HU`), just outside it on the model grid (:data:`REFINE_HU_MODEL_GRID`).
+    The mask is kept to ``body`` (bool, made by :func:`lungseg_utils.anatomy.body_mask` when None)
+    and emptied under :data:`MIN_LUNG_ML`. Returns ``{"prob" float32, "mask_network" (it
+    thresholded) uint8, "mask" uint8, "body" bool}``, all with the input's shape."""
     prob = geometry.from_model_grid(prob64, grid)
-    mask_network = (prob >= threshold).astype(np.uint8)
-    mask = mask_network
-    if refine and grid.passthrough:
-        mask = refine_boundary(mask_network, prob, ct_hu,
-                               anatomy.boundary(mask_network, mode="outer"),
-                               REFINE_HU_MODEL_GRID if refine_hu is None else refine_hu)
-    elif refine:
-        mask = refine_boundary(mask_network, prob, ct_hu, boundary_band64(prob64, grid, threshold),
-                               REFINE_HU if refine_hu is None else refine_hu)
+    mask = mask_network = (prob >= threshold).astype(np.uint8)
+    if refine:
+        band = (anatomy.boundary(mask_network, mode="outer") if grid.passthrough
+                else boundary_band64(prob64, grid, threshold))
+        default = REFINE_HU_MODEL_GRID if grid.passthrough else REFINE_HU
+        mask = refine_boundary(mask_network, prob, ct_hu, band,
+                               default if refine_hu is None else refine_hu)
     affine = grid.source_affine
     if body is None:
         body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine))
@@ -296,9 +231,6 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
     return {"prob": prob, "mask_network": mask_network, "mask": mask, "body": body}
 
 
-if __name__ == "__main__":
-    # ``python -m lungseg_utils.inference`` runs the command, which lives one level up in
-    # :mod:`.segment` (it imports this module; importing it here would be a cycle).
+if __name__ == "__main__":   # the command: scan.segment, which imports this module
     import runpy
-
     runpy.run_module("lungseg_utils.scan.segment", run_name="__main__", alter_sys=True)

@@ -1,26 +1,25 @@
 """Metrics in millimetres and their statistics over cases.
 
-Conventions (each one is tested in ``tests/test_metrics.py``)
----------------------------------------------------------------
-* A mask is any array; nonzero is foreground. ``spacing_mm`` gives the voxel size along each
-  array axis (anisotropic allowed); every distance is between voxel centres, in mm.
-* **Surface voxels** of a mask: its voxels with at least one of their 6 face neighbours
-  outside it; the outside of the array counts as background, so a mask touching the array's
-  edge has surface there (:func:`lungseg_utils.anatomy.boundary` ``mode="inner"``, MONAI's ``get_mask_edges``).
+Conventions, each one tested in ``tests/test_metrics.py``:
+* ``pred``, ``ref``: masks of equal shape (any axes, any dtype; nonzero is foreground).
+  ``spacing_mm``: voxel size in mm, one per axis or one for all. Distances: centre to centre.
+* **Surface voxels** of a mask: its voxels with a face neighbour outside it, the outside of
+  the array counting as background (:func:`lungseg_utils.anatomy.boundary` ``"inner"``,
+  MONAI's ``get_mask_edges``).
 * **Directed surface distances** A -> B: for each surface voxel of A, the distance to the
   nearest surface voxel of B (``distance_transform_edt(~surface(B), sampling=spacing_mm)``).
 * **HD95** follows MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the
   two directed 95th percentiles. (medpy's ``hd95`` pools both sets first; it can be smaller.)
 * **ASSD** is the mean of the pooled distances of both directions (Heimann et al. 2009;
   MONAI's ``compute_average_surface_distance(symmetric=True)``).
-* **Empty masks**: both empty gives Dice = IoU = 1 and distances 0; exactly one empty gives
-  Dice = IoU = 0 and distances ``inf``; the relative volume error is ``nan`` whenever the
-  reference is empty.
+* **Empty masks**: both empty: Dice = IoU = 1, distances 0; exactly one empty: Dice = IoU = 0,
+  distances ``inf``; an empty reference: relative volume error ``nan``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Callable
 
 import numpy as np
@@ -38,43 +37,18 @@ def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-# ----------------------------------------------------------------------------- overlap
 def dice(pred, ref) -> float:
-    """Dice coefficient 2|P∩R| / (|P| + |R|).
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-
-    Returns
-    -------
-    float in [0, 1]; 1.0 if both masks are empty.
-    """
+    """Dice coefficient 2|P∩R| / (|P| + |R|): a float in [0, 1]; 1.0 if both masks are empty."""
     pred, ref = _pair(pred, ref)
     total = int(pred.sum()) + int(ref.sum())
     return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
 
 
 def iou(pred, ref) -> float:
-    """Intersection over union (Jaccard index) |P∩R| / |P∪R|.
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-
-    Returns
-    -------
-    float in [0, 1]; 1.0 if both masks are empty.
-    """
+    """Intersection over union (Jaccard index) |P∩R| / |P∪R|: in [0, 1]; 1.0 if both are empty."""
     pred, ref = _pair(pred, ref)
     union = int((pred | ref).sum())
     return 1.0 if union == 0 else int((pred & ref).sum()) / union
-
-
-# ----------------------------------------------------------------------------- surfaces
-def _directed(a_surf: np.ndarray, b_surf: np.ndarray, spacing: tuple) -> np.ndarray:
-    """Distances (mm) from each surface voxel of A to the nearest surface voxel of B."""
-    return ndi.distance_transform_edt(~b_surf, sampling=spacing)[a_surf]
 
 
 def _distances_mm(pred, ref, spacing_mm) -> tuple[float, float]:
@@ -87,73 +61,33 @@ def _distances_mm(pred, ref, spacing_mm) -> tuple[float, float]:
     # Crop to both masks' bounding box plus one voxel: the distances do not change.
     box = tuple(slice(max(i.min() - 1, 0), i.max() + 2) for i in np.nonzero(pred | ref))
     sp, sr = boundary(pred[box], "inner"), boundary(ref[box], "inner")
-    d_pr, d_rp = _directed(sp, sr, spacing), _directed(sr, sp, spacing)
+    d_pr = ndi.distance_transform_edt(~sr, sampling=spacing)[sp]   # directed: pred -> ref
+    d_rp = ndi.distance_transform_edt(~sp, sampling=spacing)[sr]   # ref -> pred
     hd95 = max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))
     return float(hd95), float(np.concatenate([d_pr, d_rp]).mean())
 
 
 def hd95_mm(pred, ref, spacing_mm) -> float:
-    """95th-percentile symmetric Hausdorff distance (MONAI convention).
-
-    The larger of the two directed 95th percentiles (pred -> ref, ref -> pred) of the
-    distances between surface voxels (see the module docstring).
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
-
-    Returns
-    -------
-    float, mm; 0.0 if both masks are empty, ``inf`` if exactly one is.
-    """
+    """95th-percentile symmetric Hausdorff distance in mm (MONAI's: the larger of the two
+    directed 95th percentiles); 0.0 if both masks are empty, ``inf`` if exactly one is."""
     return _distances_mm(pred, ref, spacing_mm)[0]
 
 
 def assd_mm(pred, ref, spacing_mm) -> float:
-    """Average symmetric surface distance: the mean of both directed distance sets, pooled.
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
-
-    Returns
-    -------
-    float, mm; 0.0 if both masks are empty, ``inf`` if exactly one is.
-    """
+    """Average symmetric surface distance in mm: the mean of both directed distance sets,
+    pooled; 0.0 if both masks are empty, ``inf`` if exactly one is."""
     return _distances_mm(pred, ref, spacing_mm)[1]
 
 
-# ----------------------------------------------------------------------------- volumes
 def volume_ml(mask, spacing_mm) -> float:
-    """Volume of a mask: voxel count x voxel volume.
-
-    Parameters
-    ----------
-    mask : ndarray, any shape and dtype; nonzero = inside.
-    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
-
-    Returns
-    -------
-    float, millilitres (1 ml = 1000 mm^3).
-    """
+    """Volume of a mask (any shape; nonzero = inside) in ml: voxel count x voxel volume."""
     mask = np.asarray(mask) != 0
     return float(mask.sum()) * float(np.prod(check_spacing(spacing_mm, mask.ndim))) / 1000.0
 
 
 def relative_volume_error(pred, ref) -> float:
-    """Signed relative volume error (V_pred - V_ref) / V_ref.
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-
-    Returns
-    -------
-    float, a fraction (0.1 = 10 % too large); ``nan`` if ``ref`` is empty. Both masks share
-    one grid, so voxel counts stand for volumes.
-    """
+    """Signed relative volume error (V_pred - V_ref) / V_ref, a fraction (0.1 = 10 % too
+    large); ``nan`` if ``ref`` is empty. Both masks share one grid: voxel counts are volumes."""
     pred, ref = _pair(pred, ref)
     n_ref = int(ref.sum())
     return float("nan") if n_ref == 0 else (int(pred.sum()) - n_ref) / n_ref
@@ -161,12 +95,9 @@ def relative_volume_error(pred, ref) -> float:
 
 @dataclass(frozen=True)
 class Metric:
-    """One evaluation metric: how it is computed, printed and which of its values is worse.
-
-    ``compute(pred, ref, spacing_mm, distances)`` returns a float; ``distances()`` gives
-    (HD95, ASSD) in mm, computed once per pair however many metrics ask. ``worst`` is
-    ``"min"`` (lower is worse), ``"max"`` or ``"absmax"`` (farther from 0 is worse).
-    """
+    """One metric: how it is computed and printed, and which values are worse (``worst``:
+    ``"min"``, ``"max"`` or ``"absmax"``, as in :func:`summarise`). ``compute(pred, ref,
+    spacing_mm, distances)`` returns a float; ``distances()``: (HD95, ASSD) in mm, once a pair."""
 
     label: str
     unit: str
@@ -175,9 +106,8 @@ class Metric:
     compute: Callable
 
 
-#: The registry of evaluation metrics: :func:`evaluate_masks` computes each, :func:`summarise`
-#: finds each one's worst case, notebook 05 and the report print each with its label, unit
-#: and decimals. Adding a metric is one entry here.
+#: The registry of evaluation metrics, which :func:`evaluate_masks`, :func:`summarise`,
+#: notebook 05 and the report go through. Adding a metric is one entry here.
 METRICS: dict[str, Metric] = {
     "dice": Metric("Dice", "", "min", 3, lambda p, r, s, d: dice(p, r)),
     "iou": Metric("IoU", "", "min", 3, lambda p, r, s, d: iou(p, r)),
@@ -189,27 +119,10 @@ METRICS: dict[str, Metric] = {
 
 
 def evaluate_masks(pred, ref, spacing_mm) -> dict:
-    """Every metric of :data:`METRICS` of one prediction against its reference, and volumes.
-
-    Parameters
-    ----------
-    pred, ref : ndarray, equal shapes (any number of axes), any dtype; nonzero = foreground.
-    spacing_mm : floats, one per axis (or one for all), voxel size in mm.
-
-    Returns
-    -------
-    dict of floats: one per :data:`METRICS` key (``dice``, ``iou``, ``hd95_mm``, ``assd_mm``
-    in mm, ``volume_error_pct`` = 100 x :func:`relative_volume_error`), and
-    ``volume_pred_ml``, ``volume_ref_ml`` (ml).
-    """
+    """Every metric of :data:`METRICS` of one prediction against its reference, by key
+    (floats), and the two volumes in ml (``volume_pred_ml``, ``volume_ref_ml``)."""
     pred, ref = _pair(pred, ref)
-    cache = []
-
-    def distances():
-        if not cache:
-            cache.append(_distances_mm(pred, ref, spacing_mm))
-        return cache[0]
-
+    distances = cache(lambda: _distances_mm(pred, ref, spacing_mm))
     out = {key: float(m.compute(pred, ref, spacing_mm, distances)) for key, m in METRICS.items()}
     return dict(out, volume_pred_ml=volume_ml(pred, spacing_mm),
                 volume_ref_ml=volume_ml(ref, spacing_mm))
@@ -217,22 +130,13 @@ def evaluate_masks(pred, ref, spacing_mm) -> dict:
 
 # ----------------------------------------------------------------------------- statistics
 def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
-    """Summary of ``rows[i][key]`` over cases: n, mean, sd, median, min, max and the worst case.
+    """Summary of ``rows[i][key]`` over cases (each row has a ``case_id``): ``n``, ``mean``,
+    ``sd`` (ddof=1; nan if n < 2), ``median``, ``min``, ``max``, ``worst_value`` and
+    ``worst_case_id``. NaN values are left out; ``inf`` is kept, so a failed case shows.
 
-    Parameters
-    ----------
-    rows : list of dict, each with a ``case_id`` and a number under ``key``.
-    key : str, e.g. ``"dice"``.
-    worst : ``"min"`` (lower is worse), ``"max"`` (higher is worse), ``"absmax"`` (farther
-        from 0 is worse) or ``"auto"``: the metric's own (:data:`METRICS`); for other keys
-        min for dice/iou, absmax for keys holding ``error``, max otherwise.
-
-    Returns
-    -------
-    dict: ``n`` (int), ``mean``, ``sd``, ``median``, ``min``, ``max``, ``worst_value``
-    (floats, the metric's unit) and ``worst_case_id``. NaN values are left out (``n``
-    counts the rest); ``inf`` is kept, so a failed case shows in the mean. ``sd`` is the
-    sample standard deviation (ddof=1; nan if n < 2).
+    ``worst``: ``"min"`` (lower is worse), ``"max"``, ``"absmax"`` (farther from 0 is worse)
+    or ``"auto"``: the metric's own (:data:`METRICS`); for other keys min for dice/iou,
+    absmax for keys holding ``error``, max otherwise.
     """
     if not rows:
         raise LungsegInputError("summarise: rows is empty.")
@@ -244,37 +148,23 @@ def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
         worst = (METRICS[key].worst if key in METRICS else
                  "min" if key.startswith(("dice", "iou")) else
                  "absmax" if "error" in key else "max")
-    ids = [r["case_id"] for r in rows]
-    vals = np.array([float(r[key]) for r in rows])
-    keep = ~np.isnan(vals)
-    ids, vals = [i for i, k in zip(ids, keep) if k], vals[keep]
-    if vals.size == 0:
+    kept = [r for r in rows if not np.isnan(float(r[key]))]
+    vals = np.array([float(r[key]) for r in kept])
+    if not kept:
         return dict(n=0, mean=np.nan, sd=np.nan, median=np.nan, min=np.nan, max=np.nan,
                     worst_case_id=None, worst_value=np.nan)
-    score = {"min": -vals, "max": vals, "absmax": np.abs(vals)}[worst]
-    i = int(np.argmax(score))
+    i = int(np.argmax({"min": -vals, "max": vals, "absmax": np.abs(vals)}[worst]))
     with np.errstate(invalid="ignore"):
         sd = float(np.std(vals, ddof=1)) if vals.size > 1 else float("nan")
     return dict(n=int(vals.size), mean=float(np.mean(vals)), sd=sd,
                 median=float(np.median(vals)), min=float(vals.min()), max=float(vals.max()),
-                worst_case_id=ids[i], worst_value=float(vals[i]))
+                worst_case_id=kept[i]["case_id"], worst_value=float(vals[i]))
 
 
 def paired_bootstrap_ci(a, b, n_boot: int = 10000, ci: float = 0.95, seed: int = 0) -> dict:
-    """Percentile-bootstrap confidence interval of the mean paired difference ``b - a``.
-
-    Parameters
-    ----------
-    a, b : array-like of floats, shape (n_cases,): one metric of two methods on the same cases.
-    n_boot : int, resamples of the cases (with replacement).
-    ci : float in (0, 1), coverage of the interval.
-    seed : int, seed of the NumPy generator (results are reproducible).
-
-    Returns
-    -------
-    dict of floats: ``mean_diff`` (mean of b - a), ``lo`` and ``hi`` (interval bounds), in
-    the metric's own unit.
-    """
+    """Percentile-bootstrap interval (coverage ``ci``, ``n_boot`` resamples of the cases,
+    seeded) of the mean paired difference ``b - a``; ``a``, ``b``: one metric of two methods
+    on the same cases, shape (n_cases,). Returns ``{"mean_diff", "lo", "hi"}``."""
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
     if a.size != b.size or a.size == 0:
         raise LungsegInputError(f"paired_bootstrap_ci: a and b need equal, nonzero lengths "
@@ -289,15 +179,10 @@ def paired_bootstrap_ci(a, b, n_boot: int = 10000, ci: float = 0.95, seed: int =
 
 
 def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve of ``scores`` as a detector of ``labels`` (Mann-Whitney U).
-
-    scores: float array; labels: bool array of the same size. Ties count one half. Returns
-    nan if either class is empty.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels, bool).ravel()
+    """Area under the ROC curve of ``scores`` (floats) as a detector of ``labels`` (bools of
+    the same size), by Mann-Whitney U: ties count one half; nan if either class is empty."""
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels, bool).ravel()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float((rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -1,9 +1,6 @@
-"""Intensity preprocessing: the HU window to [0, 1] and back, masks to network tensors.
-
-The original project's preprocessing: clip HU to a window (default [-1000, 300]) and min-max
-scale over the window's bounds to [0, 1] (not over the volume's own min and max, so the same
-HU always maps to the same value); binarise the mask; add a channel axis.
-"""
+"""Intensity preprocessing as in the original project: HU clipped to a window (default
+[-1000, 300]) and scaled to [0, 1] over the window's bounds, not the volume's own min and max
+(so the same HU always maps to the same value); masks binarised; a channel axis added."""
 
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """How a trained model is stored: without its optimizer, its weights at half precision.
 
-A finished ``.keras`` file of the base-16 network holds 5.43 M float32 weights (22 MB) and,
-straight from training, Adam's two moments beside them (65 MB). For inference neither the
-moments nor float32's last digits are needed: :func:`compact_model_file` re-saves the model
-without its optimizer and stores each float32 weight array as float16 (11 MB). The file is
-still an ordinary Keras archive: ``keras.saving.load_model(path)`` reads it, with no custom
-objects, and casts each array back to the layer's float32 variable on loading (Keras's
-``Variable.assign`` converts to the variable's dtype), so the network computes in float32 as
-before, from weights rounded to 11 significant bits (relative error below 2^-11). What that
-changes, measured on the nine scans out of fold, is :mod:`.compact`'s job
-(``results/reference/storage.json``).
-
-Float16 *computation* is not an option here: TensorFlow's CPU kernels have no float16
-MaxPool3D. Only the storage changes.
+:func:`compact_model_file` re-saves a finished ``.keras`` file without Adam's moments and with
+each float32 weight array stored as float16 (base 16: 65 MB -> 11 MB). It stays an ordinary
+Keras archive: ``keras.saving.load_model`` casts the weights back to the layers' float32, so
+the network still computes in float32 (docs/studies.md, "Half-precision storage").
 """
 
 from __future__ import annotations
@@ -54,9 +45,9 @@ def _copy_h5(src, dst, dtype: str) -> int:
 
 
 def convert_weights(path, dtype: str = "float16") -> int:
-    """Rewrite the weights of the ``.keras`` archive ``path`` in place (atomically): every
-    float32 or float16 array stored as ``dtype`` (``"float16"`` or ``"float32"``). The
-    model's config and layers are untouched. Returns the number of arrays converted."""
+    """Rewrite the weights of the ``.keras`` archive ``path`` in place (atomically), every
+    float32 or float16 array as ``dtype`` (:data:`STORAGE_DTYPES`); returns how many arrays
+    changed. Refuses another dtype and a file that is not a ``.keras`` archive."""
     import h5py
 
     path = Path(path)
@@ -82,13 +73,9 @@ def convert_weights(path, dtype: str = "float16") -> int:
 
 
 def compact_model_file(path, dtype: str = "float16") -> None:
-    """Re-save a finished ``.keras`` file for inference: without its optimizer state
-    (65 MB -> 22 MB at base 16) and with its weights stored as ``dtype`` (float16: 11 MB).
-
-    The result holds only standard Keras layers and weights, so it loads with a plain
-    ``keras.saving.load_model(path)`` (safe mode, no custom objects). A missing file is left
-    missing.
-    """
+    """Re-save a finished ``.keras`` file for inference, in place: without its optimizer state
+    and with its weights stored as ``dtype``; it loads with a plain
+    ``keras.saving.load_model(path)``. A missing file is left missing."""
     path = Path(path)
     if not path.exists():
         return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from . import config
@@ -20,33 +19,15 @@ from .geometry import lps_affine
 from .dataio import CT_NAME, MASK_NAME, save_nifti
 
 
-def reorient(volume: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder and flip the axes of ``volume`` to ``axcodes`` (e.g. ``"RAS"``, ``"SLA"``).
-
-    Returns the reoriented array and the affine that keeps every voxel at the same world point.
-    """
-    ornt = nib.orientations.io_orientation(affine)
-    tx = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(axcodes)))
-    out = nib.orientations.apply_orientation(volume, tx)
-    return np.ascontiguousarray(out), affine @ nib.orientations.inv_ornt_aff(tx, volume.shape)
-
-
 def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: int = 0,
                  affine: np.ndarray | None = None, body_width_mm: float = 340.0,
                  noise_hu: float = 20.0):
-    """Draw a chest phantom on a grid.
+    """Draw a chest phantom on a grid of ``shape`` with ``spacing_mm`` (voxel size per axis).
 
-    Parameters
-    ----------
-    shape : 3 ints; spacing_mm : 3 floats (voxel size along each array axis)
-    seed : varies the anatomy slightly (lung size and position) and the noise
-    affine : optional (4, 4) voxel -> world; default L, P, S centred on the world origin
-    body_width_mm : left-right width of the body; above about 320 mm a 64^3, 5 mm grid cuts
-        the body's sides, as in the course data
-
-    Returns
-    -------
-    ct_hu : float32 (X, Y, Z), mask : uint8 (X, Y, Z) exact lung mask, affine : (4, 4)
+    ``seed`` varies the anatomy slightly (lung size and position) and the noise; ``affine``
+    (4, 4, voxel -> world) defaults to L, P, S centred on the world origin; a body wider than
+    about 320 mm (``body_width_mm``) is cut at its sides by a 64^3, 5 mm grid, as in the course
+    data. Returns (ct_hu float32 (X, Y, Z), exact lung mask uint8 (X, Y, Z), affine (4, 4)).
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)

@@ -1,7 +1,8 @@
 """Train the 3D U-Net: the course's training as visible steps, and :func:`train` that runs them.
 
 :func:`train` trains one model from random weights, a fixed number of epochs, into a new
-folder ``results/models/run_YYYYMMDD-HHMMSS/`` (or one under ``out_dir``) holding::
+folder ``results/models/run_YYYYMMDD-HHMMSS/`` (or one under ``out_dir``; never
+overwritten) holding :data:`RUN_ARTIFACTS`::
 
     split.json          the seeded patient-level split (train / val / test)
     train_config.json   every setting, package versions, SHA-256 of each input file, the split
@@ -10,11 +11,8 @@ folder ``results/models/run_YYYYMMDD-HHMMSS/`` (or one under ``out_dir``) holdin
     final_model.keras   the last epoch
     test_metrics.json   Dice and IoU of each test case (threshold 0.5) and their means
 
-Its steps, each a function here: :func:`new_run` (settings, split, the folder),
-:func:`build_model`, :func:`make_datasets`, :func:`make_callbacks`, :func:`fit_model`,
-:func:`save_models`, :func:`score_run`. No run folder is ever overwritten. The ``lungseg
-train`` command (:mod:`lungseg_utils.runs.training`) runs the same steps with what long runs
-add: resuming a killed run, a wall-clock budget, fine-tuning, several devices.
+``lungseg train`` (:mod:`lungseg_utils.runs.training`) runs the same steps with what long
+runs add: resuming a killed run, a wall-clock budget, fine-tuning, several devices.
 """
 
 from __future__ import annotations
@@ -43,8 +41,7 @@ LOG_NAME = "training_log.csv"
 #: A finished run's files, in the order they are written (``test_metrics.json`` last).
 RUN_ARTIFACTS = ("split.json", "train_config.json", LOG_NAME, "best_model.keras",
                  "final_model.keras", "test_metrics.json")
-#: What only ``lungseg train`` does (:func:`lungseg_utils.runs.training.train_run`):
-#: :func:`train` refuses these rather than ignore them.
+#: What only ``lungseg train`` does: :func:`train` refuses these rather than ignore them.
 RUN_OPTIONS = ("resume", "budget_min", "init_weights", "strategy")
 
 
@@ -61,7 +58,8 @@ def _read_split(split, case_ids) -> dict:
 
 
 def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float = 0.5) -> dict:
-    """Predict each case folder, threshold at ``threshold``, and score it with NumPy."""
+    """Predict each case folder, threshold at ``threshold``, and score it with NumPy:
+    ``{"threshold", "cases": [{"case_id", "dice", "iou"}], "mean_dice", "mean_iou", "n_cases"}``."""
     rows = []
     if folders:
         x, y = dataset.load_training_arrays(folders, hu_window)
@@ -110,9 +108,8 @@ def new_run(data_dir, out_dir, profile, split, deterministic, command, overrides
 
 @contextlib.contextmanager
 def run_session(settings: dict, cfg: dict, deterministic: bool = True):
-    """For the time of a run: its seeds set, TensorFlow's deterministic ops asked for
-    (measured: at most ~3 % slower a step on CPU), its dtype policy (recorded in
-    ``cfg["precision"]``); Keras's previous policy is restored afterwards."""
+    """For the time of a run: its seeds set, TensorFlow's deterministic ops asked for, its
+    dtype policy (recorded in ``cfg["precision"]``); Keras's previous policy restored after."""
     previous_policy = keras.mixed_precision.global_policy()
     try:
         config.set_seeds(int(settings["seed"]))
@@ -192,8 +189,7 @@ def progress(settings: dict, verbose) -> tuple[int, list]:
 
 def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2):
     """``model.fit`` over the run's epochs: one pass of ``train_ds`` an epoch, ``val_ds``
-    scored after the epochs of :func:`validation_epochs`, ``callbacks`` called at every step
-    of the way. Returns the History."""
+    scored after the epochs of :func:`validation_epochs`. Returns the History."""
     return model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                      steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=verbose,
                      shuffle=False, validation_freq=validation_epochs(settings))
@@ -207,10 +203,9 @@ def validation_epochs(settings: dict) -> list[int]:
 
 
 def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:
-    """Write ``final_model.keras`` (and, for ``checkpoint="last"``, ``best_model.keras``: the
-    same weights), each without its optimizer and with float16 weights; returns the model
-    file the run is scored and used by. ``on_written()``, if given, is called once the final
-    model is written, before it takes its name (where ``lungseg train``'s kill tests stop)."""
+    """Write ``final_model.keras`` (``checkpoint="last"``: ``best_model.keras`` too, the same
+    weights), compacted (:mod:`lungseg_utils.storage`); returns the model file the run is
+    scored and used by. ``on_written()`` is called before the final model takes its name."""
     with dataio.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
         model.save(tmp)
         if on_written is not None:
@@ -226,8 +221,8 @@ def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:
 
 def score_run(model_path: Path, run_dir: Path, split: dict, folders: dict, settings: dict,
               **training) -> dict:
-    """Score the saved model on the run's test cases (:func:`evaluate_cases`) and write them
-    to ``test_metrics.json``, the last artifact, with ``training`` (wall time, epochs)."""
+    """Score the saved model on the run's test cases (:func:`evaluate_cases`) into
+    ``test_metrics.json``, the last artifact, with ``training`` (wall time, epochs)."""
     metrics = evaluate_cases(keras.saving.load_model(model_path),
                              [folders[c] for c in split["test"]],
                              settings.get("hu_window", config.HU_WINDOW))
@@ -241,35 +236,17 @@ def score_run(model_path: Path, run_dir: Path, split: dict, folders: dict, setti
 
 
 def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None,
-          callbacks=None, deterministic: bool = True, command=None, **overrides) -> Path:
+          callbacks=None, deterministic: bool = True, **overrides) -> Path:
     """Train one model from random weights and write its run folder; returns the folder.
 
-    Parameters
-    ----------
-    data_dir : path, optional
-        Folder of ``patient_XXX/{ct,lung}.nii.gz`` on the 64^3 model grid
-        (default :func:`lungseg_utils.synthetic.resolve_data_dir`).
-    out_dir : path, optional
-        Where the new ``run_YYYYMMDD-HHMMSS`` folder goes (default ``results/models``).
-    profile : {'main', 'quick', 'full', 'smoke'}, optional
-        Settings to start from (default ``$LUNGSEG_PROFILE`` or main); ``overrides`` (any
-        profile key, e.g. ``epochs=3, base_filters=8``) replace single values.
-    split : dict or path to a split.json, optional
-        Use this split instead of a new seeded one (``dataio.make_split``).
-    verbose : 0, 1, 2, "compact" or None
-        Keras progress output; None: a bar of steps in a terminal (1), one line per epoch
-        otherwise (2, for logs); "compact": about six lines a run (notebooks).
-    callbacks : list of keras.callbacks.Callback, optional
-        Extra callbacks, called after the run's own.
-    deterministic : bool
-        Ask TensorFlow for deterministic ops (measured: at most ~3 % slower a step on CPU).
-    command : list of str, optional
-        The command line that started the run, recorded in ``train_config.json``.
-
-    Resuming a killed run, a wall-clock budget (``budget_min``), fine-tuning from earlier
-    weights and several devices are the train command's
-    (:func:`lungseg_utils.runs.training.train_run`); asked for here (:data:`RUN_OPTIONS`),
-    they are refused in one line, never ignored.
+    ``data_dir``: ``patient_XXX/{ct,lung}.nii.gz`` on the 64^3 model grid (default
+    :func:`lungseg_utils.synthetic.resolve_data_dir`); ``out_dir``: where the new run folder
+    goes (default ``results/models``); ``profile``: the settings to start from (default
+    ``$LUNGSEG_PROFILE`` or main), single values replaced by ``overrides`` (any profile key,
+    e.g. ``epochs=3``); ``split``: a split (dict or split.json) instead of a new seeded one;
+    ``verbose``: :func:`progress`; ``callbacks``: extra callbacks, called after the run's own;
+    ``deterministic``: :func:`run_session`. Refuses :data:`RUN_OPTIONS`: they are
+    :func:`lungseg_utils.runs.training.train_run`'s.
     """
     known = config.get_profile(profile)
     wanted = {**known, **{k: v for k, v in overrides.items() if v is not None}}
@@ -281,7 +258,7 @@ def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None
     overrides = {k: v for k, v in overrides.items() if k in known or k not in RUN_OPTIONS}
     t_start = time.perf_counter()
     run_dir, settings, split, folders, cfg = new_run(data_dir, out_dir, profile, split,
-                                                     deterministic, command, overrides)
+                                                     deterministic, None, overrides)  # no command
     with run_session(settings, cfg, deterministic):
         model = build_model(settings)                                          # 1. build
         train_ds, val_ds = make_datasets(settings, split, folders)

@@ -1,17 +1,8 @@
 """The compact residual 3D U-Net of the original project, its losses and its metrics.
 
-Everything here is written with ``keras.layers`` and ``keras.ops`` only (no ``tf.*``, no
-``Lambda`` layers), so the same code builds under another Keras backend, and a model saved
-as ``.keras`` loads with ``keras.saving.load_model(path)`` (``safe_mode=True``, no
-``custom_objects``) once this module has been imported: importing it registers the losses
-and metrics under the package name ``lungseg``.
-
-Network (``depth=4``, ``base_filters=16``: the original's 5.43 M parameters)::
-
-    64^3 x 16 -> 32^3 x 32 -> 16^3 x 64 -> 8^3 x 128 -> bottleneck 4^3 x 256 -> back up
-
-Each encoder and decoder block is residual: conv-norm-relu, conv-norm, plus the shortcut
-(a 1x1 convolution where the channel count changes), relu.
+Written with ``keras.layers`` and ``keras.ops`` only (no ``tf.*``, no ``Lambda``), so it builds
+under any Keras backend. Importing this module registers the losses and metrics (package
+``lungseg``), so a saved ``.keras`` model loads with ``keras.saving.load_model(path)``.
 """
 
 from __future__ import annotations
@@ -48,9 +39,8 @@ def _conv(filters, kernel, reg, name):
 
 
 def residual_block(x, filters, reg, norm, name):
-    """One block of the U-Net: conv-norm-relu, conv-norm, + shortcut (a 1x1x1 projection
-    where the number of channels changes), relu. ``x``: a (b, X, Y, Z, C) Keras tensor;
-    returns (b, X, Y, Z, ``filters``)."""
+    """One residual block: conv-norm-relu, conv-norm, + shortcut (1x1x1 where the channels
+    change), relu. ``x``: a (b, X, Y, Z, C) Keras tensor; returns (b, X, Y, Z, ``filters``)."""
     shortcut = x
     if x.shape[-1] != filters:
         shortcut = _conv(filters, 1, reg, f"{name}_proj")(x)
@@ -65,34 +55,16 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
                reg_l2: float = 1e-5, dropout_enc: float = 0.05, dropout_dec: float = 0.05,
                dropout_bot: float = 0.2, use_transpose: bool = False, norm: str | None = "group",
                name: str = "unet3d"):
-    """Build the residual 3D U-Net.
+    """Build the residual 3D U-Net: ``depth`` encoder levels of ``base_filters * 2**level``
+    filters, a bottleneck, and the mirrored decoder with skip connections.
 
-    Parameters
-    ----------
-    input_shape : tuple (X, Y, Z, 1)
-        Each spatial size must be divisible by ``2**depth``.
-    base_filters : int
-        Filters of the first level; each level below doubles them.
-    depth : int
-        Number of down-sampling steps = encoder levels above the bottleneck. 4 gives
-        64 -> 32 -> 16 -> 8 -> bottleneck at 4^3 (the original, 5.43 M parameters at base 16);
-        3 stops with the bottleneck at 8^3 (1.34 M parameters at base 16).
-    reg_l2 : float
-        L2 factor on every Conv3D kernel.
-    dropout_enc, dropout_dec, dropout_bot : float
-        Dropout rates after each encoder block, decoder block and the bottleneck.
-    use_transpose : bool
-        Up-sample with ``Conv3DTranspose`` (kernel 2, stride 2) instead of the default
-        ``UpSampling3D`` followed by a 1x1 ``Conv3D``.
-    norm : {'group', 'batch', None}
-        GroupNormalization (8 groups, fewer if the filters are not a multiple of 8),
-        BatchNormalization, or none.
-
-    Returns
-    -------
-    keras.Model mapping float (b, X, Y, Z, 1) to float32 probabilities (b, X, Y, Z, 1),
-    float32 even under a mixed-precision policy.
-    """
+    ``input_shape`` (X, Y, Z, 1): each spatial size divisible by ``2**depth`` (else ValueError).
+    ``depth`` 4: 64 -> 32 -> 16 -> 8 -> bottleneck at 4^3 (the original: 5.43 M parameters at
+    base 16). ``reg_l2``: L2 on every Conv3D kernel. ``dropout_*``: after each encoder block,
+    decoder block and the bottleneck. ``use_transpose``: up-sample with ``Conv3DTranspose``, not
+    ``UpSampling3D`` + 1x1 ``Conv3D``. ``norm``: 'group' (8 groups, fewer if 8 does not divide
+    the filters), 'batch' or None. Returns a keras.Model: float (b, X, Y, Z, 1) -> float32
+    probabilities (b, X, Y, Z, 1), even under a mixed-precision policy."""
     if norm not in ("group", "batch", None, "none"):
         raise ValueError(f"build_unet: norm={norm!r} must be 'group', 'batch' or None.")
     norm = None if norm == "none" else norm
@@ -130,10 +102,9 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
 
 
 def level_table(model) -> list[dict]:
-    """The network level by level, as a reader wants it instead of Keras's layer-by-layer
-    summary: one row per block of layers that share a name prefix (``enc0`` ... ``bottleneck``
-    ... ``dec0``, ``lung_prob``), in order, with ``{"block", "layers", "output" (its last
-    layer's shape without the batch axis), "params"}``. The input layer is left out."""
+    """The network block by block (layers sharing a name prefix: ``enc0`` ... ``bottleneck`` ...
+    ``dec0``, ``lung_prob``; no input layer), in order: one row each of ``{"block", "layers",
+    "output" (its last layer's shape without the batch axis), "params"}``."""
     rows = {}
     for layer in model.layers:
         if isinstance(layer, layers.InputLayer):
@@ -147,14 +118,9 @@ def level_table(model) -> list[dict]:
 
 
 def count_flops(model) -> int:
-    """Forward-pass floating-point operations of ``model`` for one sample (batch 1).
-
-    Conv3D: 2 * k^3 * Cin * Cout per output voxel (plus the bias); Conv3DTranspose:
-    2 * k^3 * Cin * Cout per *input* voxel (each input voxel scatters one k^3 x Cout patch;
-    equal to the output-voxel formula's count for kernel = stride = 2 divided by 8, which is
-    the true cost). Normalisation ~8, activation / add / dropout ~1 per output element,
-    pooling 1 per input element; up-sampling, concatenation and input cost 0.
-    """
+    """Forward-pass floating-point operations of ``model`` for one sample: Conv3D 2 k^3 Cin Cout
+    per output voxel (+ bias), Conv3DTranspose the same per *input* voxel, normalisation 8,
+    activation / add / dropout 1 per output element, pooling 1 per input element."""
     total = 0
     for layer in model.layers:
         kind = type(layer).__name__
@@ -191,10 +157,8 @@ def _per_sample_sums(y_true, y_pred):
 
 
 def soft_dice_per_sample(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice of each sample over its whole volume: (2 sum(t p) + s) / (sum t + sum p + s).
-
-    y_true, y_pred: (b, X, Y, Z, 1) in [0, 1]. Returns float32 (b,).
-    """
+    """Soft Dice of each sample over its volume: (2 sum(t p) + s) / (sum t + sum p + s).
+    y_true, y_pred: (b, X, Y, Z, 1) in [0, 1]; returns float32 (b,)."""
     t, p = _per_sample_sums(y_true, y_pred)
     inter = ops.sum(t * p, axis=1)
     return (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
@@ -216,28 +180,25 @@ class DiceLoss(keras.losses.Loss):
 
 
 @_register
-class HybridLoss(keras.losses.Loss):
-    """0.5 * (1 - soft Dice) + 0.5 * binary cross-entropy, both per sample, then averaged."""
+class HybridLoss(DiceLoss):
+    """``dice_weight`` * the Dice loss + the rest * binary cross-entropy, per sample, averaged."""
 
     def __init__(self, smooth: float = 1.0, dice_weight: float = 0.5, name: str = "hybrid_loss",
                  **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.smooth = float(smooth)
+        super().__init__(smooth, name=name, **kwargs)
         self.dice_weight = float(dice_weight)
 
     def call(self, y_true, y_pred):
-        dice = 1.0 - soft_dice_per_sample(y_true, y_pred, self.smooth)
         t, p = _per_sample_sums(y_true, y_pred)
         p = ops.clip(p, 1e-7, 1.0 - 1e-7)
         bce = -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p), axis=1)
-        return self.dice_weight * dice + (1.0 - self.dice_weight) * bce
+        return self.dice_weight * super().call(y_true, y_pred) + (1.0 - self.dice_weight) * bce
 
     def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth, "dice_weight": self.dice_weight}
+        return {**super().get_config(), "dice_weight": self.dice_weight}
 
 
-#: The registry of training losses (profile key ``loss``, ``--loss`` of the train command):
-#: adding a loss is its class above and one entry here.
+#: The training losses (profile key ``loss``): a new loss is its class above and an entry here.
 LOSSES = {"dice": DiceLoss, "hybrid": HybridLoss}
 
 
@@ -249,18 +210,15 @@ def get_loss(name: str):
 
 
 # --------------------------------------------------------------------------- metrics
-# Metrics are *hard*: the prediction is thresholded at 0.5 (as at test time), the score is
-# computed per sample over the volume with smooth = 1 voxel (so empty vs empty scores 1),
-# then averaged over the samples seen in the epoch.
+# Hard: the prediction thresholded at 0.5 as at test time, scored per sample with smooth = 1
+# (empty vs empty scores 1), then averaged over the samples of the epoch.
 
 
 @_register
 def dice_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
     """Hard Dice per sample: prediction > ``threshold``. Returns float32 (b,)."""
     t, p = _per_sample_sums(y_true, y_pred)
-    p = ops.cast(ops.greater(p, threshold), "float32")
-    inter = ops.sum(t * p, axis=1)
-    return (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
+    return soft_dice_per_sample(t, ops.cast(ops.greater(p, threshold), "float32"), smooth)
 
 
 @_register
@@ -273,10 +231,13 @@ def iou_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
 
 
 class _HardMetric(keras.metrics.MeanMetricWrapper):
-    _fn = None
+    """The mean over the samples of the per-sample score ``_fn``, named ``_default_name``."""
+
+    _fn = _default_name = None
 
     def __init__(self, name=None, threshold: float = 0.5, dtype=None):
-        super().__init__(fn=type(self)._fn, name=name, dtype=dtype, threshold=threshold)
+        super().__init__(fn=type(self)._fn, name=name or self._default_name, dtype=dtype,
+                         threshold=threshold)
         self.threshold = float(threshold)
 
     def get_config(self):
@@ -291,20 +252,14 @@ class _HardMetric(keras.metrics.MeanMetricWrapper):
 class Dice(_HardMetric):
     """Mean hard Dice over samples, logged as ``dice`` / ``val_dice``."""
 
-    _fn = staticmethod(dice_coef)
-
-    def __init__(self, name="dice", threshold: float = 0.5, dtype=None):
-        super().__init__(name=name, threshold=threshold, dtype=dtype)
+    _fn, _default_name = staticmethod(dice_coef), "dice"
 
 
 @_register
 class IoU(_HardMetric):
     """Mean hard IoU over samples, logged as ``iou`` / ``val_iou``."""
 
-    _fn = staticmethod(iou_coef)
-
-    def __init__(self, name="iou", threshold: float = 0.5, dtype=None):
-        super().__init__(name=name, threshold=threshold, dtype=dtype)
+    _fn, _default_name = staticmethod(iou_coef), "iou"
 
 
 def compile_model(model, loss: str = "dice", learning_rate: float = 1e-3):

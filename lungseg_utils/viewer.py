@@ -1,13 +1,10 @@
-"""The interactive slice viewer: any plane, HU presets, overlays, a mm readout, export.
-
-Built on the display convention and drawing helpers of :mod:`lungseg_utils.viz`.
-"""
+"""The interactive slice viewer (on :mod:`.viz`): any plane, HU presets, overlays, mm, export."""
 
 from __future__ import annotations
 
 import base64
 import functools
-import io as _io
+import io
 import time
 from pathlib import Path
 
@@ -18,31 +15,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from . import viz
 from .errors import LungsegInputError
 from .geometry import spacing_from_affine
-from .viz import (
-    ERROR_COLOURS,
-    OVERLAYS,
-    PLANES,
-    PRED_COLOUR,
-    REF_COLOUR,
-    STYLE,
-    WINDOWS,
-    colour_legend,
-    display_slice,
-    error_rgba,
-    export_figure,
-    heat_rgba,
-    mask_rgba,
-    orientation_labels,
-    plane_name,
-    side_labels,
-    slice_aspect,
-    slice_plan,
-    slice_position_mm,
-    slicing_axis,
-    window_limits,
-)
+
+OVERLAYS = ("none", "reference", "prediction", "errors", "uncertainty")
 
 
 def _redraws(method):
@@ -61,10 +38,9 @@ def _redraws(method):
 class SliceViewer:
     """Interactive viewer of a CT with masks in three planes (matplotlib + ipywidgets).
 
-    One Agg figure is built once; a redraw only updates its images with ``set_data`` and sends
-    the rendered PNG to an ``ipywidgets.Image``, so it works in JupyterLab, Notebook 7 and
-    Voila with no extra package. Arrays are (X, Y, Z) on the grid of ``affine``: ``mask`` and
-    ``pred`` binary, ``uncertainty`` >= 0 (e.g. the TTA standard deviation).
+    Arrays are (X, Y, Z) on the grid of ``affine``: ``mask`` and ``pred`` binary,
+    ``uncertainty`` >= 0 (e.g. the TTA standard deviation). One Agg figure, built once, is
+    redrawn with ``set_data`` and shown as a PNG in an ``ipywidgets.Image`` (no extra package).
     """
 
     def __init__(self, ct_hu, affine, mask=None, pred=None, uncertainty=None, title="",
@@ -83,8 +59,8 @@ class SliceViewer:
         self.title, self.figures_dir = title, figures_dir
         self.redraw_seconds, self._holding = float("nan"), 0
         self._u_max = max(float(np.max(uncertainty)), 1e-6) if uncertainty is not None else 1.0
-        self._index = {p: self._n_slices(p) // 2 for p in PLANES}
-        self._axis, self._window, self._alpha, self._side = "axial", WINDOWS["lung"], 0.4, False
+        self._index = {p: self._n_slices(p) // 2 for p in viz.PLANES}
+        self._axis, self._window, self._alpha, self._side = "axial", viz.WINDOWS["lung"], 0.4, False
         given = dict(reference=mask, prediction=pred, uncertainty=uncertainty,
                      errors=None if mask is None else pred)
         self.overlays = ["none"] + [o for o in OVERLAYS[1:] if given[o] is not None]
@@ -94,14 +70,14 @@ class SliceViewer:
         self._log = w.Output()
         self._w_image = w.Image(format="png", layout=w.Layout(align_self="flex-start"))
         self._w_readout, self._w_status = w.HTML(), w.HTML()
-        self._w_axis = w.ToggleButtons(options=list(PLANES), description="plane")
+        self._w_axis = w.ToggleButtons(options=list(viz.PLANES), description="plane")
         self._w_slice = w.IntSlider(value=self._index["axial"], max=self._n_slices("axial") - 1,
                                     description="slice", layout=w.Layout(width="480px"))
         self._w_overlay = w.Dropdown(options=self.overlays, value=self._overlay,
                                      description="overlay")
         self._w_side = w.ToggleButton(description="side by side",
                                       disabled=mask is None or pred is None)
-        self._w_preset = w.Dropdown(options=[*WINDOWS, "custom"], value="lung",
+        self._w_preset = w.Dropdown(options=[*viz.WINDOWS, "custom"], value="lung",
                                     description="window")
         self._w_width = w.IntSlider(value=1500, min=10, max=4000, step=10, description="W")
         self._w_level = w.IntSlider(value=-600, min=-1200, max=1500, step=10, description="L")
@@ -127,14 +103,14 @@ class SliceViewer:
         self._redraw()
 
     def _n_slices(self, plane) -> int:
-        return self.ct_hu.shape[slicing_axis(self.affine, plane)]
+        return self.ct_hu.shape[viz.slicing_axis(self.affine, plane)]
 
     def _width_level(self) -> tuple[float, float]:
         width, level = self._w_width.value, self._w_level.value
         return level - width / 2, level + width / 2
 
     def _build_figure(self):
-        with mpl.rc_context(STYLE):
+        with mpl.rc_context(viz.STYLE):
             self._fig = Figure(figsize=(5.0, 5.0), dpi=100)
             FigureCanvasAgg(self._fig)
             self.axes = [self._fig.add_axes((0.01, 0.11, 0.98, 0.82)) for _ in range(2)]
@@ -142,12 +118,12 @@ class SliceViewer:
                            for ax in self.axes]
             self._ov_im = [ax.imshow(np.zeros((2, 2, 4)), interpolation="nearest")
                            for ax in self.axes]
-            self._labels = [side_labels(ax, dict.fromkeys(("left", "right", "top", "bottom"), ""))
-                            for ax in self.axes]
+            blank = dict.fromkeys(("left", "right", "top", "bottom"), "")
+            self._labels = [viz.side_labels(ax, blank) for ax in self.axes]
             for ax in self.axes:
                 ax.set_axis_off()
-            self._legend = colour_legend(self._fig, ERROR_COLOURS, loc="lower center",
-                                   bbox_to_anchor=(0.5, 0.01))
+            self._legend = viz.colour_legend(self._fig, viz.ERROR_COLOURS, loc="lower center",
+                                             bbox_to_anchor=(0.5, 0.01))
             self._cax = self._fig.add_axes((0.35, 0.05, 0.4, 0.025))
             self._fig.colorbar(mpl.cm.ScalarMappable(Normalize(0, self._u_max), "inferno"),
                                cax=self._cax, orientation="horizontal")
@@ -155,20 +131,21 @@ class SliceViewer:
             self._suptitle = self._fig.suptitle("")
 
     def _panel_overlay(self, overlay: str, cut) -> np.ndarray:
-        if overlay in ("reference", "prediction"):
-            return mask_rgba(cut(self.mask if overlay == "reference" else self.pred),
-                             REF_COLOUR if overlay == "reference" else PRED_COLOUR, self._alpha)
+        if overlay == "reference":
+            return viz.mask_rgba(cut(self.mask), viz.REF_COLOUR, self._alpha)
+        if overlay == "prediction":
+            return viz.mask_rgba(cut(self.pred), viz.PRED_COLOUR, self._alpha)
         if overlay == "errors":
-            return error_rgba(cut(self.mask), cut(self.pred), self._alpha)
+            return viz.error_rgba(cut(self.mask), cut(self.pred), self._alpha)
         if overlay == "uncertainty":
-            return heat_rgba(cut(self.uncertainty), self._alpha, self._u_max)
+            return viz.heat_rgba(cut(self.uncertainty), self._alpha, self._u_max)
         return np.zeros(cut(self.ct_hu).shape + (4,), np.float32)
 
     def _redraw(self):
         t0 = time.perf_counter()
         plane, index = self._axis, self._index[self._axis]
-        cut = lambda vol: display_slice(vol, self.affine, plane, index)  # noqa: E731
-        ct2d, labels = cut(self.ct_hu), orientation_labels(self.affine, plane)
+        cut = lambda vol: viz.display_slice(vol, self.affine, plane, index)  # noqa: E731
+        ct2d, labels = cut(self.ct_hu), viz.orientation_labels(self.affine, plane)
         side = self._side and not self._w_side.disabled
         panels = ["reference", "prediction"] if side else [self._overlay]
         self._fig.set_size_inches(9.0 if side else 5.0, 5.0)
@@ -182,7 +159,7 @@ class SliceViewer:
             ov_im.set_data(self._panel_overlay(overlay, cut))
             for im in (ct_im, ov_im):   # also sets the axes' limits (autoscale is on)
                 im.set_extent((-0.5, ct2d.shape[1] - 0.5, ct2d.shape[0] - 0.5, -0.5))
-            ax.set_aspect(slice_aspect(self.spacing_mm, plane, self.affine))
+            ax.set_aspect(viz.slice_aspect(self.spacing_mm, plane, self.affine))
             for where, text in texts.items():
                 text.set_text(labels[where])
         self._legend.set_visible("errors" in panels)
@@ -191,7 +168,7 @@ class SliceViewer:
         self._suptitle.set_text(f"{self.title}  {plane} {index}{what}".strip())
         self._fig.canvas.draw()
         self._rgba = np.asarray(self._fig.canvas.buffer_rgba()).copy()
-        buf = _io.BytesIO()
+        buf = io.BytesIO()
         Image.fromarray(self._rgba[..., :3]).save(buf, format="PNG", compress_level=1)
         self._w_image.value = buf.getvalue()
         self._w_readout.value = self.readout()
@@ -200,22 +177,22 @@ class SliceViewer:
     def readout(self) -> str:
         """HTML: the slice, its world position in mm and the lung area on it in cm^2."""
         plane, index = self._axis, self._index[self._axis]
-        _, r, c, _, _ = slice_plan(self.affine, plane)
+        _, r, c, _, _ = viz.slice_plan(self.affine, plane)
         pixel_cm2 = self.spacing_mm[r] * self.spacing_mm[c] / 100.0
-        pos = slice_position_mm(self.affine, self.ct_hu.shape, plane, index)
+        pos = viz.slice_position_mm(self.affine, self.ct_hu.shape, plane, index)
         text = (f"{plane} slice {index} / {self._n_slices(plane) - 1} &middot; "
-                f"{'xyz'[PLANES[plane][0]]} = {pos:.1f} mm")
+                f"{'xyz'[viz.PLANES[plane][0]]} = {pos:.1f} mm")
         areas = []
         for name, m in (("reference", self.mask), ("prediction", self.pred)):
             if m is not None:
-                cm2 = np.count_nonzero(display_slice(m, self.affine, plane, index)) * pixel_cm2
+                cm2 = np.count_nonzero(viz.display_slice(m, self.affine, plane, index)) * pixel_cm2
                 areas.append(f"{name} {cm2:.2f} cm&sup2;")
         return text + (" &middot; lung area: " + ", ".join(areas) if areas else "")
 
     @_redraws
     def set_axis(self, name) -> None:
         """Show plane ``name`` ('axial', 'coronal', 'sagittal' or an array axis 0-2)."""
-        self._axis = self._w_axis.value = plane_name(self.affine, name)
+        self._axis = self._w_axis.value = viz.plane_name(self.affine, name)
         self._w_slice.value = 0
         self._w_slice.max = self._n_slices(self._axis) - 1
         self._w_slice.value = self._index[self._axis]
@@ -238,8 +215,8 @@ class SliceViewer:
 
     @_redraws
     def set_window(self, window) -> None:
-        """HU window: a preset name in :data:`WINDOWS` or a (low, high) pair."""
-        lo, hi = self._window = window_limits(window)
+        """HU window: a preset name in :data:`.viz.WINDOWS` or a (low, high) pair."""
+        lo, hi = self._window = viz.window_limits(window)
         self._w_preset.value = window if isinstance(window, str) else "custom"
         self._w_width.value, self._w_level.value = int(round(hi - lo)), int(round((lo + hi) / 2))
 
@@ -258,9 +235,9 @@ class SliceViewer:
         return self._rgba.copy()
 
     def export(self, figures_dir=None) -> list[Path]:
-        """Export the current view as ``viewer_<plane>_<index>`` (:func:`export_figure`)."""
+        """Export the current view as ``viewer_<plane>_<index>`` (:func:`.viz.export_figure`)."""
         name = f"viewer_{self._axis}_{self._index[self._axis]}"
-        paths = export_figure(self._fig, name, figures_dir or self.figures_dir)
+        paths = viz.export_figure(self._fig, name, figures_dir or self.figures_dir)
         self._w_status.value = f"wrote {paths[0]} and {paths[1].name}"
         return paths
 

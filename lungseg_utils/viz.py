@@ -1,25 +1,18 @@
 """Figure style and export, and static slice figures (the interactive viewer: :mod:`.viewer`).
 
-Display convention (radiological), for every picture in the project:
-
-- axial: patient's Right on the image's left, Anterior at the top;
-- coronal: patient's Right on the image's left, Superior at the top;
-- sagittal: Anterior on the image's left, Superior at the top.
-
-How any of the 48 axis orientations is brought to it: nibabel's world is RAS+ and
-``nib.aff2axcodes(affine)`` names, for each array axis, the patient direction its index runs
-toward (the course data: ``('L', 'P', 'S')``). Image columns must run toward the patient's
-Left (sagittal: Posterior) and image rows must run down toward Posterior (axial) or Inferior
-(coronal, sagittal). So :func:`display_slice` (1) slices along the array axis whose code lies on
-the plane's normal, (2) transposes the slice if the rows' array axis comes after the columns'
-one, and (3) flips rows and columns whose code points the other way. For L, P, S data an axial
-slice is ``ct[:, :, k].T``, a coronal one ``ct[:, j, :].T[::-1]`` and a sagittal one
+Every picture is radiological, whatever the array's axis order (``nib.aff2axcodes(affine)``):
+axial and coronal slices show the patient's Right on the image's left, sagittal ones Anterior;
+Anterior (axial) or Superior (coronal, sagittal) is at the top. For the course's L, P, S data an
+axial slice is ``ct[:, :, k].T``, a coronal one ``ct[:, j, :].T[::-1]`` and a sagittal one
 ``ct[i, :, :].T[::-1]``. A slice index is always the array index along the sliced axis.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib as mpl
@@ -29,24 +22,23 @@ import nibabel as nib
 import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from scipy import ndimage as ndi
 
-from . import config, dataio
-from .config import HU_WINDOW
-from .errors import LungsegInputError
+from . import config
 from .anatomy import boundary
-from .geometry import spacing_from_affine
+from .atomic import atomic_write
+from .errors import LungsegInputError
 
 #: Figure widths in inches: one column and a full page of a two-column report.
 COL_IN, PAGE_IN = 3.4, 7.0
 #: HU windows (low, high): lung W1500/L-600, mediastinum W350/L40, bone W1800/L400.
 WINDOWS = {"lung": (-1350.0, 150.0), "mediastinum": (-135.0, 215.0),
-           "bone": (-500.0, 1300.0), "project": tuple(HU_WINDOW)}
+           "bone": (-500.0, 1300.0), "project": tuple(config.HU_WINDOW)}
 #: Okabe-Ito colours, readable by colour-blind readers.
 ERROR_COLOURS = {"true positive": "#009E73", "false positive": "#D55E00",
                  "false negative": "#56B4E9"}
 REF_COLOUR, PRED_COLOUR = "#F0E442", "#CC79A7"
-OVERLAYS = ("none", "reference", "prediction", "errors", "uncertainty")
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
     "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
@@ -55,6 +47,8 @@ STYLE = {
     "legend.frameon": False, "pdf.fonttype": 42,
     "axes.prop_cycle": mpl.cycler(color=["#0072B2", "#D55E00", "#009E73", "#CC79A7",
                                          "#E69F00", "#56B4E9", "#F0E442", "#000000"])}
+#: The PNG text chunk in which :func:`export_figure` records :func:`smallest_text_pt`.
+MIN_FONT_KEY = "lungseg_min_font_pt"
 
 #: Plane -> (world axis of its normal, code the columns run toward, code the rows run down to).
 PLANES = {"axial": (2, "L", "P"), "coronal": (1, "L", "I"), "sagittal": (0, "P", "I")}
@@ -71,63 +65,43 @@ def apply_style() -> None:
 def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path]:
     """Write ``fig`` to ``<figures_dir>/<name>.png`` (``dpi``) and ``<name>.pdf``; return both.
 
-    ``name`` is a bare stem such as ``05_dice_paired``; ``figures_dir`` defaults to
-    ``config.FIGURES_DIR``. Each file goes to a temporary name in the same folder and is then
-    renamed (a crash never leaves half a figure); the PDF carries no creation date, so a
-    re-run gives byte-identical files.
+    ``name``: a bare stem such as ``05_dice_paired``; ``figures_dir``: ``config.FIGURES_DIR`` by
+    default. Each file is written atomically; the PDF has no creation date (a re-run gives the
+    same bytes); the PNG records :func:`smallest_text_pt` under :data:`MIN_FONT_KEY`.
     """
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith((".png", ".pdf")):
         raise LungsegInputError(f"export_figure: name {name!r} must be a bare file stem "
                                 "such as '05_dice_paired' (no folder, no extension).")
     folder = Path(figures_dir) if figures_dir is not None else config.FIGURES_DIR
-    written = []
-    text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}   # read back by the report's test
+    text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}
     for fmt in ("png", "pdf"):
-        with dataio.atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
+        with atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.02,
                         metadata={"CreationDate": None} if fmt == "pdf" else text)
-        written.append(folder / f"{name}.{fmt}")
-    return written
-
-
-#: The PNG text chunk in which :func:`export_figure` records :func:`smallest_text_pt`.
-MIN_FONT_KEY = "lungseg_min_font_pt"
+    return [folder / f"{name}.png", folder / f"{name}.pdf"]
 
 
 def smallest_text_pt(fig) -> float:
-    """The smallest font size (pt, at the figure's own size) of any visible, non-empty text
-    in ``fig``: titles, labels, tick labels, legends, annotations. A figure printed at
-    ``w`` inches that was drawn ``W`` inches wide shows it at ``size * w / W`` pt."""
-    from matplotlib.text import Text
-
+    """The smallest font size (pt, at the figure's own size) of any text drawn in ``fig``:
+    visible, non-empty, on a visible axes and not clipped away; inf if there is none."""
     fig.canvas.draw()           # tick labels exist only once drawn
     sizes = [t.get_fontsize() for t in fig.findobj(Text)
-             if t.get_visible() and t.get_text().strip() and _on_figure(t)]
+             if t.get_visible() and t.get_text().strip()
+             and (t.axes is None or t.axes.get_visible()) and t.get_window_extent().width > 0]
     return float(min(sizes)) if sizes else float("inf")
 
 
-def _on_figure(text) -> bool:
-    """Whether ``text`` is drawn: its axes (if any) visible, its position not clipped away."""
-    ax = text.axes
-    if ax is not None and not ax.get_visible():
-        return False
-    return text.get_window_extent().width > 0
-
-
 def paired_plot(ax, values: dict, highlight=None, ylabel="Dice", legend: bool = False):
-    """One dot per case and method, a line per case across the methods.
+    """One dot per case and method, a line per case across the methods; returns ``ax``.
 
     ``values``: ``{method label: {case_id: value}}`` in plotting order (same cases in each);
-    ``highlight``: a case_id drawn in colour (named in a legend with ``legend``). Returns
-    ``ax``."""
+    ``highlight``: a case_id drawn in colour (named in a legend with ``legend``)."""
     labels = list(values)
-    cases = list(values[labels[0]])
     x = np.arange(len(labels))
-    for cid in cases:
-        y = [values[m][cid] for m in labels]
+    for cid in values[labels[0]]:
         hot = cid == highlight
-        ax.plot(x, y, "-o", color="#D55E00" if hot else "0.55", lw=1.1 if hot else 0.7,
-                ms=3.2 if hot else 2.4, zorder=3 if hot else 2,
+        ax.plot(x, [values[m][cid] for m in labels], "-o", color="#D55E00" if hot else "0.55",
+                lw=1.1 if hot else 0.7, ms=3.2 if hot else 2.4, zorder=3 if hot else 2,
                 label=cid if hot else None)
     ax.set_xticks(x, labels, rotation=45, ha="right", rotation_mode="anchor")   # long names
     ax.set_xlim(-0.35, len(labels) - 0.65)
@@ -186,11 +160,9 @@ def busiest_slice(volume: np.ndarray, affine, axis, near: int | None = None) -> 
 
 
 def display_slice(volume: np.ndarray, affine, axis, index: int) -> np.ndarray:
-    """Slice ``index`` (array index) of ``volume`` (X, Y, Z) in display order.
-
-    Returns a 2D view (rows top to bottom, columns left to right) in the module's
-    radiological convention, whatever the orientation of ``affine``.
-    """
+    """Slice ``index`` (array index) of ``volume`` (X, Y, Z) as a 2D view in display order (rows
+    top to bottom, columns left to right): cut along the array axis on the plane's normal,
+    transposed if the rows' axis comes after the columns', flipped where an axis runs back."""
     volume = np.asarray(volume)
     k, r, c, flip_r, flip_c = slice_plan(affine, axis)
     if not 0 <= int(index) < volume.shape[k]:
@@ -201,11 +173,8 @@ def display_slice(volume: np.ndarray, affine, axis, index: int) -> np.ndarray:
 
 
 def orientation_labels(affine, axis) -> dict:
-    """Patient directions at the edges of a displayed slice: dict(left=, right=, top=, bottom=).
-
-    Read from ``affine`` through the same plan as :func:`display_slice`; axial gives
-    ``{'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}``.
-    """
+    """Patient directions at the edges of a displayed slice, e.g. axial:
+    ``{'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}``."""
     codes = _codes(affine)
     _, r, c, flip_r, flip_c = slice_plan(affine, axis)
     right = _OPPOSITE[codes[c]] if flip_c else codes[c]
@@ -214,10 +183,8 @@ def orientation_labels(affine, axis) -> dict:
 
 
 def slice_aspect(spacing_mm, axis, affine=None) -> float:
-    """imshow aspect (pixel height / pixel width) of a displayed slice with voxels ``spacing_mm``.
-
-    Without ``affine`` the array axes are taken to be in x, y, z order (as in L, P, S data).
-    """
+    """imshow aspect (pixel height / pixel width) of a displayed slice with voxels ``spacing_mm``
+    (mm); without ``affine`` the array axes are taken to be in x, y, z order."""
     affine = np.diag([*(float(s) for s in spacing_mm), 1.0]) if affine is None else affine
     _, r, c, _, _ = slice_plan(affine, axis)
     return float(spacing_mm[r]) / float(spacing_mm[c])
@@ -276,18 +243,17 @@ def colour_legend(ax_or_fig, colours: dict, **kw):
                             handlelength=1.0, columnspacing=0.8, **kw)
 
 
-def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mask=None,
+def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=config.HU_WINDOW, mask=None,
                pred=None, overlay="contour", alpha=0.4, labels=True, pred_name="prediction"):
-    """Draw one CT slice on ``ax`` in the radiological convention, with an optional overlay.
+    """Draw one CT slice on ``ax`` in the radiological convention, with an optional overlay;
+    returns ``ax``.
 
     ``overlay``: 'contour' (outlines of ``mask`` and ``pred``), 'fill' (translucent areas),
-    'errors' (true positive / false positive / false negative in three colours, with a
-    legend; needs both) or 'none'. ``window``: a (low, high) HU pair or a preset name.
-    ``spacing_mm`` may be None (read from ``affine``); ``pred_name`` names ``pred`` in the
-    legend (e.g. "round trip" when it is not a prediction). Returns ``ax``.
+    'errors' (true positive / false positive / false negative, with a legend; needs both) or
+    'none'. ``window``: a (low, high) HU pair or a preset name; ``pred_name`` names ``pred`` in
+    the legend.
     """
     affine = np.asarray(affine, dtype=float)
-    spacing_mm = spacing_from_affine(affine) if spacing_mm is None else spacing_mm
     kw = dict(aspect=slice_aspect(spacing_mm, axis, affine), interpolation="nearest")
     cut = lambda vol: display_slice(vol, affine, axis, index)  # noqa: E731
     lo, hi = window_limits(window)
@@ -321,18 +287,15 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=HU_WINDOW, mas
 def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lung",
                          pred=None, overlay="contour", width_in=PAGE_IN):
     """Axial and coronal slices through the centre of ``mask`` and the sagittal slice with
-    the most of it (through a lung, not the mediastinum between them); returns the Figure.
-
-    Panel widths follow each slice's size in mm, so that the three share one height.
-    """
+    the most of it (through a lung, not the mediastinum); returns the Figure. Panel widths
+    follow each slice's size in mm, so that the three share one height."""
     affine, shape = np.asarray(affine, dtype=float), np.shape(ct_hu)
     has_mask = mask is not None and np.any(mask)
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
     index = {p: int(centre[slicing_axis(affine, p)]) for p in PLANES}
     if has_mask:
-        index["sagittal"] = busiest_slice(mask, affine, "sagittal",
-                                          near=centre[slicing_axis(affine, "sagittal")])
+        index["sagittal"] = busiest_slice(mask, affine, "sagittal", near=index["sagittal"])
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
     ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, PLANES)]
     fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),
@@ -351,25 +314,18 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
 
 
 def show_code(obj, docstring: bool = False):
-    """The source of a function or class, as a Python code block a notebook displays
-    (``IPython.display.Markdown``), headed by a comment naming where it lives: a notebook
-    shows the module's own code rather than a copy of it. The docstring is left out unless
-    ``docstring``; every other line is the source as it is (``inspect.getsource``)."""
-    import ast
-    import inspect
-    import textwrap
-
+    """The source of a function or class (``inspect.getsource``) as a Python code block that a
+    notebook displays (``IPython.display.Markdown``), headed by a comment naming where it lives;
+    without its docstring unless ``docstring``."""
     from IPython.display import Markdown
 
     try:
         source = textwrap.dedent(inspect.getsource(obj))
     except (TypeError, OSError) as exc:
         raise LungsegInputError(f"show_code: no source to show for {obj!r} ({exc}).") from None
-    body = ast.parse(source).body[0].body
-    if not docstring and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str) and len(body) > 1:
-        lines = source.splitlines()
-        after = body[0].end_lineno + (not lines[body[0].end_lineno].strip())  # and its blank line
-        source = "\n".join(lines[:body[0].lineno - 1] + lines[after:])
-    where = f"# {obj.__module__}.{obj.__qualname__}"
-    return Markdown(f"```python\n{where}\n{source.rstrip()}\n```")
+    node = ast.parse(source).body[0]
+    if not docstring and ast.get_docstring(node) is not None and len(node.body) > 1:
+        doc, lines = node.body[0], source.splitlines()
+        after = doc.end_lineno + (not lines[doc.end_lineno].strip())  # and its blank line
+        source = "\n".join(lines[:doc.lineno - 1] + lines[after:])
+    return Markdown(f"```python\n# {obj.__module__}.{obj.__qualname__}\n{source.rstrip()}\n```")

@@ -29,8 +29,9 @@ import pytest
 
 from lungseg_utils import synthetic
 
-#: Training settings of every run the tests make: the smoke profile with the smallest
-#: U-Net (2 filters, depth 1: ~8 s a run here instead of ~25 s at depth 4).
+#: Training settings of every run the tests make: the smoke profile, whose U-Net is the
+#: smallest with every kind of layer (2 filters, depth 1: ~8 s a run here instead of ~25 s
+#: at depth 4), named here so that the tests say what they train.
 SMOKE = dict(profile="smoke", base_filters=2, depth=1)
 #: Epochs of the shared run: two, so that a run resumed after its first epoch can be
 #: compared with it epoch by epoch (tests/test_train.py).

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from lungseg_utils import cli, config
-from lungseg_utils.errors import LungsegInputError, run_command
+from lungseg_utils.errors import LungsegInputError
+from lungseg_utils.runs.command import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

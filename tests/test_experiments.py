@@ -97,7 +97,7 @@ def test_summarise_methods():
                                        "volume_error_pct": -1.0}, "b": {"dice": 1.0, "hd95_mm": 0.0}}
             for i, (d, h) in enumerate(((0.9, 2.0), (0.8, 7.0)))]
     out = experiments.summarise_methods(rows, ["a"])
-    assert set(out) == {"a"} and set(out["a"]) == set(experiments.METRICS)
+    assert set(out) == {"a"} and set(out["a"]) == set(metrics.METRICS)
     assert out["a"]["dice"]["worst_case_id"] == "c1" and out["a"]["hd95_mm"]["max"] == 7.0
     assert out["a"]["dice"]["mean"] == pytest.approx(0.85)
     both = experiments.summarise_methods(rows, ["a", "b"], keys=("dice",))

@@ -10,7 +10,6 @@ import pytest
 from lungseg_utils.config import native_data_dir
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import (
-    LPS_TO_RAS,
     axial_axis,
     bbox_centre_mm,
     from_model_grid,
@@ -25,7 +24,9 @@ from lungseg_utils.geometry import (
     to_model_grid,
 )
 from lungseg_utils.dataio import load_case
-from lungseg_utils.synthetic import make_phantom, reorient
+from lungseg_utils.scan.dicom import LPS_TO_RAS
+from lungseg_utils.study.robustness import reorient
+from lungseg_utils.synthetic import make_phantom
 
 
 def _dice(a, b):
@@ -192,16 +193,16 @@ NATIVE_CASES = sorted(p.name for p in NATIVE.iterdir()) if NATIVE else []
 def test_the_cube_lands_on_the_same_anatomy_however_the_scan_is_stored(case_id):
     """Equivariant placement: the same scan in other axis orders, or resampled to finer
     in-plane voxels, gives the same centre within 2 mm (before, one scan's cube moved 3 cm
-    toward the bowel in half of the 48 orders). Each scan is stored in two of the six orders
-    (every order on three scans), and every fourth scan resampled finer."""
+    toward the bowel in half of the 48 orders). Each scan is stored in one of the six orders
+    (every order on one or two scans), and every fourth scan resampled finer."""
     from scipy import ndimage as ndi
 
     case = load_case(NATIVE / case_id)
     ref = lung_centre_mm(case.ct_hu, case.affine)
     i = NATIVE_CASES.index(case_id)
-    for codes in (SOME_ORDERS * 2)[2 * i % 6: 2 * i % 6 + 2]:
-        ct, aff = reorient(case.ct_hu, case.affine, codes)
-        assert np.linalg.norm(lung_centre_mm(ct, aff) - ref) <= 2.0, codes
+    codes = SOME_ORDERS[i % len(SOME_ORDERS)]
+    ct, aff = reorient(case.ct_hu, case.affine, codes)
+    assert np.linalg.norm(lung_centre_mm(ct, aff) - ref) <= 2.0, codes
     if i % 4:
         return
     fine = ndi.zoom(case.ct_hu, (2, 2, 1), order=1)        # half the in-plane voxel size

@@ -15,7 +15,8 @@ from lungseg_utils import inference, dataio
 from lungseg_utils.scan import segment
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.geometry import lps_affine
-from lungseg_utils.synthetic import make_phantom, reorient
+from lungseg_utils.study.robustness import reorient
+from lungseg_utils.synthetic import make_phantom
 
 
 def _scan(folder, codes="LPS", shape=(90, 80, 50), spacing=(4.0, 4.0, 6.0)):

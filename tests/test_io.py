@@ -14,7 +14,6 @@ from _shared import dead_pid
 from lungseg_utils.errors import LungsegInputError, LungsegWarning
 from lungseg_utils.geometry import lps_affine
 from lungseg_utils.dataio import (
-    all_or_nothing,
     atomic_write,
     describe_case,
     discover_cases,
@@ -22,15 +21,15 @@ from lungseg_utils.dataio import (
     format_table,
     load_case,
     load_cases,
-    load_ct,
     load_json,
     load_nifti,
     make_split,
     portable_path,
-    remove_stale_temps,
     save_json,
     save_nifti,
 )
+from lungseg_utils.scan.outputs import all_or_nothing, remove_stale_temps
+from lungseg_utils.scan.reader import load_ct
 from lungseg_utils.synthetic import make_phantom, write_demo_dataset
 
 
@@ -356,13 +355,13 @@ def test_a_header_without_orientation_is_refused_unless_the_user_says_it(tmp_pat
     with pytest.raises(LungsegInputError, match=r"no_orientation\.nii\.gz: the header has no "
                                                 r"orientation .*--assume_orientation"):
         load_nifti(path)
-    _, affine, _ = load_nifti(path, assume_orientation="LPS")
+    _, affine, _ = load_ct(path, assume_hu=True, assume_orientation="LPS")
     assert "".join(nib.aff2axcodes(affine)) == "LPS"
     assert np.allclose(np.abs(np.diag(affine)[:3]), (0.8, 0.8, 2.5))
     _, affine, _ = load_ct(path, assume_hu=True, assume_orientation="ras")
     assert "".join(nib.aff2axcodes(affine)) == "RAS"
     with pytest.raises(LungsegInputError, match="--assume_orientation LLS: three letters"):
-        load_nifti(path, assume_orientation="LLS")
+        load_ct(path, assume_hu=True, assume_orientation="LLS")
 
 
 def test_hu_advice_fits_the_data_it_is_given():

@@ -30,6 +30,18 @@ def _world_of_mask(mask, affine):
     return world[np.lexsort(np.round(world, 3).T)]
 
 
+@pytest.mark.parametrize("codes", ["RAS", "SLA", "IPR"])
+def test_reorient_keeps_every_voxel_at_its_world_point(codes):
+    vol = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    aff = geometry.lps_affine(vol.shape, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    out, out_aff = robustness.reorient(vol, aff, codes)
+    assert "".join(nib.aff2axcodes(out_aff)) == codes
+    i, j, k = 1, 4, 2
+    world = aff @ [i, j, k, 1]
+    idx = np.round(np.linalg.inv(out_aff) @ world).astype(int)[:3]
+    assert out[tuple(idx)] == vol[i, j, k]
+
+
 def test_every_shift_keeps_scan_and_reference_together(native_case):
     c = native_case
     for name in robustness.SHIFTS:

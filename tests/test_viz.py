@@ -184,7 +184,7 @@ def test_montage_three_planes_goes_through_the_mask_centre(case):
 def test_busiest_slice_follows_the_anatomy_not_the_storage_order():
     """The axial slice with the most mask is found in any axis order (the same world z),
     and of equal slices the one nearest ``near``."""
-    from lungseg_utils.synthetic import reorient
+    from lungseg_utils.study.robustness import reorient
 
     mask = np.zeros((12, 10, 8), np.uint8)
     mask[2:9, 3:7, 5] = 1                       # axial slice 5 holds the most

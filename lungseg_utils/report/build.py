@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 from .. import config, dataio
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 from ..dataio import portable_path as rel_path  # main() prints paths as result files store them
 from ..experiments import METHOD_LABELS
 from . import claims

@@ -6,6 +6,7 @@ steps with what long runs need: backups to continue after a kill (``--resume``),
 wall-clock budget (``--budget_min``), fine-tuning from earlier weights (``--init_from``),
 several devices. It imports the core, never the other way. Imports only go down this list:
 
+``command``   the one wrapper every command's ``main`` goes through: one-line errors, warnings
 ``state``     a run's folder: finished, resumable, or what is missing; the kill tests' hook
 ``devices``   the ``tf.distribute`` strategy a run trains under, its replicas' batches
 ``backup``    the callbacks that keep a run resumable: Keras's backup, the dropout state

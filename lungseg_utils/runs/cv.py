@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from .. import config, ensemble
-from ..errors import run_command
+from .command import run_command
 from . import training
 
 

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from .. import config, dataio, train, unet
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from .command import run_command
 from . import backup, budget, devices, state
 
 keras = train.keras
@@ -46,9 +47,11 @@ def train_run(data_dir=None, out_dir=None, profile=None, resume=None, split=None
     """Train one model and write its run folder; returns the folder.
 
     The parameters of :func:`lungseg_utils.train.train` (``data_dir``, ``out_dir``,
-    ``profile``, ``split``, ``verbose``, ``callbacks``, ``deterministic``, ``command``, and
-    any profile key as an override, ``budget_min`` included), and:
+    ``profile``, ``split``, ``verbose``, ``callbacks``, ``deterministic``, and any profile
+    key as an override, ``budget_min`` included), and:
 
+    command : list of str, optional
+        The command line that started the run, recorded in ``train_config.json``.
     resume : path, optional
         The folder of an interrupted run: continue it from its last completed epoch with its
         own settings, split and data folder. Only ``epochs`` may be overridden.

@@ -7,7 +7,7 @@ It imports the core, never the other way. Imports only go down this list:
 ``dicom``      a CT series from a folder of DICOM files -> (HU, affine), the largest series
 ``rtstruct``   expert contours from a DICOM RTSTRUCT, filled into a mask
 ``reader``     any scan: NIfTI file, case folder or DICOM folder -> (HU, affine, header, info)
-``outputs``    output paths checked before any work: suffix, folder, never an input
+``outputs``    output paths checked before any work; a scan's files all or none
 ``sides``      the right and the left lung: a lung mask split by the patient's side
 ``quality``    a segmented scan's volumes, right/left and quality flag
 ``dicom_seg``  the mask as a DICOM Segmentation object (highdicom)

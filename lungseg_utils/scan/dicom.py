@@ -7,7 +7,7 @@ image series, picks one (:func:`rank_series`, or ``series_uid``), sorts its slic
 the slice normal, decodes compressed pixel data (pylibjpeg), applies RescaleSlope and
 RescaleIntercept to get Hounsfield units, and builds the voxel-to-world affine from
 ImagePositionPatient, ImageOrientationPatient and PixelSpacing, converted from DICOM's LPS
-to NIfTI's RAS. The result is what :func:`lungseg_utils.dataio.load_ct` returns for a NIfTI
+to NIfTI's RAS. The result is what :func:`lungseg_utils.scan.reader.load_ct` returns for a NIfTI
 file, so everything downstream (model grid, inference, metrics) is unchanged.
 
 What cannot be stacked into one regular volume is refused with one line naming the folder
@@ -28,8 +28,10 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import LungsegInputError
-from ..geometry import LPS_TO_RAS
 
+#: DICOM's patient coordinates (L, P, S mm) -> NIfTI's world (R, A, S mm), and back (its own
+#: inverse); homogeneous 4 x 4 (``LPS_TO_RAS[:3, :3]`` for points).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import dataio
 from ..errors import LungsegInputError
-from ..geometry import LPS_TO_RAS
+from .dicom import LPS_TO_RAS
 
 SEG_SERIES_NUMBER = 900
 GRID_TOL = 1e-2             # voxels: how far an image's position may lie off the mask's grid

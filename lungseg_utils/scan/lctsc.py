@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import dataio
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
+from . import outputs
 
 NBIA_URL = "https://services.cancerimagingarchive.net/nbia-api/services/v1/"
 COLLECTION = "LCTSC"
@@ -97,7 +99,7 @@ def download_series(series_uid: str, dest_zip: Path, fetch=http_fetch) -> Path:
     already there."""
     if dest_zip.is_file():
         return dest_zip
-    dataio.remove_stale_temps(dest_zip)
+    outputs.remove_stale_temps(dest_zip)
     with dataio.atomic_write(dest_zip, overwrite=True) as part:
         part.write_bytes(fetch(image_url(series_uid)))
         if not zipfile.is_zipfile(part):
@@ -155,7 +157,7 @@ def convert_case(ct_folder, rtstruct_file, dest, case: str, overwrite: bool = Fa
         final = dest / layout / case
         if final.exists() and not overwrite:
             raise LungsegInputError(f"{final}: exists; pass --overwrite to replace it.")
-        dataio.remove_stale_temps(final, folder=True)       # what a killed run left
+        outputs.remove_stale_temps(final, folder=True)       # what a killed run left
         with dataio.atomic_write(final, overwrite=True, folder=True) as tmp:
             dataio.save_nifti(ct, aff, tmp / dataio.CT_NAME)
             dataio.save_nifti(lung, aff, tmp / dataio.MASK_NAME)
@@ -166,7 +168,7 @@ def convert_case(ct_folder, rtstruct_file, dest, case: str, overwrite: bool = Fa
 
 def _unzip(zip_path: Path, folder: Path) -> Path:
     if not folder.is_dir():
-        dataio.remove_stale_temps(folder, folder=True)
+        outputs.remove_stale_temps(folder, folder=True)
         with dataio.atomic_write(folder, folder=True) as tmp, zipfile.ZipFile(zip_path) as z:
             z.extractall(tmp)
     return folder

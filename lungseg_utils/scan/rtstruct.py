@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LungsegInputError
-from ..geometry import LPS_TO_RAS
+from .dicom import LPS_TO_RAS
 
 LUNG_ROIS = ("Lung_L", "Lung_R")
 

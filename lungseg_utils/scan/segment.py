@@ -23,7 +23,8 @@ from .. import config, dataio
 from . import outputs, quality, reader
 from .sides import UNKNOWN_SIDE, split_left_right
 from .dicom import series_choice_line
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 from ..inference import (MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume,
                          resolve_model_path)
 from .runtime import ensemble_forward, exit_now
@@ -231,7 +232,7 @@ def run(args) -> int:
                        "seconds": round(time.perf_counter() - t0, 2)}
             if args.output_seg:
                 summary["seg"] = str(args.output_seg)
-            with dataio.all_or_nothing():     # a scan's files all, or none (a full disk)
+            with outputs.all_or_nothing():     # a scan's files all, or none (a full disk)
                 dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
                 if prob_out is not None:
                     dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out,

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import experiments, inference, dataio, metrics
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 from ..storage import STORAGE_DTYPES, WEIGHTS_ENTRY, convert_weights
 
 

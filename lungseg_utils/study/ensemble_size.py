@@ -28,7 +28,8 @@ import numpy as np
 from . import compact
 from .. import experiments, inference, dataio, metrics
 from ..scan import outputs
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 
 
 def out_of_fold_dice(folder, folders: dict) -> list[dict]:

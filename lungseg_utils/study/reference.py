@@ -13,8 +13,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import config, dataio, ensemble, inference, train
-from ..errors import LungsegInputError, run_command
+from .. import config, dataio, inference, train
+from ..errors import LungsegInputError
+from ..runs.command import run_command
+
+
+def copy_file(src, dest) -> Path:
+    """Copy one file to ``dest`` through the one atomic writer (replacing it)."""
+    with dataio.atomic_write(dest, overwrite=True) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dest)
 
 
 def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
@@ -39,7 +47,7 @@ def promote_run(run_dir, reference_dir=None, overwrite: bool = False,
     for name in train.RUN_ARTIFACTS:
         if (include_final or name != "final_model.keras") and (models or
                                                                 not name.endswith(".keras")):
-            ensemble.copy_file(run_dir / name, reference_dir / name)
+            copy_file(run_dir / name, reference_dir / name)
     dataio.save_json({"promoted_from": run_dir.name}, reference_dir / "provenance.json",
                  overwrite=True)
     return reference_dir
@@ -59,10 +67,10 @@ def publish(ensemble_dir, dest=None, overwrite: bool = False) -> Path:
         target = dest / f"fold_{m['fold']}"
         for name in train.RUN_ARTIFACTS:
             if name != "final_model.keras" and (run / name).exists():
-                ensemble.copy_file(run / name, target / name)
+                copy_file(run / name, target / name)
         members.append({**m, "file": f"fold_{m['fold']}/{Path(m['file']).name}"})
     if (src / "cross_validation.json").exists():
-        ensemble.copy_file(src / "cross_validation.json", dest / "cross_validation.json")
+        copy_file(src / "cross_validation.json", dest / "cross_validation.json")
     dataio.save_json({**manifest, "members": members, "published_from": str(src)},
                  dest / inference.MANIFEST, overwrite=True)
     return dest
@@ -85,7 +93,7 @@ def promote_main(run_dir, reference_dir=None, overwrite: bool = False) -> Path:
     for path in sorted(src.rglob("*")):
         if (path.is_file() and path.name != "final_model.keras"
                 and not {"backup", "seeds"} & set(path.relative_to(src).parts)):
-            ensemble.copy_file(path, dest / path.relative_to(src))
+            copy_file(path, dest / path.relative_to(src))
     dataio.save_json({"promoted_from": src.name}, dest / "provenance.json", overwrite=True)
     return dest
 

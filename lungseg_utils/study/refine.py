@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import config, dataio, experiments, geometry, inference, metrics, preprocess, synthetic
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 
 #: The thresholds tried on each grid (HU); None: the network's boundary as drawn.
 CANDIDATES_HU = {"grid64": (None, -450.0, -400.0, -350.0, -300.0, -250.0, -200.0),

@@ -23,13 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
 from .. import anatomy, config, experiments, geometry, inference, dataio, metrics, preprocess
 from ..scan import outputs, quality
-from ..errors import LungsegInputError, run_command
-from ..synthetic import reorient
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 
 #: name -> one line on what it changes.
 SHIFTS = {
@@ -54,6 +55,17 @@ SHIFTS = {
 #: Directions in nibabel's world (R,A,S+: +x toward the patient's Right).
 _DIRECTION = {"L": (-1, 0, 0), "R": (1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1),
               "I": (0, 0, -1)}
+
+
+def reorient(volume: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder and flip the axes of ``volume`` to ``axcodes`` (e.g. ``"RAS"``, ``"SLA"``).
+
+    Returns the reoriented array and the affine that keeps every voxel at the same world point.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    tx = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(axcodes)))
+    out = nib.orientations.apply_orientation(volume, tx)
+    return np.ascontiguousarray(out), affine @ nib.orientations.inv_ornt_aff(tx, volume.shape)
 
 
 def shifted(case, name: str, seed: int = 0):

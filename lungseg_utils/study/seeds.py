@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import config, dataio, experiments, inference, metrics, synthetic
-from ..errors import LungsegInputError, run_command
+from ..errors import LungsegInputError
+from ..runs.command import run_command
 from ..runs import training
 
 GRIDS = experiments.GRIDS
