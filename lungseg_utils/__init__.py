@@ -17,9 +17,8 @@ One job per module, in the order the data flows; imports only go down this list:
 ``dataset``      the Keras ``PyDataset`` that feeds training
 ``unet``         the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
 ``storage``      a model file without its optimizer, weights stored as float16
-``callbacks``    the learning-rate schedule and a compact training log
-``train``        the training steps, and ``train()``: one model from random weights into a
-                 new run folder
+``train``        the training steps and callbacks, and ``train()``: one model from random
+                 weights into a new run folder
 ``inference``    load, forward, predict, refine, TTA on any grid and back
 ``experiments``  method comparison, out-of-fold scoring; builds and checks the result JSONs
 ``ensemble``     cross-validation: K fold members and their manifest

@@ -21,21 +21,32 @@ def check_spacing(spacing_mm, ndim: int) -> tuple:
     return spacing
 
 
+def bounding_box(mask, margin: int = 0) -> tuple:
+    """Slices of the smallest box around ``mask``'s nonzero voxels, ``margin`` wider where the
+    array allows (empty mask: empty box); components, and holes with a margin, are alike in it."""
+    axes = range(mask.ndim)
+    found = [np.flatnonzero(mask.any(axis=tuple(b for b in axes if b != a))) for a in axes]
+    return tuple(slice(max(f[0] - margin, 0), f[-1] + 1 + margin) if f.size else slice(0, 0)
+                 for f in found)
+
+
 def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
                        min_voxels: int = 0, connectivity: int = 3) -> np.ndarray:
     """The largest component of ``mask`` and up to ``max_components - 1`` more with
     ``min_fraction`` of its voxels, all of at least ``min_voxels``; ``connectivity`` 1 (faces)
     to ``mask.ndim`` (corners). Returns bool, same shape (all False if nothing qualifies)."""
     mask = np.asarray(mask) != 0
-    labels, n = ndi.label(mask, structure=ndi.generate_binary_structure(mask.ndim, connectivity))
+    out, box = np.zeros(mask.shape, bool), bounding_box(mask)
+    labels, n = ndi.label(mask[box], ndi.generate_binary_structure(mask.ndim, connectivity))
     if n == 0:
-        return np.zeros(mask.shape, bool)
+        return out
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][:max(int(max_components), 1)]
     keep = np.zeros(n + 1, bool)                  # a look-up table: label -> kept
     keep[[i + 1 for i in order if sizes[i] >= max(min_fraction * sizes[order[0]],
                                                   min_voxels, 1)]] = True
-    return keep[labels]
+    out[box] = keep[labels]
+    return out
 
 
 def holes(mask, in_slices: bool = False) -> np.ndarray:
@@ -44,13 +55,18 @@ def holes(mask, in_slices: bool = False) -> np.ndarray:
     cross = ndi.generate_binary_structure(3, 1)
     if in_slices:
         cross[:, :, [0, 2]] = False
-    labels, n = ndi.label(~np.asarray(mask, bool), cross)
+    mask = np.asarray(mask, bool)
+    out, box = np.zeros(mask.shape, bool), bounding_box(mask, margin=1)
+    if not mask.any():
+        return out
+    labels, n = ndi.label(~mask[box], cross)
     border = np.zeros(n + 1, bool)
     faces = [labels[[0, -1]], labels[:, [0, -1]]] + ([] if in_slices else [labels[..., [0, -1]]])
     for face in faces:
         border[face] = True
     border[0] = True                              # label 0: the mask itself
-    return ~border[labels]
+    out[box] = ~border[labels]
+    return out
 
 
 def fill_holes(mask, axis: int = 2) -> np.ndarray:
@@ -163,7 +179,9 @@ def classical_lung_mask(ct_hu, spacing_mm, threshold_hu: float = -400.0,
     cand = (ct < threshold_hu) & inside
     airways = airway(cand, spacing_mm, axis=axis)
     lungs = postprocess_lungs(cand & ~airways, axis=axis) > 0
-    if rim_hu is not None:
-        rim = ndi.binary_dilation(lungs) & (ct < rim_hu) & inside & ~ndi.binary_dilation(airways)
+    if rim_hu is not None:                  # in the lungs' box: all a one-voxel rim can reach
+        box, rim = bounding_box(lungs, margin=2), np.zeros_like(lungs)
+        rim[box] = (ndi.binary_dilation(lungs[box]) & (ct[box] < rim_hu) & inside[box]
+                    & ~ndi.binary_dilation(airways[box]))
         lungs = fill_holes(lungs | rim, axis)
     return lungs.astype(np.uint8)

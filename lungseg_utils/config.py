@@ -166,27 +166,25 @@ def package_versions() -> dict:
     import platform
     from importlib import metadata
 
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
+    def version(*names):
+        for name in names:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(name)
+        return None
 
-    names = ("numpy", "scipy", "nibabel", "keras", "tensorflow")
-    versions = {"python": platform.python_version(), **{n: version(n) for n in names}}
-    versions["tensorflow"] = versions["tensorflow"] or version("tensorflow-cpu")
-    versions["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
-    return versions
+    return {"python": platform.python_version(),
+            **{n: version(n) for n in ("numpy", "scipy", "nibabel", "keras")},
+            "tensorflow": version("tensorflow", "tensorflow-cpu"),
+            "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
 def training_precision(setting) -> str:
     """Keras dtype policy of a run: ``"mixed_bfloat16"`` for ``True``, or for ``"auto"`` on a
     CPU that computes bfloat16 natively (AVX512_BF16 or AMX-BF16, Linux); else ``"float32"``."""
     if setting == "auto":
-        try:
+        flags = ""
+        with contextlib.suppress(OSError):
             flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
         setting = "avx512_bf16" in flags or "amx_bf16" in flags
     return "mixed_bfloat16" if setting else "float32"
 
@@ -203,11 +201,8 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
 
 
 def new_run_dir(root: Path | None = None, prefix: str = "run") -> Path:
-    """Create and return a new, empty ``results/models/run_YYYYMMDD-HHMMSS`` folder.
-
-    The parent folder is ``root``, else ``$LUNGSEG_RUNS_DIR``, else ``results/models``.
-    Never reuses an existing folder: a suffix ``_2``, ``_3``… is added if the second is taken.
-    """
+    """A new, empty ``<prefix>_YYYYMMDD-HHMMSS`` folder (``_2``, ``_3``… if that second is
+    taken) in ``root``, else ``$LUNGSEG_RUNS_DIR``, else ``results/models``; never reused."""
     root = Path(root or os.environ.get("LUNGSEG_RUNS_DIR") or RESULTS_DIR / "models")
     root.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -1,9 +1,6 @@
-"""Discover, load, validate and save cases.
-
-A case is a folder ``patient_XXX/`` holding ``ct.nii.gz`` (Hounsfield units) and
-``lung.nii.gz`` (any label > 0 is lung) on the same grid. Everything that can be wrong with
-such files is checked here and reported as :class:`~lungseg_utils.errors.LungsegInputError`
-with the file's name and the problem.
+"""Discover, load, validate and save cases: folders ``patient_XXX/`` holding ``ct.nii.gz``
+(Hounsfield units) and ``lung.nii.gz`` (any label > 0 is lung) on one grid. What can be wrong
+with them is a :class:`~lungseg_utils.errors.LungsegInputError` naming the file and the problem.
 """
 
 from __future__ import annotations

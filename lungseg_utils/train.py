@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import shutil
 import sys
 import time
@@ -34,7 +35,6 @@ from .errors import LungsegInputError, LungsegWarning
 keras = import_keras_quietly()
 # The modules below use Keras: imported after it, quietly.
 from . import augment, dataset, storage, synthetic, unet  # noqa: E402
-from .callbacks import EpochSummary, cosine_schedule  # noqa: E402
 from .metrics import dice, iou  # noqa: E402
 
 LOG_NAME = "training_log.csv"
@@ -70,6 +70,48 @@ def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float 
     mean = (lambda k: float(np.mean([r[k] for r in rows])) if rows else None)
     return {"threshold": threshold, "cases": rows, "mean_dice": mean("dice"),
             "mean_iou": mean("iou"), "n_cases": len(rows)}
+
+
+# ------------------------------------- the course's callbacks (long runs add theirs in runs/)
+class EpochSummary(keras.callbacks.Callback):
+    """A compact training log for notebooks: one line every ``every`` epochs and at the last
+    (loss, Dice, their validation values, seconds an epoch, minutes left)."""
+
+    def __init__(self, epochs: int, every: int):
+        super().__init__()
+        self.epochs, self.every, self._t0 = int(epochs), max(1, int(every)), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._t0 is None:
+            self._t0, self._first = time.perf_counter(), epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return
+        per_epoch = (time.perf_counter() - self._t0) / (epoch + 1 - self._first)
+        values = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
+                           if k in logs)
+        left = (self.epochs - epoch - 1) * per_epoch / 60.0
+        print(f"epoch {epoch + 1:>3}/{self.epochs}  {values}  ({per_epoch:.1f} s an epoch"
+              f"{f', about {left:.0f} min to go' if left >= 0.5 else ''})", flush=True)
+
+
+def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01,
+                    warmup_epochs: int = 0):
+    """``f(epoch) -> rate`` for ``keras.callbacks.LearningRateScheduler``: a linear warm-up
+    over the first ``warmup_epochs`` (from ``learning_rate / (warmup_epochs + 1)``), then half
+    a cosine from ``learning_rate`` down to ``floor * learning_rate`` at epoch ``epochs - 1``."""
+    warm = max(int(warmup_epochs), 0)
+    span = max(int(epochs) - 1 - warm, 1)
+
+    def rate(epoch, _current=None):
+        if int(epoch) < warm:
+            return float(learning_rate * (int(epoch) + 1) / (warm + 1))
+        t = min(int(epoch) - warm, span) / span
+        return float(learning_rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))))
+
+    return rate
 
 
 # --------------------------------------------------------------------------- the steps
@@ -181,7 +223,7 @@ def make_callbacks(settings: dict, run_dir: Path, best_val_loss=None, extra=()) 
 def progress(settings: dict, verbose) -> tuple[int, list]:
     """Keras's verbosity for ``verbose`` and the callbacks that print instead: None or
     "auto" a bar on a terminal, else a line an epoch; "compact" none from Keras, a few lines
-    a run from :class:`~lungseg_utils.callbacks.EpochSummary` (notebooks)."""
+    a run from :class:`EpochSummary` (notebooks)."""
     if verbose == "compact":
         return 0, [EpochSummary(settings["epochs"], max(1, int(settings["epochs"]) // 6))]
     return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose), []

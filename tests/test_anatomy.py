@@ -341,3 +341,29 @@ def test_classical_on_one_native_scan():
     r = evaluate_masks(classical_lung_mask(c.ct_hu, c.spacing_mm, axis=geometry.axial_axis(c.affine)),
                        c.mask, c.spacing_mm)
     assert r["dice"] > 0.95 and r["hd95_mm"] <= 10.0
+
+
+def test_holes_and_components_in_the_mask_s_box_are_those_of_the_whole_array():
+    """Labelling only the mask's bounding box (plus a margin of background for holes) finds
+    what scipy finds on the whole array: random masks, touching the edges or not, empty."""
+    rng = np.random.default_rng(3)
+    for t in range(120):
+        shape = tuple(rng.integers(1, 12, 3))
+        m = rng.random(shape) < rng.uniform(0.0, 0.8)
+        if t % 2:
+            m = ndi.binary_opening(m)
+        if t % 3 == 0:                                  # away from the edges
+            m[[0, -1]], m[:, [0, -1]], m[..., [0, -1]] = False, False, False
+        assert np.array_equal(anatomy.holes(m), ndi.binary_fill_holes(m) & ~m), t
+        in_slices = np.stack([ndi.binary_fill_holes(m[..., z]) & ~m[..., z]
+                              for z in range(shape[2])], -1)
+        assert np.array_equal(anatomy.holes(m, in_slices=True), in_slices), t
+        labels, n = ndi.label(m, ndi.generate_binary_structure(3, 3))
+        sizes = np.bincount(labels.ravel())[1:]
+        want = labels == 1 + np.argmax(sizes) if n else np.zeros(shape, bool)
+        got = anatomy.largest_components(m)
+        assert got.sum() == want.sum() and (n == 0 or np.unique(labels[got]).size == 1), t
+    assert anatomy.bounding_box(np.zeros((3, 4, 5), bool)) == (slice(0, 0),) * 3
+    box = np.zeros((6, 6, 6), bool)
+    box[2, 1:3, 5] = True
+    assert anatomy.bounding_box(box, margin=1) == (slice(1, 4), slice(0, 4), slice(4, 7))

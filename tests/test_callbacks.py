@@ -1,4 +1,4 @@
-"""lungseg_utils.callbacks: the cosine schedule's values and the compact log; and the train
+"""lungseg_utils.train's callbacks: the cosine schedule's values and the compact log; and the train
 command's wall-clock budget's decision (lungseg_utils.runs.budget, on a fake clock). Its
 SeedStateBackup (lungseg_utils.runs.backup) is tested where it matters, by the bit-identical
 resume in tests/test_train.py."""
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lungseg_utils import callbacks
+from lungseg_utils import train as callbacks
 from lungseg_utils.runs import budget
 
 
@@ -57,7 +57,7 @@ def test_wall_clock_budget_stops_before_the_deadline(monkeypatch, deadline, stop
 
 
 def test_epoch_summary_prints_a_few_lines_a_run(capsys):
-    from lungseg_utils.callbacks import EpochSummary
+    from lungseg_utils.train import EpochSummary
 
     cb = EpochSummary(epochs=5, every=2)
     for epoch in range(5):
