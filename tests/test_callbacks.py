@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from lungseg_utils import train as callbacks
+from lungseg_utils import train
 from lungseg_utils.runs import budget
 
 
 def test_cosine_schedule_from_rate_to_floor():
-    rate = callbacks.cosine_schedule(1e-3, epochs=11, floor=0.01)
+    rate = train.cosine_schedule(1e-3, epochs=11, floor=0.01)
     values = [rate(e) for e in range(15)]
     assert values[0] == pytest.approx(1e-3)
     assert values[5] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))          # half-way: the mean
@@ -20,8 +20,8 @@ def test_cosine_schedule_from_rate_to_floor():
     assert values[14] == values[10]                                        # and after it
     assert all(a > b for a, b in zip(values[:10], values[1:11]))           # strictly down
     assert rate(3, 0.5) == values[3]                                       # Keras's 2-arg call
-    assert callbacks.cosine_schedule(0.1, epochs=1)(0) == pytest.approx(0.1)
-    assert math.isfinite(callbacks.cosine_schedule(0.1, epochs=0)(5))
+    assert train.cosine_schedule(0.1, epochs=1)(0) == pytest.approx(0.1)
+    assert math.isfinite(train.cosine_schedule(0.1, epochs=0)(5))
 
 
 class _Clock:
