@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     x = np.random.default_rng(0).random((max(b, 8), n, n, n, 1), dtype=np.float32)
     y = (x > 0.5).astype(np.float32)
     call = jax.jit(lambda tv, ntv, v: model.stateless_call(tv, ntv, v, training=False)[0])
-    fwd = lambda v: np.asarray(call(  # noqa: E731  (inference.compiled_forward's JAX branch)
+    fwd = lambda v: np.asarray(call(  # noqa: E731  (compiled, as in inference.compiled_forward)
         *([w.value for w in ws] for ws in (model.trainable_variables,
                                            model.non_trainable_variables)), v))
     flops, t0 = unet.count_flops(model), time.perf_counter()

@@ -42,10 +42,8 @@ def largest_components(mask, max_components: int = 1, min_fraction: float = 0.0,
         return out
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][:max(int(max_components), 1)]
-    keep = np.zeros(n + 1, bool)                  # a look-up table: label -> kept
-    keep[[i + 1 for i in order if sizes[i] >= max(min_fraction * sizes[order[0]],
-                                                  min_voxels, 1)]] = True
-    out[box] = keep[labels]
+    kept = order[sizes[order] >= max(min_fraction * sizes[order[0]], min_voxels, 1)]
+    out[box] = np.isin(labels, kept + 1)
     return out
 
 
@@ -118,15 +116,13 @@ def body_mask(ct_hu, threshold_hu: float = -400.0, axis: int = 2) -> np.ndarray:
     air = np.moveaxis(np.asarray(ct_hu) < threshold_hu, axis, -1)
     body = largest_components(~air, 1, connectivity=1)
     closed = np.pad(body, ((1, 1), (1, 1), (0, 0)))
-    for z in np.flatnonzero(body.any(axis=(0, 1))):
-        cut = body[:, :, z]
-        for ax in (0, 1):
-            for side in (0, -1):
-                hits = np.flatnonzero(np.take(cut, side, axis=ax))
-                if hits.size:                 # close the padding along this edge's contacts
-                    edge = [slice(None), slice(None), z]
-                    edge[ax], edge[1 - ax] = side, slice(hits[0] + 1, hits[-1] + 2)
-                    closed[tuple(edge)] = True
+    for ax in (0, 1):
+        for side in (0, -1):
+            hits = np.take(body, side, axis=ax)          # contacts with this edge: (along it, Z)
+            span = np.logical_or.accumulate(hits) & np.logical_or.accumulate(hits[::-1])[::-1]
+            edge = [slice(1, -1), slice(1, -1), slice(None)]
+            edge[ax] = side
+            closed[tuple(edge)] |= span      # the padding, from the first contact to the last
     inside = (closed | holes(closed, in_slices=True))[1:-1, 1:-1]
     return np.moveaxis(inside, -1, axis)
 
@@ -137,17 +133,16 @@ def airway(cand, spacing_mm, max_area_mm2: float = 1000.0, seed_depth_mm: float 
     of at most ``max_area_mm2`` within ``seed_depth_mm`` of its top: a piece under the airway
     is airway if small or not growing; a lung ends the trace. Returns bool, ``cand``'s shape."""
     spacing = check_spacing(spacing_mm, 3)
-    spacing = tuple(np.array(spacing)[[i for i in range(3) if i != axis] + [axis]])
+    px_mm2 = np.prod([s for i, s in enumerate(spacing) if i != axis])      # in-slice pixel area
     main = largest_components(np.moveaxis(np.asarray(cand) != 0, axis, -1))
     out = np.zeros(main.shape, bool)
     zs = np.flatnonzero(main.any(axis=(0, 1)))
-    px_mm2 = spacing[0] * spacing[1]
     prev, prev_area = None, 0.0
     for z in range(zs[-1], zs[0] - 1, -1) if zs.size else []:
         labels, k = ndi.label(main[:, :, z])
         areas = np.bincount(labels.ravel(), minlength=k + 1)[1:] * px_mm2
         if prev is None:                                   # still looking for seeds
-            if (zs[-1] - z) * spacing[2] > seed_depth_mm:
+            if (zs[-1] - z) * spacing[axis] > seed_depth_mm:
                 break
             take = areas <= max_area_mm2
         else:

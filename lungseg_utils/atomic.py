@@ -1,8 +1,5 @@
-"""The project's one way to write files and folders: whole or not at all.
-
-:func:`atomic_write` fills a temporary file (or folder) created exclusively beside the output
-and renames it onto the output only when it is complete, so no reader and no later run ever
-sees half of it. Every writer of the project goes through here.
+"""The project's one way to write files and folders, whole or not at all: every writer of the
+project goes through :func:`atomic_write`, so no reader and no later run ever sees half a file.
 """
 
 from __future__ import annotations
@@ -23,11 +20,16 @@ from .errors import LungsegInputError, one_line
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
-def _temp_prefix(path: Path) -> str:
-    """``.tmp_<name>.<pid>.``: the start of every temporary name of ``path`` this process
-    makes (the process id tells a live writer's from a killed one's:
+def _temp_beside(path: Path, suffix: str = "", folder: bool = False) -> Path:
+    """A new file or folder ``.tmp_<name>.<pid>.<random><suffix>`` beside ``path``, created
+    exclusively (the process id tells a live writer's from a killed one's:
     :func:`lungseg_utils.scan.outputs.remove_stale_temps`)."""
-    return f".tmp_{path.name}.{os.getpid()}."
+    prefix = f".tmp_{path.name}.{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(suffix=suffix, prefix=prefix, dir=path.parent))
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
 
 
 #: Inside a :func:`lungseg_utils.scan.outputs.all_or_nothing` block, the list to which each
@@ -38,8 +40,7 @@ HELD_RENAMES = contextvars.ContextVar("lungseg_held", default=None)
 def _put_in_place(tmp: Path, path: Path, folder: bool) -> None:
     """Rename ``tmp`` onto ``path`` (a folder it replaces moved aside, then deleted)."""
     with _naming(path):
-        old = folder and path.is_dir() and Path(tempfile.mkdtemp(prefix=_temp_prefix(path),
-                                                                 dir=path.parent))
+        old = folder and path.is_dir() and _temp_beside(path, folder=True)
         if old:                                  # a folder is not renamed onto a full one
             os.replace(path, old)
         os.replace(tmp, path)
@@ -61,27 +62,21 @@ def _naming(path: Path):
 
 @contextlib.contextmanager
 def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folder: bool = False):
-    """The project's one way to write a file (``folder``: a folder): ``with atomic_write(path)
-    as tmp: <write to tmp>``. ``tmp`` (``.tmp_<name>.<pid>.<random><suffix>``, by default
-    ``path``'s suffixes, for writers that pick the format from the name) is created
-    exclusively beside ``path``, renamed onto it with ordinary permissions on success (inside
-    an ``all_or_nothing`` block, :data:`HELD_RENAMES`, when the block ends), removed on failure
-    or Ctrl-C; missing folders are created. Refuses to replace an existing ``path`` unless
-    ``overwrite``; a write that fails for want of space or permission raises
-    LungsegInputError naming ``path``."""
+    """Write a file (``folder``: a folder) whole or not at all: ``with atomic_write(path) as tmp:
+    <write to tmp>``. ``tmp``, beside ``path`` (``suffix`` by default ``path``'s, for writers
+    that pick the format from the name), is renamed onto it with ordinary permissions on success
+    (in an ``all_or_nothing`` block, :data:`HELD_RENAMES`, when the block ends), removed on
+    failure or Ctrl-C. Refuses to replace an existing ``path`` unless ``overwrite``; a write
+    that fails for want of space (:data:`WRITE_ERRNOS`) raises LungsegInputError naming it."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise LungsegInputError(f"{path}: {'folder' if path.is_dir() else 'file'} exists; pass "
                                 "overwrite=True (--overwrite) to replace it.")
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if folder:
-            tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
-        else:
-            suffix = suffix if suffix is not None else ("".join(path.suffixes[-2:]) or ".tmp")
-            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
-            os.close(fd)
-            tmp = Path(tmp)
+        if suffix is None:
+            suffix = "" if folder else "".join(path.suffixes[-2:]) or ".tmp"
+        tmp = _temp_beside(path, suffix, folder)
     held = HELD_RENAMES.get()
     try:
         with _naming(path):

@@ -34,18 +34,14 @@ def random_flip(ct, mask, rng, p: float = 0.5, axes=(0, 1, 2)):
     """Flip along each axis in ``axes`` independently with probability ``p``."""
     ct, mask = _check_pair(ct, mask)
     flip = tuple(a for a in axes if rng.random() < p)
-    if flip:
-        ct, mask = np.flip(ct, flip), np.flip(mask, flip)
-    return np.ascontiguousarray(ct), np.ascontiguousarray(mask)
+    return np.ascontiguousarray(np.flip(ct, flip)), np.ascontiguousarray(np.flip(mask, flip))
 
 
 def random_rot90(ct, mask, rng, p: float = 1.0):
     """With probability ``p``, rotate by 90, 180 or 270 degrees in one of the square planes."""
     ct, mask = _check_pair(ct, mask)
-    if rng.random() >= p:
-        return ct, mask
     planes = [pl for pl in ((0, 1), (0, 2), (1, 2)) if ct.shape[pl[0]] == ct.shape[pl[1]]]
-    if not planes:
+    if rng.random() >= p or not planes:
         return ct, mask
     plane = planes[rng.integers(len(planes))]
     k = int(rng.integers(1, 4))
@@ -166,12 +162,10 @@ def random_z_crop(ct, mask, rng, max_margin_vox: int = 4, p: float = 1.0):
     """With probability ``p``, a scan framed tightly around the lungs: everything more than
     0..``max_margin_vox`` voxels above their top or below their base (axis 2) becomes air."""
     ct, mask = _check_pair(ct, mask)
-    if not _chance(rng, p):
+    zs = np.flatnonzero(mask.any(axis=(0, 1)))             # the slices with lung
+    if not _chance(rng, p) or zs.size == 0:
         return ct, mask
     max_margin_vox = int(max_margin_vox)
-    zs = np.flatnonzero(np.asarray(mask).any(axis=(0, 1)))
-    if zs.size == 0:
-        return ct, mask
     lo = max(zs[0] - int(rng.integers(0, max_margin_vox + 1)), 0)
     hi = zs[-1] + 1 + int(rng.integers(0, max_margin_vox + 1))
     ct, mask = ct.copy(), mask.copy()

@@ -3,11 +3,8 @@
 A *profile* is a named set of training and evaluation settings (:data:`PROFILES`, described in
 docs/training.md): ``main`` the recipe and the default, ``smoke`` seconds (the tests'),
 ``quick`` one model of the original student project's network and schedule, ``full`` the
-original's settings, meant for a GPU. Any profile takes ``budget_min``, a wall-clock budget
-the epochs are planned to fit; such a run records its ``plan`` and is not the recipe.
-The active profile comes from ``$LUNGSEG_PROFILE`` (default ``main``), so that the same
-notebook runs in seconds under the tests and for real in the main command; the active run
-(:func:`active_run_dir`) from ``$LUNGSEG_RUN``.
+original's settings, meant for a GPU. The active profile comes from ``$LUNGSEG_PROFILE``, so
+that the same notebook runs in seconds under the tests and for real in the main command.
 """
 
 from __future__ import annotations
@@ -24,15 +21,13 @@ import numpy as np
 
 from .errors import LungsegInputError
 
-#: oneDNN's CPU kernels also where TensorFlow would not turn them on (CPUs without AVX-512
-#: VNNI, BF16 or AMX: most laptops), as they are much faster there too (benchmarks/); set
-#: before TensorFlow is first imported, so here. ``TF_ENABLE_ONEDNN_OPTS=0`` still turns them off.
+#: oneDNN's CPU kernels also where TensorFlow leaves them off (CPUs without AVX-512 VNNI, BF16
+#: or AMX: most laptops; faster there too), set before TensorFlow loads; a user's 0 still wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 #: Repository root (the folder holding ``lungseg_utils/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Where notebooks export figures; the test suite points ``LUNGSEG_FIGURES_DIR`` at a
-#: temporary folder so that smoke runs never replace the committed figures.
+#: Where notebooks export figures (the tests set ``$LUNGSEG_FIGURES_DIR`` to a temporary folder).
 FIGURES_DIR = Path(os.environ.get("LUNGSEG_FIGURES_DIR", REPO_ROOT / "figures"))
 RESULTS_DIR = REPO_ROOT / "results"
 REFERENCE_DIR = RESULTS_DIR / "reference"
@@ -69,11 +64,7 @@ DEFAULTS = dict(
     folds=3,                 # members of the ensemble notebook 04 trains
 )
 
-#: The recipe that trains the reference from random weights: a fixed number of epochs (the
-#: same model on a busy or an idle machine), a warm-up then a cosine schedule, bfloat16 where
-#: the CPU computes it natively, from the first epoch the augmentation along the axes real scans
-#: differ, the last weights of each of ``folds`` cross-validation members. Validation every 5th
-#: epoch and two augmenting threads train the same model faster (``tests/test_train.py``).
+#: The recipe that trains the reference from random weights (each choice: docs/training.md).
 _RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
                learning_rate=2e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
                mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,
@@ -88,7 +79,6 @@ PROFILES: dict[str, dict] = {
     "full": {**DEFAULTS, "base_filters": 16, "epochs": 150, "batch_size": 2,
              "reduce_lr_patience": 15, "early_stop_patience": 40},
 }
-
 
 DEFAULT_PROFILE = "main"
 
@@ -113,12 +103,8 @@ def get_profile(name: str | None = None, **overrides) -> dict:
 
 
 def active_run_dir() -> Path:
-    """The run the main job works on: ``$LUNGSEG_RUN`` (relative to the repository root) if
-    set, else ``results/reference``; writes nothing.
-
-    Notebook 04 trains the profile's ensemble into it (nothing if it holds a trained one), 05
-    and 06 evaluate it and write their result files there, the viewer and the report show it.
-    """
+    """The run the notebooks train, evaluate and show (docs/training.md): ``$LUNGSEG_RUN``
+    (relative to the repository root) if set, else ``results/reference``; writes nothing."""
     env = os.environ.get("LUNGSEG_RUN")
     if not env:
         return REFERENCE_DIR
@@ -136,12 +122,9 @@ def shared_data_root() -> Path:
 
 
 def find_data_dir() -> Path | None:
-    """The folder of cases, in the documented order; writes nothing.
-
-    ``$LUNGSEG_DATA`` (it must hold ``*/ct.nii.gz``), else ``data/`` if it holds cases, else
-    ``../shared/data/lctsc64`` beside the checkout, else None (then
-    :func:`lungseg_utils.synthetic.resolve_data_dir` writes and announces a synthetic demo set).
-    """
+    """The folder of cases, writing nothing: ``$LUNGSEG_DATA`` (it must hold ``*/ct.nii.gz``),
+    else ``data/`` if it holds cases, else ``../shared/data/lctsc64`` beside the checkout, else
+    None (then :func:`lungseg_utils.synthetic.resolve_data_dir` writes a synthetic demo set)."""
     env = os.environ.get("LUNGSEG_DATA")
     if env:
         folder = Path(env).expanduser().resolve()
@@ -215,12 +198,9 @@ def new_run_dir(root: Path | None = None, prefix: str = "run") -> Path:
 
 
 def import_keras_quietly():
-    """Import Keras (TensorFlow backend by default) without TensorFlow's start-up noise.
-
-    TensorFlow prints oneDNN and CUDA lines on file descriptor 2 at import, whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says, and they would break nbval's output comparison: fd 2 goes
-    to /dev/null during the import. Returns the ``keras`` module.
-    """
+    """Import Keras (TensorFlow backend by default) and return it, with file descriptor 2 on
+    /dev/null meanwhile: TensorFlow prints oneDNN and CUDA lines there whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says, and they would break nbval's output comparison."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.stderr.flush()

@@ -79,8 +79,8 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise LungsegInputError(f"{data_dir}: data folder does not exist.")
-    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    cases = [p for p in folders if (p / CT_NAME).exists()]
+    cases = sorted(p for p in data_dir.iterdir()
+                   if (p / CT_NAME).exists() and not p.name.startswith("."))
     if not cases:
         raise LungsegInputError(
             f"{data_dir}: no case folders with a {CT_NAME} found (expected patient_XXX/{CT_NAME}).")
@@ -94,13 +94,10 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
 
 
 def _read_nifti(path: Path):
-    """The NIfTI image in ``path``, read in full into memory and verified.
-
-    A ``.gz`` file is decompressed completely first, so a damaged one (CRC or length) is refused,
-    not read half as garbage; a plain NIfTI file named ``.gz`` is read as what it is; other
-    formats (an ``.hdr``/``.img`` pair) are left to ``nib.load``. Errors name the file.
-    """
-    if not path.name.endswith((".nii", ".nii.gz", ".gz")):
+    """The NIfTI image in ``path``, read whole: a damaged ``.gz`` is refused, not read half as
+    garbage; a plain NIfTI file named ``.gz`` is read as what it is; other formats (an
+    ``.hdr``/``.img`` pair) are left to ``nib.load``."""
+    if not path.name.endswith((".nii", ".gz")):
         try:
             return nib.load(str(path))
         except Exception as exc:  # noqa: BLE001
@@ -115,11 +112,9 @@ def _read_nifti(path: Path):
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise LungsegInputError(f"{path}: the gzip stream is damaged or truncated "
                                     f"({one_line(exc)}); the file must be copied again.") from None
-    sizeof_hdr = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
-    if sizeof_hdr not in (348, 540):
-        sizeof_hdr = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
-    klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(sizeof_hdr)
-    if klass is None:
+    sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+    klass = nib.Nifti1Image if 348 in sizeof_hdr else nib.Nifti2Image if 540 in sizeof_hdr else None
+    if klass is None or len(raw) < 4:
         raise LungsegInputError(f"{path}: not a NIfTI image (no NIfTI-1 or NIfTI-2 header"
                                 f"{', after gzip decompression' if path.suffix == '.gz' else ''}).")
     try:
@@ -130,14 +125,11 @@ def _read_nifti(path: Path):
 
 def load_nifti(path, what: str = "image", allow_unoriented: bool = False
                ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header).
-
-    A trailing singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the
-    file, for a missing file, one that is not NIfTI, a truncated ``.gz``, a 2D or 4D image, a
-    singular affine, NaN/infinite voxels, and a header without orientation (nibabel would
-    guess one: right and left could swap) unless ``allow_unoriented`` (the caller then sets
-    one: :func:`lungseg_utils.scan.reader.load_scan`).
-    """
+    """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header); a trailing
+    singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the file, for
+    anything but a finite 3D volume with an invertible affine, and for a header without
+    orientation (right and left could swap) unless ``allow_unoriented``
+    (:func:`lungseg_utils.scan.reader.load_scan` then sets one)."""
     path = Path(path)
     if not path.exists():
         raise LungsegInputError(f"{path}: {what} file is missing.")
@@ -154,8 +146,7 @@ def load_nifti(path, what: str = "image", allow_unoriented: bool = False
         raise LungsegInputError(
             f"{path}: expected a 3D volume but the image has shape {tuple(data.shape)}.")
     data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
+    if bad := int((~np.isfinite(data)).sum()):
         raise LungsegInputError(f"{path}: {bad} voxel(s) are NaN or infinite.")
     affine = np.asarray(img.affine, dtype=np.float64)
     unoriented = int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
@@ -201,8 +192,7 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
         raise LungsegInputError(f"{case_dir}: case folder does not exist.")
     ct_path, mask_path = case_dir / CT_NAME, case_dir / MASK_NAME
     ct, affine, header = load_nifti(ct_path, "CT")
-    why = hu_problem(ct)
-    if why is not None:
+    if (why := hu_problem(ct)) is not None:
         warnings.warn(f"{ct_path}: intensities do not look like HU: {why}.", LungsegWarning,
                       stacklevel=2)
     mask, labels = None, ()
@@ -230,9 +220,7 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
 
 def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None) -> list[Case]:
     """Load every case under ``data_dir`` (the first ``max_cases`` if given)."""
-    folders = discover_cases(data_dir, require_mask=require_mask)
-    if max_cases:
-        folders = folders[:max_cases]
+    folders = discover_cases(data_dir, require_mask=require_mask)[:max_cases or None]
     return [load_case(f, require_mask=require_mask) for f in folders]
 
 
@@ -282,8 +270,7 @@ def make_split(case_ids, val_fraction: float = 0.15, test_fraction: float = 0.2,
     n_val = max(1, int(round(n * val_fraction)))
     if n_test + n_val >= n:
         n_test = max(0, n - n_val - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    shuffled = [ids[i] for i in order]
+    shuffled = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     return {"seed": int(seed),
             "test": sorted(shuffled[:n_test]),
             "val": sorted(shuffled[n_test:n_test + n_val]),
@@ -320,8 +307,7 @@ def describe_case(case: Case) -> dict:
     """One row of the data table: a dict of ``case_id, shape, spacing_mm, axcodes, hu_min,
     hu_max, lung_volume_ml, lung_fraction`` (of the volume's voxels), ``lung_mean_hu`` and
     ``touches_border`` (whether the mask reaches a face of the volume)."""
-    mask = case.mask if case.mask is not None else np.zeros(case.shape, np.uint8)
-    m = mask > 0
+    m = np.zeros(case.shape, bool) if case.mask is None else case.mask > 0
     faces = [m[0], m[-1], m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]]
     return {
         "case_id": case.case_id,

@@ -50,9 +50,8 @@ def check_training_cases(case_dirs) -> list[str]:
                                     "file, on the CT's grid?).")
         if len(case.labels) > 1:
             merged.append(f"{case.case_id} {list(case.labels)}")
-    if merged:
-        return [f"labels merged into one lung (any label > 0 is lung): {', '.join(merged)}"]
-    return []
+    note = f"labels merged into one lung (any label > 0 is lung): {', '.join(merged)}"
+    return [note] if merged else []
 
 
 def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
@@ -82,10 +81,7 @@ class LungDataset(keras.utils.PyDataset):
         if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
             self.x, self.y = (np.asarray(a, dtype=np.float32) for a in cases)
         else:
-            self.x, self.y = load_training_arrays([Path(c) for c in cases],
-                                                  settings.get("hu_window", HU_WINDOW))
-        if self.x.ndim == 4:
-            self.x, self.y = self.x[..., None], self.y[..., None]
+            self.x, self.y = load_training_arrays(cases, settings.get("hu_window", HU_WINDOW))
         if len(self.x) == 0 or self.x.shape != self.y.shape:
             raise LungsegInputError(
                 f"LungDataset: need n >= 1 CTs and masks of equal shape, got {self.x.shape} "

@@ -1,15 +1,10 @@
 """Cross-validation: K fold members over all cases, and the ensemble they make.
 
-As nnU-Net does by default, the cases are split into K seeded folds; member i trains on the
-other folds, so every case is scored once by a model that never saw it (out of fold), and
-the K members, averaged, are the model the project ships. With ``checkpoint="last"`` (the
-``main`` profile) a member's own fold is its validation data, only logged; with
-``checkpoint="best"`` one case of the other folds is held out to choose the checkpoint.
-
+Member i trains on all folds but fold i, so every case is scored once by a model that never
+saw it (out of fold); the K members, averaged, are the model the project ships (docs/training.md).
 An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of each model
-file) and one run folder per member (``fold_i/``, as :func:`lungseg_utils.train.train` writes
-it); :func:`lungseg_utils.inference.load_model` loads it. ``lungseg cv`` runs
-:func:`cross_validate` with the train command's runs (:mod:`lungseg_utils.runs.cv`).
+file) and one run folder per member (``fold_i/``); :func:`lungseg_utils.inference.load_model`
+loads it.
 """
 
 from __future__ import annotations
@@ -26,11 +21,9 @@ from .errors import LungsegInputError
 
 
 def fold_splits(case_ids, k: int, seed: int = 42, checkpoint: str = "last") -> list[dict]:
-    """K seeded folds as splits ``{"seed", "train", "val", "test"}``, one per member.
-
-    ``test`` is fold i; with ``checkpoint="last"`` ``val`` is the same cases (logged only),
-    otherwise one seeded case of the other folds, taken out of ``train``.
-    """
+    """K seeded folds as splits ``{"seed", "train", "val", "test"}``, one per member: ``test``
+    is fold i; ``val`` the same cases (``checkpoint="last"``: logged only) or else one seeded
+    case of the other folds, taken out of ``train`` to choose the checkpoint."""
     ids = sorted(case_ids)
     held = 0 if checkpoint == "last" else 1          # cases of the rest kept for choosing
     if not 2 <= k <= len(ids) or len(ids) - -(-len(ids) // k) - held < 1:
@@ -52,8 +45,7 @@ def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) ->
     """``folder/manifest.json`` for member runs (paths, inside ``folder``, in fold order)."""
     folder = Path(folder)
     members, settings = [], None
-    for i, run in enumerate(run_dirs):
-        run = Path(run)
+    for i, run in enumerate(map(Path, run_dirs)):
         cfg = dataio.load_json(run / "train_config.json")
         split = dataio.load_json(run / "split.json")
         model = run / inference.MODEL_FILE
@@ -104,16 +96,12 @@ def score_members(runs, data_dir) -> list[dict]:
 
 def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
                    verbose=0, init_from=None, trainer=None, **overrides) -> dict:
-    """Train the K members of one configuration and score every case out of fold.
-
-    Member i is a run folder ``out_dir/fold_i/`` (default ``results/cv/``) that ``trainer``
-    (:func:`train_members`) trains on the other folds (:func:`fold_splits`; ``seed`` is the
-    folds' and, unless overridden, the training's); with ``init_from`` (an ensemble of ``k``
-    members) it is fine-tuned from that ensemble's member i, on its split. Writes
-    ``out_dir/manifest.json`` and ``cross_validation.json``, which it returns: ``{"folds",
-    "profile", "settings", "cases": [{"case_id", "fold", metrics...}], "summary": {metric:
-    summary}}``, each case scored on the 64^3 grid by the member that never saw it.
-    """
+    """Train the K members of one configuration (:func:`train_members`, into
+    ``out_dir/fold_i/``, default ``results/cv/``) on :func:`fold_splits` (``seed``: the folds'
+    and, unless overridden, the training's), or fine-tuned from ``init_from``'s ``k`` members
+    on their splits. Writes ``manifest.json`` and returns ``cross_validation.json``: ``{"folds",
+    "profile", "settings", "cases": [{"case_id", "fold", "run", metrics...}], "summary"}``,
+    each case scored on the 64^3 grid by the member that never saw it."""
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)
@@ -144,15 +132,12 @@ def member_runs(ensemble_dir) -> list[Path]:
 
 
 def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides) -> dict:
-    """What notebook 04 trains: the reference's kind of model, into ``run_dir``.
-
-    ``run_dir`` (default :func:`lungseg_utils.config.active_run_dir`) gets the profile's
-    ``folds`` members in ``cv/fold_i/`` (:func:`cross_validate`) and the layout of
-    ``results/reference/`` (:func:`assemble_main`). A folder that already holds
-    ``manifest.json`` is trained no further (``"trained": False``); one with other files is
-    refused. ``overrides`` replace single settings of the profile. Returns ``{"run_dir",
-    "trained", "manifest", "wall_s"}``.
-    """
+    """What notebook 04 trains, into ``run_dir`` (default
+    :func:`~lungseg_utils.config.active_run_dir`): the profile's ``folds`` members in ``cv/``
+    (:func:`cross_validate`) and, at the top, the layout of ``results/reference/``: member 0's
+    run files but its models, ``cross_validation.json`` and the members' ``manifest.json``.
+    A folder with ``manifest.json`` is not trained again (``"trained": False``), one with
+    other files is refused. Returns ``{"run_dir", "trained", "manifest", "wall_s"}``."""
     run_dir = Path(run_dir) if run_dir else config.active_run_dir()
     if (run_dir / inference.MANIFEST).exists():
         return {"run_dir": run_dir, "trained": False, "wall_s": 0.0,
@@ -163,26 +148,14 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
     settings = config.get_profile(profile, **overrides)
     t0 = time.perf_counter()
     overrides.pop("folds", None)
-    cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
-                   seed=int(settings["seed"]), verbose=verbose, **overrides)
-    assemble_main(run_dir)
-    return {"run_dir": run_dir, "trained": True, "wall_s": time.perf_counter() - t0,
-            "manifest": dataio.load_json(run_dir / inference.MANIFEST)}
-
-
-def assemble_main(run_dir) -> Path:
-    """Give a finished cross-validation in ``run_dir/cv`` the layout of ``results/reference/``:
-    at the top, member 0's run artifacts but its models (``split.json``, ``training_log.csv``
-    ...: the single model notebook 05 and the report describe first),
-    ``cross_validation.json`` and a ``manifest.json`` of the members (the ensemble the
-    inference command averages). Returns the manifest's path."""
-    run_dir = Path(run_dir)
-    cv = dataio.load_json(run_dir / "cv" / inference.MANIFEST)
+    cv = cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
+                        seed=int(settings["seed"]), verbose=verbose, **overrides)
     members = member_runs(run_dir / "cv")
-    for name in train.RUN_ARTIFACTS:             # member 0's run files, not its models
+    for name in train.RUN_ARTIFACTS:
         if not name.endswith(".keras") and (members[0] / name).exists():
             with dataio.atomic_write(run_dir / name, overwrite=True) as tmp:
                 shutil.copyfile(members[0] / name, tmp)
-    dataio.save_json(dataio.load_json(run_dir / "cv" / "cross_validation.json"),
-                 run_dir / "cross_validation.json")
-    return write_manifest(run_dir, members, int(cv["fold_seed"]))
+    dataio.save_json(cv, run_dir / "cross_validation.json")
+    manifest = write_manifest(run_dir, members, int(settings["seed"]))
+    return {"run_dir": run_dir, "trained": True, "wall_s": time.perf_counter() - t0,
+            "manifest": dataio.load_json(manifest)}

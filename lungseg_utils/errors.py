@@ -1,10 +1,6 @@
-"""The project's own exception and warning types.
-
-Every error that bad input can cause is raised as :class:`LungsegInputError`, a
-``ValueError`` whose message names the file and the problem in one sentence, so that a
-notebook or the command line shows one clear line instead of a deep traceback
-(:func:`lungseg_utils.runs.command.run_command`).
-"""
+"""The project's own exception and warning types: bad input raises :class:`LungsegInputError`,
+whose one-sentence message (the file and the problem) a notebook or the command line shows as
+one line instead of a deep traceback (:func:`lungseg_utils.runs.command.run_command`)."""
 
 
 class LungsegInputError(ValueError):

@@ -1,8 +1,7 @@
 """Experiments: methods compared on labelled cases, scored out of fold (notebooks 05, 06).
 
-Builds ``evaluation.json`` and ``tta.json`` (:func:`evaluation_result`, :func:`tta_result`),
-which the report checks as it reads them (:mod:`lungseg_utils.report.schema`), on the two
-grids of :data:`GRIDS`. Training the folds is :mod:`lungseg_utils.ensemble`.
+Builds ``evaluation.json`` and ``tta.json`` on the two grids of :data:`GRIDS`, which the
+report checks as it reads them (:mod:`lungseg_utils.report.schema`).
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ from .errors import LungsegInputError
 
 #: The grids results are given on: key in the result files -> label in tables and figures.
 GRIDS = {"grid64": "64³", "native": "native"}
-#: The methods of :func:`compare_methods` each grid's block of ``evaluation.json`` holds;
-#: ``ceiling`` differs from the reference only off the model grid, so only ``native`` has it.
+#: The methods in each grid's block of ``evaluation.json`` (on 64³ the ceiling is the reference).
 GRID_METHODS = {"grid64": ("unet_raw", "unet", "unet_post", "baseline"),
                 "native": ("unet_raw", "unet", "unet_post", "baseline", "ceiling")}
 #: How the methods are named in tables and figures (notebook 05, the report, the README).
@@ -34,29 +32,27 @@ METHOD_LABELS = {"unet_raw": "U-Net, 5 mm edge", "unet": "U-Net",
 TTA_ROW_KEYS = ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", "hd95_tta_mm")
 
 
-def compare_methods(forward, case, tta: bool = False, with_ceiling: bool = False):
-    """Segment one labelled case (a ``Case`` with a mask) with every method and score each:
-    ``unet`` (:func:`lungseg_utils.inference.predict_volume`'s mask), ``unet_raw`` (that mask
-    before its boundary is redrawn on grids finer than 5 mm), ``unet_post`` (``unet`` after
-    :func:`~lungseg_utils.anatomy.postprocess_lungs`), ``baseline``
-    (:func:`~lungseg_utils.anatomy.classical_lung_mask`) and, ``with_ceiling``, ``ceiling``
-    (the reference mask taken to the model grid and back: the best any 64^3 model can do).
-    Returns ``(row, masks, prediction)``: ``{"case_id", method: evaluate_masks(...)}``,
-    ``{method: uint8 mask on the case's grid}`` and ``predict_volume``'s dict."""
+def compare_methods(forward, case, with_ceiling: bool = False):
+    """Segment one labelled ``Case`` with every method and score each: ``unet``
+    (``inference.predict_volume``'s mask), ``unet_raw`` (before its boundary is redrawn on
+    grids finer than 5 mm), ``unet_post`` (after ``anatomy.postprocess_lungs``), ``baseline``
+    (``anatomy.classical_lung_mask``) and, ``with_ceiling``, ``ceiling`` (the reference mask
+    taken to the model grid and back: the best any 64^3 model can do). Returns ``(row, masks,
+    prediction)``: ``{"case_id", method: evaluate_masks(...)}``, ``{method: uint8 mask on the
+    case's grid}`` and ``predict_volume``'s dict."""
     if case.mask is None:
         raise LungsegInputError(f"{case.path}: compare_methods needs a case with a lung mask.")
     axis = geometry.axial_axis(case.affine)
-    pred = inference.predict_volume(forward, case.ct_hu, case.affine, tta=tta)
+    pred = inference.predict_volume(forward, case.ct_hu, case.affine)
     masks = {"unet": pred["mask"],
              "unet_post": anatomy.postprocess_lungs(pred["mask"], axis=axis),
              "unet_raw": pred["mask_network"],
              "baseline": anatomy.classical_lung_mask(case.ct_hu, case.spacing_mm, axis=axis)}
     if with_ceiling:
         masks["ceiling"] = geometry.round_trip_mask(case.mask, case.affine, ct_hu=case.ct_hu)
-    row = {"case_id": case.case_id}
-    row.update({m: metrics.evaluate_masks(mask, case.mask, case.spacing_mm)
-                for m, mask in masks.items()})
-    return row, masks, pred
+    scores = {m: metrics.evaluate_masks(mask, case.mask, case.spacing_mm)
+              for m, mask in masks.items()}
+    return {"case_id": case.case_id, **scores}, masks, pred
 
 
 def summarise_methods(rows: list[dict], methods, keys=tuple(metrics.METRICS)) -> dict:
@@ -68,8 +64,7 @@ def summarise_methods(rows: list[dict], methods, keys=tuple(metrics.METRICS)) ->
 def out_of_fold_jobs(run_dir, max_cases: int | None = None) -> list[tuple]:
     """Which model may score which case: ``[(case_id, source, model_path), ...]``, sorted by
     case id (the first ``max_cases``). An ensemble (``manifest.json``) pairs each case with
-    the member whose test fold holds it (``"CV fold i"``); other runs: :func:`reference_jobs`.
-    """
+    the member whose test fold holds it (``"CV fold i"``); other runs: :func:`reference_jobs`."""
     run_dir = Path(run_dir)
     if (run_dir / inference.MANIFEST).exists():
         manifest = dataio.load_json(run_dir / inference.MANIFEST)
@@ -89,9 +84,9 @@ def jobs_are_out_of_fold(run_dir, jobs) -> bool:
     files = ([run_dir / m["file"] for m in dataio.load_json(manifest)["members"]]
              if manifest.exists() else [run_dir / inference.MODEL_FILE])
     for f in files:
-        split = dataio.load_json(Path(f).parent / "split.json")
+        split = dataio.load_json(f.parent / "split.json")
         val = [] if sorted(split["val"]) == sorted(split["test"]) else split["val"]
-        seen[Path(f).resolve()] = set(split["train"]) | set(val)
+        seen[f.resolve()] = set(split["train"]) | set(val)
     return all(Path(p).resolve() in seen and cid not in seen[Path(p).resolve()]
                for cid, _, p in jobs)
 
@@ -131,10 +126,10 @@ def method_block(rows: list[dict], grid: str) -> dict:
 
 
 def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
-    """Score every job's case (jobs of :func:`out_of_fold_jobs`) with every method on both
-    grids: ``{grid: method_block(...)}``, each row naming its ``"model"`` (``"CV fold 0"``).
-    ``folders``: ``{"grid64": folder, "native": folder or None}`` (None: no rows);
-    ``forwards``: compiled models by path, filled as models are loaded."""
+    """Score every job's case (:func:`out_of_fold_jobs`) with every method on both grids:
+    ``{grid: method_block(...)}``, each row naming its ``"model"`` (``"CV fold 0"``). ``folders``:
+    ``{"grid64": folder, "native": folder or None}``; ``forwards``: compiled models by path,
+    filled as they load."""
     rows = {grid: [] for grid in GRIDS}
     for _, label, fwd, grid, case in _job_cases(jobs, folders, forwards):
         row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
@@ -176,10 +171,9 @@ def optional_result(run_dir, name: str, notebook: str) -> dict | None:
 
 def evaluation_result(model_path, test: dict, cv: dict | None = None, run_dir=None,
                       scoring: str = "split") -> dict:
-    """The contents of ``evaluation.json``. ``test``, ``cv``: results of :func:`evaluate_jobs`,
-    ``test`` as ``scoring`` says (``"out_of_fold"`` or ``"split"``: one model's test cases),
-    ``cv`` an out-of-fold block for a split-scored run (left out if empty); with ``run_dir``,
-    ``run`` (:func:`run_identity`)."""
+    """The contents of ``evaluation.json``. ``test``: :func:`evaluate_jobs` as ``scoring`` says
+    (``"out_of_fold"``, or ``"split"``: one model's test cases); ``cv``: an out-of-fold block
+    for a split-scored run (left out if empty); ``run_dir``: adds ``run`` (:func:`run_identity`)."""
     if scoring not in ("split", "out_of_fold"):
         raise LungsegInputError(f"evaluation_result: scoring {scoring!r} is not 'split' or "
                                 "'out_of_fold'.")

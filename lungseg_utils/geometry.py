@@ -1,9 +1,8 @@
 """The model grid, the way there and back, and the affine helpers everything else uses.
 
 The network sees a 64 x 64 x 64 cube of 5 mm voxels, array axes to the patient's Left,
-Posterior, Superior (``L, P, S``). :func:`to_model_grid` takes any CT onto it, centred on the
-lungs as seen in the image (never the label), in one affine map (smoothed first when going down
-in resolution); :func:`from_model_grid` takes a 64^3 probability back onto the input's grid.
+Posterior, Superior (``L, P, S``), centred on the lungs as seen in the image (never the label):
+:func:`to_model_grid` takes any CT there, :func:`from_model_grid` a probability back.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from .anatomy import body_mask, largest_components
 
 MODEL_AXCODES = ("L", "P", "S")              # model-grid axis directions, nibabel axis codes
 AIR_HU = -1000.0
+LUNG_HU = -400.0                             # below it inside the body: lung, to centre on
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple:
@@ -78,24 +78,20 @@ def model_affine(centre_mm) -> np.ndarray:
     return lps_affine(MODEL_SHAPE, MODEL_SPACING_MM, centre_mm)
 
 
-def is_model_sized(shape, affine, tol_mm: float = 1e-3) -> bool:
+def is_model_sized(shape, affine) -> bool:
     """True if a volume is 64^3 with 5 mm voxels along axes that are aligned with the world."""
-    if tuple(shape) != MODEL_SHAPE or not np.allclose(spacing_from_affine(affine),
-                                                      MODEL_SPACING_MM, atol=tol_mm):
-        return False
-    m = np.abs(np.asarray(affine)[:3, :3]) / MODEL_SPACING_MM
-    return np.allclose(np.sort(m, axis=0)[:2], 0.0, atol=1e-4)
+    off_axis = np.sort(np.abs(np.asarray(affine)[:3, :3]) / MODEL_SPACING_MM, axis=0)[:2]
+    return (tuple(shape) == MODEL_SHAPE and np.allclose(off_axis, 0.0, atol=1e-4)
+            and np.allclose(spacing_from_affine(affine), MODEL_SPACING_MM, atol=1e-3))
 
 
-def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = -400.0,
-                   min_volume_ml: float = 50.0, trim_fraction: float = 0.03,
-                   second_fraction: float = 0.2) -> np.ndarray:
+def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Estimate the centre of the lungs' bounding box (world mm) from the image alone.
 
-    Low-HU components inside the body on a copy subsampled to about 4 mm (R, A, S): the largest
-    of at least ``min_volume_ml`` and a second with ``second_fraction`` of its volume (the other
-    lung). Their box is measured at full resolution, less axial slices under ``trim_fraction``
-    of the largest area (the trachea). Falls back to the body's (or the volume's) centre.
+    Components below :data:`LUNG_HU` inside the body on a copy subsampled to about 4 mm (R, A,
+    S): the largest, of 50 mL or more, and a second of at least a fifth of its volume (the other
+    lung). Their box is measured at full resolution, less axial slices under 3 % of the largest
+    area (the trachea). Falls back to the body's (or the volume's) centre.
     """
     ornt = nib.orientations.io_orientation(affine)
     affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, np.shape(ct_hu))
@@ -103,11 +99,11 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
     spacing = np.array(spacing_from_affine(affine))
     step = np.maximum(1, np.floor(4.0 / spacing)).astype(int)
     sub = ct_hu[::step[0], ::step[1], ::step[2]]
-    body = body_mask(sub, threshold_hu, axis=2)                  # R, A, S: slices along S
-    low = ndi.binary_opening((sub < threshold_hu) & body, iterations=1)
+    body = body_mask(sub, LUNG_HU, axis=2)                       # R, A, S: slices along S
+    low = ndi.binary_opening((sub < LUNG_HU) & body, iterations=1)
     voxel_ml = float(np.prod(spacing * step)) / 1000.0
-    region = largest_components(low, 2, min_fraction=second_fraction,
-                                min_voxels=int(np.ceil(min_volume_ml / voxel_ml)), connectivity=1)
+    region = largest_components(low, 2, min_fraction=0.2,
+                                min_voxels=int(np.ceil(50.0 / voxel_ml)), connectivity=1)
     if not region.any():
         region = body if body.any() else np.ones(sub.shape, bool)
         return bbox_centre_mm(region, affine @ np.diag([*step, 1]))   # the subsampled grid
@@ -115,10 +111,9 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray, threshold_hu: float = 
     near = ndi.binary_dilation(region, iterations=1)
     up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
                        for n, k, m in zip(ct_hu.shape, step, near.shape)))]
-    full = up & (ct_hu < threshold_hu)
-    if trim_fraction > 0:                  # the trachea: slices with a small low-HU area
-        area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
-        full &= (area >= trim_fraction * area.max())[None, None, :]
+    full = up & (ct_hu < LUNG_HU)
+    area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
+    full &= (area >= 0.03 * area.max())[None, None, :]   # the trachea: a small low-HU area
     return bbox_centre_mm(full, affine)
 
 
@@ -127,12 +122,9 @@ def resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smoot
     ``smooth``, first a Gaussian anti-aliasing along the input axes sampled more coarsely."""
     vol = np.asarray(volume, dtype=np.float32)
     matrix = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
-    rot, offset = matrix[:3, :3], matrix[:3, 3]
-    near = np.round(rot)
-    if np.allclose(rot, near, atol=1e-6):
-        rot = near
-    if np.allclose(offset, np.round(offset), atol=1e-6):
-        offset = np.round(offset)
+    # within 1e-6 of whole voxels: whole voxels (a copy or a flip stays exact)
+    rot, offset = (np.round(a) if np.allclose(a, np.round(a), atol=1e-6) else a
+                   for a in (matrix[:3, :3], matrix[:3, 3]))
     if smooth:
         factor = np.abs(rot).sum(axis=1)  # src voxels per dst voxel, along each src axis
         sigma = np.maximum(0.0, (factor - 1.0) / 2.0)
@@ -186,8 +178,6 @@ def from_model_grid(volume64: np.ndarray, grid: ModelGrid, order: int = 1) -> np
     """Bring a 64^3 model-grid volume (a probability, usually) back onto the input's grid:
     float32, ``grid.source_shape``, 0 outside the cube. Threshold it there, not before."""
     volume64 = np.asarray(volume64, dtype=np.float32)
-    if volume64.shape[-1] == 1 and volume64.ndim == 4:
-        volume64 = volume64[..., 0]
     if volume64.shape != MODEL_SHAPE:
         raise LungsegInputError(f"from_model_grid: expected a {MODEL_SHAPE} volume, got {volume64.shape}.")
     return resample(volume64, grid.affine, grid.source_affine, grid.source_shape,

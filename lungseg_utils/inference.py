@@ -43,12 +43,9 @@ def resolve_model_path(path=None) -> Path:
 
 @dataclass
 class Ensemble:
-    """An ensemble's Keras models, its ``folder`` and its manifest (``folder/manifest.json``:
-    ``members``, a list of ``{"file", "fold", "train", "test", "sha256"}``, and shared settings)."""
+    """An ensemble's Keras models, in its manifest's order (:func:`member_files`)."""
 
     members: list
-    manifest: dict
-    folder: Path
 
     def __len__(self):
         return len(self.members)
@@ -94,13 +91,13 @@ def load_model(path=None):
     :class:`Ensemble` of :func:`member_files`); default: the reference."""
     path = resolve_model_path(path)
     models = [_load_keras(f) for f in member_files(path)]
-    return Ensemble(models, dataio.load_json(path / MANIFEST), path) if path.is_dir() else models[0]
+    return Ensemble(models) if path.is_dir() else models[0]
 
 
 def compiled_forward(model, members: bool = False):
     """A compiled forward function ``f(x: float32 (b, 64, 64, 64, 1)) -> (b, 64, 64, 64, 1)``
     of a Keras model or an :class:`Ensemble` (its members' mean; ``members=True``: stacked,
-    (M, b, 64, 64, 64, 1)); ``predict_on_batch`` on backends other than TensorFlow and JAX."""
+    (M, b, 64, 64, 64, 1)); ``predict_on_batch`` on backends other than TensorFlow."""
     keras = config.import_keras_quietly()
     models = model.members if isinstance(model, Ensemble) else [model]
 
@@ -108,24 +105,10 @@ def compiled_forward(model, members: bool = False):
         stacked = keras.ops.stack([m(x, training=False) for m in models])
         return stacked if members else keras.ops.mean(stacked, axis=0)
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         fn = tf.function(mean, reduce_retracing=True, jit_compile=False)
         return lambda x: np.asarray(fn(np.asarray(x, np.float32)))
-    if backend == "jax":
-        import jax
-        @jax.jit
-        def fn(states, x):
-            outs = [m.stateless_call(tv, ntv, x, training=False)[0]
-                    for m, (tv, ntv) in zip(models, states)]
-            return jax.numpy.stack(outs) if members else sum(outs) / len(outs)
-
-        def states():                  # the variables' current arrays, read at call time
-            return [([v.value for v in m.trainable_variables],
-                     [v.value for v in m.non_trainable_variables]) for m in models]
-
-        return lambda x: np.asarray(fn(states(), np.asarray(x, np.float32)))
     stack = lambda x: np.stack([np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))  # noqa: E731
                                 for m in models])
     return stack if members else (lambda x: stack(x).mean(axis=0))

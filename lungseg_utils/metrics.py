@@ -18,15 +18,13 @@ Conventions, each one tested in ``tests/test_metrics.py``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
-from typing import Callable
+from collections import namedtuple
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.stats import rankdata
 
-from .anatomy import boundary, check_spacing
+from .anatomy import boundary, bounding_box, check_spacing
 from .errors import LungsegInputError
 
 
@@ -58,8 +56,7 @@ def _distances_mm(pred, ref, spacing_mm) -> tuple[float, float]:
     if not pred.any() or not ref.any():
         value = 0.0 if pred.any() == ref.any() else float("inf")
         return value, value
-    # Crop to both masks' bounding box plus one voxel: the distances do not change.
-    box = tuple(slice(max(i.min() - 1, 0), i.max() + 2) for i in np.nonzero(pred | ref))
+    box = bounding_box(pred | ref, margin=1)      # cropping to it changes no distance
     sp, sr = boundary(pred[box], "inner"), boundary(ref[box], "inner")
     d_pr = ndi.distance_transform_edt(~sr, sampling=spacing)[sp]   # directed: pred -> ref
     d_rp = ndi.distance_transform_edt(~sp, sampling=spacing)[sr]   # ref -> pred
@@ -93,28 +90,19 @@ def relative_volume_error(pred, ref) -> float:
     return float("nan") if n_ref == 0 else (int(pred.sum()) - n_ref) / n_ref
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One metric: how it is computed and printed, and which values are worse (``worst``:
-    ``"min"``, ``"max"`` or ``"absmax"``, as in :func:`summarise`). ``compute(pred, ref,
-    spacing_mm, distances)`` returns a float; ``distances()``: (HD95, ASSD) in mm, once a pair."""
-
-    label: str
-    unit: str
-    worst: str
-    decimals: int
-    compute: Callable
-
+#: One metric: how it is printed, which values are worse (``worst``: ``"min"``, ``"max"`` or
+#: ``"absmax"``, as in :func:`summarise`) and ``compute(pred, ref, (hd95_mm, assd_mm))``, a float.
+Metric = namedtuple("Metric", "label unit worst decimals compute")
 
 #: The registry of evaluation metrics, which :func:`evaluate_masks`, :func:`summarise`,
 #: notebook 05 and the report go through. Adding a metric is one entry here.
 METRICS: dict[str, Metric] = {
-    "dice": Metric("Dice", "", "min", 3, lambda p, r, s, d: dice(p, r)),
-    "iou": Metric("IoU", "", "min", 3, lambda p, r, s, d: iou(p, r)),
-    "hd95_mm": Metric("HD95", "mm", "max", 1, lambda p, r, s, d: d()[0]),
-    "assd_mm": Metric("ASSD", "mm", "max", 1, lambda p, r, s, d: d()[1]),
+    "dice": Metric("Dice", "", "min", 3, lambda p, r, d: dice(p, r)),
+    "iou": Metric("IoU", "", "min", 3, lambda p, r, d: iou(p, r)),
+    "hd95_mm": Metric("HD95", "mm", "max", 1, lambda p, r, d: d[0]),
+    "assd_mm": Metric("ASSD", "mm", "max", 1, lambda p, r, d: d[1]),
     "volume_error_pct": Metric("volume error", "%", "absmax", 1,
-                               lambda p, r, s, d: 100.0 * relative_volume_error(p, r)),
+                               lambda p, r, d: 100.0 * relative_volume_error(p, r)),
 }
 
 
@@ -122,8 +110,8 @@ def evaluate_masks(pred, ref, spacing_mm) -> dict:
     """Every metric of :data:`METRICS` of one prediction against its reference, by key
     (floats), and the two volumes in ml (``volume_pred_ml``, ``volume_ref_ml``)."""
     pred, ref = _pair(pred, ref)
-    distances = cache(lambda: _distances_mm(pred, ref, spacing_mm))
-    out = {key: float(m.compute(pred, ref, spacing_mm, distances)) for key, m in METRICS.items()}
+    distances = _distances_mm(pred, ref, spacing_mm)
+    out = {key: float(m.compute(pred, ref, distances)) for key, m in METRICS.items()}
     return dict(out, volume_pred_ml=volume_ml(pred, spacing_mm),
                 volume_ref_ml=volume_ml(ref, spacing_mm))
 

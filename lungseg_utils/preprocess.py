@@ -11,10 +11,8 @@ from .errors import LungsegInputError
 
 
 def window_normalise(ct_hu: np.ndarray, hu_window=HU_WINDOW) -> np.ndarray:
-    """Clip ``ct_hu`` to ``hu_window`` = (low, high) and scale it linearly to [0, 1].
-
-    Parameters: ct_hu, any shape, any real dtype. Returns float32 of the same shape.
-    """
+    """Clip ``ct_hu`` (any shape, any real dtype) to ``hu_window`` = (low, high) and scale it
+    linearly to [0, 1]. Returns float32 of the same shape."""
     lo, hi = float(hu_window[0]), float(hu_window[1])
     if not hi > lo:
         raise LungsegInputError(f"HU window {hu_window} is empty: its high bound must exceed "
@@ -34,10 +32,8 @@ def to_tensor(volume: np.ndarray) -> np.ndarray:
 
 
 def preprocess_case(ct_hu: np.ndarray, mask: np.ndarray | None = None, hu_window=HU_WINDOW):
-    """Model-grid CT (and mask) to network tensors.
-
-    Returns (x float32 (64, 64, 64, 1) in [0, 1], y float32 (64, 64, 64, 1) in {0, 1} or None).
-    """
+    """Model-grid CT (and mask) to network tensors: (x float32 (64, 64, 64, 1) in [0, 1],
+    y float32 (64, 64, 64, 1) in {0, 1} or None)."""
     x = to_tensor(window_normalise(ct_hu, hu_window))
     y = None if mask is None else to_tensor(binarise_mask(mask))
     return x, y

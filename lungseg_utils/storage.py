@@ -12,9 +12,11 @@ import io
 import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from . import dataio
+from .config import import_keras_quietly
 from .errors import LungsegInputError
 
 WEIGHTS_ENTRY = "model.weights.h5"
@@ -24,11 +26,8 @@ STORAGE_DTYPES = ("float32", "float16")
 def _copy_h5(src, dst, dtype: str) -> int:
     """Copy every group, dataset and attribute of h5py ``src`` into ``dst``, float16 and
     float32 datasets as ``dtype``. Returns the number of arrays converted."""
-    import h5py
-
     converted = 0
-    for key, value in src.attrs.items():
-        dst.attrs[key] = value
+    dst.attrs.update(src.attrs)
     for name, item in src.items():
         if isinstance(item, h5py.Group):
             converted += _copy_h5(item, dst.create_group(name), dtype)
@@ -38,9 +37,7 @@ def _copy_h5(src, dst, dtype: str) -> int:
                 and str(data.dtype) != dtype):
             data = data.astype(dtype)
             converted += 1
-        out = dst.create_dataset(name, data=data)
-        for key, value in item.attrs.items():
-            out.attrs[key] = value
+        dst.create_dataset(name, data=data).attrs.update(item.attrs)
     return converted
 
 
@@ -48,8 +45,6 @@ def convert_weights(path, dtype: str = "float16") -> int:
     """Rewrite the weights of the ``.keras`` archive ``path`` in place (atomically), every
     float32 or float16 array as ``dtype`` (:data:`STORAGE_DTYPES`); returns how many arrays
     changed. Refuses another dtype and a file that is not a ``.keras`` archive."""
-    import h5py
-
     path = Path(path)
     if dtype not in STORAGE_DTYPES:
         raise LungsegInputError(f"{path}: weights can be stored as {STORAGE_DTYPES}, not {dtype!r}.")
@@ -72,17 +67,14 @@ def convert_weights(path, dtype: str = "float16") -> int:
     return converted
 
 
-def compact_model_file(path, dtype: str = "float16") -> None:
+def compact_model_file(path) -> None:
     """Re-save a finished ``.keras`` file for inference, in place: without its optimizer state
-    and with its weights stored as ``dtype``; it loads with a plain
+    and with its weights stored as float16; it loads with a plain
     ``keras.saving.load_model(path)``. A missing file is left missing."""
     path = Path(path)
     if not path.exists():
         return
-    from .config import import_keras_quietly
-
-    keras = import_keras_quietly()
-    model = keras.saving.load_model(path, compile=False)
+    model = import_keras_quietly().saving.load_model(path, compile=False)
     with dataio.atomic_write(path, overwrite=True) as tmp:
         model.save(tmp)
-        convert_weights(tmp, dtype)
+        convert_weights(tmp, "float16")

@@ -1,10 +1,8 @@
 """Analytic chest phantoms with exact lung masks, for fast tests and the demo fallback.
 
 A phantom is drawn in world millimetres, so the same anatomy can be sampled on any grid (shape,
-voxel size, axis order): body (soft tissue ellipse, 40 HU, with a fat rim), two lungs
-(ellipsoids at about -850 HU with a vessel-like texture), a spine (bone, 700 HU), a couch
-under the back, Gaussian noise, and air (-1000 HU) around. The lung mask is exact on the
-voxel centres.
+voxel size, axis order): a body with a fat rim, two lungs with a vessel-like texture, a spine,
+a couch, noise and air around. The lung mask is exact on the voxel centres.
 """
 
 from __future__ import annotations
@@ -31,12 +29,9 @@ def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: in
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
-    if affine is None:
-        affine = lps_affine(shape, spacing_mm)
+    affine = lps_affine(shape, spacing_mm) if affine is None else affine
     idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    world = (affine[:3, :3] @ idx + affine[:3, 3:4]).reshape((3,) + shape)
-    # World is RAS+ (x to the patient's right... left symmetric here, y anterior, z superior).
-    x, y, z = world
+    x, y, z = (affine[:3, :3] @ idx + affine[:3, 3:4]).reshape((3,) + shape)   # world mm, RAS+
     jitter = rng.uniform(-1, 1, size=6)
     a_body, b_body = body_width_mm / 2.0, 120.0 + 10 * jitter[0]
     body = (x / a_body) ** 2 + (y / b_body) ** 2 <= 1.0
@@ -50,10 +45,8 @@ def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: in
     spine = ((x / 18.0) ** 2 + ((y + 85.0) / 18.0) ** 2 <= 1.0) & body
     couch = (np.abs(y + b_body + 14.0) <= 6.0) & (np.abs(x) <= 230.0)
     ct = np.full(shape, -1000.0, np.float32)
-    ct[body] = 40.0
-    ct[fat] = -100.0
-    ct[couch] = 200.0
-    ct[lungs] = -850.0
+    for region, hu in ((body, 40.0), (fat, -100.0), (couch, 200.0), (lungs, -850.0)):
+        ct[region] = hu
     texture = np.sin(x / 7.0) * np.sin(y / 9.0) * np.sin(z / 11.0)
     ct[lungs] += (60.0 * texture[lungs]).astype(np.float32)
     ct[spine] = 700.0

@@ -28,14 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, dataio
+from . import augment, config, dataio, dataset, storage, synthetic, unet
 from .config import import_keras_quietly
 from .errors import LungsegInputError, LungsegWarning
+from .metrics import dice, iou
 
 keras = import_keras_quietly()
-# The modules below use Keras: imported after it, quietly.
-from . import augment, dataset, storage, synthetic, unet  # noqa: E402
-from .metrics import dice, iou  # noqa: E402
 
 LOG_NAME = "training_log.csv"
 #: A finished run's files, in the order they are written (``test_metrics.json`` last).
@@ -115,16 +113,12 @@ def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01,
 
 
 # --------------------------------------------------------------------------- the steps
-
-
 def new_run(data_dir, out_dir, profile, split, deterministic, command, overrides):
     """Settings, split and a new run folder for a fresh run: ``(run_dir, settings, split,
     folders, cfg)``. Writes ``split.json``; ``cfg`` is what ``train_config.json`` records."""
     settings = config.get_profile(profile, **overrides)
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
-    found = dataio.discover_cases(data_dir)
-    if settings.get("max_cases"):
-        found = found[: int(settings["max_cases"])]
+    found = dataio.discover_cases(data_dir)[: settings.get("max_cases") or None]
     folders = {p.name: p for p in found}
     if split is None:
         split = dataio.make_split(list(folders), settings["val_fraction"],
@@ -157,7 +151,6 @@ def run_session(settings: dict, cfg: dict, deterministic: bool = True):
         config.set_seeds(int(settings["seed"]))
         if deterministic and keras.backend.backend() == "tensorflow":
             import tensorflow as tf
-
             tf.config.experimental.enable_op_determinism()
         cfg["precision"] = config.training_precision(settings.get("mixed_precision"))
         keras.mixed_precision.set_global_policy(cfg["precision"])
@@ -185,11 +178,10 @@ def make_datasets(settings: dict, split: dict, folders: dict, initial_epoch: int
     augmented, seeded samples of the training cases from epoch ``initial_epoch``; the
     validation cases as they are, in batches of ``val_batches`` (default: the batch size)."""
     seed, batch = int(settings["seed"]), int(settings["batch_size"])
-    common = dict(workers=int(settings.get("workers") or 1), use_multiprocessing=False)
     train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
                                    seed=seed, augment=True, epoch=initial_epoch,
                                    samples_per_epoch=settings.get("samples_per_epoch"),
-                                   endless=True, **common)
+                                   endless=True, workers=int(settings.get("workers") or 1))
     val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                  seed=seed, augment=False,
                                  **(val_batches or {"batch_size": batch}))
@@ -225,7 +217,7 @@ def progress(settings: dict, verbose) -> tuple[int, list]:
     "auto" a bar on a terminal, else a line an epoch; "compact" none from Keras, a few lines
     a run from :class:`EpochSummary` (notebooks)."""
     if verbose == "compact":
-        return 0, [EpochSummary(settings["epochs"], max(1, int(settings["epochs"]) // 6))]
+        return 0, [EpochSummary(settings["epochs"], int(settings["epochs"]) // 6)]
     return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose), []
 
 
@@ -275,8 +267,6 @@ def score_run(model_path: Path, run_dir: Path, split: dict, folders: dict, setti
 
 
 # --------------------------------------------------------------------------- training
-
-
 def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None,
           callbacks=None, deterministic: bool = True, **overrides) -> Path:
     """Train one model from random weights and write its run folder; returns the folder.
@@ -291,8 +281,7 @@ def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None
     :func:`lungseg_utils.runs.training.train_run`'s.
     """
     known = config.get_profile(profile)
-    wanted = {**known, **{k: v for k, v in overrides.items() if v is not None}}
-    asked = [k for k in RUN_OPTIONS if wanted.get(k) is not None]
+    asked = [k for k in RUN_OPTIONS if overrides.get(k) is not None or known.get(k) is not None]
     if asked:
         raise LungsegInputError(f"train: {', '.join(asked)} is for `lungseg train` "
                                 "(lungseg_utils.runs.training.train_run); this trains a new "

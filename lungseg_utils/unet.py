@@ -18,8 +18,6 @@ _register = keras.saving.register_keras_serializable(package="lungseg")
 
 
 # --------------------------------------------------------------------------- network
-
-
 def _groups(filters: int, max_groups: int = 8) -> int:
     """Largest group count <= ``max_groups`` that divides ``filters`` (8 for 16, 6 for 12)."""
     return next(g for g in range(min(max_groups, filters), 0, -1) if filters % g == 0)
@@ -123,32 +121,23 @@ def count_flops(model) -> int:
     activation / add / dropout 1 per output element, pooling 1 per input element."""
     total = 0
     for layer in model.layers:
-        kind = type(layer).__name__
-        try:
-            out_shape = tuple(layer.output.shape[1:])
-            in_shape = tuple(layer.input.shape[1:]) if not isinstance(layer.input, list) else None
-        except (AttributeError, ValueError):
-            continue
-        n_out = math.prod(int(s) for s in out_shape)
+        kind, n_out = type(layer).__name__, math.prod(layer.output.shape[1:])
         if kind == "Conv3D":
             k = math.prod(layer.kernel_size)
-            total += n_out * (2 * k * int(in_shape[-1]) + (1 if layer.use_bias else 0))
+            total += n_out * (2 * k * layer.input.shape[-1] + (1 if layer.use_bias else 0))
         elif kind == "Conv3DTranspose":
-            k = math.prod(layer.kernel_size)
-            n_in = math.prod(int(s) for s in in_shape[:-1])
-            total += 2 * k * int(in_shape[-1]) * int(out_shape[-1]) * n_in + n_out
+            k, n_in = math.prod(layer.kernel_size), math.prod(layer.input.shape[1:-1])
+            total += 2 * k * layer.input.shape[-1] * layer.output.shape[-1] * n_in + n_out
         elif kind in ("GroupNormalization", "BatchNormalization", "LayerNormalization"):
             total += 8 * n_out
         elif kind in ("Activation", "Add", "Dropout", "ReLU"):
             total += n_out
         elif kind in ("MaxPooling3D", "AveragePooling3D"):
-            total += math.prod(int(s) for s in in_shape)
+            total += math.prod(layer.input.shape[1:])
     return int(total)
 
 
 # --------------------------------------------------------------------------- losses
-
-
 def _per_sample_sums(y_true, y_pred):
     """Cast to float32 and flatten each sample: returns (y_true, y_pred) of shape (b, n)."""
     y_true = ops.reshape(ops.cast(y_true, "float32"), (ops.shape(y_true)[0], -1))
@@ -212,20 +201,16 @@ def get_loss(name: str):
 # --------------------------------------------------------------------------- metrics
 # Hard: the prediction thresholded at 0.5 as at test time, scored per sample with smooth = 1
 # (empty vs empty scores 1), then averaged over the samples of the epoch.
-
-
 @_register
 def dice_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
     """Hard Dice per sample: prediction > ``threshold``. Returns float32 (b,)."""
-    t, p = _per_sample_sums(y_true, y_pred)
-    return soft_dice_per_sample(t, ops.cast(ops.greater(p, threshold), "float32"), smooth)
+    return soft_dice_per_sample(y_true, ops.greater(y_pred, threshold), smooth)
 
 
 @_register
 def iou_coef(y_true, y_pred, threshold: float = 0.5, smooth: float = 1.0):
     """Hard IoU (Jaccard) per sample: prediction > ``threshold``. Returns float32 (b,)."""
-    t, p = _per_sample_sums(y_true, y_pred)
-    p = ops.cast(ops.greater(p, threshold), "float32")
+    t, p = _per_sample_sums(y_true, ops.greater(y_pred, threshold))
     inter = ops.sum(t * p, axis=1)
     return (inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) - inter + smooth)
 
@@ -242,10 +227,6 @@ class _HardMetric(keras.metrics.MeanMetricWrapper):
 
     def get_config(self):
         return {"name": self.name, "threshold": self.threshold, "dtype": self.dtype}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @_register

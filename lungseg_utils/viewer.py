@@ -19,8 +19,6 @@ from . import viz
 from .errors import LungsegInputError
 from .geometry import spacing_from_affine
 
-OVERLAYS = ("none", "reference", "prediction", "errors", "uncertainty")
-
 
 def _redraws(method):
     """Run a viewer method with widget callbacks held, then redraw once."""
@@ -61,9 +59,9 @@ class SliceViewer:
         self._u_max = max(float(np.max(uncertainty)), 1e-6) if uncertainty is not None else 1.0
         self._index = {p: self._n_slices(p) // 2 for p in viz.PLANES}
         self._axis, self._window, self._alpha, self._side = "axial", viz.WINDOWS["lung"], 0.4, False
-        given = dict(reference=mask, prediction=pred, uncertainty=uncertainty,
-                     errors=None if mask is None else pred)
-        self.overlays = ["none"] + [o for o in OVERLAYS[1:] if given[o] is not None]
+        given = dict(none=ct_hu, reference=mask, prediction=pred,
+                     errors=None if mask is None else pred, uncertainty=uncertainty)
+        self.overlays = [o for o, arr in given.items() if arr is not None]
         self._overlay = "reference" if mask is not None else "none"
         self._build_figure()
 
@@ -113,7 +111,7 @@ class SliceViewer:
         with mpl.rc_context(viz.STYLE):
             self._fig = Figure(figsize=(5.0, 5.0), dpi=100)
             FigureCanvasAgg(self._fig)
-            self.axes = [self._fig.add_axes((0.01, 0.11, 0.98, 0.82)) for _ in range(2)]
+            self.axes = [self._fig.add_axes((x, 0.11, 0.485, 0.82)) for x in (0.01, 0.505)]
             self._ct_im = [ax.imshow(np.zeros((2, 2)), cmap="gray", interpolation="nearest")
                            for ax in self.axes]
             self._ov_im = [ax.imshow(np.zeros((2, 2, 4)), interpolation="nearest")
@@ -143,14 +141,12 @@ class SliceViewer:
 
     def _redraw(self):
         t0 = time.perf_counter()
-        plane, index = self._axis, self._index[self._axis]
+        plane, index, side = self._axis, self._index[self._axis], self._side
         cut = lambda vol: viz.display_slice(vol, self.affine, plane, index)  # noqa: E731
         ct2d, labels = cut(self.ct_hu), viz.orientation_labels(self.affine, plane)
-        side = self._side and not self._w_side.disabled
         panels = ["reference", "prediction"] if side else [self._overlay]
         self._fig.set_size_inches(9.0 if side else 5.0, 5.0)
         self.axes[0].set_position((0.01, 0.11, 0.485 if side else 0.98, 0.82))
-        self.axes[1].set_position((0.505, 0.11, 0.485, 0.82))
         self.axes[1].set_visible(side)
         for ax, ct_im, ov_im, texts, overlay in zip(self.axes, self._ct_im, self._ov_im,
                                                     self._labels, panels):
@@ -234,10 +230,10 @@ class SliceViewer:
         """uint8 (H, W, 4) RGBA of what is drawn now."""
         return self._rgba.copy()
 
-    def export(self, figures_dir=None) -> list[Path]:
+    def export(self) -> list[Path]:
         """Export the current view as ``viewer_<plane>_<index>`` (:func:`.viz.export_figure`)."""
         name = f"viewer_{self._axis}_{self._index[self._axis]}"
-        paths = viz.export_figure(self._fig, name, figures_dir or self.figures_dir)
+        paths = viz.export_figure(self._fig, name, self.figures_dir)
         self._w_status.value = f"wrote {paths[0]} and {paths[1].name}"
         return paths
 

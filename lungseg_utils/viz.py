@@ -50,10 +50,9 @@ STYLE = {
 #: The PNG text chunk in which :func:`export_figure` records :func:`smallest_text_pt`.
 MIN_FONT_KEY = "lungseg_min_font_pt"
 
-#: Plane -> (world axis of its normal, code the columns run toward, code the rows run down to).
-PLANES = {"axial": (2, "L", "P"), "coronal": (1, "L", "I"), "sagittal": (0, "P", "I")}
-_CODE_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
-_OPPOSITE = dict(R="L", L="R", A="P", P="A", S="I", I="S")
+#: Plane -> world axes (0, 1, 2: x, y, z) of its normal, its rows and its columns; on screen
+#: rows run down and columns right toward L, P or I.
+PLANES = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -62,8 +61,8 @@ def apply_style() -> None:
     mpl.rcParams.update(STYLE)
 
 
-def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path]:
-    """Write ``fig`` to ``<figures_dir>/<name>.png`` (``dpi``) and ``<name>.pdf``; return both.
+def export_figure(fig, name: str, figures_dir=None) -> list[Path]:
+    """Write ``fig`` to ``<figures_dir>/<name>.png`` (300 dpi) and ``<name>.pdf``; return both.
 
     ``name``: a bare stem such as ``05_dice_paired``; ``figures_dir``: ``config.FIGURES_DIR`` by
     default. Each file is written atomically; the PDF has no creation date (a re-run gives the
@@ -76,7 +75,7 @@ def export_figure(fig, name: str, figures_dir=None, dpi: int = 300) -> list[Path
     text = {MIN_FONT_KEY: f"{smallest_text_pt(fig):.2f}"}
     for fmt in ("png", "pdf"):
         with atomic_write(folder / f"{name}.{fmt}", overwrite=True) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.02,
+            fig.savefig(tmp, format=fmt, dpi=300, bbox_inches="tight", pad_inches=0.02,
                         metadata={"CreationDate": None} if fmt == "pdf" else text)
     return [folder / f"{name}.png", folder / f"{name}.pdf"]
 
@@ -91,24 +90,21 @@ def smallest_text_pt(fig) -> float:
     return float(min(sizes)) if sizes else float("inf")
 
 
-def paired_plot(ax, values: dict, highlight=None, ylabel="Dice", legend: bool = False):
+def paired_plot(ax, values: dict, highlight=None, ylabel="Dice"):
     """One dot per case and method, a line per case across the methods; returns ``ax``.
 
     ``values``: ``{method label: {case_id: value}}`` in plotting order (same cases in each);
-    ``highlight``: a case_id drawn in colour (named in a legend with ``legend``)."""
+    ``highlight``: a case_id drawn in colour."""
     labels = list(values)
     x = np.arange(len(labels))
     for cid in values[labels[0]]:
         hot = cid == highlight
         ax.plot(x, [values[m][cid] for m in labels], "-o", color="#D55E00" if hot else "0.55",
-                lw=1.1 if hot else 0.7, ms=3.2 if hot else 2.4, zorder=3 if hot else 2,
-                label=cid if hot else None)
+                lw=1.1 if hot else 0.7, ms=3.2 if hot else 2.4, zorder=3 if hot else 2)
     ax.set_xticks(x, labels, rotation=45, ha="right", rotation_mode="anchor")   # long names
     ax.set_xlim(-0.35, len(labels) - 0.65)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", lw=0.4, color="0.85")
-    if highlight is not None and legend:
-        ax.legend(loc="lower right", frameon=False)
     return ax
 
 
@@ -122,26 +118,21 @@ def window_limits(window) -> tuple[float, float]:
     return lo, hi
 
 
-def _codes(affine) -> tuple:
-    return tuple(nib.aff2axcodes(np.asarray(affine, dtype=float)))
-
-
 def plane_name(affine, axis) -> str:
     """'axial', 'coronal' or 'sagittal' for a plane name or an array axis (0, 1, 2)."""
     if axis not in (*PLANES, 0, 1, 2):
         raise LungsegInputError(f"axis {axis!r} is not one of {', '.join(PLANES)} or 0-2.")
     if isinstance(axis, str):
         return axis
-    return {0: "sagittal", 1: "coronal", 2: "axial"}[_CODE_AXIS[_codes(affine)[int(axis)]]]
+    return ("sagittal", "coronal", "axial")[int(nib.io_orientation(affine)[int(axis), 0])]
 
 
 def slice_plan(affine, axis) -> tuple:
     """(sliced array axis, row array axis, column array axis, flip rows, flip columns)."""
-    codes = _codes(affine)
-    normal, col_code, row_code = PLANES[plane_name(affine, axis)]
-    world = [_CODE_AXIS[c] for c in codes]
-    r, c = world.index(_CODE_AXIS[row_code]), world.index(_CODE_AXIS[col_code])
-    return world.index(normal), r, c, codes[r] != row_code, codes[c] != col_code
+    ornt = nib.io_orientation(affine)   # per array axis: its world axis, +1 if it runs to R, A or S
+    world = ornt[:, 0].tolist()
+    k, r, c = (world.index(a) for a in PLANES[plane_name(affine, axis)])
+    return k, r, c, bool(ornt[r, 1] > 0), bool(ornt[c, 1] > 0)
 
 
 def slicing_axis(affine, axis) -> int:
@@ -160,33 +151,28 @@ def busiest_slice(volume: np.ndarray, affine, axis, near: int | None = None) -> 
 
 
 def display_slice(volume: np.ndarray, affine, axis, index: int) -> np.ndarray:
-    """Slice ``index`` (array index) of ``volume`` (X, Y, Z) as a 2D view in display order (rows
-    top to bottom, columns left to right): cut along the array axis on the plane's normal,
-    transposed if the rows' axis comes after the columns', flipped where an axis runs back."""
+    """Slice ``index`` (array index) of ``volume`` (X, Y, Z) as a 2D view (no copy) in display
+    order: rows top to bottom, columns left to right."""
     volume = np.asarray(volume)
     k, r, c, flip_r, flip_c = slice_plan(affine, axis)
     if not 0 <= int(index) < volume.shape[k]:
         raise LungsegInputError(f"slice index {index} is outside 0..{volume.shape[k] - 1}.")
-    sl = volume[(slice(None),) * k + (int(index),)]     # a view: no copy
+    sl = volume[(slice(None),) * k + (int(index),)]
     sl = sl.T if r > c else sl
     return sl[::-1 if flip_r else 1, ::-1 if flip_c else 1]
 
 
 def orientation_labels(affine, axis) -> dict:
-    """Patient directions at the edges of a displayed slice, e.g. axial:
-    ``{'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}``."""
-    codes = _codes(affine)
-    _, r, c, flip_r, flip_c = slice_plan(affine, axis)
-    right = _OPPOSITE[codes[c]] if flip_c else codes[c]
-    bottom = _OPPOSITE[codes[r]] if flip_r else codes[r]
-    return dict(left=_OPPOSITE[right], right=right, top=_OPPOSITE[bottom], bottom=bottom)
+    """Patient directions at the edges of a displayed slice (the same in any axis order), e.g.
+    axial: ``{'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}``."""
+    _, rows, cols = PLANES[plane_name(affine, axis)]
+    return dict(left="RAS"[cols], right="LPI"[cols], top="RAS"[rows], bottom="LPI"[rows])
 
 
 def slice_aspect(spacing_mm, axis, affine=None) -> float:
     """imshow aspect (pixel height / pixel width) of a displayed slice with voxels ``spacing_mm``
     (mm); without ``affine`` the array axes are taken to be in x, y, z order."""
-    affine = np.diag([*(float(s) for s in spacing_mm), 1.0]) if affine is None else affine
-    _, r, c, _, _ = slice_plan(affine, axis)
+    _, r, c, _, _ = slice_plan(np.eye(4) if affine is None else affine, axis)
     return float(spacing_mm[r]) / float(spacing_mm[c])
 
 
@@ -217,10 +203,10 @@ def error_rgba(mask2d: np.ndarray, pred2d: np.ndarray, alpha: float) -> np.ndarr
     return out
 
 
-def heat_rgba(values2d: np.ndarray, alpha: float, vmax: float, cmap: str = "inferno") -> np.ndarray:
-    """float32 (H, W, 4) heat map of ``values2d`` in [0, vmax]; zero is fully transparent."""
-    level = np.clip(np.asarray(values2d, dtype=np.float32) / max(float(vmax), 1e-6), 0.0, 1.0)
-    out = mpl.colormaps[cmap](level).astype(np.float32)
+def heat_rgba(values2d: np.ndarray, alpha: float, vmax: float) -> np.ndarray:
+    """float32 (H, W, 4) 'inferno' heat map of ``values2d`` in [0, vmax]; zero is transparent."""
+    level = np.clip(np.asarray(values2d, dtype=np.float32) / vmax, 0.0, 1.0)
+    out = mpl.colormaps["inferno"](level).astype(np.float32)
     out[..., 3] = alpha * level
     return out
 
@@ -245,15 +231,13 @@ def colour_legend(ax_or_fig, colours: dict, **kw):
 
 def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=config.HU_WINDOW, mask=None,
                pred=None, overlay="contour", alpha=0.4, labels=True, pred_name="prediction"):
-    """Draw one CT slice on ``ax`` in the radiological convention, with an optional overlay;
-    returns ``ax``.
+    """Draw slice ``index`` of ``ct_hu`` (X, Y, Z) on ``ax``, radiological; returns ``ax``.
 
     ``overlay``: 'contour' (outlines of ``mask`` and ``pred``), 'fill' (translucent areas),
     'errors' (true positive / false positive / false negative, with a legend; needs both) or
     'none'. ``window``: a (low, high) HU pair or a preset name; ``pred_name`` names ``pred`` in
     the legend.
     """
-    affine = np.asarray(affine, dtype=float)
     kw = dict(aspect=slice_aspect(spacing_mm, axis, affine), interpolation="nearest")
     cut = lambda vol: display_slice(vol, affine, axis, index)  # noqa: E731
     lo, hi = window_limits(window)
@@ -284,12 +268,11 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=config.HU_WIND
     return ax
 
 
-def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lung",
-                         pred=None, overlay="contour", width_in=PAGE_IN):
-    """Axial and coronal slices through the centre of ``mask`` and the sagittal slice with
-    the most of it (through a lung, not the mediastinum); returns the Figure. Panel widths
-    follow each slice's size in mm, so that the three share one height."""
-    affine, shape = np.asarray(affine, dtype=float), np.shape(ct_hu)
+def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None):
+    """Axial and coronal slices through the centre of ``mask``, the sagittal slice with the most
+    of it (a lung, not the mediastinum), with its outline; returns the Figure, a page wide, its
+    panels as wide as each slice is in mm so that the three share one height."""
+    shape = np.shape(ct_hu)
     has_mask = mask is not None and np.any(mask)
     centre = (np.round(ndi.center_of_mass(np.asarray(mask) > 0)).astype(int) if has_mask
               else np.asarray(shape) // 2)
@@ -298,16 +281,12 @@ def montage_three_planes(ct_hu, mask, spacing_mm, affine, title=None, window="lu
         index["sagittal"] = busiest_slice(mask, affine, "sagittal", near=index["sagittal"])
     ratios = [display_slice(ct_hu, affine, p, i).shape[::-1] for p, i in index.items()]
     ratios = [w / (h * slice_aspect(spacing_mm, p, affine)) for (w, h), p in zip(ratios, PLANES)]
-    fig, axes = plt.subplots(1, 3, figsize=(width_in, width_in / sum(ratios) + 0.45),
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE_IN, PAGE_IN / sum(ratios) + 0.45),
                              gridspec_kw=dict(width_ratios=ratios, wspace=0.04))
     for ax, (plane, i) in zip(axes, index.items()):
-        show_slice(ax, ct_hu, plane, i, spacing_mm, affine, window=window, mask=mask, pred=pred,
-                   overlay=overlay)
+        show_slice(ax, ct_hu, plane, i, spacing_mm, affine, window="lung", mask=mask)
         pos = slice_position_mm(affine, shape, plane, i)
         ax.set_title(f"{plane}, {'xyz'[PLANES[plane][0]]} = {pos:.0f} mm")
-    for ax in (axes[0], axes[2]):   # one legend, under the middle panel
-        if ax.get_legend():
-            ax.get_legend().remove()
     if title:
         fig.suptitle(title)
     return fig

@@ -273,7 +273,7 @@ def run_suite(ensemble_dirs, native_dir=None, max_cases=None, shifts=tuple(SHIFT
             forwards[f"member_{i}"] = inference.compiled_forward(load(group[0]), members=True)
         if len(ensemble_dirs) > 1:
             forwards["ensemble_oof"] = inference.compiled_forward(
-                inference.Ensemble([load(f) for f in every], {}, None), members=True)
+                inference.Ensemble([load(f) for f in every]), members=True)
         forwards["ensemble_all"] = everyone
         rows += score_case(case, forwards, shifts, flagged="ensemble_all")
         methods = (*forwards, "baseline")
