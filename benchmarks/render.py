@@ -146,12 +146,6 @@ def summary(results: dict) -> list[str]:
                            *(_cell(lambda: f"{ratio(key, slow, fast):.2f}×") if key else ""
                              for _, slow, fast in ratios)]
                           for label, fn, key in rows]) + [""]
-    if ttd.get("reach_epoch"):
-        out.append(f"- The quick profile then trains on to epoch {ttd['reference_epochs']} "
-                   f"({ttd['reference_epochs'] * ttd['reference_steps_per_epoch']} steps) and "
-                   f"val Dice {ttd['best_val_dice']:.3f}" + (" (the training log of the earlier "
-                   "reference, trained from scratch: the present one's members were fine-tuned "
-                   "from such runs)." if ttd.get("from_earlier_reference") else "."))
     out += [f"- {job}"] if (job := job_line(results)) else []
     for k in columns(results):
         e = results["isa"][k]
@@ -271,6 +265,25 @@ def _details(e: dict, ref: dict) -> dict:
     return d
 
 
+def recipe_row(manifest: dict, evaluation: dict) -> dict:
+    """A trained ensemble's size and out-of-fold Dice (notebook 05's evaluation.json) per grid."""
+    dice = lambda b, k: b["summary"]["unet"]["dice"][k]  # noqa: E731
+    return {"members": len(manifest["members"]), "epochs": manifest["settings"]["epochs"],
+            "dice": {g: [dice(b, "mean"), dice(b, "worst_value"), [r["case_id"] for r in b["cases"]
+                     if r["unet"]["dice"] < r["baseline"]["dice"]]] for g, b in evaluation.items()
+                     if g in ("grid64", "native")}}
+
+
+def recipe_table(results: dict) -> list[str]:
+    """The recipe runs (run.py --recipe): out-of-fold Dice against members x epochs (time)."""
+    rows = [[label, f"{r['members']} × {r['epochs']}", *(f"{m:.4f} ({w:.4f})" for m, w, _ in
+             r["dice"].values()), ", ".join(sorted({c for *_, b in r["dice"].values() for c in b}))
+             or "none"] for label, r in (results.get("recipes") or {}).items()]
+    return rows and ["## Recipes: out-of-fold Dice against training time", "", *_table(
+        ["", "members × epochs", "64³: mean (worst)", "native: mean (worst)", "below the "
+         "classical baseline"], rows), ""]
+
+
 def results_markdown(results: dict) -> str:
     isas = columns(results)
     cols = [_details(results["isa"][k], results["reference"]) for k in isas]
@@ -282,7 +295,8 @@ def results_markdown(results: dict) -> str:
         "(`make bench`; `--eigen` for a column with oneDNN off, `--isa avx2` on an AVX-512 CPU "
         f"for the emulated AVX2 column). Machines: {machines(results)}. "
         "Do not edit: re-run the command. How each number is measured: [README.md](README.md).",
-        "", "## Summary", "", *summary(results), "", "## Every measurement", "",
+        "", "## Summary", "", *summary(results), "", *recipe_table(results),
+        "## Every measurement", "",
         "Timings: median (min–max, n repetitions) after a warm-up. Training steps: "
         "`train_on_batch`, GFLOP/s = 3 × forward FLOPs × batch / step (share of the ceiling of "
         "its precision), peak memory.", "", *_table(["", *(ISA_LABEL[k] for k in isas)], rows),

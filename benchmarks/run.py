@@ -204,6 +204,8 @@ def main(argv=None) -> int:
         ap.add_argument(flag, action="store_true", help=text)
     ap.add_argument("--job", type=Path, metavar="JOB_JSON",
                     help="measure nothing: add a make-all run's job.json, re-render")
+    ap.add_argument("--recipe", nargs=2, metavar=("RUN", "LABEL"),
+                    help="measure nothing: add a trained run's out-of-fold Dice, re-render")
     ap.add_argument("--only", type=lambda s: s.split(","), default=(), metavar="KEY,...",
                     help="measure these tasks only (e.g. native,cli), keep the column's others")
     ap.add_argument("--quiet-wait", type=float, default=240.0, metavar="S",
@@ -219,6 +221,10 @@ def main(argv=None) -> int:
         kind = "avx512" if job["cpu"]["avx512"] else "avx2"
         old = (results.get("job") or {}).get("make_all") or {}
         results["job"] = {"make_all": {**old, kind: {**job, "run": args.job.parent.name}}}
+    if args.recipe:
+        run, args.render = Path(args.recipe[0]), True
+        results["recipes"] = {**(results.get("recipes") or {}), args.recipe[1]: render.recipe_row(
+            *(json.loads((run / f).read_text()) for f in ("manifest.json", "evaluation.json")))}
     if not args.render:
         has512 = "avx512f" in (cpu := cpu_info())["flags"]
         if args.isa == "avx512" and not has512:

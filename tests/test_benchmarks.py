@@ -176,6 +176,20 @@ def test_a_failed_task_is_reported_not_rendered():
     assert render.checks(entry, ref)["training_memory"] == [False, "not measured"]
 
 
+def test_a_recipe_row_names_its_size_dice_and_the_cases_below_the_baseline():
+    case = lambda cid, unet, base: {"case_id": cid, "unet": {"dice": unet},  # noqa: E731
+                                    "baseline": {"dice": base}}
+    block = {"summary": {"unet": {"dice": {"mean": 0.98, "worst_value": 0.97}}},
+             "cases": [case("p1", 0.99, 0.98), case("p2", 0.97, 0.975)]}
+    row = render.recipe_row({"members": [{}, {}, {}], "settings": {"epochs": 100}},
+                            {"grid64": block, "native": block, "run": "x"})
+    assert row == {"members": 3, "epochs": 100, "dice": {g: [0.98, 0.97, ["p2"]]
+                                                         for g in ("grid64", "native")}}
+    table = render.recipe_table({"recipes": {"three": row}})
+    assert "| three | 3 × 100 | 0.9800 (0.9700) | 0.9800 (0.9700) | p2 |" in table
+    assert render.recipe_table({}) == []
+
+
 def test_update_readme_replaces_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
