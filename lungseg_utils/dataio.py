@@ -162,7 +162,9 @@ def load_nifti(path, what: str = "image", allow_unoriented: bool = False
 
 def hu_problem(ct: np.ndarray) -> str | None:
     """Why intensities do not look like Hounsfield units (a chest CT has air near -1000),
-    or None when they do."""
+    or None when they do: when the 0.5th percentile is below -200 HU."""
+    if np.count_nonzero(ct < -200.0) >= int(0.005 * (ct.size - 1)) + 2:   # it is: no sort needed
+        return None
     lo, hi = float(np.percentile(ct, 0.5)), float(np.percentile(ct, 99.5))
     if lo < -200.0:
         return None
@@ -226,11 +228,9 @@ def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
                overwrite: bool = False) -> Path:
-    """Write ``data`` with ``affine`` to ``path`` atomically (a crash never leaves half a file).
-
-    ``header`` (e.g. the input's) is copied so that units and codes carry over; the data type
-    is the array's. Refuses to replace an existing file unless ``overwrite``.
-    """
+    """Write ``data`` (its dtype) with ``affine`` to ``path`` atomically, ``header`` (e.g. the
+    input's) copied so that units and codes carry over; refuses to replace a file unless
+    ``overwrite``."""
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=hdr)
     img.set_data_dtype(np.asarray(data).dtype)
@@ -271,10 +271,9 @@ def make_split(case_ids, val_fraction: float = 0.15, test_fraction: float = 0.2,
     if n_test + n_val >= n:
         n_test = max(0, n - n_val - 1)
     shuffled = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
-    return {"seed": int(seed),
-            "test": sorted(shuffled[:n_test]),
-            "val": sorted(shuffled[n_test:n_test + n_val]),
-            "train": sorted(shuffled[n_test + n_val:])}
+    parts = {"test": shuffled[:n_test], "val": shuffled[n_test:n_test + n_val],
+             "train": shuffled[n_test + n_val:]}
+    return {"seed": int(seed), **{k: sorted(v) for k, v in parts.items()}}
 
 
 def save_json(obj, path, overwrite: bool = False) -> Path:

@@ -374,3 +374,19 @@ def test_hu_advice_fits_the_data_it_is_given():
     raw = np.random.default_rng(0).integers(0, 3000, (8, 8, 8)).astype(np.float32)
     assert "--rescale 1 -1024" in hu_problem(raw)      # raw scanner values: the intercept
     assert hu_problem(raw - 1024.0) is None
+
+
+def test_hu_check_counts_instead_of_sorting_where_the_answer_is_the_same():
+    """A chest CT passes when its 0.5th percentile is below -200 HU; the check counts the
+    voxels below -200 first. Around the percentile's rank both must agree exactly."""
+    from lungseg_utils.dataio import hu_problem
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 201, 403, 1000, 2999):
+        rank = int(0.005 * (n - 1))
+        for below in range(0, min(n, rank + 4) + 1):
+            ct = np.concatenate([rng.uniform(-1100, -200.5, below),
+                                 rng.choice([-200.0, 0.0, 300.0, 255.0], n - below)])
+            ct = rng.permutation(ct).astype(np.float32).reshape(-1, 1, 1)
+            passes = float(np.percentile(ct, 0.5)) < -200.0
+            assert (hu_problem(ct) is None) == passes, (n, below)

@@ -35,7 +35,7 @@ MAX_BENCHMARK_LINES = 900
 #: to what a reader needs (2,432 lines of code, 641 blank, 643 of docstrings). The issue's
 #: target is 3,500; a ratchet: lower it as the core shrinks, and a change that grows the core
 #: pays for its lines elsewhere first.
-MAX_NOTEBOOK_REACH_LINES = 3568
+MAX_NOTEBOOK_REACH_LINES = 3567
 #: Wings in the order imports may go: a module may import its own wing and those before it.
 LAYERS = ("", "runs", "scan", "study", "report", "cli")
 
