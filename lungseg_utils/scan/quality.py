@@ -131,8 +131,9 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     right_ml = float((labels == RIGHT_LUNG).sum()) * voxel_ml if sided else None
     left_ml = float((labels == LEFT_LUNG).sum()) * voxel_ml if sided else None
     total_ml = float(mask.sum()) * voxel_ml
-    _, n_components = ndi.label(mask, structure=np.ones((3, 3, 3)))
-    surface = anatomy.boundary(mask)
+    box, surface = anatomy.bounding_box(mask, margin=1), np.zeros_like(mask)  # alike in the box
+    _, n_components = ndi.label(mask[box], structure=np.ones((3, 3, 3)))
+    surface[box] = anatomy.boundary(mask[box])
     axial = geometry.axial_axis(affine)
     edge = np.zeros(mask.shape, bool)
     for axis in {0, 1, 2} - {axial}:
