@@ -240,7 +240,7 @@ def main(argv=None) -> int:
                             **{pkg: version(pkg) for pkg in ("tensorflow", "keras", "numpy")}}
         results = {"schema": SCHEMA, "isa": {**merge(results, isa, args.tiny), isa: entry},
                    "reference": {k: v for k, v in ref.items() if k not in ("split", "model_path")},
-                   "job": (results or {}).get("job")}
+                   **{k: (results or {}).get(k) for k in ("job", "recipes")}}
     gpu = BENCH_DIR / "gpu_results.json"
     results["gpu"] = json.loads(gpu.read_text()) if gpu.exists() else results.get("gpu")
     readme = None if args.no_readme or args.tiny else REPO_ROOT / "README.md"
