@@ -147,7 +147,8 @@ def train_main(run_dir=None, data_dir=None, profile=None, verbose=0, **overrides
                                 "into a new folder (nothing is overwritten).")
     settings = config.get_profile(profile, **overrides)
     t0 = time.perf_counter()
-    overrides.pop("folds", None)
+    for key in ("folds", "seed"):   # both are arguments of cross_validate, from the settings
+        overrides.pop(key, None)
     cv = cross_validate(int(settings["folds"]), data_dir, run_dir / "cv", profile,
                         seed=int(settings["seed"]), verbose=verbose, **overrides)
     members = member_runs(run_dir / "cv")

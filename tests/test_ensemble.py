@@ -156,6 +156,7 @@ def test_train_main_writes_the_reference_layout_once(smoke_main, demo_data, tmp_
     assert out["trained"] and out["run_dir"] == run and out["wall_s"] > 0
     manifest = dataio.load_json(run / inference.MANIFEST)
     assert manifest == out["manifest"] and manifest["folds"] == 2
+    assert manifest["fold_seed"] == 42 and {m["seed"] for m in manifest["members"]} == {42}
     assert all(m["file"].startswith("cv/fold_") for m in manifest["members"])
     assert sorted(c for m in manifest["members"] for c in m["test"]) == IDS
     members = ensemble.member_runs(run)
