@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-NOTEBOOKS := 01_data_exploration 02_preprocessing 03_augmentation_preview 04_training 05_evaluation 06_tta viewer
+NOTEBOOKS := $(addprefix notebooks/,01_data_exploration 02_preprocessing \
+               03_augmentation_preview 04_training 05_evaluation 06_tta) app/viewer
 
 .PHONY: all setup notebooks report test bench robustness promote reference
 
@@ -35,10 +36,10 @@ notebooks: setup
 	@export LUNGSEG_RUN="$(or $(RUN),results/reference)"; echo "== run: $$LUNGSEG_RUN"; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($${LUNGSEG_PROFILE:-main})"; \
-	  $(PY) -m jupytext --quiet --to ipynb --update notebooks/$$nb.py || exit 1; \
+	  $(PY) -m jupytext --quiet --to ipynb --update $$nb.py || exit 1; \
 	  $(PY) -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
 	    --KernelManager.transport_encryption=auto \
-	    --ExecutePreprocessor.timeout=7200 notebooks/$$nb.ipynb || exit 1; \
+	    --ExecutePreprocessor.timeout=7200 $$nb.ipynb || exit 1; \
 	done
 
 ## report: rebuild report/report.pdf and README's results from RUN's result files (seconds)
@@ -58,9 +59,9 @@ promote: setup
 	@test -n "$(RUN)" || { echo "usage: make promote RUN=results/models/main_..."; exit 2; }
 	$(PY) -m lungseg_utils.study.reference "$(RUN)"
 
-## test: the whole suite — unit tests, notebooks under nbval (smoke profile), browser test
+## test: the whole suite — unit tests, notebooks and the app under nbval (smoke profile), browser test
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax \
+	$(PY) -m pytest tests notebooks app --nbval-lax \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 \
 	  -p no:cacheprovider -q -rs
 

@@ -16,7 +16,6 @@ One job per module, in the order the data flows; imports only go down this list:
 ``augment``      pure NumPy transforms of (CT, mask) pairs
 ``dataset``      the Keras ``PyDataset`` that feeds training
 ``unet``         the 3D U-Net, Dice/hybrid losses, Dice and IoU metrics
-``storage``      a model file without its optimizer, weights stored as float16
 ``train``        the training steps and callbacks, and ``train()``: one model from random
                  weights into a new run folder
 ``inference``    load, forward, predict, refine, TTA on any grid and back

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, config, dataio, dataset, storage, synthetic, unet
+from . import augment, config, dataio, dataset, synthetic, unet
 from .config import import_keras_quietly
 from .errors import LungsegInputError, LungsegWarning
 from .metrics import dice, iou
@@ -238,8 +238,9 @@ def validation_epochs(settings: dict) -> list[int]:
 
 def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:
     """Write ``final_model.keras`` (``checkpoint="last"``: ``best_model.keras`` too, the same
-    weights), compacted (:mod:`lungseg_utils.storage`); returns the model file the run is
-    scored and used by. ``on_written()`` is called before the final model takes its name."""
+    weights), each without the optimizer's state (:func:`drop_optimizer`); returns the model
+    file the run is scored and used by. ``on_written()`` is called before the final model
+    takes its name."""
     with dataio.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
         model.save(tmp)
         if on_written is not None:
@@ -249,8 +250,17 @@ def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:
         with dataio.atomic_write(best_path, overwrite=True) as tmp:
             shutil.copyfile(run_dir / "final_model.keras", tmp)
     for path in (best_path, run_dir / "final_model.keras"):
-        storage.compact_model_file(path)    # no optimizer, float16 weights: 11 MB
+        drop_optimizer(path)
     return best_path if best_path.exists() else run_dir / "final_model.keras"
+
+
+def drop_optimizer(path: Path) -> None:
+    """Re-save the ``.keras`` file ``path`` in place without Adam's moments (two thirds of its
+    bytes): a model loaded uncompiled saves none. A missing file is left missing."""
+    if path.exists():
+        model = keras.saving.load_model(path, compile=False)
+        with dataio.atomic_write(path, overwrite=True) as tmp:
+            model.save(tmp)
 
 
 def score_run(model_path: Path, run_dir: Path, split: dict, folders: dict, settings: dict,

@@ -152,7 +152,7 @@ viz.show_code(train.fit_model)
 
 # %% [markdown]
 # `train.train` runs these steps for one member — build and compile, fit, save (without the
-# optimiser, weights as float16), score its test cases — and writes its run folder.
+# optimiser's state), score its test cases — and writes its run folder.
 #
 # ## Cross-validation: one member per fold
 # The cases are dealt into seeded folds; member *i* is tested on fold *i* and trains on the

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "Makefile",
-        *sorted((ROOT / "notebooks").glob("*.py"))]
+        *sorted((ROOT / "notebooks").glob("*.py")), *sorted((ROOT / "app").glob("*.py"))]
 
 
 # ----------------------------------------------------------------------------- processes

@@ -32,10 +32,11 @@ MAX_BENCHMARK_LINES = 900
 #: wing used moved there (the command's error handler to runs/command, HU and orientation
 #: checks of people's scans to scan/reader, the scan's all-or-nothing files to scan/outputs,
 #: LPS_TO_RAS to scan/dicom, reorient to study/robustness), repetition merged, docstrings cut
-#: to what a reader needs (2,432 lines of code, 641 blank, 643 of docstrings). The issue's
-#: target is 3,500; a ratchet: lower it as the core shrinks, and a change that grows the core
-#: pays for its lines elsewhere first.
-MAX_NOTEBOOK_REACH_LINES = 3567
+#: to what a reader needs (2,432 lines of code, 641 blank, 643 of docstrings); 3,567 after a
+#: second reading; 3,498 once the half-precision storage of a finished model moved to the
+#: study that measures it (study/compact). The issue's target, 3,500, is the limit: a change
+#: that grows the core pays for its lines elsewhere first.
+MAX_NOTEBOOK_REACH_LINES = 3500
 #: Wings in the order imports may go: a module may import its own wing and those before it.
 LAYERS = ("", "runs", "scan", "study", "report", "cli")
 
@@ -272,29 +273,27 @@ def test_no_module_named_after_the_standard_library_and_no_private_imports():
     assert private_imports(PACKAGE) == []
 
 
-#: The one wing module a notebook may import, and why: the viewer app (served with Voila) opens
-#: any NIfTI file or DICOM folder a user types in; the six course notebooks import the core only.
-NOTEBOOK_WINGS = {"viewer.py": {"scan.browser"}}
+#: What the app (``app/viewer.py``, served with Voila) may import beside the core: the case
+#: browser, which opens any NIfTI file or DICOM folder a user types in.
+APP_WINGS = {"scan.browser"}
 
 
 def test_the_notebooks_reach_a_small_core():
-    """Every notebook's imports, followed through the package: the course notebooks reach the
-    core only, the viewer app the one wing module it needs, and the core they reach stays
-    within :data:`MAX_NOTEBOOK_REACH_LINES` (the app's wing modules counted apart)."""
+    """Every course notebook's imports, followed through the package, reach the core only,
+    and what they reach stays within :data:`MAX_NOTEBOOK_REACH_LINES`; the app reaches the
+    core and the scan wing through :data:`APP_WINGS` only."""
     graph = package_imports(PACKAGE)
     files = module_files(PACKAGE)
-    core, wings = set(), set()
-    for nb in sorted((ROOT / "notebooks").glob("*.py")):
-        roots = notebook_roots([nb], set(files))
-        wing_roots = {m for m in roots if layer(m)}
-        assert wing_roots <= NOTEBOOK_WINGS.get(nb.name, set()), (nb.name, wing_roots)
-        reach = reached(graph, roots)
-        core |= {m for m in reach if not layer(m)}
-        wings |= {m for m in reach if layer(m)}
-    assert {"config", "unet", "train", "inference"} <= core
-    assert wings <= {m for m in files if m.startswith("scan")}   # the app reads scans only
-    lines = {m: len(files[m].read_text().splitlines()) for m in core}
+    notebooks = sorted((ROOT / "notebooks").glob("*.py"))
+    assert len(notebooks) == 6
+    reach = reached(graph, notebook_roots(notebooks, set(files)))
+    assert {m for m in reach if layer(m)} == set(), sorted(m for m in reach if layer(m))
+    assert {"config", "unet", "train", "inference"} <= reach
+    lines = {m: len(files[m].read_text().splitlines()) for m in reach}
     assert sum(lines.values()) <= MAX_NOTEBOOK_REACH_LINES, (sum(lines.values()), lines)
+    app_roots = notebook_roots(sorted((ROOT / "app").glob("*.py")), set(files))
+    assert {m for m in app_roots if layer(m)} == APP_WINGS
+    assert all(m.startswith("scan") for m in reached(graph, app_roots) if layer(m))
 
 
 def test_no_module_over_450_lines():

@@ -29,8 +29,8 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
 def test_every_notebook_is_a_synced_jupytext_pair():
     import jupytext
 
-    pys = sorted((ROOT / "notebooks").glob("*.py"))
-    assert len(pys) >= 2
+    pys = sorted([*(ROOT / "notebooks").glob("*.py"), *(ROOT / "app").glob("*.py")])
+    assert len(pys) >= 7
     for py in pys:
         nb = py.with_suffix(".ipynb")
         assert nb.exists(), f"{py.name} has no paired {nb.name}"
@@ -44,7 +44,7 @@ def test_every_notebook_names_its_kernel():
     (jupytext.toml keeps it) and the .ipynb has it."""
     import jupytext
 
-    for py in sorted((ROOT / "notebooks").glob("*.py")):
+    for py in sorted([*(ROOT / "notebooks").glob("*.py"), *(ROOT / "app").glob("*.py")]):
         for path in (py, py.with_suffix(".ipynb")):
             spec = jupytext.read(path).metadata.get("kernelspec", {})
             assert spec.get("name") == "python3" and spec.get("language") == "python", path.name
@@ -137,7 +137,7 @@ def test_a_static_render_of_the_viewer_shows_its_first_picture():
     import nbformat
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(ROOT / "notebooks" / "viewer.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "app" / "viewer.ipynb", as_version=4)
     nb.metadata.pop("widgets", None)                      # as a viewer without widget state
     html, _ = HTMLExporter().from_notebook_node(nb)
     assert html.count('src="data:image/png;base64,') >= 1

@@ -1,4 +1,4 @@
-"""The case browser of the viewer app (``notebooks/viewer.ipynb``, served with Voila): pick a
+"""The case browser of the viewer app (``app/viewer.ipynb``, served with Voila): pick a
 course or native case, or type the path of any NIfTI file or DICOM folder, look at it in the
 course's :class:`lungseg_utils.viewer.SliceViewer`, and segment it on demand with a run's
 U-Net (or, without one, the classical baseline).

@@ -1,6 +1,6 @@
 """An ensemble's members stored at half precision, and what that changes, measured.
 
-:func:`compact_ensemble` converts each member's weights (:func:`.storage.convert_weights`)
+:func:`compact_ensemble` converts each member's weights (:func:`convert_weights`)
 and scores every member on its own out-of-fold cases before and after, so the saving comes
 with its cost in Dice beside it::
 
@@ -14,19 +14,64 @@ import io
 import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .. import experiments, inference, dataio, metrics
 from ..errors import LungsegInputError
 from ..runs.command import run_command
-from ..storage import STORAGE_DTYPES, WEIGHTS_ENTRY, convert_weights
+
+WEIGHTS_ENTRY = "model.weights.h5"
+STORAGE_DTYPES = ("float32", "float16")
+
+
+def _copy_h5(src, dst, dtype: str) -> int:
+    """Copy every group, dataset and attribute of h5py ``src`` into ``dst``, float16 and
+    float32 datasets as ``dtype``. Returns the number of arrays converted."""
+    converted = 0
+    dst.attrs.update(src.attrs)
+    for name, item in src.items():
+        if isinstance(item, h5py.Group):
+            converted += _copy_h5(item, dst.create_group(name), dtype)
+            continue
+        data = item[()]
+        if (isinstance(data, np.ndarray) and str(data.dtype) in STORAGE_DTYPES
+                and str(data.dtype) != dtype):
+            data = data.astype(dtype)
+            converted += 1
+        dst.create_dataset(name, data=data).attrs.update(item.attrs)
+    return converted
+
+
+def convert_weights(path, dtype: str = "float16") -> int:
+    """Rewrite the weights of the ``.keras`` archive ``path`` in place (atomically), every
+    float32 or float16 array as ``dtype`` (:data:`STORAGE_DTYPES`); returns how many arrays
+    changed. Refuses another dtype and a file that is not a ``.keras`` archive."""
+    path = Path(path)
+    if dtype not in STORAGE_DTYPES:
+        raise LungsegInputError(f"{path}: weights can be stored as {STORAGE_DTYPES}, not {dtype!r}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise LungsegInputError(f"{path}: not a .keras archive ({exc}).") from None
+    if WEIGHTS_ENTRY not in {info.filename for info, _ in entries}:
+        raise LungsegInputError(f"{path}: a .keras archive without {WEIGHTS_ENTRY}.")
+    converted = 0
+    with dataio.atomic_write(path, overwrite=True) as tmp, zipfile.ZipFile(tmp, "w") as out:
+        for info, data in entries:
+            if info.filename == WEIGHTS_ENTRY:
+                buffer = io.BytesIO()
+                with h5py.File(io.BytesIO(data), "r") as src, h5py.File(buffer, "w") as dst:
+                    converted = _copy_h5(src, dst, dtype)
+                data = buffer.getvalue()
+            out.writestr(info, data)
+    return converted
 
 
 def weights_dtype(path) -> str:
     """The dtype the float weights of a ``.keras`` file are stored in: ``"float32"``,
     ``"float16"``, or ``"mixed"``."""
-    import h5py
-
     path = Path(path)
     with zipfile.ZipFile(path) as archive, h5py.File(
             io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r") as h5:
