@@ -48,11 +48,13 @@ report: setup
 
 ## reference: rebuild the committed reference from random weights — the main job (the `main`
 ##            recipe, a fixed number of epochs: the same model on a busy or an idle machine)
-##            into a new run, then that run promoted to results/reference
+##            into a new run, then that run promoted to results/reference and its members
+##            stored at half precision (what that changes: results/reference/storage.json)
 reference:
 	@run="results/models/main_$$(date +%Y%m%d-%H%M%S)"; \
 	$(MAKE) --no-print-directory all RUN="$$run" && \
-	$(MAKE) --no-print-directory promote RUN="$$run"
+	$(MAKE) --no-print-directory promote RUN="$$run" && \
+	$(PY) -m lungseg_utils.study.compact results/reference
 
 ## promote: make RUN (a finished `make all` run) the committed reference, results/reference
 promote: setup
