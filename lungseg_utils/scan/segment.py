@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -214,15 +215,18 @@ def run(args) -> int:
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
                                  postprocess=args.postprocess, refine=not args.no_refine,
                                  members=True)
-            sides = split_left_right(
-                res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(ct, affine, res["body"]))
+            with ThreadPoolExecutor(1) as pool:   # the baseline beside the sides: both cores
+                baseline = (pool.submit(quality.baseline_mask, ct, affine, res["body"])
+                            if res["mask"].any() else None)
+                sides = split_left_right(res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(
+                    ct, affine, res["body"]))
+                baseline = baseline is not None and baseline.result()
             if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
                 raise LungsegInputError(
                     f"{name}: right and left cannot be told apart (one lung in view, and the "
                     "body cut off at the scan's side: no midline to place it by); run with "
                     "--labels lung.")
             mask = sides if args.labels == "lr" else res["mask"]
-            baseline = res["mask"].any() and quality.baseline_mask(ct, affine, res["body"])
             summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"],
                                            baseline)
             summary = {"case": name, "input": {**info, "orientation": "".join(
