@@ -216,11 +216,11 @@ def run(args) -> int:
                                  postprocess=args.postprocess, refine=not args.no_refine,
                                  members=True)
             with ThreadPoolExecutor(1) as pool:   # the baseline beside the sides: both cores
-                baseline = (pool.submit(quality.baseline_mask, ct, affine, res["body"])
-                            if res["mask"].any() else None)
+                pending = (pool.submit(quality.baseline_mask, ct, affine, res["body"])
+                           if res["mask"].any() else None)
                 sides = split_left_right(res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(
                     ct, affine, res["body"]))
-                baseline = baseline is not None and baseline.result()
+                baseline = pending is not None and pending.result()
             if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
                 raise LungsegInputError(
                     f"{name}: right and left cannot be told apart (one lung in view, and the "
