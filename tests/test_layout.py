@@ -33,10 +33,11 @@ MAX_BENCHMARK_LINES = 900
 #: checks of people's scans to scan/reader, the scan's all-or-nothing files to scan/outputs,
 #: LPS_TO_RAS to scan/dicom, reorient to study/robustness), repetition merged, docstrings cut
 #: to what a reader needs (2,432 lines of code, 641 blank, 643 of docstrings); 3,567 after a
-#: second reading; 3,498 once the half-precision storage of a finished model moved to the
-#: study that measures it (study/compact). The issue's target, 3,500, is the limit: a change
-#: that grows the core pays for its lines elsewhere first.
-MAX_NOTEBOOK_REACH_LINES = 3500
+#: second reading; 3,528 once the half-precision storage of a finished model moved to the
+#: study that measures it (study/compact), counting the package's ``__init__`` (30 lines),
+#: which every import runs. The issue's target is 3,500: a ratchet, lower it as the core
+#: shrinks, and a change that grows the core pays for its lines elsewhere first.
+MAX_NOTEBOOK_REACH_LINES = 3528
 #: Wings in the order imports may go: a module may import its own wing and those before it.
 LAYERS = ("", "runs", "scan", "study", "report", "cli")
 
@@ -286,7 +287,7 @@ def test_the_notebooks_reach_a_small_core():
     files = module_files(PACKAGE)
     notebooks = sorted((ROOT / "notebooks").glob("*.py"))
     assert len(notebooks) == 6
-    reach = reached(graph, notebook_roots(notebooks, set(files)))
+    reach = reached(graph, notebook_roots(notebooks, set(files))) | {"__init__"}  # runs first
     assert {m for m in reach if layer(m)} == set(), sorted(m for m in reach if layer(m))
     assert {"config", "unet", "train", "inference"} <= reach
     lines = {m: len(files[m].read_text().splitlines()) for m in reach}
