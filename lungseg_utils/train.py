@@ -237,20 +237,20 @@ def validation_epochs(settings: dict) -> list[int]:
 
 
 def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:
-    """Write ``final_model.keras`` (``checkpoint="last"``: ``best_model.keras`` too, the same
-    weights), each without the optimizer's state (:func:`drop_optimizer`); returns the model
-    file the run is scored and used by. ``on_written()`` is called before the final model
-    takes its name."""
+    """Write ``final_model.keras`` (``"last"``: ``best_model.keras`` too, the same weights),
+    each without the optimizer's state (:func:`drop_optimizer`); returns the model file the
+    run is scored and used by. ``on_written()`` runs before the final model takes its name."""
     with dataio.atomic_write(run_dir / "final_model.keras", overwrite=True) as tmp:
         model.save(tmp)
+        drop_optimizer(tmp)
         if on_written is not None:
             on_written()
     best_path = run_dir / "best_model.keras"
     if settings.get("checkpoint", "best") != "best":   # "last": the final weights are the model
         with dataio.atomic_write(best_path, overwrite=True) as tmp:
             shutil.copyfile(run_dir / "final_model.keras", tmp)
-    for path in (best_path, run_dir / "final_model.keras"):
-        drop_optimizer(path)
+    else:                                    # the checkpoint callback's, with Adam's moments
+        drop_optimizer(best_path)
     return best_path if best_path.exists() else run_dir / "final_model.keras"
 
 

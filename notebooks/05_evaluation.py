@@ -84,8 +84,9 @@ def case_table(block, keys=("dice", "hd95_mm")):
 # border survives), traces and removes the trachea and main bronchi, keeps the lungs'
 # components, adds their partial-volume rim (voxels touching the lungs and darker than
 # -300 HU, looked for only in the lungs' box, as a one-voxel rim cannot reach further) and
-# fills holes — the few lines below, each step one function of `lungseg_utils.anatomy`. "U-Net + post-processing" keeps the one or two largest components
-# of the network's mask and fills enclosed holes.
+# fills holes — the few lines below, each step one function of `lungseg_utils.anatomy`.
+# "U-Net + post-processing" keeps the one or two largest components of the network's mask
+# and fills enclosed holes.
 #
 # The experts' 64³ masks call a 5 mm voxel lung when more than half of it is lung, and the
 # network draws its boundary a little inside that. So the pipeline looks at the voxels just
