@@ -149,15 +149,14 @@ def package_versions() -> dict:
     import platform
     from importlib import metadata
 
-    def version(*names):
-        for name in names:
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                return metadata.version(name)
+    def version(name):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name)
         return None
 
     return {"python": platform.python_version(),
             **{n: version(n) for n in ("numpy", "scipy", "nibabel", "keras")},
-            "tensorflow": version("tensorflow", "tensorflow-cpu"),
+            "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
             "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 

@@ -160,25 +160,11 @@ def load_nifti(path, what: str = "image", allow_unoriented: bool = False
     return data, affine, img.header
 
 
-def hu_problem(ct: np.ndarray) -> str | None:
-    """Why intensities do not look like Hounsfield units (a chest CT has air near -1000),
-    or None when they do: when the 0.5th percentile is below -200 HU."""
-    if np.count_nonzero(ct < -200.0) >= int(0.005 * (ct.size - 1)) + 2:   # it is: no sort needed
-        return None
-    lo, hi = float(np.percentile(ct, 0.5)), float(np.percentile(ct, 99.5))
-    if lo < -200.0:
-        return None
-    if hi <= 1.0 + 1e-6:
-        return ("all in [0, 1] (already normalised?); for this project's window that is "
-                "--rescale 1300 -1000")
-    if lo >= 0.0 and hi < 1000.0:
-        return (f"in [{lo:.0f}, {hi:.0f}], too narrow a range for CT numbers (an 8-bit picture "
-                "or a display export?); no rescale recovers HU from it: use the scan as the "
-                "scanner stored it")
-    if lo >= 0.0:
-        return (f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values without "
-                "their intercept?); usually --rescale 1 -1024")
-    return f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
+def looks_like_hu(ct: np.ndarray) -> bool:
+    """True if intensities look like Hounsfield units: a chest CT has air near -1000, so its
+    0.5th percentile lies below -200 (:func:`lungseg_utils.scan.reader.hu_problem` says why not)."""
+    return bool(np.count_nonzero(ct < -200.0) >= int(0.005 * (ct.size - 1)) + 2   # no sort needed
+                or np.percentile(ct, 0.5) < -200.0)
 
 
 def load_case(case_dir, require_mask: bool = True) -> Case:
@@ -187,16 +173,16 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
     The mask is binarised (label > 0 is lung) to uint8, its labels kept in ``Case.labels``.
     Raises LungsegInputError if a file is missing or bad, if CT and mask differ in shape or
     affine, or if the mask's values are not labels (a copy of the CT); warns for an empty mask or
-    a CT that does not look like HU (:func:`hu_problem`).
+    a CT that does not look like HU (:func:`looks_like_hu`).
     """
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise LungsegInputError(f"{case_dir}: case folder does not exist.")
     ct_path, mask_path = case_dir / CT_NAME, case_dir / MASK_NAME
     ct, affine, header = load_nifti(ct_path, "CT")
-    if (why := hu_problem(ct)) is not None:
-        warnings.warn(f"{ct_path}: intensities do not look like HU: {why}.", LungsegWarning,
-                      stacklevel=2)
+    if not looks_like_hu(ct):
+        warnings.warn(f"{ct_path}: intensities do not look like HU (no air below -200).",
+                      LungsegWarning, stacklevel=2)
     mask, labels = None, ()
     if mask_path.exists() or require_mask:
         m, m_affine, _ = load_nifti(mask_path, "lung mask")

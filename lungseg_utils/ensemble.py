@@ -64,19 +64,15 @@ def write_manifest(folder, run_dirs, fold_seed: int, overwrite: bool = False) ->
     return dataio.save_json(manifest, folder / inference.MANIFEST, overwrite=overwrite)
 
 
-def train_members(splits, data_dir, out_root, profile=None, verbose=0, init_from=None,
-                  trainer=None, **overrides) -> list[Path]:
+def train_members(splits, data_dir, out_root, profile=None, verbose=0, trainer=None,
+                  **overrides) -> list[Path]:
     """The cross-validation loop: for each fold's split, train one member with ``trainer``
-    (default :func:`lungseg_utils.train.train`: from random weights) into ``out_root/fold_i``;
-    with ``init_from`` member i starts from that ensemble's member i (``init_weights``, which
-    the train command's trainer takes: :func:`lungseg_utils.runs.training.train_run`)."""
+    (default :func:`lungseg_utils.train.train`: from random weights) into ``out_root/fold_i``."""
     trainer = trainer or train.train
-    inits = member_runs(init_from) if init_from else [None] * len(splits)
     runs = []
     for i, split in enumerate(splits):
-        init = {"init_weights": inits[i] / inference.MODEL_FILE} if inits[i] else {}
         runs.append(trainer(data_dir, out_dir=Path(out_root) / f"fold_{i}", profile=profile,
-                            split=split, verbose=verbose, **init, **overrides))
+                            split=split, verbose=verbose, **overrides))
     return runs
 
 
@@ -95,25 +91,19 @@ def score_members(runs, data_dir) -> list[dict]:
 
 
 def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: int = 42,
-                   verbose=0, init_from=None, trainer=None, **overrides) -> dict:
+                   verbose=0, trainer=None, splits=None, **overrides) -> dict:
     """Train the K members of one configuration (:func:`train_members`, into
     ``out_dir/fold_i/``, default ``results/cv/``) on :func:`fold_splits` (``seed``: the folds'
-    and, unless overridden, the training's), or fine-tuned from ``init_from``'s ``k`` members
-    on their splits. Writes ``manifest.json`` and returns ``cross_validation.json``: ``{"folds",
-    "profile", "settings", "cases": [{"case_id", "fold", "run", metrics...}], "summary"}``,
-    each case scored on the 64^3 grid by the member that never saw it."""
+    and, unless overridden, the training's) or on ``splits`` given. Writes ``manifest.json``
+    and returns ``cross_validation.json``: ``{"folds", "profile", "settings", "cases":
+    [{"case_id", "fold", "run", metrics...}], "summary"}``, each case scored on the 64^3 grid
+    by the member that never saw it."""
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)
     ids = [p.name for p in dataio.discover_cases(data_dir)][: settings.get("max_cases") or None]
-    if init_from:
-        parents = member_runs(init_from)
-        if len(parents) != k:
-            raise LungsegInputError(f"{init_from}: has {len(parents)} members, not k={k}.")
-        splits = [dataio.load_json(r / "split.json") for r in parents]
-    else:
-        splits = fold_splits(ids, k, seed, settings["checkpoint"])
-    runs = train_members(splits, data_dir, out_root, profile, verbose, init_from, trainer,
+    splits = splits or fold_splits(ids, k, seed, settings["checkpoint"])
+    runs = train_members(splits, data_dir, out_root, profile, verbose, trainer,
                          **{"seed": seed, **overrides})
     write_manifest(out_root, runs, seed, overwrite=True)
     rows = score_members(runs, data_dir)

@@ -47,9 +47,6 @@ class Ensemble:
 
     members: list
 
-    def __len__(self):
-        return len(self.members)
-
 
 def _load_keras(path: Path):
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):

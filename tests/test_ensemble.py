@@ -71,7 +71,7 @@ def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
         assert not set(m["train"]) & set(m["test"])
     models = [inference.load_model(out / m["file"]) for m in manifest["members"]]
     ens = inference.load_model(out)
-    assert isinstance(ens, inference.Ensemble) and len(ens) == 2
+    assert isinstance(ens, inference.Ensemble) and len(ens.members) == 2
     x = np.random.default_rng(0).random((1, 64, 64, 64, 1)).astype(np.float32)
     np.testing.assert_allclose(inference.compiled_forward(ens)(x),
                                np.mean([inference.compiled_forward(m)(x) for m in models], 0),
@@ -83,7 +83,7 @@ def test_manifest_makes_the_folds_an_ensemble(smoke_cv):
     assert [m["sha256"] for m in pub["members"]] == [m["sha256"] for m in manifest["members"]]
     assert all(dataio.file_sha256(published / m["file"]) == m["sha256"] for m in pub["members"])
     assert not list(published.glob("fold_*/final_model.keras"))
-    assert len(inference.load_model(published)) == 2
+    assert len(inference.load_model(published).members) == 2
     # and the evaluation pairs every case with its own fold's member
     jobs = experiments.out_of_fold_jobs(published)
     assert sorted(j[0] for j in jobs) == IDS and all("CV fold" in j[1] for j in jobs)
@@ -98,15 +98,15 @@ def test_command_line(smoke_cv, demo_data, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "cv").exists()                  # refused before training
     seen = {}
 
-    def fake(k, data_dir, out_dir, profile, seed, init_from, trainer):
+    def fake(k, data_dir, out_dir, profile, seed, trainer, splits=None):
         seen.update(k=k, data_dir=data_dir, out_dir=out_dir, profile=profile, seed=seed,
-                    init_from=init_from, trainer=trainer)
+                    trainer=trainer, splits=splits)
         return smoke_cv[2]
 
     monkeypatch.setattr(ensemble, "cross_validate", fake)
     assert cv.main(["--k", "2", "--profile", "smoke", "--data_dir", "d", "--out_dir", "o",
-                    "--init_from", "p", "--seed", "3"]) == 0
-    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, init_from="p",
+                    "--seed", "3"]) == 0
+    assert seen == dict(k=2, data_dir="d", out_dir="o", profile="smoke", seed=3, splits=None,
                         trainer=training.train_run)   # each member a full run of the command
     s = smoke_cv[2]["summary"]["dice"]
     assert capsys.readouterr().out.strip() == (
@@ -181,7 +181,7 @@ def test_train_main_writes_the_reference_layout_once(smoke_main, demo_data, tmp_
     members = ensemble.member_runs(run)
     shutil.copytree(members[0], run / "seeds" / "seed_7" / members[0].name)   # a seed run
     assert reference.promote_main(run, ref) == ref
-    assert len(inference.load_model(ref)) == 2 and not list(ref.rglob("final_model.keras"))
+    assert len(inference.load_model(ref).members) == 2 and not list(ref.rglob("final_model.keras"))
     assert not (ref / "seeds").exists()
     assert dataio.load_json(ref / inference.MANIFEST) == manifest
     with pytest.raises(LungsegInputError, match="holds a reference"):
@@ -199,8 +199,7 @@ def fine_tuned(smoke_cv, demo_data, tmp_path_factory):
 
     ft = tmp_path_factory.mktemp("fine_tuned") / "ft"
     return ft, ensemble.cross_validate(k=2, data_dir=demo_data, out_dir=ft,
-                                       init_from=smoke_cv[0], trainer=training.train_run,
-                                       **SMOKE)
+                                       **cv.fine_tuning(smoke_cv[0], 2), **SMOKE)
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +254,7 @@ def test_cross_validation_can_fine_tune_another_ensembles_members(smoke_cv, demo
         assert init["sha256"] == dataio.file_sha256(old / "best_model.keras")
     assert sorted(r["case_id"] for r in result["cases"]) == IDS      # still out of fold
     with pytest.raises(LungsegInputError, match="not k=3"):
-        ensemble.cross_validate(k=3, data_dir=demo_data, out_dir=tmp_path / "x",
-                                init_from=src, **SMOKE)
+        cv.fine_tuning(src, 3)
     # a fine-tuned member's seed runs repeat the fine-tuning: the same starting weights
     run_7 = Path(dataio.load_json(ft / "seed_spread.json")["runs"]["7"])   # member 1's seed 7
     parent = dataio.load_json(ensemble.member_runs(ft)[1] / "train_config.json")

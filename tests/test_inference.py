@@ -198,7 +198,7 @@ def test_ensemble_folder_averages_its_members(smoke_model_path, tmp_path):
                for f in ("fold_0.keras", "fold_1.keras")]
     (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
     ens = inference.load_model(folder)
-    assert isinstance(ens, inference.Ensemble) and len(ens) == 2
+    assert isinstance(ens, inference.Ensemble) and len(ens.members) == 2
     x = np.random.default_rng(0).random((1, 64, 64, 64, 1)).astype(np.float32)
     singles = [inference.compiled_forward(m)(x) for m in ens.members]
     assert not np.allclose(singles[0], singles[1])

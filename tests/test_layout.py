@@ -35,9 +35,11 @@ MAX_BENCHMARK_LINES = 900
 #: to what a reader needs (2,432 lines of code, 641 blank, 643 of docstrings); 3,567 after a
 #: second reading; 3,528 once the half-precision storage of a finished model moved to the
 #: study that measures it (study/compact), counting the package's ``__init__`` (30 lines),
-#: which every import runs. The issue's target is 3,500: a ratchet, lower it as the core
+#: which every import runs; 3,498 once the HU diagnosis with its --rescale advice moved to
+#: scan/reader and fine-tuning from another ensemble to runs/cv (the core's cross-validation
+#: trains from random weights). The issue's target, 3,500, is the limit: lower it as the core
 #: shrinks, and a change that grows the core pays for its lines elsewhere first.
-MAX_NOTEBOOK_REACH_LINES = 3528
+MAX_NOTEBOOK_REACH_LINES = 3500
 #: Wings in the order imports may go: a module may import its own wing and those before it.
 LAYERS = ("", "runs", "scan", "study", "report", "cli")
 

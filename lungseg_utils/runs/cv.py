@@ -13,9 +13,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import config, ensemble
+from .. import config, dataio, ensemble, inference
+from ..errors import LungsegInputError
 from .command import run_command
 from . import training
+
+
+def fine_tuning(init_from, k: int) -> dict:
+    """What :func:`lungseg_utils.ensemble.cross_validate` needs to fine-tune (``--init_from``):
+    member i trains on the split of member i of the ensemble ``init_from``, starting from its
+    weights (``init_weights`` of :func:`lungseg_utils.runs.training.train_run`)."""
+    parents = ensemble.member_runs(init_from)
+    if len(parents) != k:
+        raise LungsegInputError(f"{init_from}: has {len(parents)} members, not k={k}.")
+    starts = iter(parents)                                    # the members train in fold order
+
+    def trainer(*args, **kwargs):
+        return training.train_run(*args, init_weights=next(starts) / inference.MODEL_FILE,
+                                  **kwargs)
+
+    return {"trainer": trainer, "splits": [dataio.load_json(r / "split.json") for r in parents]}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -38,9 +55,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """The cross-validation command on parsed ``args`` (:func:`build_parser`); bad input raises."""
+    how = (fine_tuning(args.init_from, args.k) if args.init_from
+           else {"trainer": training.train_run})      # each member a full run of the command
     result = ensemble.cross_validate(args.k, args.data_dir, args.out_dir, args.profile,
-                                     seed=args.seed, init_from=args.init_from,
-                                     trainer=training.train_run)
+                                     seed=args.seed, **how)
     s = result["summary"]["dice"]
     print(f"{args.k}-fold cross-validation: out-of-fold Dice {s['mean']:.4f} ± {s['sd']:.4f}, "
           f"worst {s['worst_value']:.4f} ({s['worst_case_id']})")

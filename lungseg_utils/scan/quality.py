@@ -160,7 +160,7 @@ def scan_summary(mask, ct_hu, affine, labels=None, members64=None, baseline=True
     if edge_fraction > MAX_EDGE_FRACTION:
         reasons.append(f"{100 * edge_fraction:.1f} % of the lung surface lies on the scan's "
                        "edge (cut off by the field of view?)")
-    if dataio.hu_problem(np.asarray(ct_hu)) is not None:
+    if not dataio.looks_like_hu(np.asarray(ct_hu)):
         reasons.append("intensities do not look like HU (no air below -200)")
     members = members_agreement(members64) if members64 is not None and len(members64) > 1 else None
     if members is not None and members < MIN_AGREEMENT_DICE:

@@ -24,10 +24,29 @@ def is_dicom_folder(path) -> bool:
     return path.is_dir() and not (path / dataio.CT_NAME).exists()
 
 
+def hu_problem(ct: np.ndarray) -> str | None:
+    """Why intensities do not look like Hounsfield units, with what to do about it (the
+    command's ``--rescale``), or None when they do (:func:`lungseg_utils.dataio.looks_like_hu`)."""
+    if dataio.looks_like_hu(ct):
+        return None
+    lo, hi = float(np.percentile(ct, 0.5)), float(np.percentile(ct, 99.5))
+    if hi <= 1.0 + 1e-6:
+        return ("all in [0, 1] (already normalised?); for this project's window that is "
+                "--rescale 1300 -1000")
+    if lo >= 0.0 and hi < 1000.0:
+        return (f"in [{lo:.0f}, {hi:.0f}], too narrow a range for CT numbers (an 8-bit picture "
+                "or a display export?); no rescale recovers HU from it: use the scan as the "
+                "scanner stored it")
+    if lo >= 0.0:
+        return (f"in [{lo:.0f}, {hi:.0f}], with no air below -200 (raw scanner values without "
+                "their intercept?); usually --rescale 1 -1024")
+    return f"in [{lo:.0f}, {hi:.0f}] with no air below -200"
+
+
 def check_hu(ct: np.ndarray, path, refuse: bool = False) -> None:
     """Warn (LungsegWarning), or with ``refuse`` raise LungsegInputError, if intensities do
-    not look like Hounsfield units (:func:`lungseg_utils.dataio.hu_problem`)."""
-    why = dataio.hu_problem(ct)
+    not look like Hounsfield units (:func:`hu_problem`)."""
+    why = hu_problem(ct)
     if why is None:
         return
     if refuse:
