@@ -68,7 +68,7 @@ test: setup
 	  -p no:cacheprovider -q -rs
 
 ## bench: speed and memory into benchmarks/results.json, RESULTS.md and README's bench block
-##        (on an idle machine; `benchmarks/run.py --isa avx2` adds the AVX2-only column)
+##        (on an idle machine; run on an AVX2-only CPU, it adds that column)
 bench: setup
 	$(PY) benchmarks/run.py
 

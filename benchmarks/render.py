@@ -11,8 +11,7 @@ CONTENDED_CORES = 0.15  # a measurement beside other processes using more is fla
 HEADROOM_MIN, MEMORY_TARGET_MIB = 5.0, 4096.0
 #: The columns of results.json (run.ISA_ENV), in the order the tables show them.
 ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2 only",
-             "avx2_eigen": "AVX2 only, oneDNN off (before)", "avx512_eigen": "AVX-512, oneDNN off",
-             "avx2_capped": "AVX2 emulated (oneDNN capped on the AVX-512 CPU)"}
+             "avx2_eigen": "AVX2 only, oneDNN off (before)", "avx512_eigen": "AVX-512, oneDNN off"}
 #: The columns of the summary, and the ratios beside them: (label, slower, faster column).
 SUMMARY_COLUMNS = ("avx512", "avx2", "avx2_eigen")
 RATIOS = (("AVX2 / AVX-512 time", "avx2", "avx512"),
@@ -60,6 +59,7 @@ FIGURES = {
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
     "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
     "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
+    "folder_first": "cli_folder scan median", "folder_later": "cli_folder later_scan median",
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
                                         if k in t),
     "ttd": lambda n, t, r, b: [e * (r["steps_per_epoch"] * n["step"] + n["overhead"]) / (
@@ -125,6 +125,8 @@ def summary(results: dict) -> list[str]:
          "the scan, of which loading the model; the scan itself)",
          lambda n: f"{_t(n['cli'])} ({_t(n['cli_startup'])}, {_t(n['cli_load'])}; "
                    f"{_t(n['cli_scan'])})", "cli"),
+        ("**Folder mode**, one process over the native scans: the first scan / each later one",
+         lambda n: f"{_t(n['folder_first'])} / {_t(n['folder_later'])}", "folder_later"),
         ("**Peak memory**, training (quick profile) / inference (target < 4 GiB each)",
          lambda n: f"{_mib(n['mem_train'])} {_ok(n['mem_train'] < MEMORY_TARGET_MIB)} / "
                    f"{_mib(n['mem_infer'])} {_ok(n['mem_infer'] < MEMORY_TARGET_MIB)}", None),
@@ -246,10 +248,10 @@ def _details(e: dict, ref: dict) -> dict:
         if "ensemble_bf16_total_s" in nat:
             d[f"{w} the ensemble in bfloat16"] = (
                 f"{fmt_s(nat['ensemble_bf16_total_s'])}, Dice {nat['dice_ensemble_bf16']:.4f}")
-    if c := t.get("cli"):
-        d["Inference command (a fresh process, default model): in all"] = fmt_s(c["wall_s"])
-        d.update({f"Inference command: {k.replace('_', ' ')}": fmt_s(c[k])
-                  for k in ("imports", "keras_import", "model_load", "scan") if k in c})
+    for w, c in (("Inference command", t.get("cli")), ("Folder mode", t.get("cli_folder"))):
+        d.update({f"{w} (a fresh process, default model): in all": fmt_s(c["wall_s"]), **{
+            f"{w}: {k.replace('_', ' ')}": fmt_s(c[k]) for k in (
+                "keras_import", "model_load", "scan", "later_scan") if k in c}} if c else {})
     d.update({f"`{k}`": f"not measured: {v['skipped']}" for k, v in e["tasks"].items()
               if "skipped" in v})
     d.update({f"`{k}`": "failed: " + (v.strip().splitlines() or [""])[-1]
@@ -292,8 +294,7 @@ def results_markdown(results: dict) -> str:
     g = results.get("gpu")
     return "\n".join([
         "# Benchmarks", "", "Generated from results.json by `python benchmarks/run.py` "
-        "(`make bench`; `--eigen` for a column with oneDNN off, `--isa avx2` on an AVX-512 CPU "
-        f"for the emulated AVX2 column). Machines: {machines(results)}. "
+        f"(`make bench`; `--eigen` for a column with oneDNN off). Machines: {machines(results)}. "
         "Do not edit: re-run the command. How each number is measured: [README.md](README.md).",
         "", "## Summary", "", *summary(results), "", *recipe_table(results),
         "## Every measurement", "",

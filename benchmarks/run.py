@@ -23,10 +23,8 @@ import render  # noqa: E402  (benchmarks/render.py: results -> Markdown and plot
 SCHEMA = "lungseg-bench/3"
 #: results.json's columns -> their processes' environment (*_eigen: oneDNN off, the "before").
 ISA_ENV = {"avx512": {}, "avx2": {}, "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
-           "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
-           "avx2_capped": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
-#: Under the AVX2 cap TF still picks oneDNN's bfloat16 kernels (from the CPU's flags), which fail.
-BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16 (or oneDNN held to AVX2)"
+           "avx512_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16"
 EIGEN_SKIP = "not measured with oneDNN off (the before column measures the main figures only)"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
 #: The original: 7 training cases at batch 2, 80-150 epochs, val Dice 0.973 after 80 (GUIDE.md).
@@ -47,9 +45,9 @@ def cpu_info() -> dict:
     return info
 
 
-def reference_info(previous: dict | None = None) -> dict:
+def reference_info() -> dict:
     """Settings, split and model of results/reference/ (else the quick profile), and when its
-    log reached the original's val Dice (fine-tuned: ``previous``'s, from_earlier_reference)."""
+    log reached the original's val Dice (not for a reference fine-tuned from earlier weights)."""
     from lungseg_utils import config, dataio
     from lungseg_utils.report import values
     folder, log_csv = config.REFERENCE_DIR, config.REFERENCE_DIR / "training_log.csv"
@@ -62,10 +60,7 @@ def reference_info(previous: dict | None = None) -> dict:
     out = {"source": "results/reference/train_config.json" if cfg
            else "config.get_profile('quick')", "settings": s, "split": split,
            "model_path": str(model) if model.exists() else None}
-    if cfg and cfg.get("init_weights"):
-        if (previous or {}).get("time_to_dice"):
-            out["time_to_dice"] = {**previous["time_to_dice"], "from_earlier_reference": True}
-    elif log_csv.exists():
+    if log_csv.exists() and not (cfg or {}).get("init_weights"):
         rows = values.read_training_log(log_csv)      # val_dice: validated epochs only
         log = {r["epoch"] + 1: r["val_dice"] for r in rows if "val_dice" in r}
         out["time_to_dice"] = {
@@ -100,8 +95,10 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
     if native is not None:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
-        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1),
-                                  "model": os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)}),
+        model = os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)
+        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
+                  ("cli_folder", "cli", {"folder": r(str(native), str(synthetic.resolve_data_dir())),
+                                         "reps": 1, "model": model}),
                   ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
                                         not skip, "ensemble": r(str(config.REFERENCE_DIR), None)})]
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
@@ -195,8 +192,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/run.py",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder (benchmarks/)")
-    ap.add_argument("--isa", choices=["avx512", "avx2"],
-                    help="oneDNN's ISA (default the CPU's; avx2 on AVX-512: avx2_capped)")
     for flag, text in (("--eigen", "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): the 'before' column"),
                        ("--tiny", "base-2 network, two repetitions"),
                        ("--render", "measure nothing, re-render"),
@@ -226,12 +221,9 @@ def main(argv=None) -> int:
         results["recipes"] = {**(results.get("recipes") or {}), args.recipe[1]: render.recipe_row(
             *(json.loads((run / f).read_text()) for f in ("manifest.json", "evaluation.json")))}
     if not args.render:
-        has512 = "avx512f" in (cpu := cpu_info())["flags"]
-        if args.isa == "avx512" and not has512:
-            ap.error("this CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")  # exit status 2
-        isa = ("avx512" if has512 and args.isa != "avx2" else "avx2") + (
-            "_eigen" if args.eigen else "_capped" if has512 and args.isa == "avx2" else "")
-        ref = reference_info((results or {}).get("reference"))
+        cpu = cpu_info()          # the column: the CPU's own kind (an emulation did not match)
+        isa = ("avx512" if "avx512f" in cpu["flags"] else "avx2") + "_eigen" * args.eigen
+        ref = reference_info()
         entry = measure(isa, args.tiny, 0 if args.tiny else args.quiet_wait, ref, args.only)
         if args.only and isa in (results or {}).get("isa", {}):     # the column's other tasks
             entry["tasks"] = {**results["isa"][isa]["tasks"], **entry["tasks"]}

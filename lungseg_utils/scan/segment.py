@@ -191,15 +191,16 @@ def run(args) -> int:
                                 "folder of DICOM files (the SEG references its images).")
     outputs.check_output_paths(_output_paths(jobs, args), _input_files(jobs),
                                overwrite=args.overwrite)
-    timing = (lambda name, t0: print(f"timing {name} {time.perf_counter() - t0:.3f} s",
-                                     file=sys.stderr)) if args.verbose else (lambda *a: None)
+    from tqdm import tqdm          # the text bar: messages written through it keep their lines
+
+    timing = (lambda name, t0: tqdm.write(f"timing {name} {time.perf_counter() - t0:.3f} s",
+                                          file=sys.stderr)) if args.verbose else (lambda *a: None)
     t0 = time.perf_counter()
     config.import_keras_quietly()
     timing("keras_import", t0)
     t0 = time.perf_counter()
     forward = ensemble_forward(args.model)          # built once, traced at the first scan
     timing("model_load", t0)
-    from tqdm import tqdm          # the text bar: messages written through it keep their lines
 
     failed, summaries = [], []
     model_info = _model_info(args.model)
