@@ -31,10 +31,10 @@ native = {f"{p.name} (native)": p for p in dataio.discover_cases(native_dir)} if
 # %% [markdown]
 # Pick a case, or type the path of any NIfTI file or DICOM folder and press *open*: the scan
 # shows at once, with its expert mask where it has one. *segment* runs the model of the
-# active run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`) with
-# test-time augmentation, so the spread of the eight flipped predictions is the uncertainty
-# overlay; TensorFlow and the model load on the first press only. Without a model the
-# classical threshold baseline segments instead.
+# active run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`); the
+# uncertainty overlay is the spread of the ensemble's members (of a single model: of its
+# eight flipped predictions, test-time augmentation). TensorFlow and the model load on the
+# first press only. Without a model the classical threshold baseline segments instead.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

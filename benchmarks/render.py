@@ -37,7 +37,7 @@ def fmt_s(t) -> str:
 
 
 #: The summary's and the checks' figures, in order: name -> its keys in the tasks, or f(numbers so
-#: far, tasks, ref's time_to_dice, batch); ttd: the original's time to its val Dice / ours.
+#: far, tasks, the reference's settings, batch).
 FIGURES = {
     "ceil_f32": "ceiling f32_gflops", "ceil_bf16": "ceiling bf16_gflops",
     "row_f32": lambda n, t, r, b: next(x for x in t["train_f32"]["rows"] if x["batch"] == b),
@@ -60,11 +60,9 @@ FIGURES = {
     "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
     "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
     "folder_first": "cli_folder scan median", "folder_later": "cli_folder later_scan median",
+    "viewer_first": "viewer first_s", "viewer_again": "viewer again_s median",
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
-                                        if k in t),
-    "ttd": lambda n, t, r, b: [e * (r["steps_per_epoch"] * n["step"] + n["overhead"]) / (
-        r["reach_epoch"] * (r["reference_steps_per_epoch"] * n["step"] + n["overhead"]))
-        for e in r["epochs"] if r["same_network"]]}
+                                        if k in t)}
 
 
 def numbers(entry: dict, ref: dict) -> dict:
@@ -73,7 +71,7 @@ def numbers(entry: dict, ref: dict) -> dict:
     for name, fn in FIGURES.items():
         try:
             n[name] = (functools.reduce(operator.getitem, fn.split(), t) if isinstance(fn, str)
-                       else fn(n, t, ref.get("time_to_dice") or {}, n["batch"]))
+                       else fn(n, t, ref, n["batch"]))
         except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
             pass
     return n
@@ -99,7 +97,7 @@ def _cell(fn, *args) -> str:
 def summary(results: dict) -> list[str]:
     """The summary table (a column per measured SUMMARY_COLUMNS, then the RATIOS) and notes."""
     ref, isas = results["reference"], columns(results, SUMMARY_COLUMNS)
-    ttd, b = ref.get("time_to_dice") or {}, ref["settings"]["batch_size"]
+    b = ref["settings"]["batch_size"]
     rows = [  # label, cell from numbers(), the figure whose ratio to show (a time; "1/" a speed)
         ("**Machine ceiling** (large matrix product), float32",
          lambda n: f"{n['ceil_f32']:.0f} GFLOP/s", "1/ceil_f32"),
@@ -127,18 +125,14 @@ def summary(results: dict) -> list[str]:
                    f"{_t(n['cli_scan'])})", "cli"),
         ("**Folder mode**, one process over the native scans: the first scan / each later one",
          lambda n: f"{_t(n['folder_first'])} / {_t(n['folder_later'])}", "folder_later"),
-        ("**Peak memory**, training (quick profile) / inference (target < 4 GiB each)",
+        ("**Viewer app**, *segment* on that scan: the first press / each later one",
+         lambda n: f"{_t(n['viewer_first'])} / {_t(n['viewer_again'])}", "viewer_again"),
+        ("**Peak memory**, training (reference settings) / inference (target < 4 GiB each)",
          lambda n: f"{_mib(n['mem_train'])} {_ok(n['mem_train'] < MEMORY_TARGET_MIB)} / "
                    f"{_mib(n['mem_infer'])} {_ok(n['mem_infer'] < MEMORY_TARGET_MIB)}", None),
         (f"**Input pipeline**: augmentation vs the network, samples/s (headroom ≥ "
          f"{HEADROOM_MIN:.0f}×)", lambda n: f"{n['augment']:.1f} vs {n['consume']:.2f} = "
          f"{n['headroom']:.1f}× {_ok(n['headroom'] >= HEADROOM_MIN)}", None)]
-    if ttd.get("reach_epoch"):
-        lo, hi = (e * ttd["steps_per_epoch"] for e in ttd["epochs"])
-        rows.append((f"**Quick profile vs the original**: time to val Dice ≥ {ttd['val_dice']} "
-                     f"({ttd['reach_epoch'] * ttd['reference_steps_per_epoch']} steps, epoch "
-                     f"{ttd['reach_epoch']}, instead of the original's {lo}–{hi})",
-                     lambda n: f"{n['ttd'][0]:.2f}×–{n['ttd'][1]:.2f}× less", None))
     nums = {k: numbers(results["isa"][k], ref) for k in isas}
     ratios = [(label, nums[a], nums[b]) for label, a, b in RATIOS if a in nums and b in nums]
     ratio = lambda x, slow, fast: fast[x[2:]] / slow[x[2:]] if x[:2] == "1/" else slow[x] / fast[x]
@@ -252,6 +246,9 @@ def _details(e: dict, ref: dict) -> dict:
         d.update({f"{w} (a fresh process, default model): in all": fmt_s(c["wall_s"]), **{
             f"{w}: {k.replace('_', ' ')}": fmt_s(c[k]) for k in (
                 "keras_import", "model_load", "scan", "later_scan") if k in c}} if c else {})
+    if v := t.get("viewer"):
+        d["Viewer app: segment, the first press / the later ones"] = (
+            f"{v['first_s']:.2f} s / {fmt_s(v['again_s'])}")
     d.update({f"`{k}`": f"not measured: {v['skipped']}" for k, v in e["tasks"].items()
               if "skipped" in v})
     d.update({f"`{k}`": "failed: " + (v.strip().splitlines() or [""])[-1]

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -27,8 +26,6 @@ ISA_ENV = {"avx512": {}, "avx2": {}, "avx2_eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"
 BF16_AVX2 = "bfloat16 not measured: no AVX-512 BF16"
 EIGEN_SKIP = "not measured with oneDNN off (the before column measures the main figures only)"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
-#: The original: 7 training cases at batch 2, 80-150 epochs, val Dice 0.973 after 80 (GUIDE.md).
-ORIGINAL = {"steps_per_epoch": 4, "epochs": [80, 150], "val_dice": 0.973}
 
 
 def cpu_info() -> dict:
@@ -46,30 +43,18 @@ def cpu_info() -> dict:
 
 
 def reference_info() -> dict:
-    """Settings, split and model of results/reference/ (else the quick profile), and when its
-    log reached the original's val Dice (not for a reference fine-tuned from earlier weights)."""
+    """Settings, split and model (member 0's) of results/reference/ (else the quick profile)."""
     from lungseg_utils import config, dataio
-    from lungseg_utils.report import values
-    folder, log_csv = config.REFERENCE_DIR, config.REFERENCE_DIR / "training_log.csv"
+    folder = config.REFERENCE_DIR
     cfg, split, manifest = (dataio.load_json(folder / f) if (folder / f).exists() else None
                             for f in ("train_config.json", "split.json", "manifest.json"))
     s = cfg["settings"] if cfg else config.get_profile("quick")
     model = folder / "best_model.keras"
     if not model.exists() and manifest:  # member 0
         model = folder / manifest["members"][0]["file"]
-    out = {"source": "results/reference/train_config.json" if cfg
-           else "config.get_profile('quick')", "settings": s, "split": split,
-           "model_path": str(model) if model.exists() else None}
-    if log_csv.exists() and not (cfg or {}).get("init_weights"):
-        rows = values.read_training_log(log_csv)      # val_dice: validated epochs only
-        log = {r["epoch"] + 1: r["val_dice"] for r in rows if "val_dice" in r}
-        out["time_to_dice"] = {
-            **ORIGINAL, "reference_epochs": len(rows), "best_val_dice": max(log.values()),
-            "reach_epoch": next((e for e, d in log.items() if d >= ORIGINAL["val_dice"]), None),
-            "reference_steps_per_epoch": math.ceil((s["samples_per_epoch"] or 7) / s["batch_size"]),
-            "same_network": all(config.get_profile("full")[k] == s[k]
-                                for k in ("base_filters", "depth", "norm", "use_transpose"))}
-    return out
+    return {"source": "results/reference/train_config.json" if cfg
+            else "config.get_profile('quick')", "settings": s, "split": split,
+            "model_path": str(model) if model.exists() else None}
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
@@ -99,6 +84,7 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
                   ("cli_folder", "cli", {"folder": r(str(native), str(synthetic.resolve_data_dir())),
                                          "reps": 1, "model": model}),
+                  ("viewer", "viewer", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
                   ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
                                         not skip, "ensemble": r(str(config.REFERENCE_DIR), None)})]
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}

@@ -125,11 +125,10 @@ def task_epoch(p) -> dict:
         on_epoch_begin=lambda *a, **kw: eps.append({"steps": [time.perf_counter()], "val": []}),
         on_train_batch_end=mark("steps"), on_test_begin=mark("val"), on_test_end=mark("val"),
         on_epoch_end=mark("steps"))
-    profile = s.get("profile") if s.get("profile") in config.PROFILES else "quick"  # retired
-    known = config.get_profile(profile)                # settings of a retired profile: all kept
+    known = config.get_profile(s["profile"])           # the reference's profile and settings
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as out:
-        train.train(data_dir=p["data_dir"], out_dir=out, profile=profile, verbose=0,
+        train.train(data_dir=p["data_dir"], out_dir=out, profile=s["profile"], verbose=0,
                     split={"seed": 0, **{k: [f.name for f in v] for k, v in split.items()}},
                     callbacks=[timer], epochs=int(p["epochs"]), **overrides)
     w, spans = int(p["warmup_epochs"]), [e["steps"][-1] - e["steps"][0] for e in eps]
@@ -228,8 +227,23 @@ def task_cli(p) -> dict:
             **{k: summarise([r[k] for r in runs if k in r]) for k in sorted(set().union(*runs))}}
 
 
+def task_viewer(p) -> dict:
+    """The viewer app's *segment* button on a native scan, wired as app/viewer.ipynb does:
+    the first press (it imports TensorFlow, loads the model, traces) and the later ones."""
+    from lungseg_utils.scan import browser
+    app = browser.CaseBrowser({"scan": p["case_dir"]}, predict=browser.predictor_for(p["model"]))
+    times = [time.perf_counter()]
+    for _ in range(int(p["reps"]) + 1):
+        if not app.segment():
+            raise RuntimeError(f"segment failed on {p['case_dir']}")
+        times.append(time.perf_counter())
+    presses = np.diff(times)
+    return {"case_id": Path(p["case_dir"]).name, "first_s": float(presses[0]),
+            "again_s": summarise(presses[1:])}
+
+
 TASKS = {"ceiling": task_ceiling, "cli": task_cli, "train": task_train, "epoch": task_epoch,
-         "inference": task_inference, "native": task_native}
+         "inference": task_inference, "native": task_native, "viewer": task_viewer}
 
 if __name__ == "__main__":
     results = {}

@@ -140,7 +140,6 @@ def test_derived_numbers_of_a_results_file():
                                             / t["inference_f32"]["compiled_s"]["median"]
                                             / 1e9 / t["ceiling"]["f32_gflops"])
     assert n["mem_infer"] == max(t["native"]["peak_rss_mib"], t["inference_f32"]["peak_rss_mib"])
-    assert 1 < n["ttd"][0] < n["ttd"][1]  # the quick profile reaches the Dice sooner
     assert all(ok for ok, _ in entry["checks"].values())
 
 
