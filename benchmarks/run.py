@@ -82,8 +82,8 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         model = os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)
         tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
-                  ("cli_folder", "cli", {"folder": r(str(native), str(synthetic.resolve_data_dir())),
-                                         "reps": 1, "model": model}),
+                  ("cli_folder", "cli", {"reps": 1, "model": model, "folder": r(
+                      str(native), str(synthetic.resolve_data_dir()))}),
                   ("viewer", "viewer", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
                   ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
                                         not skip, "ensemble": r(str(config.REFERENCE_DIR), None)})]

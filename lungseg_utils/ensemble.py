@@ -94,10 +94,10 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
                    verbose=0, trainer=None, splits=None, **overrides) -> dict:
     """Train the K members of one configuration (:func:`train_members`, into
     ``out_dir/fold_i/``, default ``results/cv/``) on :func:`fold_splits` (``seed``: the folds'
-    and, unless overridden, the training's) or on ``splits`` given. Writes ``manifest.json``
-    and returns ``cross_validation.json``: ``{"folds", "profile", "settings", "cases":
-    [{"case_id", "fold", "run", metrics...}], "summary"}``, each case scored on the 64^3 grid
-    by the member that never saw it."""
+    and, unless overridden, the training's) or on ``splits`` (a member each). Writes
+    ``manifest.json`` and returns ``cross_validation.json``: ``{"folds", "profile",
+    "settings", "cases": [{"case_id", "fold", "run", metrics...}], "summary"}``, each case
+    scored on the 64^3 grid by the member that never saw it."""
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)
@@ -108,7 +108,7 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     write_manifest(out_root, runs, seed, overwrite=True)
     rows = score_members(runs, data_dir)
     used = dataio.load_json(runs[0] / "train_config.json")["settings"]
-    result = {"folds": k, "profile": used.get("profile"), "settings": used, "cases": rows,
+    result = {"folds": len(runs), "profile": used.get("profile"), "settings": used, "cases": rows,
               "summary": {m: metrics.summarise(rows, m) for m in metrics.METRICS}}
     dataio.save_json(result, out_root / "cross_validation.json", overwrite=True)
     return result
