@@ -125,10 +125,11 @@ def task_epoch(p) -> dict:
         on_epoch_begin=lambda *a, **kw: eps.append({"steps": [time.perf_counter()], "val": []}),
         on_train_batch_end=mark("steps"), on_test_begin=mark("val"), on_test_end=mark("val"),
         on_epoch_end=mark("steps"))
-    known = config.get_profile(s["profile"])           # the reference's profile and settings
+    profile = s.get("profile") if s.get("profile") in config.PROFILES else "quick"  # retired
+    known = config.get_profile(profile)                # settings of a retired profile: all kept
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as out:
-        train.train(data_dir=p["data_dir"], out_dir=out, profile=s["profile"], verbose=0,
+        train.train(data_dir=p["data_dir"], out_dir=out, profile=profile, verbose=0,
                     split={"seed": 0, **{k: [f.name for f in v] for k, v in split.items()}},
                     callbacks=[timer], epochs=int(p["epochs"]), **overrides)
     w, spans = int(p["warmup_epochs"]), [e["steps"][-1] - e["steps"][0] for e in eps]
