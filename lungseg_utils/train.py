@@ -291,10 +291,11 @@ def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None
     :func:`lungseg_utils.runs.training.train_run`'s.
     """
     known = config.get_profile(profile)
-    if asked := [k for k in RUN_OPTIONS if overrides.pop(k, None) is not None or known.get(k)]:
+    if asked := [k for k in RUN_OPTIONS if overrides.get(k) is not None or known.get(k)]:
         raise LungsegInputError(f"train: {', '.join(asked)} is for `lungseg train` "
                                 "(lungseg_utils.runs.training.train_run); this trains a new "
                                 "run from random weights for a fixed number of epochs.")
+    overrides = {k: v for k, v in overrides.items() if k not in RUN_OPTIONS}   # all None here
     t_start = time.perf_counter()
     run_dir, settings, split, folders, cfg = new_run(data_dir, out_dir, profile, split,
                                                      deterministic, None, overrides)  # no command
