@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 from .config import MODEL_SHAPE, MODEL_SPACING_MM
 from .errors import LungsegInputError
-from .anatomy import body_mask, largest_components
+from .anatomy import body_mask, bounding_box, largest_components
 
 MODEL_AXCODES = ("L", "P", "S")              # model-grid axis directions, nibabel axis codes
 AIR_HU = -1000.0
@@ -107,31 +107,58 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     if not region.any():
         region = body if body.any() else np.ones(sub.shape, bool)
         return bbox_centre_mm(region, affine @ np.diag([*step, 1]))   # the subsampled grid
-    # full resolution: low HU near the components, whatever the subsampling's phase
+    # full resolution, in the components' box: low HU near them, whatever the subsampling's phase
     near = ndi.binary_dilation(region, iterations=1)
-    up = near[np.ix_(*(np.minimum(np.arange(n) // k, m - 1)
-                       for n, k, m in zip(ct_hu.shape, step, near.shape)))]
-    full = up & (ct_hu < LUNG_HU)
+    box = [np.arange(b.start * k, n if b.stop == m else b.stop * k)
+           for b, n, k, m in zip(bounding_box(near), ct_hu.shape, step, near.shape)]
+    up = near[np.ix_(*(np.minimum(b // k, m - 1) for b, k, m in zip(box, step, near.shape)))]
+    full = up & (ct_hu[np.ix_(*box)] < LUNG_HU)
     area = full.sum(axis=(0, 1)).astype(float) * spacing[0] * spacing[1]
     full &= (area >= 0.03 * area.max())[None, None, :]   # the trachea: a small low-HU area
-    return bbox_centre_mm(full, affine)
+    return bbox_centre_mm(full, affine) + affine[:3, :3] @ [b[0] for b in box]
+
+
+def _reach(matrix, shape_from, shape_to, pad: int) -> tuple:
+    """The box (slices) of a grid of ``shape_to`` that the voxels of a grid of ``shape_from``
+    map into through ``matrix`` (from-voxel -> to-voxel, (4, 4)), ``pad`` voxels wider."""
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape_from], indexing="ij"))
+    pts = matrix[:3, :3] @ corners.reshape(3, -1) + matrix[:3, 3:]
+    start = np.clip(np.floor(pts.min(axis=1)).astype(int) - pad, 0, shape_to)
+    stop = np.clip(np.ceil(pts.max(axis=1)).astype(int) + pad + 1, 0, shape_to)
+    return tuple(slice(a, b) for a, b in zip(start, stop))
 
 
 def resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smooth=False):
     """Sample ``volume`` (on ``src_affine``) at the voxels of a ``dst`` grid (float32); with
-    ``smooth``, first a Gaussian anti-aliasing along the input axes sampled more coarsely."""
+    ``smooth``, first a Gaussian anti-aliasing along the input axes sampled more coarsely.
+    Only the input the ``dst`` grid reaches is read, and with ``order`` 0 or 1 only the output
+    that input voxels other than ``cval`` reach is computed: the rest is ``cval``, as it would be.
+    """
     vol = np.asarray(volume, dtype=np.float32)
     matrix = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
     # within 1e-6 of whole voxels: whole voxels (a copy or a flip stays exact)
     rot, offset = (np.round(a) if np.allclose(a, np.round(a), atol=1e-6) else a
                    for a in (matrix[:3, :3], matrix[:3, 3]))
-    if smooth:
-        factor = np.abs(rot).sum(axis=1)  # src voxels per dst voxel, along each src axis
-        sigma = np.maximum(0.0, (factor - 1.0) / 2.0)
-        if np.any(sigma > 0.05):
-            vol = ndi.gaussian_filter(vol, sigma=sigma, mode="nearest")
-    return ndi.affine_transform(vol, rot, offset=offset, output_shape=tuple(dst_shape),
-                                order=order, mode="constant", cval=cval, prefilter=False)
+    sigma = np.maximum(0.0, (np.abs(rot).sum(axis=1) - 1.0) / 2.0)  # src voxels per dst voxel
+    smooth = smooth and bool(np.any(sigma > 0.05))
+    box = _reach(matrix, dst_shape, vol.shape, 2 + int(4.0 * sigma.max() + 0.5) * smooth)
+    vol, offset = vol[box], offset - [b.start for b in box]
+    out = np.full(tuple(dst_shape), cval, np.float32)
+    if smooth and vol.size:
+        vol = ndi.gaussian_filter(vol, sigma=sigma, mode="nearest")
+    part = bounding_box(vol != cval)                      # the input's other values
+    if any(p.stop <= p.start for p in part):
+        return out
+    if order <= 1:   # the output within one input voxel of them
+        to_dst = np.linalg.inv(np.vstack([np.c_[rot, offset], [0, 0, 0, 1]]))
+        to_dst[:3, 3] += to_dst[:3, :3] @ [p.start - 1 for p in part]
+        part = _reach(to_dst, [p.stop - p.start + 2 for p in part], out.shape, 1)
+    else:
+        part = tuple(slice(0, n) for n in out.shape)
+    offset = offset + rot @ [p.start for p in part]
+    out[part] = ndi.affine_transform(vol, rot, offset=offset, output_shape=out[part].shape,
+                                     order=order, mode="constant", cval=cval, prefilter=False)
+    return out
 
 
 def make_model_grid(ct_hu: np.ndarray, affine: np.ndarray, centre_mm=None) -> ModelGrid:

@@ -260,3 +260,55 @@ def test_a_voxel_s_volume_is_the_affine_s_determinant_on_a_sheared_grid_too():
     case = Case("c", np.zeros((2, 2, 2), np.float32), np.ones((2, 2, 2), np.uint8), sheared,
                 spacing_from_affine(sheared), None)
     assert case.lung_volume_ml == pytest.approx(8 * voxel_volume_ml(affine))
+
+
+def _resample_everywhere(volume, src_affine, dst_affine, dst_shape, order, cval, smooth):
+    """``geometry.resample`` as it was before it skipped work: every input voxel read (and
+    smoothed), every output voxel computed."""
+    from scipy import ndimage as ndi
+
+    matrix = np.linalg.inv(src_affine) @ dst_affine
+    rot, offset = (np.round(a) if np.allclose(a, np.round(a), atol=1e-6) else a
+                   for a in (matrix[:3, :3], matrix[:3, 3]))
+    vol = np.asarray(volume, np.float32)
+    sigma = np.maximum(0.0, (np.abs(rot).sum(axis=1) - 1.0) / 2.0)
+    if smooth and np.any(sigma > 0.05):
+        vol = ndi.gaussian_filter(vol, sigma=sigma, mode="nearest")
+    return ndi.affine_transform(vol, rot, offset=offset, output_shape=tuple(dst_shape),
+                                order=order, mode="constant", cval=cval, prefilter=False)
+
+
+def test_resample_skips_only_work_whose_result_it_knows():
+    """Reading only the input the output grid reaches, and computing only the output that
+    values other than ``cval`` reach, changes no voxel: random grids (oblique ones too), a
+    volume of noise and one that is mostly ``cval``, both orders, with and without smoothing."""
+    from scipy.spatial.transform import Rotation
+
+    from lungseg_utils.geometry import resample
+
+    rng = np.random.default_rng(7)
+    for trial in range(24):
+        shape, dst_shape = tuple(rng.integers(12, 40, 3)), tuple(rng.integers(12, 50, 3))
+        src = np.diag([*rng.uniform(0.7, 6.0, 3), 1.0])
+        if trial % 3 == 0:
+            src[:3, :3] = Rotation.from_euler("xyz", rng.uniform(-0.4, 0.4, 3)).as_matrix() @ src[:3, :3]
+        dst = np.diag([*(rng.uniform(0.7, 6.0, 3) if trial % 4 else [0.9, 1.0, 1.1]), 1.0])
+        # the grids overlap, one centre shifted by up to a quarter of the other grid's size
+        centre = src[:3, :3] @ ((np.array(shape) - 1) / 2 * rng.uniform(0.5, 1.5, 3))
+        dst[:3, 3] = centre - dst[:3, :3] @ ((np.array(dst_shape) - 1) / 2)
+        vol = rng.normal(size=shape).astype(np.float32)
+        if trial % 2:
+            vol[:] = 0.0
+            vol[tuple(slice(int(rng.integers(0, n // 2)), int(rng.integers(n // 2 + 1, n)))
+                      for n in shape)] = 1.0
+        for order, cval, smooth in itertools.product((0, 1), (0.0, -1000.0), (False, True)):
+            got = resample(vol, src, dst, dst_shape, order, cval, smooth)
+            want = _resample_everywhere(vol, src, dst, dst_shape, order, cval, smooth)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, abs(cval)))
+    # a coarse grid inside a fine one (CT to the model grid): the smoothing reads around it
+    vol = rng.normal(size=(60, 60, 60)).astype(np.float32)
+    dst = np.diag([3.0, 3.0, 3.0, 1.0])
+    dst[:3, 3] = 15.0
+    np.testing.assert_allclose(resample(vol, np.eye(4), dst, (10, 10, 10), smooth=True),
+                               _resample_everywhere(vol, np.eye(4), dst, (10, 10, 10), 1, 0.0,
+                                                    True), rtol=0, atol=1e-6)
