@@ -159,7 +159,9 @@ def refine_boundary(mask: np.ndarray, prob: np.ndarray, ct_hu: np.ndarray, band:
     """Redraw the lung boundary from the image: inside ``band`` (:func:`boundary_band64`) a
     voxel is lung if darker than ``refine_hu`` with ``prob`` at least ``min_prob``; elsewhere
     ``mask`` stands. mask uint8, prob float32, ct_hu, band bool, (X, Y, Z). Returns uint8."""
-    refined = np.where(band, (np.asarray(ct_hu) < refine_hu) & (prob >= min_prob), mask > 0)
+    refined, box = np.asarray(mask) > 0, anatomy.bounding_box(band)   # work in the band's box
+    refined[box] = np.where(band[box], (np.asarray(ct_hu)[box] < refine_hu)
+                            & (np.asarray(prob)[box] >= min_prob), refined[box])
     return refined.astype(np.uint8)
 
 

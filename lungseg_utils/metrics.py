@@ -22,7 +22,6 @@ from collections import namedtuple
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.stats import rankdata
 
 from .anatomy import boundary, bounding_box, check_spacing
 from .errors import LungsegInputError
@@ -173,4 +172,6 @@ def roc_auc(scores, labels) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata   # here: scipy.stats takes half a second to import
+
     return float((rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
