@@ -95,8 +95,7 @@ def get_profile(name: str | None = None, **overrides) -> dict:
     """Return a copy of a profile's settings (see module docstring), with ``overrides`` applied."""
     name = profile_name(name)
     settings = dict(PROFILES[name], profile=name)
-    unknown = set(overrides) - set(settings)
-    if unknown:
+    if unknown := set(overrides) - set(settings):
         raise LungsegInputError(f"Unknown setting(s) for profile {name!r}: {sorted(unknown)}.")
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
@@ -105,8 +104,7 @@ def get_profile(name: str | None = None, **overrides) -> dict:
 def active_run_dir() -> Path:
     """The run the notebooks train, evaluate and show (docs/training.md): ``$LUNGSEG_RUN``
     (relative to the repository root) if set, else ``results/reference``; writes nothing."""
-    env = os.environ.get("LUNGSEG_RUN")
-    if not env:
+    if not (env := os.environ.get("LUNGSEG_RUN")):
         return REFERENCE_DIR
     path = Path(env).expanduser()
     return (path if path.is_absolute() else REPO_ROOT / path).resolve()
@@ -125,8 +123,7 @@ def find_data_dir() -> Path | None:
     """The folder of cases, writing nothing: ``$LUNGSEG_DATA`` (it must hold ``*/ct.nii.gz``),
     else ``data/`` if it holds cases, else ``../shared/data/lctsc64`` beside the checkout, else
     None (then :func:`lungseg_utils.synthetic.resolve_data_dir` writes a synthetic demo set)."""
-    env = os.environ.get("LUNGSEG_DATA")
-    if env:
+    if env := os.environ.get("LUNGSEG_DATA"):
         folder = Path(env).expanduser().resolve()
         if not _has_cases(folder):
             raise LungsegInputError(f"LUNGSEG_DATA={env} holds no case folders with a ct.nii.gz.")
@@ -139,8 +136,7 @@ def find_data_dir() -> Path | None:
 
 def native_data_dir() -> Path | None:
     """``../shared/data/lctsc_native`` (or ``$LUNGSEG_NATIVE_DATA``) if present, else None."""
-    env = os.environ.get("LUNGSEG_NATIVE_DATA")
-    folder = Path(env) if env else shared_data_root() / "lctsc_native"
+    folder = Path(os.environ.get("LUNGSEG_NATIVE_DATA") or shared_data_root() / "lctsc_native")
     return folder if _has_cases(folder) else None
 
 
@@ -178,7 +174,6 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     if "keras" in sys.modules:
         import keras
-
         keras.utils.set_random_seed(seed)
 
 
@@ -208,7 +203,6 @@ def import_keras_quietly():
         os.dup2(devnull, 2)
         if os.environ["KERAS_BACKEND"] == "tensorflow":
             import tensorflow as tf
-
             tf.get_logger().setLevel("ERROR")
         import keras
     finally:

@@ -71,11 +71,9 @@ class Case:
 
 
 def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
-    """Return the sorted case folders under ``data_dir`` (those holding ``ct.nii.gz``).
-
-    Raises LungsegInputError if the folder does not exist or holds no case, or (with
-    ``require_mask``) if a case folder lacks ``lung.nii.gz``.
-    """
+    """The sorted case folders under ``data_dir`` (those holding ``ct.nii.gz``); raises
+    LungsegInputError if the folder is missing or holds none, or (``require_mask``) if one
+    lacks ``lung.nii.gz``."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise LungsegInputError(f"{data_dir}: data folder does not exist.")
@@ -84,12 +82,9 @@ def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
     if not cases:
         raise LungsegInputError(
             f"{data_dir}: no case folders with a {CT_NAME} found (expected patient_XXX/{CT_NAME}).")
-    if require_mask:
-        missing = [p.name for p in cases if not (p / MASK_NAME).exists()]
-        if missing:
-            raise LungsegInputError(
-                f"{data_dir / missing[0] / MASK_NAME}: lung mask missing "
-                f"({len(missing)} case(s) without {MASK_NAME}).")
+    if require_mask and (missing := [p.name for p in cases if not (p / MASK_NAME).exists()]):
+        raise LungsegInputError(f"{data_dir / missing[0] / MASK_NAME}: lung mask missing "
+                                f"({len(missing)} case(s) without {MASK_NAME}).")
     return cases
 
 
@@ -168,13 +163,11 @@ def looks_like_hu(ct: np.ndarray) -> bool:
 
 
 def load_case(case_dir, require_mask: bool = True) -> Case:
-    """Load ``case_dir/ct.nii.gz`` and ``case_dir/lung.nii.gz`` into a :class:`Case`.
-
-    The mask is binarised (label > 0 is lung) to uint8, its labels kept in ``Case.labels``.
-    Raises LungsegInputError if a file is missing or bad, if CT and mask differ in shape or
-    affine, or if the mask's values are not labels (a copy of the CT); warns for an empty mask or
-    a CT that does not look like HU (:func:`looks_like_hu`).
-    """
+    """Load ``case_dir/ct.nii.gz`` and ``case_dir/lung.nii.gz`` into a :class:`Case`, the mask
+    binarised (label > 0 is lung) to uint8, its labels kept in ``Case.labels``. Raises
+    LungsegInputError if a file is missing or bad, if CT and mask differ in shape or affine, or
+    if the mask's values are not labels (a copy of the CT); warns for an empty mask or a CT that
+    does not look like HU (:func:`looks_like_hu`)."""
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise LungsegInputError(f"{case_dir}: case folder does not exist.")
@@ -239,13 +232,11 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
 
 def make_split(case_ids, val_fraction: float = 0.15, test_fraction: float = 0.2,
                seed: int = 42) -> dict:
-    """A seeded, patient-level split into train / val / test.
+    """A seeded, patient-level split ``{"seed", "train", "val", "test"}`` (sorted lists).
 
     ``case_ids`` are patient identifiers (one per patient); each lands in exactly one part.
     With n cases, test gets round(n * test_fraction) (at least 1 if n >= 3), val
-    round(n * val_fraction) (at least 1 if n >= 2), train the rest. Returns
-    ``{"seed", "train", "val", "test"}`` with sorted lists.
-    """
+    round(n * val_fraction) (at least 1 if n >= 2), train the rest."""
     ids = sorted(set(str(c) for c in case_ids))
     if len(ids) != len(list(case_ids)):
         raise LungsegInputError("make_split: the same patient id appears twice in case_ids.")
@@ -294,18 +285,13 @@ def describe_case(case: Case) -> dict:
     ``touches_border`` (whether the mask reaches a face of the volume)."""
     m = np.zeros(case.shape, bool) if case.mask is None else case.mask > 0
     faces = [m[0], m[-1], m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]]
-    return {
-        "case_id": case.case_id,
-        "shape": tuple(int(s) for s in case.shape),
-        "spacing_mm": tuple(round(float(s), 3) for s in case.spacing_mm),
-        "axcodes": case.axcodes,
-        "hu_min": float(case.ct_hu.min()),
-        "hu_max": float(case.ct_hu.max()),
-        "lung_volume_ml": case.lung_volume_ml,
-        "lung_fraction": float(m.mean()),
-        "lung_mean_hu": float(case.ct_hu[m].mean()) if m.any() else float("nan"),
-        "touches_border": bool(any(f.any() for f in faces)),
-    }
+    return {"case_id": case.case_id, "shape": tuple(int(s) for s in case.shape),
+            "spacing_mm": tuple(round(float(s), 3) for s in case.spacing_mm),
+            "axcodes": case.axcodes, "hu_min": float(case.ct_hu.min()),
+            "hu_max": float(case.ct_hu.max()), "lung_volume_ml": case.lung_volume_ml,
+            "lung_fraction": float(m.mean()),
+            "lung_mean_hu": float(case.ct_hu[m].mean()) if m.any() else float("nan"),
+            "touches_border": bool(any(f.any() for f in faces))}
 
 
 def format_table(rows: list[dict], columns: dict) -> str:

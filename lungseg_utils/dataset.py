@@ -18,7 +18,6 @@ from .errors import LungsegInputError
 
 keras = import_keras_quietly()
 
-
 #: Most of a lung mask is air: at least this fraction of its voxels lies below -500 HU.
 MIN_AIR_FRACTION = 0.5
 
@@ -88,14 +87,11 @@ class LungDataset(keras.utils.PyDataset):
                 f"and {self.y.shape}.")
         if batch_size < 1:
             raise LungsegInputError(f"LungDataset: batch_size={batch_size} must be >= 1.")
-        self.batch_size = int(batch_size)
         self.settings = {**AUGMENT_DEFAULTS, **settings}
-        self.seed = int(seed)
-        self.augment = bool(augment)
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), int(epoch)
+        self.augment, self.endless = bool(augment), bool(endless)
         self.shuffle = self.augment if shuffle is None else bool(shuffle)
         self.samples_per_epoch = int(samples_per_epoch or len(self.x))
-        self.epoch = int(epoch)
-        self.endless = bool(endless)
 
     @property
     def num_batches(self):

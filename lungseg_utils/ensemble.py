@@ -95,9 +95,8 @@ def cross_validate(k: int = 5, data_dir=None, out_dir=None, profile=None, seed: 
     """Train the K members of one configuration (:func:`train_members`, into
     ``out_dir/fold_i/``, default ``results/cv/``) on :func:`fold_splits` (``seed``: the folds'
     and, unless overridden, the training's) or on ``splits`` (a member each). Writes
-    ``manifest.json`` and returns ``cross_validation.json``: ``{"folds", "profile",
-    "settings", "cases": [{"case_id", "fold", "run", metrics...}], "summary"}``, each case
-    scored on the 64^3 grid by the member that never saw it."""
+    ``manifest.json`` and returns ``cross_validation.json``: ``{"folds", "profile", "settings",
+    "cases": score_members(...), "summary"}``, each case scored by the member that never saw it."""
     data_dir = Path(data_dir) if data_dir else synthetic.resolve_data_dir()
     out_root = Path(out_dir) if out_dir else config.RESULTS_DIR / "cv"
     settings = config.get_profile(profile, **overrides)

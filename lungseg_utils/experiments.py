@@ -33,13 +33,11 @@ TTA_ROW_KEYS = ("case_id", "grid", "dice_single", "dice_tta", "hd95_single_mm", 
 
 
 def compare_methods(forward, case, with_ceiling: bool = False):
-    """Segment one labelled ``Case`` with every method and score each: ``unet``
-    (``inference.predict_volume``'s mask), ``unet_raw`` (before its boundary is redrawn on
-    grids finer than 5 mm), ``unet_post`` (after ``anatomy.postprocess_lungs``), ``baseline``
-    (``anatomy.classical_lung_mask``) and, ``with_ceiling``, ``ceiling`` (the reference mask
-    taken to the model grid and back: the best any 64^3 model can do). Returns ``(row, masks,
-    prediction)``: ``{"case_id", method: evaluate_masks(...)}``, ``{method: uint8 mask on the
-    case's grid}`` and ``predict_volume``'s dict."""
+    """Segment one labelled ``Case`` with every method below and score each; ``unet_raw`` is
+    the mask before its boundary is redrawn on grids finer than 5 mm, ``ceiling``
+    (``with_ceiling``) the reference taken to the model grid and back: the best any 64^3 model
+    can do. Returns ``(row, masks, prediction)``: ``{"case_id", method: evaluate_masks(...)}``,
+    ``{method: uint8 mask on the case's grid}`` and ``predict_volume``'s dict."""
     if case.mask is None:
         raise LungsegInputError(f"{case.path}: compare_methods needs a case with a lung mask.")
     axis = geometry.axial_axis(case.affine)
@@ -228,9 +226,8 @@ def tta_gains(rows: list[dict], ci: float = 0.95, seed: int = 0) -> dict:
     for grid in GRIDS:
         sub = [r for r in rows if r["grid"] == grid]
         if len(sub) >= 2:
-            gains[grid] = {**metrics.paired_bootstrap_ci([r["dice_single"] for r in sub],
-                                                         [r["dice_tta"] for r in sub],
-                                                         ci=ci, seed=seed), "ci": ci}
+            single, tta = [r["dice_single"] for r in sub], [r["dice_tta"] for r in sub]
+            gains[grid] = {**metrics.paired_bootstrap_ci(single, tta, ci=ci, seed=seed), "ci": ci}
     return gains
 
 

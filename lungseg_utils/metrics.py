@@ -120,11 +120,9 @@ def summarise(rows: list[dict], key: str, worst: str = "auto") -> dict:
     """Summary of ``rows[i][key]`` over cases (each row has a ``case_id``): ``n``, ``mean``,
     ``sd`` (ddof=1; nan if n < 2), ``median``, ``min``, ``max``, ``worst_value`` and
     ``worst_case_id``. NaN values are left out; ``inf`` is kept, so a failed case shows.
-
     ``worst``: ``"min"`` (lower is worse), ``"max"``, ``"absmax"`` (farther from 0 is worse)
     or ``"auto"``: the metric's own (:data:`METRICS`); for other keys min for dice/iou,
-    absmax for keys holding ``error``, max otherwise.
-    """
+    absmax for keys holding ``error``, max otherwise."""
     if not rows:
         raise LungsegInputError("summarise: rows is empty.")
     if any(key not in r or "case_id" not in r for r in rows):

@@ -25,8 +25,7 @@ def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: in
     ``seed`` varies the anatomy slightly (lung size and position) and the noise; ``affine``
     (4, 4, voxel -> world) defaults to L, P, S centred on the world origin; a body wider than
     about 320 mm (``body_width_mm``) is cut at its sides by a 64^3, 5 mm grid, as in the course
-    data. Returns (ct_hu float32 (X, Y, Z), exact lung mask uint8 (X, Y, Z), affine (4, 4)).
-    """
+    data. Returns (ct_hu float32 (X, Y, Z), exact lung mask uint8 (X, Y, Z), affine (4, 4))."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     affine = lps_affine(shape, spacing_mm) if affine is None else affine
@@ -56,10 +55,8 @@ def make_phantom(shape=MODEL_SHAPE, spacing_mm=(MODEL_SPACING_MM,) * 3, seed: in
 
 
 def write_demo_dataset(folder, n_cases: int = 6, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write ``n_cases`` 64^3 phantoms as ``folder/synth_XXX/{ct,lung}.nii.gz`` (int16 / uint8).
-
-    Existing cases are kept unless ``overwrite``. Returns ``folder``.
-    """
+    """Write ``n_cases`` 64^3 phantoms as ``folder/synth_XXX/{ct,lung}.nii.gz`` (int16 / uint8);
+    existing cases are kept unless ``overwrite``. Returns ``folder``."""
     folder = Path(folder)
     for i in range(n_cases):
         case = folder / f"synth_{i:03d}"
@@ -72,19 +69,14 @@ def write_demo_dataset(folder, n_cases: int = 6, seed: int = 0, overwrite: bool 
 
 
 def resolve_data_dir(verbose: bool = True) -> Path:
-    """The folder of cases (:func:`lungseg_utils.config.find_data_dir`), else a demo set.
-
-    Without real data, synthetic phantoms are written to ``data/synthetic/`` (kept if
-    already there) and the substitution is announced loudly: results on them say nothing
-    about real CT.
-    """
+    """The folder of cases (:func:`lungseg_utils.config.find_data_dir`), else a demo set:
+    synthetic phantoms written to ``data/synthetic/`` (kept if already there), the substitution
+    announced loudly, since results on them say nothing about real CT."""
     found = config.find_data_dir()
     if found is not None:
         return found
     folder = write_demo_dataset(config.SYNTHETIC_DIR)
     if verbose:
-        print("!" * 72)
-        print("!! NO REAL DATA FOUND: using SYNTHETIC phantoms from", folder)
-        print("!! Results below say nothing about real CT. See data/README.md.")
-        print("!" * 72)
+        print("!" * 72, f"!! NO REAL DATA FOUND: using SYNTHETIC phantoms from {folder}",
+              "!! Results below say nothing about real CT. See data/README.md.", "!" * 72, sep="\n")
     return folder

@@ -46,8 +46,7 @@ RUN_OPTIONS = ("resume", "budget_min", "init_weights", "strategy")
 def _read_split(split, case_ids) -> dict:
     if isinstance(split, (str, Path)):
         split = dataio.load_json(split)
-    missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
-    if missing:
+    if missing := sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids)):
         raise LungsegInputError(f"split: case(s) {missing} are not in the data folder.")
     if not split["train"] or not split["val"]:
         raise LungsegInputError("split: needs at least one training and one validation case.")
@@ -129,16 +128,14 @@ def new_run(data_dir, out_dir, profile, split, deterministic, command, overrides
         warnings.warn(note, LungsegWarning, stacklevel=2)
     run_dir = config.new_run_dir(Path(out_dir) if out_dir else None)
     dataio.save_json(split, run_dir / "split.json")
-    cfg = {
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "run_dir": dataio.portable_path(run_dir), "data_dir": dataio.portable_path(data_dir),
-        "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
-        "augment": {k: settings[k] for k in augment.AUGMENT_DEFAULTS},
-        "versions": config.package_versions(), "split": split,
-        "input_files": {f"{cid}/{name}": dataio.file_sha256(folders[cid] / name)
-                        for cid in used for name in (dataio.CT_NAME, dataio.MASK_NAME)},
-        "command": command,
-    }
+    cfg = {"created": _dt.datetime.now().isoformat(timespec="seconds"),
+           "run_dir": dataio.portable_path(run_dir), "data_dir": dataio.portable_path(data_dir),
+           "profile": settings["profile"], "settings": settings, "deterministic": deterministic,
+           "augment": {k: settings[k] for k in augment.AUGMENT_DEFAULTS},
+           "versions": config.package_versions(), "split": split,
+           "input_files": {f"{cid}/{name}": dataio.file_sha256(folders[cid] / name)
+                           for cid in used for name in (dataio.CT_NAME, dataio.MASK_NAME)},
+           "command": command}
     return run_dir, settings, split, folders, cfg
 
 
@@ -183,8 +180,7 @@ def make_datasets(settings: dict, split: dict, folders: dict, initial_epoch: int
                                    samples_per_epoch=settings.get("samples_per_epoch"),
                                    endless=True, workers=int(settings.get("workers") or 1))
     val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
-                                 seed=seed, augment=False,
-                                 **(val_batches or {"batch_size": batch}))
+                                 seed=seed, augment=False, **(val_batches or {"batch_size": batch}))
     return train_ds, val_ds
 
 
@@ -270,8 +266,7 @@ def score_run(model_path: Path, run_dir: Path, split: dict, folders: dict, setti
     metrics = evaluate_cases(keras.saving.load_model(model_path),
                              [folders[c] for c in split["test"]],
                              settings.get("hu_window", config.HU_WINDOW))
-    metrics["model"] = Path(model_path).name
-    metrics["training"] = training
+    metrics.update(model=Path(model_path).name, training=training)
     dataio.save_json(metrics, run_dir / "test_metrics.json", overwrite=True)
     return metrics
 
@@ -288,8 +283,7 @@ def train(data_dir=None, out_dir=None, profile=None, split=None, *, verbose=None
     e.g. ``epochs=3``); ``split``: a split (dict or split.json) instead of a new seeded one;
     ``verbose``: :func:`progress`; ``callbacks``: extra callbacks, called after the run's own;
     ``deterministic``: :func:`run_session`. Refuses :data:`RUN_OPTIONS`: they are
-    :func:`lungseg_utils.runs.training.train_run`'s.
-    """
+    :func:`lungseg_utils.runs.training.train_run`'s."""
     known = config.get_profile(profile)
     if asked := [k for k in RUN_OPTIONS if overrides.get(k) is not None or known.get(k)]:
         raise LungsegInputError(f"train: {', '.join(asked)} is for `lungseg train` "

@@ -140,9 +140,8 @@ def count_flops(model) -> int:
 # --------------------------------------------------------------------------- losses
 def _per_sample_sums(y_true, y_pred):
     """Cast to float32 and flatten each sample: returns (y_true, y_pred) of shape (b, n)."""
-    y_true = ops.reshape(ops.cast(y_true, "float32"), (ops.shape(y_true)[0], -1))
-    y_pred = ops.reshape(ops.cast(y_pred, "float32"), (ops.shape(y_pred)[0], -1))
-    return y_true, y_pred
+    return tuple(ops.reshape(ops.cast(v, "float32"), (ops.shape(v)[0], -1))
+                 for v in (y_true, y_pred))
 
 
 def soft_dice_per_sample(y_true, y_pred, smooth: float = 1.0):

@@ -81,8 +81,7 @@ class SliceViewer:
         self._w_level = w.IntSlider(value=-600, min=-1200, max=1500, step=10, description="L")
         self._w_alpha = w.FloatSlider(value=self._alpha, max=1.0, step=0.05, description="opacity")
         self._w_export = w.Button(description="export figure", icon="download")
-        for name in ("axis", "slice", "overlay", "side", "preset", "image", "readout", "export",
-                     "status"):
+        for name in "axis slice overlay side preset image readout export status".split():
             getattr(self, f"_w_{name}").add_class(f"lungseg-{name}")
         actions = {self._w_axis: self.set_axis, self._w_slice: self.set_slice,
                    self._w_overlay: self.set_overlay, self._w_side: self.set_side_by_side,

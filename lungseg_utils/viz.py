@@ -66,8 +66,7 @@ def export_figure(fig, name: str, figures_dir=None) -> list[Path]:
 
     ``name``: a bare stem such as ``05_dice_paired``; ``figures_dir``: ``config.FIGURES_DIR`` by
     default. Each file is written atomically; the PDF has no creation date (a re-run gives the
-    same bytes); the PNG records :func:`smallest_text_pt` under :data:`MIN_FONT_KEY`.
-    """
+    same bytes); the PNG records :func:`smallest_text_pt` under :data:`MIN_FONT_KEY`."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith((".png", ".pdf")):
         raise LungsegInputError(f"export_figure: name {name!r} must be a bare file stem "
                                 "such as '05_dice_paired' (no folder, no extension).")
@@ -92,7 +91,6 @@ def smallest_text_pt(fig) -> float:
 
 def paired_plot(ax, values: dict, highlight=None, ylabel="Dice"):
     """One dot per case and method, a line per case across the methods; returns ``ax``.
-
     ``values``: ``{method label: {case_id: value}}`` in plotting order (same cases in each);
     ``highlight``: a case_id drawn in colour."""
     labels = list(values)
@@ -235,9 +233,7 @@ def show_slice(ax, ct_hu, axis, index, spacing_mm, affine, window=config.HU_WIND
 
     ``overlay``: 'contour' (outlines of ``mask`` and ``pred``), 'fill' (translucent areas),
     'errors' (true positive / false positive / false negative, with a legend; needs both) or
-    'none'. ``window``: a (low, high) HU pair or a preset name; ``pred_name`` names ``pred`` in
-    the legend.
-    """
+    'none'. ``window``: (low, high) HU or a preset name; ``pred_name``: ``pred``'s legend label."""
     kw = dict(aspect=slice_aspect(spacing_mm, axis, affine), interpolation="nearest")
     cut = lambda vol: display_slice(vol, affine, axis, index)  # noqa: E731
     lo, hi = window_limits(window)

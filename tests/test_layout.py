@@ -37,9 +37,11 @@ MAX_BENCHMARK_LINES = 900
 #: study that measures it (study/compact), counting the package's ``__init__`` (30 lines),
 #: which every import runs; 3,498 once the HU diagnosis with its --rescale advice moved to
 #: scan/reader and fine-tuning from another ensemble to runs/cv (the core's cross-validation
-#: trains from random weights). The issue's target, 3,500, is the limit: lower it as the core
-#: shrinks, and a change that grows the core pays for its lines elsewhere first.
-MAX_NOTEBOOK_REACH_LINES = 3500
+#: trains from random weights); 3,479 after resampling learned to skip work whose result it
+#: knows (+29 lines, issue #28), paid for by compacting eleven modules (-50). The issue's
+#: target, 3,500, was the limit: the limit is lowered as the core shrinks, and a change that
+#: grows the core pays for its lines elsewhere first.
+MAX_NOTEBOOK_REACH_LINES = 3480
 #: Wings in the order imports may go: a module may import its own wing and those before it.
 LAYERS = ("", "runs", "scan", "study", "report", "cli")
 
