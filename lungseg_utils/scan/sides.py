@@ -86,9 +86,11 @@ def split_left_right(mask, affine, spacing_mm=None, midline_x_mm: float | None =
         out[box] = np.where(sub, np.where(xw > plane, RIGHT_LUNG, LEFT_LUNG), 0)
         return out
     right, left = (1, 2) if centre_x[0] > centre_x[1] else (2, 1)
-    d_right = ndi.distance_transform_edt(seeds != right, sampling=spacing)
-    d_left = ndi.distance_transform_edt(seeds != left, sampling=spacing)
-    # A voxel as near to both goes by its side of the midpoint: no dependence on voxel order.
-    is_right = (d_right < d_left) | ((d_right == d_left) & (xw > np.mean(centre_x)))
+    is_right = seeds == right
+    if (sub & (seeds == 0)).any():    # voxels in neither part (eroded away, small pieces)
+        d_right = ndi.distance_transform_edt(seeds != right, sampling=spacing)
+        d_left = ndi.distance_transform_edt(seeds != left, sampling=spacing)
+        # A voxel as near to both goes by its side of the midpoint: no dependence on voxel order.
+        is_right = (d_right < d_left) | ((d_right == d_left) & (xw > np.mean(centre_x)))
     out[box] = np.where(sub, np.where(is_right, RIGHT_LUNG, LEFT_LUNG), 0)
     return out
