@@ -170,6 +170,6 @@ def roc_auc(scores, labels) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    from scipy.stats import rankdata   # here: scipy.stats takes half a second to import
+    from scipy.stats import rankdata   # here, not on import: scipy.stats is slow to import
 
     return float((rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
