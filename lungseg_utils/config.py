@@ -60,14 +60,12 @@ DEFAULTS = dict(
     checkpoint="best",       # best_model.keras: lowest val_loss, or "last": the final weights
     budget_min=None,         # wall-clock budget of a run; the epochs are planned to fit it
     validate_every=1,        # validation after every Nth epoch (and the first and last)
-    patch_epochs=0,          # the first N epochs train on random patch_vox^3 patches
-    patch_vox=48,
     max_cases=None,
     folds=3,                 # members of the ensemble notebook 04 trains
 )
 
 #: The recipe that trains the reference from random weights (each choice: docs/training.md).
-_RECIPE = dict(base_filters=16, depth=4, epochs=120, patch_epochs=80, batch_size=2, samples_per_epoch=12,
+_RECIPE = dict(base_filters=16, depth=4, epochs=75, batch_size=2, samples_per_epoch=12,
                learning_rate=4e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
                mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,
                p_intensity=0.5, p_blur=0.3, folds=3, validate_every=5, workers=2)

@@ -60,13 +60,6 @@ def load_training_arrays(case_dirs, hu_window=HU_WINDOW):
     return np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs])
 
 
-def random_patch(x, y, rng, size: int):
-    """The same random ``size``^3 patch of ``x`` and ``y`` (X, Y, Z, 1), uniformly placed."""
-    at = [int(rng.integers(0, n - size + 1)) for n in x.shape[:3]]
-    cut = tuple(slice(a, a + size) for a in at)
-    return x[cut], y[cut]
-
-
 class LungDataset(keras.utils.PyDataset):
     """Batches (x, y), float32 (b, 64, 64, 64, 1) each, of (CT, mask) for ``model.fit``.
 
@@ -77,13 +70,11 @@ class LungDataset(keras.utils.PyDataset):
     cases. ``shuffle``: default ``augment``. ``epoch``: the first epoch (resumed runs).
     ``endless``: one stream over all epochs, ``ds[i]`` being batch ``i % len(ds)`` of epoch
     ``epoch + i // len(ds)``, so that Keras keeps one input iterator for the whole run.
-    ``patch_vox``: each sample cut to a random ``patch_vox``^3 patch after its augmentation
-    (a cheaper step). ``kwargs`` (``workers``, ...) go to ``PyDataset``."""
+    ``kwargs`` (``workers``, ...) go to ``PyDataset``."""
 
     def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
                  augment: bool = True, samples_per_epoch: int | None = None,
-                 shuffle: bool | None = None, epoch: int = 0, endless: bool = False,
-                 patch_vox: int | None = None, **kwargs):
+                 shuffle: bool | None = None, epoch: int = 0, endless: bool = False, **kwargs):
         super().__init__(**kwargs)
         settings = settings or {}
         if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):
@@ -101,10 +92,6 @@ class LungDataset(keras.utils.PyDataset):
         self.augment, self.endless = bool(augment), bool(endless)
         self.shuffle = self.augment if shuffle is None else bool(shuffle)
         self.samples_per_epoch = int(samples_per_epoch or len(self.x))
-        self.patch_vox = int(patch_vox) if patch_vox else None
-        if self.patch_vox and not (self.augment and self.patch_vox <= min(self.x.shape[1:4])):
-            raise LungsegInputError(f"LungDataset: patch_vox={patch_vox} needs augment=True "
-                                    f"and at most the cases' size {self.x.shape[1:4]}.")
 
     @property
     def num_batches(self):
@@ -138,8 +125,6 @@ class LungDataset(keras.utils.PyDataset):
             if self.augment:
                 rng = np.random.default_rng([self.seed, epoch, pos])
                 x, y = augment_pair(x, y, rng, self.settings)
-                if self.patch_vox:
-                    x, y = random_patch(x, y, rng, self.patch_vox)
             batch.append((x, y))
         return tuple(np.stack(arrays).astype(np.float32) for arrays in zip(*batch))
 

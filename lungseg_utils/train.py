@@ -72,31 +72,26 @@ def evaluate_cases(model, folders, hu_window=config.HU_WINDOW, threshold: float 
 # ------------------------------------- the course's callbacks (long runs add theirs in runs/)
 class EpochSummary(keras.callbacks.Callback):
     """A compact training log for notebooks: one line every ``every`` epochs and at the last
-    (loss, Dice, their validation values, seconds an epoch since the last line, and minutes
-    left once the first ``patch_epochs``, cheaper, are behind)."""
+    (loss, Dice, their validation values, seconds an epoch, minutes left)."""
 
-    def __init__(self, epochs: int, every: int, patch_epochs: int = 0):
+    def __init__(self, epochs: int, every: int):
         super().__init__()
-        self.epochs, self.every, self.patch_epochs = int(epochs), max(1, int(every)), patch_epochs
-        self._since = None
+        self.epochs, self.every, self._t0 = int(epochs), max(1, int(every)), None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._since is None:
-            self._since = (time.perf_counter(), epoch)
+        if self._t0 is None:
+            self._t0, self._first = time.perf_counter(), epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if (epoch + 1) % self.every and epoch + 1 != self.epochs:
             return
-        per_epoch = (time.perf_counter() - self._since[0]) / (epoch + 1 - self._since[1])
-        self._since = None
+        per_epoch = (time.perf_counter() - self._t0) / (epoch + 1 - self._first)
         values = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
                            if k in logs)
         left = (self.epochs - epoch - 1) * per_epoch / 60.0
-        when = (" on patches" if epoch < self.patch_epochs else
-                f", about {left:.0f} min to go" if left >= 0.5 else "")
         print(f"epoch {epoch + 1:>3}/{self.epochs}  {values}  ({per_epoch:.1f} s an epoch"
-              f"{when})", flush=True)
+              f"{f', about {left:.0f} min to go' if left >= 0.5 else ''})", flush=True)
 
 
 def cosine_schedule(learning_rate: float, epochs: int, floor: float = 0.01,
@@ -180,7 +175,6 @@ def make_datasets(settings: dict, split: dict, folders: dict, initial_epoch: int
     augmented, seeded samples of the training cases from epoch ``initial_epoch``; the
     validation cases as they are, in batches of ``val_batches`` (default: the batch size)."""
     seed, batch = int(settings["seed"]), int(settings["batch_size"])
-    initial_epoch = max(initial_epoch, patch_epochs(settings))      # fit_patches draws those
     train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
                                    seed=seed, augment=True, epoch=initial_epoch,
                                    samples_per_epoch=settings.get("samples_per_epoch"),
@@ -219,61 +213,23 @@ def progress(settings: dict, verbose) -> tuple[int, list]:
     "auto" a bar on a terminal, else a line an epoch; "compact" none from Keras, a few lines
     a run from :class:`EpochSummary` (notebooks)."""
     if verbose == "compact":
-        return 0, [EpochSummary(settings["epochs"], int(settings["epochs"]) // 6,
-                                patch_epochs(settings))]
+        return 0, [EpochSummary(settings["epochs"], int(settings["epochs"]) // 6)]
     return (1 if sys.stdout.isatty() else 2) if verbose in (None, "auto") else int(verbose), []
 
 
-def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2,
-              initial_epoch: int = 0):
-    """``model.fit`` over the run's epochs from ``initial_epoch``: one pass of ``train_ds``
-    an epoch, ``val_ds`` scored after the epochs of :func:`validation_epochs`; the first
-    :func:`patch_epochs` on patches (:func:`fit_patches`). Returns the History (None if a
-    callback stopped the run among the patches)."""
-    first = fit_patches(model, train_ds, val_ds, settings, callbacks, verbose, initial_epoch)
-    if model.stop_training:
-        return None
+def fit_model(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2):
+    """``model.fit`` over the run's epochs: one pass of ``train_ds`` an epoch, ``val_ds``
+    scored after the epochs of :func:`validation_epochs`. Returns the History."""
     return model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
-                     initial_epoch=first, steps_per_epoch=len(train_ds), callbacks=callbacks,
-                     verbose=verbose, shuffle=False, validation_freq=validation_epochs(settings))
-
-
-def patch_epochs(settings: dict) -> int:
-    """How many of the first epochs train on random patches (``patch_epochs``), at most all."""
-    return min(int(settings.get("patch_epochs") or 0), int(settings["epochs"]))
-
-
-def fit_patches(model, train_ds, val_ds, settings: dict, callbacks: list, verbose=2,
-                initial_epoch: int = 0) -> int:
-    """Train the epochs before :func:`patch_epochs` (from ``initial_epoch``) on a random
-    ``patch_vox``^3 patch of each augmented sample, a cheaper step (48^3: 0.4 of 64^3's
-    time). A U-Net's weights fit any input its levels divide, so the same model, with the
-    same optimiser, takes the patches while ``val_ds``'s whole cubes are scored as usual.
-    Returns the epoch the whole cubes start at."""
-    epochs = patch_epochs(settings)
-    model.stop_training = False
-    if initial_epoch >= epochs:
-        return max(initial_epoch, epochs)
-    patches = dataset.LungDataset((train_ds.x, train_ds.y), train_ds.batch_size, settings,
-                                  seed=train_ds.seed, augment=True, epoch=initial_epoch,
-                                  samples_per_epoch=train_ds.samples_per_epoch, endless=True,
-                                  patch_vox=int(settings["patch_vox"]), workers=train_ds.workers)
-    spec, model.input_spec = model.input_spec, None           # any size, for these epochs
-    model.fit(patches, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=len(patches), callbacks=callbacks, verbose=verbose,
-              shuffle=False, validation_freq=validation_epochs(settings))
-    model.input_spec = spec
-    model.make_train_function(force=True)      # traced anew for the whole cubes' shape
-    return epochs
+                     steps_per_epoch=len(train_ds), callbacks=callbacks, verbose=verbose,
+                     shuffle=False, validation_freq=validation_epochs(settings))
 
 
 def validation_epochs(settings: dict) -> list[int]:
     """The epochs (1-based) after which the validation cases are scored: every
-    ``validate_every``-th, the first, the last and the first on whole cubes after
-    :func:`patch_epochs`; the others are ``NA`` in the log."""
+    ``validate_every``-th, the first and the last; the others are ``NA`` in the log."""
     epochs, every = int(settings["epochs"]), max(1, int(settings.get("validate_every") or 1))
-    return sorted({1, epochs, min(patch_epochs(settings) + 1, epochs),
-                   *range(every, epochs + 1, every)})
+    return sorted({1, epochs, *range(every, epochs + 1, every)})
 
 
 def save_models(model, run_dir: Path, settings: dict, on_written=None) -> Path:

@@ -41,7 +41,7 @@ def residual_block(x, filters, reg, norm, name):
     change), relu. ``x``: a (b, X, Y, Z, C) Keras tensor; returns (b, X, Y, Z, ``filters``)."""
     shortcut = x
     if x.shape[-1] != filters:
-        shortcut = _norm(_conv(filters, 1, reg, f"{name}_proj")(x), norm, f"{name}_proj_norm")
+        shortcut = _conv(filters, 1, reg, f"{name}_proj")(x)
     y = _conv(filters, 3, reg, f"{name}_conv1")(x)
     y = layers.Activation("relu", name=f"{name}_relu1")(_norm(y, norm, f"{name}_norm1"))
     y = _norm(_conv(filters, 3, reg, f"{name}_conv2")(y), norm, f"{name}_norm2")

@@ -51,7 +51,7 @@ if trained:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-keys = ("profile", "folds", "epochs", "patch_epochs", "patch_vox", "batch_size", "samples_per_epoch", "learning_rate",
+keys = ("profile", "folds", "epochs", "batch_size", "samples_per_epoch", "learning_rate",
         "warmup_epochs", "lr_schedule", "mixed_precision", "checkpoint", "base_filters",
         "depth", "norm", "loss", "reg_l2", "dropout_bot", "seed")
 print("settings of", "the existing run" if trained else "the new run", run.name)
@@ -68,10 +68,7 @@ print(f"{'start':>18} = " + (f"fine-tuned from {init['file']}" if init else "ran
 # normalisation** (statistics of groups of channels within one sample: with two volumes per
 # batch, batch normalisation's running statistics never settled in our first tries), and a
 # **shortcut** that adds the block's input to its output, so that a block only has to learn
-# a correction. Where the number of channels changes, a 1×1×1 convolution projects the input,
-# normalised like the block's own convolutions: left as it is, the projection doubles the
-# signal's variance at every level, and a fresh network's outputs were all 0 or all 1 (a
-# saturated sigmoid has almost no gradient to learn from).
+# a correction. Where the number of channels changes, a 1×1×1 convolution projects the input.
 
 # %%
 viz.show_code(unet.residual_block)
@@ -154,16 +151,6 @@ viz.show_code(train.make_callbacks)
 viz.show_code(train.fit_model)
 
 # %% [markdown]
-# **Patches first.** A step on a random 48³ patch of each augmented sample costs about 0.4
-# of a step on the whole 64³ cube, and the convolutions do not care about the input's size:
-# a U-Net's weights fit any input its levels divide. So the recipe's first epochs (its
-# `patch_epochs`) train on patches — the same model and optimiser, the whole validation
-# cases still scored — and its last epochs, at the lower learning rates, on whole cubes:
-
-# %%
-viz.show_code(train.fit_patches)
-
-# %% [markdown]
 # `train.train` runs these steps for one member — build and compile, fit, save (without the
 # optimiser's state), score its test cases — and writes its run folder.
 #
@@ -213,13 +200,12 @@ print(sorted(n for n in (*train.RUN_ARTIFACTS, "manifest.json") if (run / n).exi
 
 # %% [markdown]
 # ## Learning curves
-# Loss and Dice on the training samples (augmented, with dropout active; solid; on patches
-# in the grey band) and on each member's validation cases (whole cubes as they are; dashed),
-# one colour per member, from each member's first epoch (from random weights with the
-# recipe; a run fine-tuned from earlier weights says so in its settings above); a dot marks
-# the epoch whose weights each member kept. With `checkpoint="last"` the validation cases are
-# the member's unseen test fold, so the dashed Dice is an out-of-fold learning curve: how
-# much each extra epoch still buys.
+# Loss and Dice on the training samples (augmented, with dropout active; solid) and on each
+# member's validation cases (as they are; dashed), one colour per member, from each member's
+# first epoch (from random weights with the recipe; a run fine-tuned from earlier weights
+# says so in its settings above); a dot marks the epoch whose weights each member kept. With
+# `checkpoint="last"` the validation cases are the member's unseen test fold, so the dashed
+# Dice is an out-of-fold learning curve: how much each extra epoch still buys.
 
 # %%
 members = ensemble.member_runs(run)
@@ -235,9 +221,6 @@ for i, (log, k) in enumerate(zip(logs, kept)):
         scored = ~np.isnan(log[f"val_{key}"])    # epochs with validation (validate_every)
         ax.plot(epoch[scored], log[f"val_{key}"][scored], color=colour, lw=0.9, ls="--")
         ax.plot(epoch[k], log[f"val_{key}"][k], "o", color=colour, ms=3.5)
-on_patches = train.patch_epochs(settings)      # the epochs on patches, if any: a grey band
-for ax in axes if on_patches else ():
-    ax.axvspan(0.5, on_patches + 0.5, color="0.92", lw=0)
 axes[0].set(xlabel="epoch", ylabel="Dice loss", yscale="log")
 axes[1].set(xlabel="epoch", ylabel="Dice", ylim=(0.5, 1.0))
 fig.tight_layout(w_pad=0.8, rect=(0, 0.1, 1, 1))          # room for the legend below

@@ -67,9 +67,3 @@ def test_epoch_summary_prints_a_few_lines_a_run(capsys):
     assert [ln.split()[1] for ln in lines] == ["2/5", "4/5", "5/5"]   # every 2nd and the last
     assert "loss 0.2500" in lines[0] and "val_dice 0.8000" in lines[0] and "s an epoch" in lines[0]
     assert "val_loss" not in lines[0]                                   # only what was logged
-    cb = EpochSummary(epochs=5, every=2, patch_epochs=2)              # the first two on patches
-    for epoch in range(5):
-        cb.on_epoch_begin(epoch)
-        cb.on_epoch_end(epoch, {"loss": 0.5})
-    assert ["on patches" in ln for ln in capsys.readouterr().out.splitlines()] == [
-        True, False, False]

@@ -56,29 +56,6 @@ def test_epochs_differ_and_seed_matters():
     np.testing.assert_array_equal(resumed[0][0], ds[0][0])
 
 
-def test_patches_are_cut_from_the_augmented_sample_itself():
-    """``patch_vox`` (the recipe's first epochs): each sample is the whole augmented sample
-    of the same seed, epoch and position, cut to a random patch of that size, the CT and the
-    mask alike; the patches move from sample to sample."""
-    x, y = _arrays()
-    whole = LungDataset((x, y), batch_size=3, seed=5, epoch=2)
-    patches = LungDataset((x, y), batch_size=3, seed=5, epoch=2, patch_vox=32)
-    (xw, yw), (xp, yp) = whole[0], patches[0]
-    assert xp.shape == yp.shape == (3, 32, 32, 32, 1)
-    corners = []
-    for w, p, wy, py in zip(xw, xp, yw, yp):
-        found = [c for c in np.argwhere(w[:33, :33, :33, 0] == p[0, 0, 0, 0])
-                 if np.array_equal(w[c[0]:c[0] + 32, c[1]:c[1] + 32, c[2]:c[2] + 32], p)]
-        assert found, "a patch is not a block of its whole sample"
-        c = found[0]
-        np.testing.assert_array_equal(wy[c[0]:c[0] + 32, c[1]:c[1] + 32, c[2]:c[2] + 32], py)
-        corners.append(tuple(c))
-    assert len(set(corners)) > 1
-    for bad in ({"patch_vox": 80}, {"patch_vox": 32, "augment": False}):
-        with pytest.raises(LungsegInputError, match="patch_vox"):
-            LungDataset((x, y), batch_size=1, **bad)
-
-
 def test_every_case_once_per_epoch_and_repeats_beyond():
     x, y = _arrays(4)
     ds = LungDataset((x, y), batch_size=2, seed=0)

@@ -81,8 +81,7 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--data_dir", "--out_dir", "--base_filters", "--reg_l2", "--dropout_enc",
                  "--dropout_dec", "--dropout_bot", "--epochs", "--batch_size", "--p_jitter",
-                 "--jitter_sigma", "--seed", "--use_transpose", "--loss", "--profile", "--resume",
-                 "--patch_epochs", "--patch_vox"):
+                 "--jitter_sigma", "--seed", "--use_transpose", "--loss", "--profile", "--resume"):
         assert flag in text
     assert "--cv" not in text and "--publish" not in text   # now python -m lungseg_utils.experiments
 
@@ -268,44 +267,6 @@ def test_plan_epochs_fits_the_budget(monkeypatch):
     assert tiny["epochs"] == 1                                  # at least one epoch
 
 
-def test_plan_epochs_counts_the_cheaper_patch_epochs(monkeypatch):
-    """plan_epochs with epochs on patches, on a fake clock: a step 1 s on whole cubes and
-    0.4 s on patches, each shape's first step 5 s longer (tracing); a budget plans fewer
-    epochs with the profile's share of them on patches."""
-    clock, seen = {"now": 0.0}, set()
-
-    class Probe:
-        input_spec = "the model grid's"
-
-        def train_on_batch(self, x, y):
-            assert x.shape[1] == 64 or self.input_spec is None
-            clock["now"] += (1.0 if x.shape[1] == 64 else 0.4) + 5.0 * (x.shape not in seen)
-            seen.add(x.shape)
-
-    class Batches:
-        batch_size = 2
-
-        def __len__(self):
-            return 6
-
-        def __getitem__(self, i):
-            return np.zeros((2, 64, 64, 64, 1)), np.zeros((2, 64, 64, 64, 1))
-
-    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
-    monkeypatch.setattr(budget.unet, "build_from_settings", lambda s: None)
-    monkeypatch.setattr(budget.unet, "compile_model", lambda m, loss, lr: Probe())
-    settings = config.get_profile("main", epochs=100, patch_epochs=50, patch_vox=48)
-    plan = budget.plan_epochs(settings, Batches(), n_val=3)
-    # whole: 6 + 1 + 0.6 = 7.6 s an epoch; patches: 2.4 + 1 + 0.6 = 4 s; 50 of each: 580 s
-    assert plan["patch_step_s"] == pytest.approx(0.4) and plan["patch_epoch_s"] == pytest.approx(4)
-    assert plan["epochs"] == 100 and plan["patch_epochs"] == 50
-    assert "100 epochs (50 of them on 48^3 patches) take about 10 min" in plan["message"]
-    seen.clear()
-    # 5 min: 300 - 10 s tracing - 17 s reserve = 273 s; 47 epochs, 24 on patches: 270.8 s
-    plan = budget.plan_epochs({**settings, "budget_min": 5}, Batches(), n_val=3)
-    assert (plan["epochs"], plan["patch_epochs"]) == (47, 24)
-
-
 def test_validating_less_often_logs_na_and_trains_the_same_model(demo_data, smoke_settings,
                                                                   tmp_path):
     """``validate_every`` and ``workers`` (issue #26: the recipe validates every 5th epoch and
@@ -328,42 +289,3 @@ def test_validating_less_often_logs_na_and_trains_the_same_model(demo_data, smok
             for r in runs]
     for a, b in zip(*same):
         np.testing.assert_array_equal(a, b)
-
-
-def test_patch_epochs_train_the_same_model_on_patches_first(demo_data, smoke_settings,
-                                                            tmp_path):
-    """``patch_epochs`` (issue #26: a cheaper step for the recipe's first epochs): the model
-    trains them on patches, its optimiser going on (its step count), the whole validation
-    cases scored as usual; then it refuses patches again and trains the rest on whole cubes;
-    the log runs on without a gap and is scored after the first epoch on whole cubes."""
-    settings = config.get_profile("smoke", base_filters=2, depth=1, epochs=3, patch_epochs=2,
-                                  patch_vox=32, checkpoint="last", validate_every=2)
-    assert trainer.validation_epochs({**settings, "epochs": 10, "validate_every": 4,
-                                      "patch_epochs": 5}) == [1, 4, 6, 8, 10]
-    x, y = dataset.load_training_arrays(dataio.discover_cases(demo_data)[:3])
-    train_ds = dataset.LungDataset((x[:2], y[:2]), 1, settings, seed=1, samples_per_epoch=2,
-                                   endless=True, epoch=2)
-    val_ds = dataset.LungDataset((x[2:], y[2:]), 1, settings, augment=False)
-    model = trainer.build_model(settings)
-    before, logs = model.get_weights(), {}
-    seen = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: logs.update({e: dict(l)}))
-    assert trainer.fit_patches(model, train_ds, val_ds, settings, [seen], verbose=0) == 2
-    assert int(model.optimizer.iterations) == 4
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    assert sorted(logs) == [0, 1] and all("val_dice" in logs[e] for e in (0, 1))
-    now = model.evaluate(val_ds, verbose=0, return_dict=True)
-    assert now["loss"] == pytest.approx(logs[1]["val_loss"], rel=1e-5)
-    with pytest.raises(ValueError, match="incompatible"):
-        model.predict_on_batch(x[:1, :32, :32, :32])
-    assert trainer.fit_patches(model, train_ds, val_ds, settings, [], initial_epoch=2) == 2
-
-    runs = [trainer.train(demo_data, tmp_path / str(first), verbose=0, **{
-        **smoke_settings, "epochs": 3, "checkpoint": "last", "validate_every": 5,
-        "patch_epochs": first, "patch_vox": 32}) for first in (0, 2)]
-    rows = (runs[1] / trainer.LOG_NAME).read_text().splitlines()
-    assert rows[0] == (runs[0] / trainer.LOG_NAME).read_text().splitlines()[0]
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
-    assert [("NA" in r) for r in rows[1:]] == [False, True, False]
-    weights = [keras.saving.load_model(r / "final_model.keras", compile=False).get_weights()
-               for r in runs]
-    assert any(not np.array_equal(a, b) for a, b in zip(*weights))

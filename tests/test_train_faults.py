@@ -138,29 +138,3 @@ def test_an_empty_model_left_by_an_old_version_is_recovered(killed, tmp_path, sm
     assert not list(run_dir.glob(".tmp_*"))
     assert dataio.load_json(run_dir / "test_metrics.json")["mean_dice"] == pytest.approx(
         dataio.load_json(whole / "test_metrics.json")["mean_dice"], rel=1e-5)
-
-
-#: A run whose first two of three epochs are on patches (the recipe's cheaper first phase).
-PATCHES = ("--epochs", "3", "--patch_epochs", "2", "--patch_vox", "32")
-
-
-@pytest.mark.parametrize("point", ["epoch_end:0", "epoch_end:1"])
-def test_a_run_killed_among_its_patch_epochs_resumes_to_the_same_numbers(demo_data, tmp_path,
-                                                                        point):
-    """Killed among the epochs on patches, or after the last of them: resumed, its log and
-    test scores are those of the same run never stopped (issue #26)."""
-    args = ["--profile", "smoke", "--data_dir", demo_data, "--verbose", "0", *PATCHES]
-    whole = _train([*args, "--out_dir", tmp_path / "whole"])
-    killed = _train([*args, "--out_dir", tmp_path / "killed"], fault=point)
-    assert whole.returncode == 0, whole.stderr
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    (run_dir,), (whole_dir,) = ((tmp_path / d).glob("run_*") for d in ("killed", "whole"))
-    resumed = _train(["--resume", run_dir])
-    assert resumed.returncode == 0, resumed.stderr
-    assert [r["epoch"] for r in _log(run_dir)] == ["0", "1", "2"]
-    for key in ("loss", "dice", "val_loss"):
-        ours = [float(r[key]) if r[key] != "NA" else None for r in _log(run_dir)]
-        theirs = [float(r[key]) if r[key] != "NA" else None for r in _log(whole_dir)]
-        assert ours == pytest.approx(theirs, rel=1e-5), key
-    ours, theirs = (dataio.load_json(d / "test_metrics.json") for d in (run_dir, whole_dir))
-    assert ours["mean_dice"] == pytest.approx(theirs["mean_dice"], rel=1e-5)

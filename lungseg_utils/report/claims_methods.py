@@ -11,14 +11,6 @@ from __future__ import annotations
 from .conditions import Claim
 
 
-def _on_patches(n) -> str:
-    """", the first N on patches ..." where a run trained its first epochs on patches."""
-    t = n["training"]
-    return (f", the first {t['patch_epochs']} on a random {t['patch_vox']}³ patch of each volume "
-            "(a cheaper step; the network's weights fit any input size its levels divide)"
-            if t["patch_epochs"] != "0" else "")
-
-
 def _how(n, *hows) -> bool:
     """The scored block was scored in one of ``hows`` (``values.scored_block``)."""
     return n["scored"]["how"] in hows
@@ -86,8 +78,7 @@ METHOD_CLAIMS: tuple[Claim, ...] = (
           lambda n: n["training"]["epochs_run"] == n["training"]["epochs_planned"],
           lambda n: f"{'Each member' if n['ensemble'] else 'The network'} trains for "
                     f"{n['training']['epochs_run']} epochs of {n['training']['volumes']} in "
-                    f"batches of {n['training']['batch_size']}, with the Adam optimiser"
-                    f"{_on_patches(n)}; "
+                    f"batches of {n['training']['batch_size']}, with the Adam optimiser; "
                     f"{'member 0' if n['ensemble'] else 'it'} took "
                     f"{n['training']['wall_time_min']} min (Keras {n['training']['keras']}, "
                     f"TensorFlow {n['training']['tensorflow']})."),
@@ -95,8 +86,7 @@ METHOD_CLAIMS: tuple[Claim, ...] = (
           lambda n: int(n["training"]["epochs_run"]) < int(n["training"]["epochs_planned"]),
           lambda n: f"{'Each member' if n['ensemble'] else 'The network'} trains for at most "
                     f"{n['training']['epochs_planned']} epochs of {n['training']['volumes']} in "
-                    f"batches of {n['training']['batch_size']}, with the Adam optimiser"
-                    f"{_on_patches(n)}; "
+                    f"batches of {n['training']['batch_size']}, with the Adam optimiser; "
                     f"{'member 0' if n['ensemble'] else 'it'} stopped early after "
                     f"{n['training']['epochs_run']} and took {n['training']['wall_time_min']} min "
                     f"(Keras {n['training']['keras']}, TensorFlow {n['training']['tensorflow']})."),

@@ -110,8 +110,6 @@ def training_summary(cfg: dict, log: list[dict], test_metrics: dict) -> dict:
         "base_filters": str(settings.get("base_filters", 16)),
         "learning_rate": fmt_general(float(settings.get("learning_rate", 1e-3))),
         "warmup_epochs": str(int(settings.get("warmup_epochs") or 0)),
-        "patch_epochs": str(min(int(settings.get("patch_epochs") or 0), len(log))),
-        "patch_vox": str(settings.get("patch_vox", "?")),
         "schedule": settings.get("lr_schedule", "plateau"),
         "checkpoint": settings.get("checkpoint", "best"),
         "reduce_lr_patience": str(settings.get("reduce_lr_patience", "?")),

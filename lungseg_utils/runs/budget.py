@@ -40,23 +40,10 @@ class WallClockBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self._seen.append(now - (self._t_epoch or now))
-        nxt = (max(float(np.median(self._seen[1:])), self._seen[-1]) if len(self._seen) > 1
-               else self.epoch_s)         # the last epoch if longer (patches, then cubes)
+        nxt = float(np.median(self._seen[1:])) if len(self._seen) > 1 else self.epoch_s
         if now + nxt + self.reserve_s > self.deadline_s:
             self.stopped_epoch = int(epoch)
             self.model.stop_training = True
-
-
-def _step_time(probe, batches) -> tuple[float, float]:
-    """``(step_s, trace_s)``: the median time of a training step on ``batches`` after the
-    first, and how much longer the first (tracing) took."""
-    times = []
-    for x, y in batches:
-        t0 = time.perf_counter()
-        probe.train_on_batch(x, y)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times[1:]))
-    return step_s, max(times[0] - step_s, 0.0)
 
 
 def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
@@ -64,52 +51,38 @@ def plan_epochs(settings: dict, train_ds, n_val: int, elapsed_s: float = 0.0,
     """Time a few training steps on this machine and plan the run's epochs.
 
     A throwaway model with the run's settings takes one step (tracing) and ``n_steps`` timed
-    steps on the run's first batches (and as many on patches of them, if the profile trains
-    its first epochs on patches). An epoch is its steps, the validation cases (a third of a
-    step each) and 0.6 s of bookkeeping. With ``settings["budget_min"]``: as many epochs as
-    fit in the budget (less ``elapsed_s``, the real model's tracing, as long as the probe's,
-    and a reserve for saving and scoring), at least one, the same share of them on patches;
-    else the profile's.
+    steps on the run's first batches. An epoch is its steps, the validation cases (a third
+    of a step each) and 0.6 s of bookkeeping. With ``settings["budget_min"]``: as many
+    epochs as fit in the budget (less ``elapsed_s``, the real model's tracing, as long as the
+    probe's, and a reserve for saving and scoring), at least one; else the profile's.
 
-    Returns ``{"step_s", "patch_step_s", "epoch_s", "patch_epoch_s", "epochs_profile",
-    "epochs", "patch_epochs", "budget_min", "reserve_s", "message"}`` (seconds; the message
-    says what the profile costs on this machine).
+    Returns ``{"step_s", "epoch_s", "epochs_profile", "epochs", "budget_min", "reserve_s",
+    "message"}`` (seconds; the message says what the profile costs on this machine).
     """
     probe = unet.compile_model(unet.build_from_settings(settings), settings["loss"],
                                settings["learning_rate"])
-    batches = [train_ds[i] for i in range(n_steps + 1)]
-    step_s, trace_s = _step_time(probe, batches)
+    times = []
+    for i in range(n_steps + 1):
+        x, y = train_ds[i]
+        t0 = time.perf_counter()
+        probe.train_on_batch(x, y)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:]))
+    epoch_s = len(train_ds) * step_s + n_val * step_s / 3.0 + 0.6
     wanted, budget = int(settings["epochs"]), settings.get("budget_min")
-    first = min(int(settings.get("patch_epochs") or 0), wanted)
-    patch_step_s = step_s
-    if first:
-        cut = (slice(None),) + (slice(0, int(settings["patch_vox"])),) * 3
-        probe.input_spec = None
-        patch_step_s, patch_trace_s = _step_time(probe, [(x[cut], y[cut]) for x, y in batches])
-        trace_s += patch_trace_s
-    extra_s = n_val * step_s / 3.0 + 0.6
-    epoch_s = len(train_ds) * step_s + extra_s
-    patch_epoch_s = len(train_ds) * patch_step_s + extra_s
-
-    def cost(epochs):      # seconds of ``epochs`` epochs, the profile's share on patches
-        on_patches = round(first * epochs / wanted)
-        return on_patches * patch_epoch_s + (epochs - on_patches) * epoch_s, on_patches
-
     reserve_s = 15.0 + 2.0 * step_s
     epochs = wanted
     if budget:
-        left = 60.0 * float(budget) - elapsed_s - trace_s - reserve_s
-        epochs = max([1] + [e for e in range(1, wanted + 1) if cost(e)[0] <= left])
-    on_patches = f" ({first} of them on {settings['patch_vox']}^3 patches)" if first else ""
+        trace_s = max(times[0] - step_s, 0.0)
+        epochs = int((60.0 * float(budget) - elapsed_s - trace_s - reserve_s) // epoch_s)
+        epochs = max(1, min(wanted, epochs))
     message = (f"This machine: {step_s:.2f} s a training step (batch {train_ds.batch_size}), "
-               f"about {epoch_s:.1f} s an epoch; the profile's {wanted} epochs{on_patches} "
-               f"take about {cost(wanted)[0] / 60.0:.0f} min.")
+               f"about {epoch_s:.1f} s an epoch; the profile's {wanted} epochs take about "
+               f"{wanted * epoch_s / 60.0:.0f} min.")
     if budget:
         message += f" Budget {float(budget):g} min: {epochs} epochs planned."
-    return {"step_s": step_s, "patch_step_s": patch_step_s, "epoch_s": epoch_s,
-            "patch_epoch_s": patch_epoch_s, "epochs_profile": wanted, "epochs": epochs,
-            "patch_epochs": cost(epochs)[1], "budget_min": budget, "reserve_s": reserve_s,
-            "message": message}
+    return {"step_s": step_s, "epoch_s": epoch_s, "epochs_profile": wanted, "epochs": epochs,
+            "budget_min": budget, "reserve_s": reserve_s, "message": message}
 
 
 def plan_budget(settings: dict, cfg: dict, train_ds, n_val: int, announce: bool,
@@ -119,8 +92,7 @@ def plan_budget(settings: dict, cfg: dict, train_ds, n_val: int, announce: bool,
     if not (settings.get("budget_min") or announce):
         return None
     cfg["plan"] = plan_epochs(settings, train_ds, n_val, time.perf_counter() - t_start)
-    for key in ("epochs", "patch_epochs"):
-        settings[key] = cfg["settings"][key] = cfg["plan"][key]
+    settings["epochs"] = cfg["settings"]["epochs"] = cfg["plan"]["epochs"]
     print(cfg["plan"]["message"])
     if not settings.get("budget_min"):
         return None

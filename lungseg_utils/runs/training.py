@@ -95,7 +95,7 @@ def train_run(data_dir=None, out_dir=None, profile=None, resume=None, split=None
         try:                                                                   # 2. fit
             train.fit_model(model, train_ds, val_ds, settings,
                             train.make_callbacks(settings, run_dir, best_val_loss, extra),
-                            keras_verbose, initial_epoch)
+                            keras_verbose)
         except BaseException:
             print(f"\nTraining stopped early; continue it with:\n  python -m lungseg_utils "
                   f"train --resume {run_dir}", file=sys.stderr)
@@ -165,10 +165,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--validate_every", type=int, metavar="N",
                    help="score the validation cases after every Nth epoch (and the first and "
                         "last; the main profile: 5); the model is the same")
-    p.add_argument("--patch_epochs", type=int, metavar="N",
-                   help="train the first N epochs on random patches, a cheaper step (the main "
-                        "profile: 80 of 120)")
-    p.add_argument("--patch_vox", type=int, metavar="N", help="the patches' size (N^3 voxels)")
     p.add_argument("--mixed_precision", action="store_true", default=None, help="bfloat16")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
                    help="0 silent, 1 progress bar of steps, 2 one line per epoch "
