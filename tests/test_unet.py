@@ -20,7 +20,7 @@ def test_builds_and_outputs_probabilities(use_transpose):
     kinds = {type(layer).__name__ for layer in m.layers}
     assert ("Conv3DTranspose" in kinds) == use_transpose
     assert ("UpSampling3D" in kinds) != use_transpose
-    assert {"GroupNormalization", "Dropout", "Add", "MaxPooling3D"} <= kinds
+    assert {"GroupNorm", "Dropout", "Add", "MaxPooling3D"} <= kinds
     convs = [layer for layer in m.layers if type(layer).__name__.startswith("Conv3D")]
     assert all(layer.kernel_regularizer is not None for layer in convs)
 
@@ -42,7 +42,31 @@ def test_other_normalisations(norm):
     m = unet.build_unet(base_filters=4, norm=norm, depth=3)
     kinds = {type(layer).__name__ for layer in m.layers}
     assert ("BatchNormalization" in kinds) == (norm == "batch")
-    assert "GroupNormalization" not in kinds
+    assert not {"GroupNorm", "GroupNormalization"} & kinds
+
+
+@pytest.mark.parametrize("groups, channels", [(8, 16), (6, 12), (4, 4)])
+def test_group_norm_equals_keras_group_normalization(groups, channels):
+    # the faster layer computes Keras's GroupNormalization: the same outputs and gradients
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.5, 3.0, (2, 6, 5, 4, channels)).astype("float32"))
+    weights = [rng.uniform(0.5, 1.5, channels).astype("float32"),
+               rng.normal(0, 1, channels).astype("float32")]
+    ours, theirs = unet.GroupNorm(groups=groups), keras.layers.GroupNormalization(groups=groups)
+    results = []
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.set_weights(weights)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.sin(tf.range(y.shape[-1], dtype=y.dtype)))
+        grads = tape.gradient(loss, [x, *layer.trainable_weights])
+        results.append([y.numpy(), *(g.numpy() for g in grads)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert abs(results[0][0].mean()) > 0.01   # a non-trivial output (beta is not zero)
 
 
 def test_group_count_divides_filters():
