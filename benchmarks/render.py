@@ -200,11 +200,11 @@ def _details(e: dict, ref: dict) -> dict:
     for k, v in t.get("ceiling", {}).get("runs", {}).items():
         d[f"Ceiling: {k}, n = {v['n']} (best, median)"] = (
             f"{v['gflops_best']:.0f}, {v['gflops_median']:.0f} GFLOP/s")
-    scales = sorted((k for k in t if k.startswith("scale_")), key=lambda k: int(k[6:]))
-    for s, r in ((t[k], r) for k in ("train_f32", "train_bf16", *scales) if k in t
-                 for r in t[k]["rows"]):
+    for k, s, r in ((k, v, r) for k, v in t.items() if k.startswith(("train_", "scale_"))
+                    for r in v["rows"]):   # in the plan's order
         g, ceil = r["gflop_per_step"] / r["step_s"]["median"], n.get(f"ceil_{s['precision']}")
-        d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"] = (
+        d[f"Training step: {s['precision']}, {s['size']}³, batch {r['batch']}"
+          + (", Keras's GroupNormalization (before)" if k.endswith("keras_norm") else "")] = (
             f"{fmt_s(r['step_s'])}; {g:.0f} GFLOP/s" + (f" ({_pct(g / ceil)})" if ceil else "")
             + f"; {_mib(r['peak_rss_mib'])}")
     if "epoch" in t:

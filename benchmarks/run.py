@@ -71,6 +71,8 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
     tasks = [("ceiling", "ceiling", {"n": r(3072, 256), "reps": r(5), "bf16": not skip}),
              ("train_f32", "train", {**step, "batches": r([1, 2, 4], [2])}),
              ("train_bf16", "train", {**step, "precision": "bf16", "batches": [2], **skip}),
+             ("train_bf16_keras_norm", "train", {**step, "precision": "bf16", "batches": [2],
+                                                 "settings": {**s, "norm": "keras_group"}, **skip}),
              *((f"scale_{n}", "train", {**step, "size": n, "batches": [1], "reps": r(3),
                                         "max_s": 20, **eigen}) for n in r((96, 128), (32,))),
              ("epoch", "epoch", {"epochs": r(4), "warmup_epochs": r(4) // 2, "aug_reps": r(3, 1)}),

@@ -1,8 +1,7 @@
 """Anatomy from the image: body, airways, connected components, holes, boundaries.
 
 One algorithm for each idea, shared by everything that needs it. A mask is any array, nonzero
-the foreground; ``axis`` is the head-foot axis (default 2, the head at high indices).
-"""
+the foreground; ``axis`` is the head-foot axis (default 2, the head at high indices)."""
 
 from __future__ import annotations
 

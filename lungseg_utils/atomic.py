@@ -1,6 +1,5 @@
 """The project's one way to write files and folders, whole or not at all: every writer of the
-project goes through :func:`atomic_write`, so no reader and no later run ever sees half a file.
-"""
+project goes through :func:`atomic_write`, so no reader and no later run ever sees half a file."""
 
 from __future__ import annotations
 
@@ -90,4 +89,3 @@ def atomic_write(path, overwrite: bool = False, suffix: str | None = None, folde
     finally:
         if held is None or not any(t == tmp for t, _ in held):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-

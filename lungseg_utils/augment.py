@@ -3,8 +3,7 @@
 Each transform takes the CT (float32 (X, Y, Z) in [0, 1]) and its mask (uint8 or float
 (X, Y, Z), {0, 1}), applies itself with probability ``p`` using an explicit
 ``numpy.random.Generator``, and returns both transformed the same way: shapes kept, the mask
-binary. :data:`PIPELINE` lists the steps of :func:`augment_pair`, in order.
-"""
+binary. :data:`PIPELINE` lists the steps of :func:`augment_pair`, in order."""
 
 from __future__ import annotations
 
@@ -106,8 +105,7 @@ def random_shift(ct, mask, rng, max_shift_vox: int = 4, p: float = 1.0):
     return out_ct, out_mask
 
 
-def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1,
-                  p: float = 1.0):
+def random_affine(ct, mask, rng, max_rot_deg: float = 10.0, max_scale: float = 0.1, p: float = 1.0):
     """With probability ``p``, rotate about each axis by up to ``max_rot_deg`` and scale by
     1 ± ``max_scale`` about the centre; trilinear, air outside, the mask then >= 0.5."""
     ct, mask = _check_pair(ct, mask)
@@ -153,8 +151,7 @@ def random_blur(ct, rng, max_sigma_vox: float = 1.0, max_thick: int = 3, p: floa
     max_thick = int(max_thick)
     out = ndi.gaussian_filter(ct, rng.uniform(0.0, max_sigma_vox, size=3), mode="nearest")
     if max_thick >= 2 and rng.random() < 0.5:
-        out = ndi.uniform_filter1d(out, int(rng.integers(2, max_thick + 1)), axis=2,
-                                   mode="nearest")
+        out = ndi.uniform_filter1d(out, int(rng.integers(2, max_thick + 1)), axis=2, mode="nearest")
     return out.astype(np.float32)
 
 
@@ -196,10 +193,8 @@ PIPELINE = [
     Step("rot90", random_rot90, "p_rot90"),
     Step("HU calibration", random_intensity, "p_intensity", ("hu_offset", "hu_scale", "gamma"),
          ct_only=True),
-    Step("blur, thick slices", random_blur, "p_blur", ("max_blur_vox", "max_thick"),
-         ct_only=True),
-    Step("noise", intensity_jitter, "p_jitter", ("jitter_sigma",), ct_only=True),
-]
+    Step("blur, thick slices", random_blur, "p_blur", ("max_blur_vox", "max_thick"), ct_only=True),
+    Step("noise", intensity_jitter, "p_jitter", ("jitter_sigma",), ct_only=True)]
 
 #: The augmentation settings and their defaults: every key a step of :data:`PIPELINE` reads.
 AUGMENT_DEFAULTS = {k: DEFAULTS[k] for step in PIPELINE for k in (step.p, *step.keys)}

@@ -1,7 +1,6 @@
 """Discover, load, validate and save cases: folders ``patient_XXX/`` holding ``ct.nii.gz``
 (Hounsfield units) and ``lung.nii.gz`` (any label > 0 is lung) on one grid. What can be wrong
-with them is a :class:`~lungseg_utils.errors.LungsegInputError` naming the file and the problem.
-"""
+with them is a :class:`~lungseg_utils.errors.LungsegInputError` naming the file and the problem."""
 
 from __future__ import annotations
 
@@ -31,8 +30,7 @@ def portable_path(path) -> str:
     return Path(os.path.relpath(path, root)).as_posix() if near else str(path)
 
 
-CT_NAME = "ct.nii.gz"
-MASK_NAME = "lung.nii.gz"
+CT_NAME, MASK_NAME = "ct.nii.gz", "lung.nii.gz"
 
 
 @dataclass
@@ -43,8 +41,7 @@ class Case:
     units; ``mask`` uint8 {0, 1} (X, Y, Z), or None if the case has no label; ``affine``
     float64 (4, 4), voxel to world (mm), and ``spacing_mm`` (3 floats, along each array axis)
     from the header; ``path`` the CT file; ``labels`` the mask file's labels above 0, all of
-    them lung (e.g. (1, 2) for right and left).
-    """
+    them lung (e.g. (1, 2) for right and left)."""
 
     case_id: str
     ct_hu: np.ndarray
@@ -71,9 +68,8 @@ class Case:
 
 
 def discover_cases(data_dir, require_mask: bool = True) -> list[Path]:
-    """The sorted case folders under ``data_dir`` (those holding ``ct.nii.gz``); raises
-    LungsegInputError if the folder is missing or holds none, or (``require_mask``) if one
-    lacks ``lung.nii.gz``."""
+    """The sorted case folders (holding ``ct.nii.gz``) under ``data_dir``; raises LungsegInputError
+    if it is missing or holds none, or (``require_mask``) if one lacks ``lung.nii.gz``."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise LungsegInputError(f"{data_dir}: data folder does not exist.")
@@ -121,10 +117,9 @@ def _read_nifti(path: Path):
 def load_nifti(path, what: str = "image", allow_unoriented: bool = False
                ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a 3D NIfTI file into (float32 array (X, Y, Z), affine (4, 4), header); a trailing
-    singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError, naming the file, for
-    anything but a finite 3D volume with an invertible affine, and for a header without
-    orientation (right and left could swap) unless ``allow_unoriented``
-    (:func:`lungseg_utils.scan.reader.load_scan` then sets one)."""
+    singleton axis (X, Y, Z, 1) is squeezed. Raises LungsegInputError for anything but a finite 3D
+    volume with an invertible affine, and for a header without orientation (right and left could
+    swap) unless ``allow_unoriented`` (:func:`lungseg_utils.scan.reader.load_scan` sets one)."""
     path = Path(path)
     if not path.exists():
         raise LungsegInputError(f"{path}: {what} file is missing.")
@@ -185,18 +180,16 @@ def load_case(case_dir, require_mask: bool = True) -> Case:
         if not np.allclose(m_affine, affine, atol=1e-3):
             raise LungsegInputError(f"{mask_path}: mask affine differs from the CT's affine.")
         if m.min() < 0 or not np.array_equal(m, np.round(m)):
-            copy = " (they are the CT's: the mask file is a copy of the CT?)" if np.array_equal(
-                m, ct) else ""
+            hint = " (they are the CT's: the mask file is a copy of the CT?)"
             raise LungsegInputError(f"{mask_path}: mask values are not labels (negative or "
-                                    f"fractional values{copy}); a lung mask holds 0 and 1, or "
-                                    "integer labels > 0.")
+                                    f"fractional values{hint if np.array_equal(m, ct) else ''}); "
+                                    "a lung mask holds 0 and 1, or integer labels > 0.")
         mask = (m > 0).astype(np.uint8)
         labels = tuple(int(v) for v in np.unique(m) if v > 0)
         if not mask.any():
             warnings.warn(f"{mask_path}: the lung mask is empty.", LungsegWarning, stacklevel=2)
     return Case(case_id=case_dir.name, ct_hu=ct, mask=mask, affine=affine,
-                spacing_mm=spacing_from_affine(affine), path=ct_path, header=header,
-                labels=labels)
+                spacing_mm=spacing_from_affine(affine), path=ct_path, header=header, labels=labels)
 
 
 def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None) -> list[Case]:
@@ -208,8 +201,7 @@ def load_cases(data_dir, require_mask: bool = True, max_cases: int | None = None
 def save_nifti(data: np.ndarray, affine: np.ndarray, path, header=None,
                overwrite: bool = False) -> Path:
     """Write ``data`` (its dtype) with ``affine`` to ``path`` atomically, ``header`` (e.g. the
-    input's) copied so that units and codes carry over; refuses to replace a file unless
-    ``overwrite``."""
+    input's) copied so that units and codes carry over; replaces a file only if ``overwrite``."""
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=hdr)
     img.set_data_dtype(np.asarray(data).dtype)

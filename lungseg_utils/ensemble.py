@@ -2,10 +2,8 @@
 
 Member i trains on all folds but fold i, so every case is scored once by a model that never
 saw it (out of fold); the K members, averaged, are the model the project ships (docs/training.md).
-An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of each model
-file) and one run folder per member (``fold_i/``); :func:`lungseg_utils.inference.load_model`
-loads it.
-"""
+An ensemble folder holds ``manifest.json`` (members, folds, settings, SHA-256 of each model file)
+and one run folder per member (``fold_i/``); :func:`lungseg_utils.inference.load_model` loads it."""
 
 from __future__ import annotations
 

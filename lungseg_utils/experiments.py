@@ -1,8 +1,7 @@
 """Experiments: methods compared on labelled cases, scored out of fold (notebooks 05, 06).
 
 Builds ``evaluation.json`` and ``tta.json`` on the two grids of :data:`GRIDS`, which the
-report checks as it reads them (:mod:`lungseg_utils.report.schema`).
-"""
+report checks as it reads them (:mod:`lungseg_utils.report.schema`)."""
 
 from __future__ import annotations
 
@@ -126,8 +125,7 @@ def method_block(rows: list[dict], grid: str) -> dict:
 def evaluate_jobs(jobs, folders: dict, forwards: dict | None = None) -> dict:
     """Score every job's case (:func:`out_of_fold_jobs`) with every method on both grids:
     ``{grid: method_block(...)}``, each row naming its ``"model"`` (``"CV fold 0"``). ``folders``:
-    ``{"grid64": folder, "native": folder or None}``; ``forwards``: compiled models by path,
-    filled as they load."""
+    ``{"grid64": folder, "native": folder or None}``; ``forwards``: a cache of compiled models."""
     rows = {grid: [] for grid in GRIDS}
     for _, label, fwd, grid, case in _job_cases(jobs, folders, forwards):
         row = compare_methods(fwd, case, with_ceiling=grid == "native")[0]
@@ -244,8 +242,7 @@ def tta_recommendation(tta: dict) -> dict:
                                       "use --tta when the uncertainty map is wanted."}
 
 
-def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str,
-               run_dir=None) -> dict:
+def tta_result(rows: list[dict], time_s: dict, auc: float, focus_case: str, run_dir=None) -> dict:
     """The contents of ``tta.json``: :func:`tta_rows`, :func:`time_inference`, the uncertainty's
     error AUC on ``focus_case``, :func:`tta_gains` (``dice_gain``: grid64) and ``run``."""
     gains = tta_gains(rows)

@@ -2,8 +2,7 @@
 
 The network sees a 64 x 64 x 64 cube of 5 mm voxels, array axes to the patient's Left,
 Posterior, Superior (``L, P, S``), centred on the lungs as seen in the image (never the label):
-:func:`to_model_grid` takes any CT there, :func:`from_model_grid` a probability back.
-"""
+:func:`to_model_grid` takes any CT there, :func:`from_model_grid` a probability back."""
 
 from __future__ import annotations
 
@@ -91,8 +90,7 @@ def lung_centre_mm(ct_hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     Components below :data:`LUNG_HU` inside the body on a copy subsampled to about 4 mm (R, A,
     S): the largest, of 50 mL or more, and a second of at least a fifth of its volume (the other
     lung). Their box is measured at full resolution, less axial slices under 3 % of the largest
-    area (the trachea). Falls back to the body's (or the volume's) centre.
-    """
+    area (the trachea). Falls back to the body's (or the volume's) centre."""
     ornt = nib.orientations.io_orientation(affine)
     affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, np.shape(ct_hu))
     ct_hu = nib.orientations.apply_orientation(np.asarray(ct_hu), ornt)
@@ -132,8 +130,7 @@ def resample(volume, src_affine, dst_affine, dst_shape, order=1, cval=0.0, smoot
     """Sample ``volume`` (on ``src_affine``) at the voxels of a ``dst`` grid (float32); with
     ``smooth``, first a Gaussian anti-aliasing along the input axes sampled more coarsely.
     Only the input the ``dst`` grid reaches is read, and with ``order`` 0 or 1 only the output
-    that input voxels other than ``cval`` reach is computed: the rest is ``cval``, as it would be.
-    """
+    that input voxels other than ``cval`` reach is computed (the rest is ``cval`` anyway)."""
     vol = np.asarray(volume, dtype=np.float32)
     matrix = np.linalg.inv(src_affine) @ dst_affine  # dst voxel -> src voxel
     # within 1e-6 of whole voxels: whole voxels (a copy or a flip stays exact)
@@ -180,8 +177,7 @@ def to_model_grid(ct_hu: np.ndarray, affine: np.ndarray, centre_mm=None):
 
     ``centre_mm``: the cube's centre (default :func:`lung_centre_mm`, or the input's own grid
     if it already is 64^3, 5 mm). Returns ``(ct64_hu, grid)``: float32 (64, 64, 64), -1000 HU
-    outside the input, and the :class:`ModelGrid` that brings results back.
-    """
+    outside the input, and the :class:`ModelGrid` that brings results back."""
     ct_hu = np.asarray(ct_hu)
     grid = make_model_grid(ct_hu, affine, centre_mm)
     ct64 = resample(ct_hu, grid.source_affine, grid.affine, MODEL_SHAPE, order=1,
@@ -218,5 +214,4 @@ def round_trip_mask(mask: np.ndarray, affine: np.ndarray, ct_hu: np.ndarray | No
     for the CT (from ``ct_hu`` if given, else centred on the mask)."""
     centre = None if ct_hu is not None else bbox_centre_mm(mask > 0, affine)
     grid = make_model_grid(np.asarray(mask if ct_hu is None else ct_hu), affine, centre)
-    prob64 = mask_to_model_grid(mask, grid)
-    return (from_model_grid(prob64, grid) >= threshold).astype(np.uint8)
+    return (from_model_grid(mask_to_model_grid(mask, grid), grid) >= threshold).astype(np.uint8)

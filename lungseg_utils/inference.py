@@ -2,8 +2,7 @@
 
 CT (any grid) -> model grid (64^3, 5 mm) -> [0, 1] window -> network (optionally on the 8 flips,
 averaged) -> 64^3 probability -> the input's grid -> threshold -> (optional) post-processing.
-``python -m lungseg_utils.inference`` runs the command (:mod:`lungseg_utils.scan.segment`).
-"""
+``python -m lungseg_utils.inference`` runs the command (:mod:`lungseg_utils.scan.segment`)."""
 
 from __future__ import annotations
 
@@ -19,12 +18,10 @@ from .errors import LungsegInputError
 
 #: The 8 flip combinations of the three axes (the first is the identity).
 FLIPS = [tuple(a for a, f in zip(range(3), bits) if f) for bits in itertools.product((0, 1), repeat=3)]
-MODEL_FILE = "best_model.keras"
-MANIFEST = "manifest.json"
+MODEL_FILE, MANIFEST = "best_model.keras", "manifest.json"
 #: HU below which a voxel near the predicted boundary is lung (:func:`masks_from_prob64`), on
 #: a finer grid and on the model grid itself, chosen by :mod:`lungseg_utils.study.refine`.
-REFINE_HU = -200.0
-REFINE_HU_MODEL_GRID = -300.0
+REFINE_HU, REFINE_HU_MODEL_GRID = -200.0, -300.0
 #: Less predicted lung than this (mL) is no lung in view (the abdomen, say): an empty mask.
 MIN_LUNG_ML = 100.0
 
@@ -175,8 +172,7 @@ def predict_volume(forward, ct_hu: np.ndarray, affine: np.ndarray, tta: bool = F
     :func:`lungseg_utils.anatomy.postprocess_lungs`; ``centre_mm``: the cube's centre (default:
     the lungs', from the image). Returns :func:`masks_from_prob64`'s dict and, on the model grid,
     ``prob64``, ``std64`` float32 (64, 64, 64), ``ct64`` (HU) and its ``grid``; with ``members``
-    (``compiled_forward(..., members=True)``) also ``members64`` float32 (M, 64, 64, 64).
-    """
+    (``compiled_forward(..., members=True)``) also ``members64`` float32 (M, 64, 64, 64)."""
     ct64, grid = geometry.to_model_grid(ct_hu, affine, centre_mm)
     x64 = preprocess.window_normalise(ct64, hu_window)
     prob64, std64, members64 = predict_prob64(forward, x64, tta=tta, return_members=True)
@@ -205,8 +201,7 @@ def masks_from_prob64(prob64, grid, ct_hu, threshold: float = 0.5, refine: bool 
         mask = refine_boundary(mask_network, prob, ct_hu, band,
                                default if refine_hu is None else refine_hu)
     affine = grid.source_affine
-    if body is None:
-        body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine))
+    body = anatomy.body_mask(ct_hu, axis=geometry.axial_axis(affine)) if body is None else body
     mask = (mask.astype(bool) & body).astype(np.uint8)
     if mask.sum() * geometry.voxel_volume_ml(affine) < MIN_LUNG_ML:
         mask = np.zeros_like(mask)

@@ -13,8 +13,7 @@ Conventions, each one tested in ``tests/test_metrics.py``:
 * **ASSD** is the mean of the pooled distances of both directions (Heimann et al. 2009;
   MONAI's ``compute_average_surface_distance(symmetric=True)``).
 * **Empty masks**: both empty: Dice = IoU = 1, distances 0; exactly one empty: Dice = IoU = 0,
-  distances ``inf``; an empty reference: relative volume error ``nan``.
-"""
+  distances ``inf``; an empty reference: relative volume error ``nan``."""
 
 from __future__ import annotations
 
@@ -64,14 +63,12 @@ def _distances_mm(pred, ref, spacing_mm) -> tuple[float, float]:
 
 
 def hd95_mm(pred, ref, spacing_mm) -> float:
-    """95th-percentile symmetric Hausdorff distance in mm (MONAI's: the larger of the two
-    directed 95th percentiles); 0.0 if both masks are empty, ``inf`` if exactly one is."""
+    """95th-percentile symmetric Hausdorff distance in mm (**HD95** in the module's conventions)."""
     return _distances_mm(pred, ref, spacing_mm)[0]
 
 
 def assd_mm(pred, ref, spacing_mm) -> float:
-    """Average symmetric surface distance in mm: the mean of both directed distance sets,
-    pooled; 0.0 if both masks are empty, ``inf`` if exactly one is."""
+    """Average symmetric surface distance in mm (**ASSD** in the module's conventions)."""
     return _distances_mm(pred, ref, spacing_mm)[1]
 
 
@@ -101,8 +98,7 @@ METRICS: dict[str, Metric] = {
     "hd95_mm": Metric("HD95", "mm", "max", 1, lambda p, r, d: d[0]),
     "assd_mm": Metric("ASSD", "mm", "max", 1, lambda p, r, d: d[1]),
     "volume_error_pct": Metric("volume error", "%", "absmax", 1,
-                               lambda p, r, d: 100.0 * relative_volume_error(p, r)),
-}
+                               lambda p, r, d: 100.0 * relative_volume_error(p, r))}
 
 
 def evaluate_masks(pred, ref, spacing_mm) -> dict:
@@ -171,5 +167,4 @@ def roc_auc(scores, labels) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     from scipy.stats import rankdata   # here, not on import: scipy.stats is slow to import
-
     return float((rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

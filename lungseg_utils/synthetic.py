@@ -2,8 +2,7 @@
 
 A phantom is drawn in world millimetres, so the same anatomy can be sampled on any grid (shape,
 voxel size, axis order): a body with a fat rim, two lungs with a vessel-like texture, a spine,
-a couch, noise and air around. The lung mask is exact on the voxel centres.
-"""
+a couch, noise and air around. The lung mask is exact on the voxel centres."""
 
 from __future__ import annotations
 
@@ -72,8 +71,7 @@ def resolve_data_dir(verbose: bool = True) -> Path:
     """The folder of cases (:func:`lungseg_utils.config.find_data_dir`), else a demo set:
     synthetic phantoms written to ``data/synthetic/`` (kept if already there), the substitution
     announced loudly, since results on them say nothing about real CT."""
-    found = config.find_data_dir()
-    if found is not None:
+    if (found := config.find_data_dir()) is not None:
         return found
     folder = write_demo_dataset(config.SYNTHETIC_DIR)
     if verbose:

@@ -25,38 +25,40 @@ def _groups(filters: int, max_groups: int = 8) -> int:
 
 @_register
 class GroupNorm(layers.GroupNormalization):
-    """Keras's ``GroupNormalization``, the same result (float32 statistics) in fewer passes over
-    the tensor: per sample and group, mean m and variance v = E[x^2] - m^2 over the voxels and
-    the group's channels, then one multiply-add per voxel, x * s + t, with the per-channel
-    scale s = gamma / sqrt(v + epsilon) and shift t = beta - m * s. A bfloat16 training step of
-    the base-16 network: 0.85 s against 1.10 s with Keras's layer (benchmarks/RESULTS.md).
-    Input (b, X, Y, Z, C), C divisible by ``groups``; output the same shape, compute dtype."""
+    """Keras's ``GroupNormalization`` (the same outputs, float32 statistics; built with its
+    defaults, center and scale) in fewer passes over the tensor: per sample and group the mean
+    m and variance v = E[x^2] - m^2, then one multiply-add per voxel, x * s + t, with
+    s = gamma / sqrt(v + epsilon) and t = beta - m * s per channel. (b, X, Y, Z, C) -> the
+    same shape. A bfloat16 training step: 0.81 s against 1.00 s (benchmarks/RESULTS.md)."""
 
     def call(self, inputs):
         c, g = inputs.shape[-1], self.groups
-        x = ops.cast(inputs, "float32")
-        voxels = tuple(range(1, len(inputs.shape) - 1))
-        per_group = []
-        for moment in (ops.mean(x, axis=voxels), ops.mean(ops.square(x), axis=voxels)):
+        x, voxels = ops.cast(inputs, "float32"), tuple(range(1, len(inputs.shape) - 1))
+
+        def per_channel(moment):   # (b, C) -> the mean of each channel's group, (b, C)
             grouped = ops.mean(ops.reshape(moment, (-1, g, c // g)), axis=-1, keepdims=True)
-            per_group.append(ops.repeat(grouped, c // g, axis=-1))          # (b, g, C/g)
-        mean, mean_sq = (ops.reshape(m, (-1, c)) for m in per_group)        # (b, C)
-        variance = ops.maximum(mean_sq - ops.square(mean), 0.0)
-        scale = ops.rsqrt(variance + self.epsilon)
-        if self.gamma is not None:
-            scale = scale * ops.cast(self.gamma, "float32")
-        shift = -mean * scale if self.beta is None else ops.cast(self.beta, "float32") - mean * scale
+            return ops.reshape(ops.repeat(grouped, c // g, axis=-1), (-1, c))
+
+        mean = per_channel(ops.mean(x, axis=voxels))
+        variance = ops.maximum(per_channel(ops.mean(ops.square(x), axis=voxels)) - mean**2, 0.0)
+        scale = ops.cast(self.gamma, "float32") * ops.rsqrt(variance + self.epsilon)
+        shift = ops.cast(self.beta, "float32") - mean * scale
         to_voxels = (-1,) + (1,) * len(voxels) + (c,)
         y = x * ops.reshape(scale, to_voxels) + ops.reshape(shift, to_voxels)
         return ops.cast(y, self.compute_dtype)
 
 
+#: The normalisations of ``build_unet(norm=...)``: ours, Keras's own group normalisation (the
+#: same result, slower: the benchmark's before) and batch normalisation.
+NORMS = {"group": GroupNorm, "keras_group": layers.GroupNormalization,
+         "batch": layers.BatchNormalization}
+
+
 def _norm(x, norm, name):
-    if norm == "group":
-        return GroupNorm(groups=_groups(x.shape[-1]), name=name)(x)
-    if norm == "batch":
-        return layers.BatchNormalization(name=name)(x)
-    return x
+    if norm is None:
+        return x
+    groups = {} if norm == "batch" else {"groups": _groups(x.shape[-1])}
+    return NORMS[norm](name=name, **groups)(x)
 
 
 def _conv(filters, kernel, reg, name):
@@ -89,10 +91,11 @@ def build_unet(input_shape=(*MODEL_SHAPE, 1), base_filters: int = 16, depth: int
     base 16). ``reg_l2``: L2 on every Conv3D kernel. ``dropout_*``: after each encoder block,
     decoder block and the bottleneck. ``use_transpose``: up-sample with ``Conv3DTranspose``, not
     ``UpSampling3D`` + 1x1 ``Conv3D``. ``norm``: 'group' (8 groups, fewer if 8 does not divide
-    the filters), 'batch' or None. Returns a keras.Model: float (b, X, Y, Z, 1) -> float32
-    probabilities (b, X, Y, Z, 1), even under a mixed-precision policy."""
-    if norm not in ("group", "batch", None, "none"):
-        raise ValueError(f"build_unet: norm={norm!r} must be 'group', 'batch' or None.")
+    the filters), 'keras_group', 'batch' or None (:data:`NORMS`). Returns a keras.Model:
+    float (b, X, Y, Z, 1) -> float32 probabilities (b, X, Y, Z, 1), even under a
+    mixed-precision policy."""
+    if norm not in (*NORMS, None, "none"):
+        raise ValueError(f"build_unet: norm={norm!r} must be one of {sorted(NORMS)} or None.")
     norm = None if norm == "none" else norm
     if any(int(s) % 2 ** depth for s in input_shape[:3]):
         raise ValueError(f"build_unet: input_shape {input_shape} is not divisible by "

@@ -38,13 +38,11 @@ class SliceViewer:
 
     Arrays are (X, Y, Z) on the grid of ``affine``: ``mask`` and ``pred`` binary,
     ``uncertainty`` >= 0 (e.g. the TTA standard deviation). One Agg figure, built once, is
-    redrawn with ``set_data`` and shown as a PNG in an ``ipywidgets.Image`` (no extra package).
-    """
+    redrawn with ``set_data`` and shown as a PNG in an ``ipywidgets.Image`` (no extra package)."""
 
     def __init__(self, ct_hu, affine, mask=None, pred=None, uncertainty=None, title="",
                  figures_dir=None):
         import ipywidgets as w
-
         self.ct_hu, self.affine = np.asarray(ct_hu, np.float32), np.asarray(affine, float)
         if self.ct_hu.ndim != 3 or self.affine.shape != (4, 4):
             raise LungsegInputError("SliceViewer: ct_hu must be 3D and affine 4x4.")

@@ -4,8 +4,7 @@ Every picture is radiological, whatever the array's axis order (``nib.aff2axcode
 axial and coronal slices show the patient's Right on the image's left, sagittal ones Anterior;
 Anterior (axial) or Superior (coronal, sagittal) is at the top. For the course's L, P, S data an
 axial slice is ``ct[:, :, k].T``, a coronal one ``ct[:, j, :].T[::-1]`` and a sagittal one
-``ct[i, :, :].T[::-1]``. A slice index is always the array index along the sliced axis.
-"""
+``ct[i, :, :].T[::-1]``. A slice index is always the array index along the sliced axis."""
 
 from __future__ import annotations
 
@@ -39,14 +38,13 @@ WINDOWS = {"lung": (-1350.0, 150.0), "mediastinum": (-135.0, 215.0),
 ERROR_COLOURS = {"true positive": "#009E73", "false positive": "#D55E00",
                  "false negative": "#56B4E9"}
 REF_COLOUR, PRED_COLOUR = "#F0E442", "#CC79A7"
-STYLE = {
-    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
-    "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
-    "figure.figsize": (COL_IN, 0.75 * COL_IN), "savefig.dpi": 300, "axes.linewidth": 0.6,
-    "lines.linewidth": 1.0, "axes.spines.top": False, "axes.spines.right": False,
-    "legend.frameon": False, "pdf.fonttype": 42,
-    "axes.prop_cycle": mpl.cycler(color=["#0072B2", "#D55E00", "#009E73", "#CC79A7",
-                                         "#E69F00", "#56B4E9", "#F0E442", "#000000"])}
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
+         "figure.figsize": (COL_IN, 0.75 * COL_IN), "savefig.dpi": 300, "axes.linewidth": 0.6,
+         "lines.linewidth": 1.0, "axes.spines.top": False, "axes.spines.right": False,
+         "legend.frameon": False, "pdf.fonttype": 42,
+         "axes.prop_cycle": mpl.cycler(color=["#0072B2", "#D55E00", "#009E73", "#CC79A7",
+                                              "#E69F00", "#56B4E9", "#F0E442", "#000000"])}
 #: The PNG text chunk in which :func:`export_figure` records :func:`smallest_text_pt`.
 MIN_FONT_KEY = "lungseg_min_font_pt"
 
@@ -293,7 +291,6 @@ def show_code(obj, docstring: bool = False):
     notebook displays (``IPython.display.Markdown``), headed by a comment naming where it lives;
     without its docstring unless ``docstring``."""
     from IPython.display import Markdown
-
     try:
         source = textwrap.dedent(inspect.getsource(obj))
     except (TypeError, OSError) as exc:

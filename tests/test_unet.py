@@ -37,12 +37,13 @@ def test_count_flops_close_to_the_guide():
     assert flops == pytest.approx(30.4e9, rel=0.03)
 
 
-@pytest.mark.parametrize("norm", ["batch", None])
+@pytest.mark.parametrize("norm", ["batch", "keras_group", None])
 def test_other_normalisations(norm):
     m = unet.build_unet(base_filters=4, norm=norm, depth=3)
     kinds = {type(layer).__name__ for layer in m.layers}
     assert ("BatchNormalization" in kinds) == (norm == "batch")
-    assert not {"GroupNorm", "GroupNormalization"} & kinds
+    assert ("GroupNormalization" in kinds) == (norm == "keras_group")
+    assert "GroupNorm" not in kinds
 
 
 @pytest.mark.parametrize("groups, channels", [(8, 16), (6, 12), (4, 4)])
