@@ -65,7 +65,7 @@ DEFAULTS = dict(
 )
 
 #: The recipe that trains the reference from random weights (each choice: docs/training.md).
-_RECIPE = dict(base_filters=16, depth=4, epochs=100, batch_size=2, samples_per_epoch=12,
+_RECIPE = dict(base_filters=16, depth=4, epochs=75, batch_size=2, samples_per_epoch=12,
                learning_rate=4e-3, warmup_epochs=4, lr_schedule="cosine", checkpoint="last",
                mixed_precision="auto", max_shift_vox=6, p_affine=0.3, p_zcrop=0.2,
                p_intensity=0.5, p_blur=0.3, folds=3, validate_every=5, workers=2)

@@ -70,8 +70,8 @@ print(f"{'start':>18} = " + (f"fine-tuned from {init['file']}" if init else "ran
 # **shortcut** that adds the block's input to its output, so that a block only has to learn
 # a correction. Where the number of channels changes, a 1×1×1 convolution projects the input.
 # The normalisation layer is `unet.GroupNorm`: Keras's `GroupNormalization`, the same numbers
-# (a test compares them), computed as one scale and shift per channel — a fifth of each
-# training step's time saved, measured in `benchmarks/RESULTS.md`.
+# (a test compares them), computed as one scale and shift per channel: a bfloat16 training
+# step a sixth shorter, measured in `benchmarks/RESULTS.md`.
 
 # %%
 viz.show_code(unet.residual_block)
