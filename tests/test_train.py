@@ -296,7 +296,7 @@ def test_the_augmenting_threads_stay_a_batch_ahead(demo_data, smoke_settings, tm
     """With two workers, Keras keeps the batches its queue holds at an epoch's end for the
     next epoch: its default queue, longer than an epoch, made every epoch augment (and keep
     in memory) more batches than it trained on — 20 MB more a 64^3 epoch, 2 GB over the
-    recipe's run. Counted here: the batches augmented over 6 epochs of 4 batches are those
+    recipe's run. Counted here: the batches augmented over 3 epochs of 4 batches are those
     trained on, plus at most one a worker in flight and the two Keras reads to learn the
     batch's shape."""
     made, real = [], dataset.LungDataset.__getitem__
@@ -306,7 +306,7 @@ def test_the_augmenting_threads_stay_a_batch_ahead(demo_data, smoke_settings, tm
         return real(self, index)
 
     monkeypatch.setattr(dataset.LungDataset, "__getitem__", counted)
-    epochs, workers = 6, 2
+    epochs, workers = 3, 2
     trainer.train(demo_data, tmp_path, verbose=0, **{**smoke_settings, "epochs": epochs,
                                                      "workers": workers, "samples_per_epoch": 4})
     trained = epochs * 4
