@@ -29,7 +29,7 @@ class GroupNorm(layers.GroupNormalization):
     defaults, center and scale) in fewer passes over the tensor: per sample and group the mean
     m and variance v = E[x^2] - m^2, then one multiply-add per voxel, x * s + t, with
     s = gamma / sqrt(v + epsilon) and t = beta - m * s per channel. (b, X, Y, Z, C) -> the
-    same shape. A bfloat16 training step: 0.81 s against 1.00 s (benchmarks/RESULTS.md)."""
+    same shape. A bfloat16 training step: 0.81 s against 0.98 s (benchmarks/RESULTS.md)."""
 
     def call(self, inputs):
         c, g = inputs.shape[-1], self.groups
