@@ -69,12 +69,16 @@ class LungDataset(keras.utils.PyDataset):
     False: the cases as they are, in order. ``samples_per_epoch``: default one pass over the
     cases. ``shuffle``: default ``augment``. ``epoch``: the first epoch (resumed runs).
     ``endless``: one stream over all epochs, ``ds[i]`` being batch ``i % len(ds)`` of epoch
-    ``epoch + i // len(ds)``, so that Keras keeps one input iterator for the whole run.
-    ``kwargs`` (``workers``, ...) go to ``PyDataset``."""
+    ``epoch + i // len(ds)``, so that Keras keeps one input iterator for the whole run, and
+    one batch in flight a worker: Keras keeps what its queue holds at an epoch's end for the
+    next, so its default queue (10) augmented and kept more batches every epoch than were
+    trained on. ``kwargs`` (``workers``, ...) go to ``PyDataset``."""
 
     def __init__(self, cases, batch_size: int = 2, settings: dict | None = None, seed: int = 42,
                  augment: bool = True, samples_per_epoch: int | None = None,
                  shuffle: bool | None = None, epoch: int = 0, endless: bool = False, **kwargs):
+        if endless:   # Keras submits one batch beyond its queue
+            kwargs.setdefault("max_queue_size", max(1, kwargs.get("workers", 1) - 1))
         super().__init__(**kwargs)
         settings = settings or {}
         if isinstance(cases, tuple) and len(cases) == 2 and isinstance(cases[0], np.ndarray):

@@ -175,15 +175,10 @@ def make_datasets(settings: dict, split: dict, folders: dict, initial_epoch: int
     augmented, seeded samples of the training cases from epoch ``initial_epoch``; the
     validation cases as they are, in batches of ``val_batches`` (default: the batch size)."""
     seed, batch = int(settings["seed"]), int(settings["batch_size"])
-    workers = int(settings.get("workers") or 1)
-    # one batch in flight a worker (Keras submits one beyond its queue): what the queue holds
-    # at an epoch's end is kept for the next epoch, so a queue longer than an epoch (Keras's
-    # default, 10) would augment and keep more batches every epoch than training uses
     train_ds = dataset.LungDataset([folders[c] for c in split["train"]], batch, settings,
                                    seed=seed, augment=True, epoch=initial_epoch,
                                    samples_per_epoch=settings.get("samples_per_epoch"),
-                                   endless=True, workers=workers,
-                                   max_queue_size=max(1, workers - 1))
+                                   endless=True, workers=int(settings.get("workers") or 1))
     val_ds = dataset.LungDataset([folders[c] for c in split["val"]], settings=settings,
                                  seed=seed, augment=False, **(val_batches or {"batch_size": batch}))
     return train_ds, val_ds
