@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m lungseg_utils export-ir >/dev/null || echo "note: the reference's OpenVINO model was not exported; lungseg segment will run on TensorFlow"
 	touch $@
 
 ## setup: create .venv and install the package with its dev extra (once)

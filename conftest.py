@@ -14,5 +14,7 @@ if "LUNGSEG_FIGURES_DIR" not in os.environ:
     os.environ["LUNGSEG_FIGURES_DIR"] = tempfile.mkdtemp(prefix="lungseg_figures_")
 if "LUNGSEG_RUNS_DIR" not in os.environ:
     os.environ["LUNGSEG_RUNS_DIR"] = tempfile.mkdtemp(prefix="lungseg_runs_")
+if "LUNGSEG_CACHE" not in os.environ:     # no OpenVINO model from the user's cache
+    os.environ["LUNGSEG_CACHE"] = tempfile.mkdtemp(prefix="lungseg_cache_")
 if "LUNGSEG_RUN" not in os.environ:
     os.environ["LUNGSEG_RUN"] = os.path.join(tempfile.mkdtemp(prefix="lungseg_run_"), "main")

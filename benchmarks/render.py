@@ -59,6 +59,9 @@ FIGURES = {
     "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
     "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
     "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
+    "cli_tf": "cli_tensorflow wall_s median", "cli_tf_scan": "cli_tensorflow scan median",
+    "cli_tf_load": "cli_tensorflow model_load median",
+    "cli_tf_startup": lambda n, t, r, b: n["cli_tf"] - n["cli_tf_scan"],
     "folder_first": "cli_folder scan median", "folder_later": "cli_folder later_scan median",
     "viewer_first": "viewer first_s", "viewer_again": "viewer again_s median",
     "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
@@ -119,10 +122,13 @@ def summary(results: dict) -> list[str]:
         ("**A native scan end to end** (load, model grid, predict, back, refine, save), without "
          "/ with TTA", lambda n: f"{_t(n['native'])} / {_t(n['native_tta'])} "
          f"({n['native_shape']} voxels)", "native"),
-        ("**Inference command** on that scan, a fresh process: in all (start-up before "
-         "the scan, of which loading the model; the scan itself)",
+        ("**Inference command** on that scan, a fresh process (OpenVINO, the model exported "
+         "once): in all (start-up before the scan, of which loading the model; the scan itself)",
          lambda n: f"{_t(n['cli'])} ({_t(n['cli_startup'])}, {_t(n['cli_load'])}; "
                    f"{_t(n['cli_scan'])})", "cli"),
+        ("The same on TensorFlow (`--runtime tensorflow`, the model not exported)",
+         lambda n: f"{_t(n['cli_tf'])} ({_t(n['cli_tf_startup'])}, {_t(n['cli_tf_load'])}; "
+                   f"{_t(n['cli_tf_scan'])})", "cli_tf"),
         ("**Folder mode**, one process over the native scans: the first scan / each later one",
          lambda n: f"{_t(n['folder_first'])} / {_t(n['folder_later'])}", "folder_later"),
         ("**Viewer app**, *segment* on that scan: the first press / each later one",
@@ -242,10 +248,12 @@ def _details(e: dict, ref: dict) -> dict:
         if "ensemble_bf16_total_s" in nat:
             d[f"{w} the ensemble in bfloat16"] = (
                 f"{fmt_s(nat['ensemble_bf16_total_s'])}, Dice {nat['dice_ensemble_bf16']:.4f}")
-    for w, c in (("Inference command", t.get("cli")), ("Folder mode", t.get("cli_folder"))):
+    for w, c in (("Inference command", t.get("cli")), ("Inference command on TensorFlow",
+                 t.get("cli_tensorflow")), ("Folder mode", t.get("cli_folder"))):
         d.update({f"{w} (a fresh process, default model): in all": fmt_s(c["wall_s"]), **{
             f"{w}: {k.replace('_', ' ')}": fmt_s(c[k]) for k in (
-                "keras_import", "model_load", "scan", "later_scan") if k in c}} if c else {})
+                "keras_import", "model_load", "scan", "later_scan") if k in c},
+            **({f"{w}: Dice of its mask": f"{c['dice']:.4f}"} if "dice" in c else {})} if c else {})
     if v := t.get("viewer"):
         d["Viewer app: segment, the first press / the later ones"] = (
             f"{v['first_s']:.2f} s / {fmt_s(v['again_s'])}")

@@ -83,7 +83,12 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         model = os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)
-        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
+        # the command on OpenVINO (exported first: ~20 s, so a tiny run stays on TensorFlow)
+        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model,
+                                  "runtime": r("auto", "tensorflow")}),
+                  *([] if tiny else [("cli_tensorflow", "cli", {"case_dir": str(case), "reps": 3,
+                                                                "model": model,
+                                                                "runtime": "tensorflow"})]),
                   ("cli_folder", "cli", {"reps": 1, "model": model, "folder": r(
                       str(native), str(synthetic.resolve_data_dir()))}),
                   ("viewer", "viewer", {"case_dir": str(case), "reps": r(3, 1), "model": model}),

@@ -203,19 +203,27 @@ def task_native(p) -> dict:
 def task_cli(p) -> dict:
     """The inference command on a native scan, a fresh process each time (``--verbose``); with
     ``folder``, once per rep on that folder of scans (folder mode: ``later_scan`` the median of
-    every scan after the first)."""
+    every scan after the first). ``runtime``: the command's ``--runtime``; its OpenVINO model is
+    exported first into a cache of its own (``lungseg export-ir``, not timed)."""
     import re
     import subprocess
     src = Path(p.get("folder") or Path(p["case_dir"]) / "ct.nii.gz")
-    runs = []
+    runs, runtime = [], p.get("runtime", "auto")
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
+        env = {**os.environ, "LUNGSEG_CACHE": f"{out}/cache"}
+        if runtime != "tensorflow":
+            subprocess.run([sys.executable, "-m", "lungseg_utils", "export-ir",
+                            *(["--model", p["model"]] if p.get("model") else [])],
+                           check=True, capture_output=True, timeout=900, cwd=REPO_ROOT, env=env)
         for i in range(int(p["reps"])):
             dest = ["--output_dir", f"{out}/d{i}"] if p.get("folder") else [
                 "--output_mask", f"{out}/m{i}.nii.gz"]
             cmd = [sys.executable, "-m", "lungseg_utils.inference", "--input", str(src), *dest,
-                   "--verbose", *(["--model", p["model"]] if p.get("model") else [])]
+                   "--verbose", "--runtime", runtime,
+                   *(["--model", p["model"]] if p.get("model") else [])]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+                                  env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
             found = re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)
@@ -223,7 +231,13 @@ def task_cli(p) -> dict:
             runs.append({"wall_s": time.perf_counter() - t0, "scan": scans[0],
                          **{k: float(v) for k, v in found if k != "scan"},
                          **({"later_scan": float(np.median(scans[1:]))} if scans[1:] else {})})
+        dice = {}
+        if not p.get("folder") and (src.parent / "lung.nii.gz").exists():   # the expert's mask
+            from lungseg_utils import dataio, metrics
+            dice = {"dice": metrics.dice(dataio.load_case(src.parent).mask,
+                                         dataio.load_nifti(f"{out}/m0.nii.gz")[0] > 0)}
     return {"case_id": src.name if p.get("folder") else src.parent.name, "model": p.get("model"),
+            "runtime": runtime, **dice,
             "command_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
             **{k: summarise([r[k] for r in runs if k in r]) for k in sorted(set().union(*runs))}}
 

@@ -49,3 +49,22 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def two_member_ensemble(folder, smoke_model_path, other=None):
+    """A two-member ensemble folder: the smoke model and a re-initialised copy (``other``:
+    another model for the second member)."""
+    import json
+    import shutil
+
+    from lungseg_utils import config, dataio, inference
+
+    keras = config.import_keras_quietly()
+    folder.mkdir()
+    shutil.copyfile(smoke_model_path, folder / "fold_0.keras")
+    second = other or keras.models.clone_model(inference.load_model(smoke_model_path))
+    second.save(folder / "fold_1.keras")
+    entries = [{"file": f, "sha256": dataio.file_sha256(folder / f)}
+               for f in ("fold_0.keras", "fold_1.keras")]
+    (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
+    return folder

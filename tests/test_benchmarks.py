@@ -71,6 +71,7 @@ def test_tiny_run_measures_every_task(tiny):
         c = measured["cli"]
         assert c["wall_s"]["median"] > c["scan"]["median"] > 0 and c["model_load"]["n"] >= 1
         assert c["keras_import"]["median"] > 0
+        assert c["runtime"] == "tensorflow" and 0.95 < c["dice"] <= 1   # the reference's mask
     if "cli_folder" in measured:  # folder mode: one process, the later scans at the warm speed
         f = measured["cli_folder"]
         assert f["wall_s"]["median"] > f["scan"]["median"] + f["later_scan"]["median"] > 0

@@ -114,7 +114,8 @@ def test_each_subcommand_shows_its_own_help_under_its_own_name(capsys):
     """``lungseg SUB --help`` is the module's help with prog ``lungseg SUB``; the root's
     one line is the first sentence of that module's description."""
     assert set(cli.COMMANDS) == {"segment", "train", "cv", "fetch", "report", "robustness",
-                                 "ensemble-size", "storage", "promote", "seeds", "refine-hu"}
+                                 "ensemble-size", "storage", "promote", "seeds", "refine-hu",
+                                 "export-ir"}
     for name, (module, summary) in cli.COMMANDS.items():
         with pytest.raises(SystemExit) as exit_:
             cli.main([name, "--help"])

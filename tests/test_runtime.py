@@ -11,25 +11,12 @@ import pytest
 from lungseg_utils import config, dataio, inference
 from lungseg_utils.errors import LungsegInputError
 from lungseg_utils.scan import runtime
-
-
-def _ensemble(folder, smoke_model_path, other=None):
-    """A two-member ensemble folder: the smoke model and a re-initialised copy (``other``:
-    another model for the second member)."""
-    keras = config.import_keras_quietly()
-    folder.mkdir()
-    shutil.copyfile(smoke_model_path, folder / "fold_0.keras")
-    second = other or keras.models.clone_model(inference.load_model(smoke_model_path))
-    second.save(folder / "fold_1.keras")
-    entries = [{"file": f, "sha256": dataio.file_sha256(folder / f)}
-               for f in ("fold_0.keras", "fold_1.keras")]
-    (folder / inference.MANIFEST).write_text(json.dumps({"members": entries}))
-    return folder
+from _shared import two_member_ensemble
 
 
 def test_one_network_with_each_member_s_weights_gives_each_member_s_probability(
         smoke_model_path, tmp_path):
-    folder = _ensemble(tmp_path / "ensemble", smoke_model_path)
+    folder = two_member_ensemble(tmp_path / "ensemble", smoke_model_path)
     x = np.random.default_rng(0).random((2, 64, 64, 64, 1)).astype(np.float32)
     expected = inference.compiled_forward(inference.load_model(folder), members=True)(x)
     assert not np.allclose(expected[0], expected[1])
@@ -64,7 +51,7 @@ def test_the_precision_changes_every_layer_but_the_input_and_the_output(smoke_mo
 def test_members_are_checked_and_another_architecture_still_runs(smoke_model_path, tmp_path):
     from lungseg_utils import unet
 
-    folder = _ensemble(tmp_path / "mixed", smoke_model_path,
+    folder = two_member_ensemble(tmp_path / "mixed", smoke_model_path,
                        other=unet.build_unet(base_filters=2, depth=1))
     x = np.random.default_rng(1).random((1, 64, 64, 64, 1)).astype(np.float32)
     np.testing.assert_allclose(runtime.ensemble_forward(folder)(x),
