@@ -43,10 +43,9 @@ def main(argv=None) -> int:
     train = timeit(lambda: model.train_on_batch(x[:b], y[:b]), args.reps, warmup=2)
     infer = timeit(lambda: fwd(x[:1]), args.reps, warmup=2)
     tta = timeit(lambda: fwd(x[:8]), max(3, args.reps // 2))
-    dev = jax.devices()[0]
-    result = {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
-              "jax": jax.__version__, "keras": keras.__version__, **vars(args),
-              "out": str(args.out), "forward_flops": flops, "train_step_s": train,
+    result = {"device": getattr(dev := jax.devices()[0], "device_kind", str(dev)),
+              "platform": dev.platform, "jax": jax.__version__, "keras": keras.__version__,
+              **vars(args), "out": str(args.out), "forward_flops": flops, "train_step_s": train,
               "inference_s": infer, "tta8_s": tta, "host_peak_rss_mib": peak_rss_mib(),
               "train_gflops": TRAIN_STEP_FORWARDS * flops * b / train["median"] / 1e9,
               "device_peak_mib": ((dev.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2 ** 20

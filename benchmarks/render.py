@@ -1,5 +1,6 @@
 """``results.json`` -> README's bench block, RESULTS.md and scaling.png (no TensorFlow needed)."""
 
+import contextlib
 import functools
 import json
 import operator
@@ -36,65 +37,58 @@ def fmt_s(t) -> str:
     return f"{t['median'] * k:.3g} {unit} ({t['min'] * k:.3g}–{t['max'] * k:.3g}, n={t['n']})"
 
 
-#: The summary's and the checks' figures, in order: name -> its keys in the tasks, or f(numbers so
-#: far, tasks, the reference's settings, batch).
+#: Summary and check figures, in order: name -> its keys in the tasks, or f(numbers so far, tasks).
 FIGURES = {
     "ceil_f32": "ceiling f32_gflops", "ceil_bf16": "ceiling bf16_gflops",
-    "row_f32": lambda n, t, r, b: next(x for x in t["train_f32"]["rows"] if x["batch"] == b),
-    "row_bf16": lambda n, t, r, b: next(x for x in t["train_bf16"]["rows"] if x["batch"] == b),
-    "step": lambda n, t, r, b: n["row_f32"]["step_s"]["median"],
-    "step_gflops": lambda n, t, r, b: n["row_f32"]["gflop_per_step"] / n["step"],
-    "consume": lambda n, t, r, b: b / n["step"],
-    "step_bf16": lambda n, t, r, b: n["row_bf16"]["step_s"]["median"],
-    "epoch": "epoch epoch_s median", "overhead": "epoch overhead_s median",
-    "steps_per_epoch": "epoch steps_per_epoch", "mem_train": "epoch peak_rss_mib",
-    "augment": "epoch pipeline augment_samples_per_s", "dice_bf16": "inference_bf16 mean_test_dice",
-    "headroom": lambda n, t, r, b: n["augment"] / n["consume"],
+    "row_f32": lambda n, t: next(x for x in t["train_f32"]["rows"] if x["batch"] == n["batch"]),
+    "row_bf16": lambda n, t: next(x for x in t["train_bf16"]["rows"] if x["batch"] == n["batch"]),
+    "step": lambda n, t: n["row_f32"]["step_s"]["median"],
+    "step_gflops": lambda n, t: n["row_f32"]["gflop_per_step"] / n["step"],
+    "consume": lambda n, t: n["batch"] / n["step"],
+    "step_bf16": lambda n, t: n["row_bf16"]["step_s"]["median"], "epoch": "epoch epoch_s median",
+    "overhead": "epoch overhead_s median", "steps_per_epoch": "epoch steps_per_epoch",
+    "mem_train": "epoch peak_rss_mib", "augment": "epoch pipeline augment_samples_per_s",
+    "dice_bf16": "inference_bf16 mean_test_dice",
+    "headroom": lambda n, t: n["augment"] / n["consume"],
     "compiled": "inference_f32 compiled_s median", "predict": "inference_f32 predict_s median",
     "tta": "inference_f32 tta8_s median", "dice_f32": "inference_f32 mean_test_dice",
     "compiled_bf16": "inference_bf16 compiled_s median", "flops": "train_f32 forward_flops",
-    "infer_frac": lambda n, t, r, b: n["flops"] / n["compiled"] / 1e9 / n["ceil_f32"],
-    "infer_frac_bf16": lambda n, t, r, b: n["flops"] / n["compiled_bf16"] / 1e9 / n["ceil_bf16"],
+    "infer_frac": lambda n, t: n["flops"] / n["compiled"] / 1e9 / n["ceil_f32"],
+    "infer_frac_bf16": lambda n, t: n["flops"] / n["compiled_bf16"] / 1e9 / n["ceil_bf16"],
     "native": "native stages_s total median", "native_tta": "native tta8_total_s median",
-    "native_shape": lambda n, t, r, b: "×".join(map(str, t["native"]["shape"])),
+    "native_shape": lambda n, t: "×".join(map(str, t["native"]["shape"])),
     "cli": "cli wall_s median", "cli_scan": "cli scan median", "cli_load": "cli model_load median",
-    "cli_startup": lambda n, t, r, b: n["cli"] - n["cli_scan"],
-    "cli_tf": "cli_tensorflow wall_s median", "cli_tf_scan": "cli_tensorflow scan median",
-    "cli_tf_load": "cli_tensorflow model_load median",
-    "cli_tf_startup": lambda n, t, r, b: n["cli_tf"] - n["cli_tf_scan"],
+    "cli_startup": lambda n, t: n["cli"] - n["cli_scan"], "cli_tf": "cli_tensorflow wall_s median",
+    "cli_tf_scan": "cli_tensorflow scan median", "cli_tf_load": "cli_tensorflow model_load median",
+    "cli_tf_startup": lambda n, t: n["cli_tf"] - n["cli_tf_scan"],
     "folder_first": "cli_folder scan median", "folder_later": "cli_folder later_scan median",
     "viewer_first": "viewer first_s", "viewer_again": "viewer again_s median",
-    "mem_infer": lambda n, t, r, b: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
-                                        if k in t)}
+    "mem_infer": lambda n, t: max(t[k]["peak_rss_mib"] for k in ("inference_f32", "native")
+                                  if k in t)}
 
 
 def numbers(entry: dict, ref: dict) -> dict:
     """FIGURES of one ISA's results; a figure whose measurement is missing is left out."""
     n, t = {"batch": int(ref["settings"]["batch_size"])}, _measured(entry)
     for name, fn in FIGURES.items():
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
             n[name] = (functools.reduce(operator.getitem, fn.split(), t) if isinstance(fn, str)
-                       else fn(n, t, ref, n["batch"]))
-        except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
-            pass
+                       else fn(n, t))
     return n
 
 
 def checks(entry: dict, ref: dict) -> dict:
-    """{name: [passed, what]}: pipeline headroom >= 5x, training and inference < 4 GiB."""
     n, memory = numbers(entry, ref), lambda v: [v < MEMORY_TARGET_MIB, f"{_mib(v)} (< 4 GiB)"]
-    rules = {"pipeline_headroom": ("headroom", lambda v: [v >= HEADROOM_MIN,
-                                                          f"{v:.1f}× (≥ {HEADROOM_MIN:.0f}×)"]),
-             "training_memory": ("mem_train", memory), "inference_memory": ("mem_infer", memory)}
-    return {name: rule(n[key]) if key in n else [False, "not measured"]
-            for name, (key, rule) in rules.items()}
+    return {name: rule(n[key]) if key in n else [False, "not measured"] for name, key, rule in (
+        ("pipeline_headroom", "headroom", lambda v: [v >= HEADROOM_MIN,
+                                                     f"{v:.1f}× (≥ {HEADROOM_MIN:.0f}×)"]),
+        ("training_memory", "mem_train", memory), ("inference_memory", "mem_infer", memory))}
 
 
 def _cell(fn, *args) -> str:
-    try:
+    with contextlib.suppress(KeyError, IndexError, TypeError, ZeroDivisionError):
         return fn(*args)
-    except (KeyError, IndexError, TypeError, ZeroDivisionError):
-        return "–"
+    return "–"
 
 
 def summary(results: dict) -> list[str]:
@@ -144,13 +138,11 @@ def summary(results: dict) -> list[str]:
     ratio = lambda x, slow, fast: fast[x[2:]] / slow[x[2:]] if x[:2] == "1/" else slow[x] / fast[x]
     header = ["", *(f"{ISA_LABEL[k]} ({results['isa'][k]['created'][:10]})" for k in isas),
               *(label for label, *_ in ratios)]
-    out = _table(header, [[label, *(_cell(fn, nums[k]) for k in isas),
-                           *(_cell(lambda: f"{ratio(key, slow, fast):.2f}×") if key else ""
-                             for _, slow, fast in ratios)]
-                          for label, fn, key in rows]) + [""]
+    out = _table(header, [[label, *(_cell(fn, nums[k]) for k in isas), *(_cell(
+        lambda: f"{ratio(key, slow, fast):.2f}×") if key else "" for _, slow, fast in ratios)]
+        for label, fn, key in rows]) + [""]
     out += [f"- {job}"] if (job := job_line(results)) else []
-    for k in columns(results):
-        e = results["isa"][k]
+    for k, e in ((k, results["isa"][k]) for k in columns(results)):
         busy = ", ".join(f"{t} {v['other_load_cores']:.2f}" for t, v in e["tasks"].items()
                          if (v.get("other_load_cores") or 0) > CONTENDED_CORES)
         out += [f"- ⚠ {ISA_LABEL[k]}: {note}." for cond, note in [
@@ -201,7 +193,6 @@ def update_readme(path, results: dict) -> bool:
 
 
 def _details(e: dict, ref: dict) -> dict:
-    """{what: value with its spread} of every measurement of one ISA."""
     t, n, d = _measured(e), numbers(e, ref), {}
     for k, v in t.get("ceiling", {}).get("runs", {}).items():
         d[f"Ceiling: {k}, n = {v['n']} (best, median)"] = (
@@ -258,18 +249,16 @@ def _details(e: dict, ref: dict) -> dict:
         d["Viewer app: segment, the first press / the later ones"] = (
             f"{v['first_s']:.2f} s / {fmt_s(v['again_s'])}")
     d.update({f"`{k}`": f"not measured: {v['skipped']}" for k, v in e["tasks"].items()
-              if "skipped" in v})
-    d.update({f"`{k}`": "failed: " + (v.strip().splitlines() or [""])[-1]
-              for k, v in e["errors"].items()})
+              if "skipped" in v} | {f"`{k}`": "failed: " + (v.strip().splitlines() or [""])[-1]
+                                    for k, v in e["errors"].items()})
     d["Cores used by other processes meanwhile"] = ", ".join(
         f"{k} {v['other_load_cores']:.2f}" for k, v in t.items()
         if v.get("other_load_cores") is not None) or "–"
     d["Checks"] = "; ".join(f"{k.replace('_', ' ')} {v[1]} {_ok(v[0])}"
                             for k, v in checks(e, ref).items())
     env = " ".join(f"{k}={v}" for k, v in e["env"].items()) or "no cap"
-    d["Measured (environment)"] = (f"{e['created']}, {e['wall_s'] / 60:.1f} min, waited "
-                                   f"{e['waited_s']:.0f} s for an idle CPU ({env})")
-    return d
+    return {**d, "Measured (environment)": f"{e['created']}, {e['wall_s'] / 60:.1f} min, waited "
+            f"{e['waited_s']:.0f} s for an idle CPU ({env})"}
 
 
 def recipe_row(manifest: dict, evaluation: dict) -> dict:
@@ -306,11 +295,10 @@ def results_markdown(results: dict) -> str:
         "Timings: median (min–max, n repetitions) after a warm-up. Training steps: "
         "`train_on_batch`, GFLOP/s = 3 × forward FLOPs × batch / step (share of the ceiling of "
         "its precision), peak memory.", "", *_table(["", *(ISA_LABEL[k] for k in isas)], rows),
-        "", "![scaling](scaling.png)", "", "## GPU", "",
-        f"`gpu.py` on {g['device']} (Keras {g['keras']}, JAX): training step "
-        f"{fmt_s(g['train_step_s'])}, inference {fmt_s(g['inference_s'])}, 8-flip TTA "
-        f"{fmt_s(g['tta8_s'])}." if g else "`gpu.py` (KERAS_BACKEND=jax) has not run on a GPU yet.",
-        ""])
+        "", "![scaling](scaling.png)", "", "## GPU", "", f"`gpu.py` on {g['device']} (Keras "
+        f"{g['keras']}, JAX): training step {fmt_s(g['train_step_s'])}, inference "
+        f"{fmt_s(g['inference_s'])}, 8-flip TTA {fmt_s(g['tta8_s'])}." if g else
+        "`gpu.py` (KERAS_BACKEND=jax) has not run on a GPU yet.", ""])
 
 
 def plot_scaling(results: dict, path) -> Path:
@@ -339,11 +327,9 @@ def plot_scaling(results: dict, path) -> Path:
 
 
 def write_all(results: dict, out_dir: Path, readme: Path | None) -> list[Path]:
-    """results.json, RESULTS.md and scaling.png in ``out_dir``; README's block if ``readme``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths, tmp = [out_dir / "results.json", out_dir / "RESULTS.md"], out_dir / "results.tmp"
-    tmp.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    tmp.replace(paths[0])
+    (tmp := out_dir / "results.tmp").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    paths = [tmp.replace(out_dir / "results.json"), out_dir / "RESULTS.md"]
     paths[1].write_text(results_markdown(results) + "\n")
     paths.append(plot_scaling(results, out_dir / "scaling.png"))
     return paths + [readme] if readme is not None and update_readme(readme, results) else paths

@@ -1,6 +1,7 @@
 """``make bench``: what the project costs on this machine, measured in one command."""
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -13,10 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+BENCH_DIR, REPO_ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
-
 import render  # noqa: E402  (benchmarks/render.py: results -> Markdown and plot, no TF)
 
 SCHEMA = "lungseg-bench/3"
@@ -29,16 +28,13 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
 
 
 def cpu_info() -> dict:
-    """CPU model, logical CPUs, memory, and which of CPU_FLAGS /proc/cpuinfo lists."""
     info = {"model": platform.processor() or None, "logical_cpus": os.cpu_count(), "flags": []}
-    try:
+    with contextlib.suppress(OSError, IndexError, ValueError):
         text = Path("/proc/cpuinfo").read_text()
         info["model"] = text.split("model name", 1)[1].split(":", 1)[1].split("\n")[0].strip()
         flags = text.split("\nflags", 1)[1].split(":", 1)[1].split("\n")[0].split()
         info["flags"] = [f for f in CPU_FLAGS if f in flags]
         info["memory_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    except (OSError, IndexError, ValueError):
-        pass
     return info
 
 
@@ -48,22 +44,20 @@ def reference_info() -> dict:
     folder = config.REFERENCE_DIR
     cfg, split, manifest = (dataio.load_json(folder / f) if (folder / f).exists() else None
                             for f in ("train_config.json", "split.json", "manifest.json"))
-    s = cfg["settings"] if cfg else config.get_profile("quick")
     model = folder / "best_model.keras"
     if not model.exists() and manifest:  # member 0
         model = folder / manifest["members"][0]["file"]
     return {"source": "results/reference/train_config.json" if cfg
-            else "config.get_profile('quick')", "settings": s, "split": split,
+            else "config.get_profile('quick')",
+            "settings": cfg["settings"] if cfg else config.get_profile("quick"), "split": split,
             "model_path": str(model) if model.exists() else None}
 
 
 def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
-    """(key, task, params) of each measurement of column ``isa`` (tiny: base 2, depth 1, 2 reps;
-    ``*_eigen``: the main figures only, no scaling or bfloat16, as its steps are slow)."""
+    """(key, task, params) of column ``isa``'s tasks (``*_eigen``: fewer, its steps are slow)."""
     from lungseg_utils import config, synthetic
-    s = {**ref["settings"], **({"base_filters": 2, "depth": 1, "samples_per_epoch": 4}
-                               if tiny else {})}
     r = (lambda full, few=2: few if tiny else full)  # noqa: E731  (a full run's, a tiny run's)
+    s = {**ref["settings"], **r({}, {"base_filters": 2, "depth": 1, "samples_per_epoch": 4})}
     eigen = {"skip": EIGEN_SKIP} if isa.endswith("_eigen") and not tiny else {}
     skip = {"skip": BF16_AVX2} if isa.startswith("avx2") else eigen
     step = {"precision": "f32", "size": 64, "reps": r(5), "max_s": 15}
@@ -83,15 +77,13 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         model = os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)
+        scan = {"case_dir": str(case), "model": model}
         # the command on OpenVINO (exported first: ~20 s, so a tiny run stays on TensorFlow)
-        tasks += [("cli", "cli", {"case_dir": str(case), "reps": r(3, 1), "model": model,
-                                  "runtime": r("auto", "tensorflow")}),
-                  *([] if tiny else [("cli_tensorflow", "cli", {"case_dir": str(case), "reps": 3,
-                                                                "model": model,
-                                                                "runtime": "tensorflow"})]),
+        tasks += [("cli", "cli", {**scan, "reps": r(3, 1), "runtime": r("auto", "tensorflow")}),
+                  *r([("cli_tensorflow", "cli", {**scan, "reps": 3, "runtime": "tensorflow"})], []),
                   ("cli_folder", "cli", {"reps": 1, "model": model, "folder": r(
                       str(native), str(synthetic.resolve_data_dir()))}),
-                  ("viewer", "viewer", {"case_dir": str(case), "reps": r(3, 1), "model": model}),
+                  ("viewer", "viewer", {**scan, "reps": r(3, 1)}),
                   ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
                                         not skip, "ensemble": r(str(config.REFERENCE_DIR), None)})]
     common = {"data_dir": str(synthetic.resolve_data_dir()), "split": ref["split"], "settings": s}
@@ -163,7 +155,6 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict, only=()) -> di
             elif result.get("other_load_cores", 0) > render.CONTENDED_CORES:
                 print(f"[bench {isa}] warning: other processes used "
                       f"{result['other_load_cores']:.2f} cores during {key}")
-
     with ThreadPoolExecutor(2) as pool:  # tiny: side by side; else in the main thread (Ctrl-C)
         list((pool.map if tiny else map)(run, groups))
     tasks = {k: tasks[k] for k in todo}
@@ -182,8 +173,7 @@ def merge(old: dict | None, key: str, tiny: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python benchmarks/run.py",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser("python benchmarks/run.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder (benchmarks/)")
     for flag, text in (("--eigen", "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): the 'before' column"),
                        ("--tiny", "base-2 network, two repetitions"),
@@ -229,8 +219,7 @@ def main(argv=None) -> int:
     gpu = BENCH_DIR / "gpu_results.json"
     results["gpu"] = json.loads(gpu.read_text()) if gpu.exists() else results.get("gpu")
     readme = None if args.no_readme or args.tiny else REPO_ROOT / "README.md"
-    for p in render.write_all(results, args.out, readme):
-        print("wrote", p)
+    print("\n".join(f"wrote {p}" for p in render.write_all(results, args.out, readme)))
     if args.render:
         return 0
     if failed := [k for k, (ok, _) in entry["checks"].items() if not ok]:

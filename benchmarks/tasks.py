@@ -22,7 +22,6 @@ peak_rss_mib = lambda who=resource.RUSAGE_SELF: resource.getrusage(who).ru_maxrs
 
 
 def summarise(values) -> dict:
-    """Median, min, max, n and the values of repeated timings (seconds)."""
     v = [float(x) for x in values]  # min(): ValueError without values
     return {"min": min(v), "max": max(v), "median": float(np.median(v)), "n": len(v),
             "values": [round(x, 6) for x in v]}
@@ -41,7 +40,6 @@ def timeit(fn, reps: int, warmup: int = 1, max_s: float = float("inf")) -> dict:
 
 
 def seeded_keras(precision: str = "f32"):
-    """Keras, seeded, with the global policy of ``precision`` (f32 or bf16)."""
     from lungseg_utils import config
     keras = config.import_keras_quietly()
     keras.utils.set_random_seed(0)
@@ -50,7 +48,6 @@ def seeded_keras(precision: str = "f32"):
 
 
 def _network(settings: dict, precision: str = "f32", size: int = 64, model_path=None):
-    """The U-Net of ``settings`` at ``size``³ under ``precision``, weights from ``model_path``."""
     from lungseg_utils import inference, unet
     saved = inference.load_model(model_path) if seeded_keras() and model_path else None
     seeded_keras(precision)
@@ -76,16 +73,15 @@ def task_ceiling(p) -> dict:
     """An n x n by n x n matrix product (2 n^3 FLOP): NumPy f32, TensorFlow f32 and bf16."""
     seeded_keras()
     import tensorflow as tf
-    n, runs = int(p["n"]), {}
+    n = int(p["n"])
     a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in (0, 1))
     fns = {"numpy_f32": ("float32", lambda: a @ b)}
     for name, dtype in [("tf_f32", tf.float32)] + [("tf_bf16", tf.bfloat16)] * p["bf16"]:
         ta, tb = tf.cast(a, dtype), tf.cast(b, dtype)
         fns[name] = (dtype.name, lambda ta=ta, tb=tb: tf.linalg.matmul(ta, tb).numpy())
-    for name, (dtype, fn) in fns.items():
-        t = timeit(fn, int(p["reps"]))
-        runs[name] = {"n": n, "dtype": dtype, "gflops_best": 2 * n ** 3 / t["min"] / 1e9,
-                      "gflops_median": 2 * n ** 3 / t["median"] / 1e9, "time": t}
+    runs = {name: {"n": n, "dtype": dtype, "gflops_best": 2 * n ** 3 / t["min"] / 1e9,
+                   "gflops_median": 2 * n ** 3 / t["median"] / 1e9, "time": t}
+            for name, (dtype, fn) in fns.items() for t in [timeit(fn, int(p["reps"]))]}
     return {"runs": runs, "f32_gflops": max(runs[k]["gflops_best"] for k in fns if "f32" in k),
             "bf16_gflops": runs.get("tf_bf16", {}).get("gflops_best")}
 
@@ -121,10 +117,9 @@ def task_epoch(p) -> dict:
     aug = timeit(lambda: ([ds[i] for i in range(len(ds))], ds.on_epoch_end()), int(p["aug_reps"]))
     # per epoch, "steps": its start, each step's end, its end; "val": validation's start, end
     eps, mark = [], lambda key: lambda *a, **kw: eps[-1][key].append(time.perf_counter())
-    timer = keras.callbacks.LambdaCallback(
+    timer = keras.callbacks.LambdaCallback(on_test_begin=mark("val"), on_test_end=mark("val"),
         on_epoch_begin=lambda *a, **kw: eps.append({"steps": [time.perf_counter()], "val": []}),
-        on_train_batch_end=mark("steps"), on_test_begin=mark("val"), on_test_end=mark("val"),
-        on_epoch_end=mark("steps"))
+        on_train_batch_end=mark("steps"), on_epoch_end=mark("steps"))
     profile = s.get("profile") if s.get("profile") in config.PROFILES else "quick"  # retired
     known = config.get_profile(profile)                # settings of a retired profile: all kept
     overrides = {k: v for k, v in s.items() if k in known and k not in ("profile", "epochs")}
@@ -147,8 +142,7 @@ def task_inference(p) -> dict:
     """One 64³ volume: ``model.predict`` vs the compiled call, 8-flip TTA, test-case Dice."""
     from lungseg_utils import dataset, inference, metrics
     model = _network(p["settings"], p["precision"], model_path=p.get("model_path"))
-    split, reps = _split(p), int(p["reps"])
-    tests = split["test"] or split["val"]
+    tests, reps = (split := _split(p))["test"] or split["val"], int(p["reps"])
     (x, y), fwd = dataset.load_training_arrays(tests), inference.compiled_forward(model)
     out = {"precision": p["precision"], "trained": bool(p.get("model_path")),
            "predict_s": timeit(lambda: model.predict(x[:1], verbose=0), reps, warmup=2),
@@ -181,7 +175,6 @@ def task_native(p) -> dict:
             dataio.save_nifti(mask, affine, f"{out}/lungs.nii.gz", header=header, overwrite=True)
             t.append(time.perf_counter())
             return [b - a for a, b in zip(t, t[1:])] + [t[-1] - t[0]], ct.shape, affine, mask
-
         plain, rss_plain = runs(False), peak_rss_mib()
         tta = [r[0][-1] for r in runs(True)]
         ens, policies = {}, ("float32", "mixed_bfloat16") if p.get("bf16") else ("float32",)
@@ -202,28 +195,26 @@ def task_native(p) -> dict:
 
 def task_cli(p) -> dict:
     """The inference command on a native scan, a fresh process each time (``--verbose``); with
-    ``folder``, once per rep on that folder of scans (folder mode: ``later_scan`` the median of
-    every scan after the first). ``runtime``: the command's ``--runtime``; its OpenVINO model is
-    exported first into a cache of its own (``lungseg export-ir``, not timed)."""
+    ``folder``, once per rep on that folder (``later_scan``: the median of the scans after the
+    first). ``runtime``: ``--runtime``; OpenVINO's model is exported first (untimed, own cache)."""
     import re
     import subprocess
     src = Path(p.get("folder") or Path(p["case_dir"]) / "ct.nii.gz")
     runs, runtime = [], p.get("runtime", "auto")
+    model = ["--model", p["model"]] if p.get("model") else []
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
-        env = {**os.environ, "LUNGSEG_CACHE": f"{out}/cache"}
+        kw = {"capture_output": True, "timeout": 900, "cwd": REPO_ROOT,
+              "env": {**os.environ, "LUNGSEG_CACHE": f"{out}/cache"}}
         if runtime != "tensorflow":
-            subprocess.run([sys.executable, "-m", "lungseg_utils", "export-ir",
-                            *(["--model", p["model"]] if p.get("model") else [])],
-                           check=True, capture_output=True, timeout=900, cwd=REPO_ROOT, env=env)
+            subprocess.run([sys.executable, "-m", "lungseg_utils", "export-ir", *model],
+                           check=True, **kw)
         for i in range(int(p["reps"])):
             dest = ["--output_dir", f"{out}/d{i}"] if p.get("folder") else [
                 "--output_mask", f"{out}/m{i}.nii.gz"]
             cmd = [sys.executable, "-m", "lungseg_utils.inference", "--input", str(src), *dest,
-                   "--verbose", "--runtime", runtime,
-                   *(["--model", p["model"]] if p.get("model") else [])]
+                   "--verbose", "--runtime", runtime, *model]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
-                                  env=env)
+            proc = subprocess.run(cmd, text=True, **kw)
             if proc.returncode != 0:
                 raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
             found = re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)
@@ -252,8 +243,7 @@ def task_viewer(p) -> dict:
         if not app.segment():
             raise RuntimeError(f"segment failed on {p['case_dir']}")
         times.append(time.perf_counter())
-    presses = np.diff(times)
-    return {"case_id": Path(p["case_dir"]).name, "first_s": float(presses[0]),
+    return {"case_id": Path(p["case_dir"]).name, "first_s": float((presses := np.diff(times))[0]),
             "again_s": summarise(presses[1:])}
 
 
