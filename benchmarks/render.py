@@ -22,13 +22,21 @@ _t = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
 _mib = lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"  # noqa: E731
 _pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
 _ok = lambda passed: "✓" if passed else "✗"  # noqa: E731
-#: The tasks of one ISA that ran (not skipped or failed); the ``keys`` results.json has a column of.
-_measured = lambda e: {k: v for k, v in e["tasks"].items() if v and "skipped" not in v}  # noqa
+#: The ISAs among ``keys`` that results.json has a column of, in ISA_LABEL's order.
 columns = lambda results, keys=tuple(ISA_LABEL): [  # noqa: E731
     k for k in ISA_LABEL if k in results["isa"] and k in keys]
 _table = lambda header, rows: [  # noqa: E731  (a Markdown table)
     "| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header),
     *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def _measured(e: dict) -> dict:
+    """The tasks of one ISA that ran (not skipped or failed); a ``cli`` measured before the
+    command had ``--runtime`` ran on TensorFlow: it is shown as ``cli_tensorflow``."""
+    t = {k: v for k, v in e["tasks"].items() if v and "skipped" not in v}
+    if "runtime" not in t.get("cli", {"runtime": None}):
+        t.setdefault("cli_tensorflow", t.pop("cli"))
+    return t
 
 
 def fmt_s(t) -> str:
