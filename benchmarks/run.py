@@ -77,11 +77,10 @@ def plan(ref: dict, tiny: bool, isa: str) -> list[tuple[str, str, dict]]:
         cases = sorted(q for q in native.iterdir() if (q / "ct.nii.gz").exists())
         case = next((c for c in cases if c.name in (ref["split"] or {}).get("test", [])), cases[0])
         model = os.path.relpath(config.REFERENCE_DIR, REPO_ROOT)
-        scan = {"case_dir": str(case), "model": model}
-        # the command on OpenVINO (exported first: ~20 s, so a tiny run stays on TensorFlow)
-        tasks += [("cli", "cli", {**scan, "reps": r(3, 1), "runtime": r("auto", "tensorflow")}),
+        scan = {"case_dir": str(case), "model": model, "runtime": r("auto", "tensorflow")}
+        tasks += [("cli", "cli", {**scan, "reps": r(3, 1)}),
                   *r([("cli_tensorflow", "cli", {**scan, "reps": 3, "runtime": "tensorflow"})], []),
-                  ("cli_folder", "cli", {"reps": 1, "model": model, "folder": r(
+                  ("cli_folder", "cli", {**scan, "reps": 1, "folder": r(
                       str(native), str(synthetic.resolve_data_dir()))}),
                   ("viewer", "viewer", {**scan, "reps": r(3, 1)}),
                   ("native", "native", {**infer, "case_dir": str(case), "reps": r(3, 0), "bf16":
@@ -148,14 +147,19 @@ def measure(isa: str, tiny: bool, quiet_wait_s: float, ref: dict, only=()) -> di
             waited += wait_until_quiet(quiet_wait_s - waited)
         print(f"[bench {isa}] {', '.join(group)} at {time.perf_counter() - t0:.0f} s ...\n",
               end="", flush=True)
-        for key, result in run_tasks({k: todo[k] for k in group}, env).items():
+        for key, result in run_tasks({k: todo[k] for k in group}, {**env, **cache}).items():
             tasks[key] = result
             if tiny:  # the process beside it is no outside load
                 result.pop("other_load_cores", None)
             elif result.get("other_load_cores", 0) > render.CONTENDED_CORES:
                 print(f"[bench {isa}] warning: other processes used "
                       f"{result['other_load_cores']:.2f} cores during {key}")
-    with ThreadPoolExecutor(2) as pool:  # tiny: side by side; else in the main thread (Ctrl-C)
+    with tempfile.TemporaryDirectory(prefix="lungseg_bench_cache_") as folder, \
+            ThreadPoolExecutor(2) as pool:  # tiny: side by side; else in the main thread (Ctrl-C)
+        cache = {"LUNGSEG_CACHE": folder}   # the command's and viewer's OpenVINO model: the
+        if not tiny:                        # reference's, exported untimed (a tiny run: none)
+            subprocess.run([sys.executable, "-m", "lungseg_utils", "export-ir"], check=True,
+                           capture_output=True, cwd=REPO_ROOT, env={**os.environ, **cache})
         list((pool.map if tiny else map)(run, groups))
     tasks = {k: tasks[k] for k in todo}
     errors = {k: v.pop("error") for k, v in tasks.items() if "error" in v}

@@ -196,25 +196,20 @@ def task_native(p) -> dict:
 def task_cli(p) -> dict:
     """The inference command on a native scan, a fresh process each time (``--verbose``); with
     ``folder``, once per rep on that folder (``later_scan``: the median of the scans after the
-    first). ``runtime``: ``--runtime``; OpenVINO's model is exported first (untimed, own cache)."""
+    first). ``runtime``: ``--runtime`` (OpenVINO's export: run.py's, in $LUNGSEG_CACHE)."""
     import re
     import subprocess
     src = Path(p.get("folder") or Path(p["case_dir"]) / "ct.nii.gz")
     runs, runtime = [], p.get("runtime", "auto")
-    model = ["--model", p["model"]] if p.get("model") else []
     with tempfile.TemporaryDirectory(prefix="lungseg_bench_cli_") as out:
-        kw = {"capture_output": True, "timeout": 900, "cwd": REPO_ROOT,
-              "env": {**os.environ, "LUNGSEG_CACHE": f"{out}/cache"}}
-        if runtime != "tensorflow":
-            subprocess.run([sys.executable, "-m", "lungseg_utils", "export-ir", *model],
-                           check=True, **kw)
         for i in range(int(p["reps"])):
             dest = ["--output_dir", f"{out}/d{i}"] if p.get("folder") else [
                 "--output_mask", f"{out}/m{i}.nii.gz"]
             cmd = [sys.executable, "-m", "lungseg_utils.inference", "--input", str(src), *dest,
-                   "--verbose", "--runtime", runtime, *model]
+                   "--verbose", "--runtime", runtime, *(["--model", p["model"]] if p.get("model")
+                                                        else [])]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, text=True, **kw)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
             if proc.returncode != 0:
                 raise RuntimeError(f"inference command failed: {proc.stderr[-1500:]}")
             found = re.findall(r"^timing (\w+) ([0-9.]+) s$", proc.stderr, re.M)
@@ -235,7 +230,7 @@ def task_cli(p) -> dict:
 
 def task_viewer(p) -> dict:
     """The viewer app's *segment* button on a native scan, wired as app/viewer.ipynb does:
-    the first press (it imports TensorFlow, loads the model, traces) and the later ones."""
+    the first press (it starts the runtime, loads the model) and the later ones."""
     from lungseg_utils.scan import browser
     app = browser.CaseBrowser({"scan": p["case_dir"]}, predict=browser.predictor_for(p["model"]))
     times = [time.perf_counter()]

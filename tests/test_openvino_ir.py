@@ -1,6 +1,6 @@
 """The ensemble exported once to OpenVINO (issue #28): the same members' probabilities as
 TensorFlow's runtime, found in the cache only for the very members it was exported from,
-and used by the command for a single scan (folder mode keeps TensorFlow)."""
+and what the command runs on once exported (TensorFlow before, or when asked)."""
 
 import json
 
@@ -63,7 +63,7 @@ def test_the_ir_is_found_only_for_the_members_it_was_made_from(exported, monkeyp
     assert openvino_ir.cached_forward(folder) is None
 
 
-def test_the_command_runs_a_single_scan_on_openvino_and_a_folder_on_tensorflow(
+def test_the_command_runs_on_openvino_once_exported_and_on_tensorflow_when_asked(
         exported, monkeypatch, tmp_path, capsys):
     folder, _, cache = exported
     monkeypatch.setenv("LUNGSEG_CACHE", str(cache))
@@ -86,9 +86,9 @@ def test_the_command_runs_a_single_scan_on_openvino_and_a_folder_on_tensorflow(
         assert masks[engine].shape == shape and np.allclose(masks[engine].affine, affine)
     np.testing.assert_array_equal(masks["auto"].get_fdata(), masks["tensorflow"].get_fdata())
     assert segment.main(["--model", str(folder), "--input", str(tmp_path / "in"),
-                         "--output_dir", str(tmp_path / "many")]) == 0
+                         "--output_dir", str(tmp_path / "many")]) == 0      # folder mode
     assert dataio.load_json(tmp_path / "many" / "b" / "lung_summary.json")["model"][
-        "runtime"] == "tensorflow"
+        "runtime"] == "openvino"
     capsys.readouterr()
     monkeypatch.setenv("LUNGSEG_CACHE", str(tmp_path / "empty"))
     assert segment.main(["--model", str(folder), "--runtime", "openvino", "--input",

@@ -137,10 +137,10 @@ def unet_predictor(run_dir, tta: bool | None = None):
 
     def predict(ct_hu, affine) -> dict:
         from .. import geometry, inference
-        from .runtime import ensemble_forward
+        from .openvino_ir import forward_for
 
         if "forward" not in state:
-            state["forward"] = ensemble_forward(run_dir)
+            state["forward"] = forward_for(run_dir)[0]
             ensemble = (Path(run_dir) / inference.MANIFEST).exists()
             state["tta"] = not ensemble if tta is None else tta
         res = inference.predict_volume(state["forward"], ct_hu, affine, tta=state["tta"],

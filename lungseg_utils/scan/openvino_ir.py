@@ -10,10 +10,11 @@ model (its *IR*: an ``.xml`` graph and a ``.bin`` of float32 weights), into a ca
     lungseg export-ir                         # the reference; --model DIR for another
     forward = cached_forward(None)            # None where its IR is not in the cache
 
-``lungseg segment`` on a single scan uses the IR when the cache holds one for the model
-(its members' SHA-256 and OpenVINO's version are the key) and TensorFlow otherwise; folder
-mode and the viewer keep TensorFlow, faster once warm (benchmarks/RESULTS.md). The IR is
-float32; OpenVINO computes in bfloat16 where TensorFlow would (:func:`runtime.inference_policy`).
+``lungseg segment`` and the viewer app run the IR when the cache holds one for the model
+(its members' SHA-256 and OpenVINO's version are the key), TensorFlow otherwise
+(:func:`forward_for`). The IR is float32, exported with ``unet.GroupNorm`` in place of
+Keras's ``GroupNormalization`` (with Keras's layer OpenVINO's forward pass took 4 times as
+long); OpenVINO computes in bfloat16 where TensorFlow would (:func:`runtime.inference_policy`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from ..runs.command import run_command
 from . import runtime
 
 #: Bump when the exported graph changes: older IRs are then not found.
-FORMAT = 1
+FORMAT = 2
 IR_NAME = "ensemble.xml"
 
 
@@ -94,6 +96,28 @@ def cached_forward(path=None, policy: str | None = None):
     return forward
 
 
+def forward_for(path=None, engine: str = "auto", timing=None) -> tuple:
+    """The fastest forward function of the model at ``path`` (default: the reference), as
+    :func:`cached_forward` and :func:`runtime.ensemble_forward` make them, and its runtime's
+    name: ``engine`` "auto" OpenVINO where the cache holds the model's IR, else TensorFlow;
+    "openvino" or "tensorflow" only that one (no IR for "openvino" raises). ``timing(name,
+    t0)``, if given, is told when TensorFlow's import ("keras_import") and loading the model
+    ("model_load") end."""
+    timing, t0 = timing or (lambda name, t0: None), time.perf_counter()
+    if engine != "tensorflow" and (forward := cached_forward(path)) is not None:
+        timing("model_load", t0)
+        return forward, "openvino"
+    if engine == "openvino":
+        raise LungsegInputError(f"{path or 'results/reference'}: no OpenVINO model of it in the "
+                                f"cache {cache_root()} (run lungseg export-ir --model ... first).")
+    config.import_keras_quietly()
+    timing("keras_import", t0)
+    t0 = time.perf_counter()
+    forward = runtime.ensemble_forward(path)
+    timing("model_load", t0)
+    return forward, "tensorflow"
+
+
 def export_ir(path=None) -> Path:
     """Export the model at ``path`` (default: the reference) to the cache as one OpenVINO
     model of its members stacked (float32 weights); returns the ``.xml`` path. Needs
@@ -112,7 +136,8 @@ def export_ir(path=None) -> Path:
     members = []
     for file in inference.member_files(path):
         network = runtime.architecture(file)
-        model = keras.saving.deserialize_keras_object(runtime.with_policy(network, "float32"))
+        model = keras.saving.deserialize_keras_object(   # Keras's GroupNormalization: 4x slower
+            runtime.with_faster_layers(runtime.with_policy(network, "float32")))
         trainable, rest = runtime.member_weights(model, file, network)
         for variable, value in zip(model.trainable_variables + model.non_trainable_variables,
                                    trainable + rest):

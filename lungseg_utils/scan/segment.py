@@ -28,7 +28,8 @@ from ..errors import LungsegInputError
 from ..runs.command import run_command
 from ..inference import (MANIFEST, REFINE_HU, REFINE_HU_MODEL_GRID, predict_volume,
                          resolve_model_path)
-from .runtime import ensemble_forward, exit_now
+from .openvino_ir import forward_for
+from .runtime import exit_now
 
 
 def _is_dicom_scan(folder: Path) -> bool:
@@ -126,10 +127,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="a .keras file, an ensemble folder (with manifest.json) or a run folder "
                         "holding best_model.keras (default: results/reference)")
     p.add_argument("--runtime", choices=("auto", "tensorflow", "openvino"), default="auto",
-                   help="auto (default): a single scan runs on OpenVINO where the model was "
-                        "exported once with lungseg export-ir (no TensorFlow to start: seconds "
-                        "sooner), else on TensorFlow; folder mode always on TensorFlow (faster "
-                        "once warm)")
+                   help="auto (default): OpenVINO where the model was exported once with "
+                        "lungseg export-ir (no TensorFlow to start: seconds sooner), else "
+                        "TensorFlow")
     p.add_argument("--input", required=True,
                    help="a CT file (.nii/.nii.gz), a patient folder holding ct.nii.gz, a "
                         "folder of DICOM files (searched at any depth; one CT series is "
@@ -184,30 +184,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _forward(args, single: bool, timing):
-    """The model's forward function (:mod:`.runtime`): for a single scan OpenVINO's where
-    the cache holds the model's IR (:mod:`.openvino_ir`) and ``--runtime`` allows it, else
-    TensorFlow's, built once and traced at the first scan. Returns (forward, its runtime's
-    name)."""
-    t0 = time.perf_counter()
-    if single and args.runtime != "tensorflow":
-        from .openvino_ir import cached_forward
-
-        if (forward := cached_forward(args.model)) is not None:
-            timing("model_load", t0)
-            return forward, "openvino"
-    if args.runtime == "openvino":
-        raise LungsegInputError(f"{args.model or 'results/reference'}: --runtime openvino needs a "
-                                "single scan and the model's OpenVINO IR in the cache (run "
-                                "lungseg export-ir --model ... first).")
-    config.import_keras_quietly()
-    timing("keras_import", t0)
-    t0 = time.perf_counter()
-    forward = ensemble_forward(args.model)          # traced at the first scan
-    timing("model_load", t0)
-    return forward, "tensorflow"
-
-
 def run(args) -> int:
     """The inference command on parsed ``args`` (:func:`build_parser`): bad input before any
     scan raises; a scan that fails is one line and exit code 1 (2 if every scan failed)."""
@@ -224,7 +200,7 @@ def run(args) -> int:
 
     timing = (lambda name, t0: tqdm.write(f"timing {name} {time.perf_counter() - t0:.3f} s",
                                           file=sys.stderr)) if args.verbose else (lambda *a: None)
-    forward, engine = _forward(args, single=len(jobs) == 1, timing=timing)
+    forward, engine = forward_for(args.model, args.runtime, timing)   # TF traces at 1st scan
     model_info = {**_model_info(args.model), "runtime": engine}
     failed, summaries = [], []
     bar = tqdm(jobs, desc="inference", unit="scan", disable=len(jobs) < 2, file=sys.stderr)
