@@ -215,28 +215,19 @@ def run(args) -> int:
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
                                  postprocess=args.postprocess, refine=not args.no_refine,
                                  members=True)
-            with ThreadPoolExecutor(1) as pool:   # the baseline beside the sides: both cores
+            # the baseline (for the flag) on the second core while the sides are split and the
+            # images written; a scan's files all, or none (a full disk)
+            with ThreadPoolExecutor(1) as pool, outputs.all_or_nothing():
                 pending = (pool.submit(quality.baseline_mask, ct, affine, res["body"])
                            if res["mask"].any() else None)
-                sides = split_left_right(res["mask"], affine, midline_x_mm=quality.body_midline_x_mm(
-                    ct, affine, res["body"]))
-                baseline = pending is not None and pending.result()
-            if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
-                raise LungsegInputError(
-                    f"{name}: right and left cannot be told apart (one lung in view, and the "
-                    "body cut off at the scan's side: no midline to place it by); run with "
-                    "--labels lung.")
-            mask = sides if args.labels == "lr" else res["mask"]
-            summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"],
-                                           baseline)
-            summary = {"case": name, "input": {**info, "orientation": "".join(
-                           nib.aff2axcodes(affine))}, "model": model_info,
-                       "threshold": args.thr, "tta": args.tta, "labels": args.labels,
-                       "mask": str(mask_out), **summary,
-                       "seconds": round(time.perf_counter() - t0, 2)}
-            if args.output_seg:
-                summary["seg"] = str(args.output_seg)
-            with outputs.all_or_nothing():     # a scan's files all, or none (a full disk)
+                sides = split_left_right(res["mask"], affine, midline_x_mm=(
+                    quality.body_midline_x_mm(ct, affine, res["body"])))
+                if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
+                    raise LungsegInputError(
+                        f"{name}: right and left cannot be told apart (one lung in view, and the "
+                        "body cut off at the scan's side: no midline to place it by); run with "
+                        "--labels lung.")
+                mask = sides if args.labels == "lr" else res["mask"]
                 dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
                 if prob_out is not None:
                     dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out,
@@ -246,6 +237,14 @@ def run(args) -> int:
 
                     write_seg(mask, affine, info["files"], args.output_seg,
                               overwrite=args.overwrite, label_kind=args.labels)
+                summary = quality.scan_summary(res["mask"], ct, affine, sides, res["members64"],
+                                               pending is not None and pending.result())
+                summary = {"case": name, "input": {**info, "orientation": "".join(
+                               nib.aff2axcodes(affine))}, "model": model_info,
+                           "threshold": args.thr, "tta": args.tta, "labels": args.labels,
+                           "mask": str(mask_out), **summary,
+                           "seconds": round(time.perf_counter() - t0, 2),
+                           **({"seg": str(args.output_seg)} if args.output_seg else {})}
                 if json_out is not None:
                     dataio.save_json(summary, json_out, overwrite=args.overwrite)
             summaries.append(summary)
