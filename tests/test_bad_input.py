@@ -213,17 +213,19 @@ def test_unclear_messages_are_clear_now(tmp_path, scan, smoke_model_path, capsys
     assert not stale.exists()
 
 
+@pytest.mark.parametrize("failing", ["prob.nii.gz", "m.nii.gz"])
 def test_a_full_disk_leaves_none_of_the_scan_s_files_and_names_the_output(
-        tmp_path, scan, smoke_model_path, capsys, monkeypatch):
+        tmp_path, scan, smoke_model_path, capsys, monkeypatch, failing):
     """Issue #27: the disk fills while the probability is written: a complete mask stayed for
     a scan reported as failed, and the error named the input. Now neither file is left and
-    the one line names the output that could not be written."""
+    the one line names the output that could not be written. The probability is written in a
+    thread beside the mask: whichever fails, the other's file is not left either."""
     import errno
 
     real_save = nib.save
 
     def full_disk(img, filename):
-        if "prob" in str(filename):
+        if str(filename).endswith(failing) or f"{failing[:-7]}." in str(filename):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(img, filename)
 
@@ -232,7 +234,7 @@ def test_a_full_disk_leaves_none_of_the_scan_s_files_and_names_the_output(
     rc, err = _run(capsys, smoke_model_path, "--input", scan, "--output_mask", out / "m.nii.gz",
                    "--output_prob", out / "prob.nii.gz", "--output_json", out / "m.json")
     line = _one_error_line(err)
-    assert rc == 2 and "prob.nii.gz: could not be written" in line and "No space" in line
+    assert rc == 2 and f"{failing}: could not be written" in line and "No space" in line
     assert "ct.nii.gz" not in line
     assert not out.exists() or not list(out.iterdir())          # no mask, no JSON, no temp
 

@@ -12,6 +12,7 @@ stderr; in folder mode the others still run.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -215,11 +216,17 @@ def run(args) -> int:
             res = predict_volume(forward, ct, affine, tta=args.tta, threshold=args.thr,
                                  postprocess=args.postprocess, refine=not args.no_refine,
                                  members=True)
-            # the baseline (for the flag) on the second core while the sides are split and the
-            # images written; a scan's files all, or none (a full disk)
-            with ThreadPoolExecutor(1) as pool, outputs.all_or_nothing():
+            # beside the sides and the mask: the baseline (for the flag) and the probability's
+            # compression (zlib lets go of the GIL) in threads, that one's file held like the
+            # others (its context copied); a scan's files all, or none (a full disk): the
+            # threads end before the block does
+            with outputs.all_or_nothing(), ThreadPoolExecutor(2) as pool:
                 pending = (pool.submit(quality.baseline_mask, ct, affine, res["body"])
                            if res["mask"].any() else None)
+                prob_written = prob_out is not None and pool.submit(
+                    contextvars.copy_context().run, dataio.save_nifti,
+                    res["prob"].astype(np.float32), affine, prob_out, header=header,
+                    overwrite=args.overwrite)
                 sides = split_left_right(res["mask"], affine, midline_x_mm=(
                     quality.body_midline_x_mm(ct, affine, res["body"])))
                 if args.labels == "lr" and (sides == UNKNOWN_SIDE).any():
@@ -229,9 +236,8 @@ def run(args) -> int:
                         "--labels lung.")
                 mask = sides if args.labels == "lr" else res["mask"]
                 dataio.save_nifti(mask, affine, mask_out, header=header, overwrite=args.overwrite)
-                if prob_out is not None:
-                    dataio.save_nifti(res["prob"].astype(np.float32), affine, prob_out,
-                                      header=header, overwrite=args.overwrite)
+                if prob_written:
+                    prob_written.result()
                 if args.output_seg:
                     from .dicom_seg import write_seg
 
