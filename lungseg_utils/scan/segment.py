@@ -181,7 +181,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--verbose", action="store_true",
                    help="also say on stderr what start-up and each scan cost ('timing NAME "
-                        "SECONDS s' lines: keras_import, model_load, scan)")
+                        "SECONDS s' lines: keras_import on TensorFlow, model_load, scan)")
     return p
 
 
