@@ -30,9 +30,9 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("scan.segment",
                 "Segment both lungs in chest CT with a trained lungseg 3D U-Net."),
-    "export-ir": ("scan.openvino_ir", "Export a model once as an OpenVINO model into the cache, "
-                                      "so that lungseg segment runs a single scan without "
-                                      "TensorFlow."),
+    "export-ir": ("scan.export_ir", "Export a model once as an OpenVINO model into the cache, "
+                                    "so that lungseg segment and the viewer app run it "
+                                    "without starting TensorFlow."),
     "train": ("runs.training", "Train the 3D U-Net on 64^3 lung CT cases, one model."),
     "cv": ("runs.cv", "Cross-validate one training configuration, K fold members."),
     "fetch": ("scan.lctsc", "Download public data (LCTSC from TCIA) into this project's layouts."),

@@ -12,8 +12,9 @@ It imports the core, never the other way. Imports only go down this list:
 ``quality``    a segmented scan's volumes, right/left and quality flag
 ``dicom_seg``  the mask as a DICOM Segmentation object (highdicom)
 ``runtime``    the ensemble built once and traced once: a scan at the warm speed
-``openvino_ir`` the ensemble exported once to OpenVINO: a single scan without TensorFlow
+``openvino_ir`` the ensemble exported once to OpenVINO: scans without TensorFlow
 ``segment``    the inference command: a scan in; masks, summary, flag out
 ``lctsc``      the whole LCTSC from TCIA, converted into this project's layouts
 ``browser``    the viewer app's case browser: any scan, segmented on demand
+``export_ir``  the ``lungseg export-ir`` command: a model exported to OpenVINO once
 """

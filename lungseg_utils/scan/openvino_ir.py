@@ -19,11 +19,9 @@ long); OpenVINO computes in bfloat16 where TensorFlow would (:func:`runtime.infe
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,6 @@ import numpy as np
 
 from .. import config, dataio, inference
 from ..errors import LungsegInputError
-from ..runs.command import run_command
 from . import runtime
 
 #: Bump when the exported graph changes: older IRs are then not found.
@@ -159,29 +156,3 @@ def export_ir(path=None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     cached_forward(path)            # compiled once for this CPU: OpenVINO keeps it beside the IR
     return xml
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog or "python -m lungseg_utils.scan.openvino_ir",
-        description="Export a model once as an OpenVINO model into the cache, so that "
-                    "lungseg segment runs a single scan without TensorFlow. The cache is "
-                    "$LUNGSEG_CACHE, else ~/.cache/lungseg.")
-    p.add_argument("--model", default=None, help="a .keras file or an ensemble folder "
-                                                 "(default: results/reference)")
-    return p
-
-
-def run(args) -> int:
-    """The command on parsed ``args``; bad input raises."""
-    print(f"wrote {export_ir(args.model)}")
-    return 0
-
-
-def main(argv=None, prog: str | None = None) -> int:
-    """``lungseg export-ir``: 0 done, 2 bad input."""
-    return run_command(build_parser(prog), run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
