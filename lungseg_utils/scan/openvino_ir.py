@@ -1,4 +1,4 @@
-"""The ensemble as an OpenVINO model: one scan without TensorFlow.
+"""The ensemble as an OpenVINO model: scans without TensorFlow.
 
 A fresh ``lungseg segment`` process spends about 2.8 s importing TensorFlow and about a
 second tracing the ensemble before its first forward pass, longer than the forward passes
@@ -118,7 +118,7 @@ def forward_for(path=None, engine: str = "auto", timing=None) -> tuple:
 def export_ir(path=None) -> Path:
     """Export the model at ``path`` (default: the reference) to the cache as one OpenVINO
     model of its members stacked (float32 weights); returns the ``.xml`` path. Needs
-    TensorFlow (about 15 s); written whole or not at all."""
+    TensorFlow (about 20 s); written whole or not at all."""
     xml = ir_path(path)
     if xml is None:
         raise LungsegInputError("export-ir: OpenVINO is not installed (pip install openvino).")

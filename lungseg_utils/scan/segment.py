@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .. import config, dataio
+from .. import dataio
 from . import outputs, quality, reader
 from .sides import UNKNOWN_SIDE, split_left_right
 from .dicom import series_choice_line
