@@ -181,8 +181,7 @@ def test_command_prints_the_series_it_read_and_how_to_pick_another(tmp_path, mon
     def stop(forward, ct_hu, *args, **kwargs):
         raise LungsegInputError(f"stub model: read {ct_hu.shape}")
 
-    monkeypatch.setattr("lungseg_utils.config.import_keras_quietly", lambda: None)
-    monkeypatch.setattr(segment, "ensemble_forward", lambda path: None)
+    monkeypatch.setattr(segment, "forward_for", lambda *args: (None, "stub"))
     monkeypatch.setattr(segment, "_model_info", lambda path: {})
     monkeypatch.setattr(segment, "predict_volume", stop)
     for series_uid, read, other in ((None, lung, soft), (soft, soft, lung)):
