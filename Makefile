@@ -55,12 +55,14 @@ reference:
 	@run="results/models/main_$$(date +%Y%m%d-%H%M%S)"; \
 	$(MAKE) --no-print-directory all RUN="$$run" && \
 	$(MAKE) --no-print-directory promote RUN="$$run" && \
-	$(PY) -m lungseg_utils.study.compact results/reference
+	$(PY) -m lungseg_utils.study.compact results/reference && \
+	$(PY) -m lungseg_utils export-ir
 
 ## promote: make RUN (a finished `make all` run) the committed reference, results/reference
 promote: setup
 	@test -n "$(RUN)" || { echo "usage: make promote RUN=results/models/main_..."; exit 2; }
 	$(PY) -m lungseg_utils.study.reference "$(RUN)"
+	$(PY) -m lungseg_utils export-ir
 
 ## test: the whole suite — unit tests, notebooks and the app under nbval (smoke profile), browser test
 test: setup
