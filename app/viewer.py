@@ -33,8 +33,9 @@ native = {f"{p.name} (native)": p for p in dataio.discover_cases(native_dir)} if
 # shows at once, with its expert mask where it has one. *segment* runs the model of the
 # active run (`LUNGSEG_RUN`: what notebook 04 trained; else `results/reference/`); the
 # uncertainty overlay is the spread of the ensemble's members (of a single model: of its
-# eight flipped predictions, test-time augmentation). TensorFlow and the model load on the
-# first press only. Without a model the classical threshold baseline segments instead.
+# eight flipped predictions, test-time augmentation). The model loads on the first press
+# only: on OpenVINO where it was exported (`lungseg export-ir`), else on TensorFlow. Without
+# a model the classical threshold baseline segments instead.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

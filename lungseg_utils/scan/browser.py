@@ -39,7 +39,7 @@ class CaseBrowser:
 
     The scan shows at once, with its reference mask where it has one. ``predict``, a callable
     ``(ct_hu, affine) -> {"mask", "uncertainty" (or None), "source"}`` (e.g. the run's
-    U-Net, which imports TensorFlow on first use), runs only when "segment" is pressed, with a
+    U-Net, which loads its runtime on first use), runs only when "segment" is pressed, with a
     progress bar and a status line; errors are shown in the status line, never raised.
     ``load_scan`` reads a path that is not a case folder (:func:`load_for_viewing`).
     """
