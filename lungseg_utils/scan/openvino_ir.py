@@ -128,13 +128,10 @@ def export_ir(path=None) -> Path:
     import openvino as ov
     import tensorflow as tf
 
-    from .. import unet  # noqa: F401  (registers the custom objects a network may name)
-
     members = []
     for file in inference.member_files(path):
         network = runtime.architecture(file)
-        model = keras.saving.deserialize_keras_object(   # Keras's GroupNormalization: 4x slower
-            runtime.with_faster_layers(runtime.with_policy(network, "float32")))
+        model = runtime.build_network(network, "float32")   # Keras's GroupNormalization: 4x slower
         trainable, rest = runtime.member_weights(model, file, network)
         for variable, value in zip(model.trainable_variables + model.non_trainable_variables,
                                    trainable + rest):

@@ -93,6 +93,15 @@ def store_keys(network: dict) -> list[str]:
     return keys
 
 
+def build_network(network: dict, policy: str):
+    """A fresh Keras model of ``network`` (:func:`architecture`) computing under ``policy``,
+    with :data:`FASTER`'s layers in place of Keras's (its weights still to be read in)."""
+    keras = config.import_keras_quietly()
+    from .. import unet  # noqa: F401  (registers the custom objects a network may name)
+
+    return keras.saving.deserialize_keras_object(with_faster_layers(with_policy(network, policy)))
+
+
 def member_weights(model, file, network: dict) -> tuple[list, list]:
     """One member's weights, float32, in ``model``'s variable order (trainable, then the
     rest), read straight from the archive's HDF5 file (``layers/KEY/vars/I``, KEY from
@@ -138,10 +147,7 @@ def ensemble_forward(path=None, members: bool = True, policy: str | None = None)
         return inference.compiled_forward(inference.load_model(path), members=members)
     import tensorflow as tf
 
-    from .. import unet  # noqa: F401  (registers the custom objects a network may name)
-
-    model = keras.saving.deserialize_keras_object(with_faster_layers(with_policy(
-        networks[0], policy or inference_policy())))
+    model = build_network(networks[0], policy or inference_policy())
     weights = [tuple([tf.constant(a) for a in arrays] for arrays in member_weights(model, f, n))
                for f, n in zip(files, networks)]
 
