@@ -50,11 +50,12 @@ report: setup
 ## reference: rebuild the committed reference from random weights — the main job (the `main`
 ##            recipe, a fixed number of epochs: the same model on a busy or an idle machine)
 ##            into a new run, then that run promoted to results/reference and its members
-##            stored at half precision (what that changes: results/reference/storage.json)
+##            stored at half precision (what that changes: results/reference/storage.json),
+##            then exported to OpenVINO once (its cache key: the stored members' SHA-256)
 reference:
 	@run="results/models/main_$$(date +%Y%m%d-%H%M%S)"; \
 	$(MAKE) --no-print-directory all RUN="$$run" && \
-	$(MAKE) --no-print-directory promote RUN="$$run" && \
+	$(PY) -m lungseg_utils.study.reference "$$run" && \
 	$(PY) -m lungseg_utils.study.compact results/reference && \
 	$(PY) -m lungseg_utils export-ir
 
